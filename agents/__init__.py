@@ -1,0 +1,3 @@
+"""DataFlow agents package."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""DataFlow connectors package."""
+
+__all__: list[str] = []

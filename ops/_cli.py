@@ -1,0 +1,26 @@
+"""The ``dataflow`` command line: one table of subcommands, each a small function."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from ops._stack import stack_main
+
+Command = Callable[[list[str]], int]
+
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "stack": (stack_main, "local services: up | down | status | env"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dataflow`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help") or args[0] not in COMMANDS:
+        print("usage: dataflow <command> [args]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<10} {help_}")
+        return 0 if args and args[0] in ("-h", "--help", "help") else 2
+    fn, _ = COMMANDS[args[0]]
+    return fn(args[1:])

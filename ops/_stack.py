@@ -1,0 +1,501 @@
+"""The local stack: real services on loopback, in private folders, with no Docker.
+
+Each service is a small class with ``start``/``stop``/``alive``/``env``. A service whose
+environment variable is already set (e.g. ``KAFKA_BOOTSTRAP_SERVERS``) is external: the
+stack starts nothing for it and passes the given value through. State (ports, pids) is
+kept in ``<home>/stack/state.json`` so ``up`` twice is harmless and ``down`` finds every
+process it started, even after a crash left a stale pid file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import StackError
+
+KAFKA_VERSION = "4.1.1"
+_POM = Path(__file__).with_name("stack") / "kafka-pom.xml"
+
+
+def default_home() -> Path:
+    """``DATAFLOW_HOME`` or ``.dataflow`` beside the source tree (git-ignored)."""
+    env = os.environ.get("DATAFLOW_HOME")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[1] / ".dataflow"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int) -> int:
+    """The preferred port when nobody holds it, else any free loopback port."""
+    if port_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int | None, marker: str = "") -> bool:
+    """True when ``pid`` runs and (if given) its command line contains ``marker``.
+
+    The marker (a data folder path) tells our process from an unrelated one that
+    reused a stale pid.
+    """
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if marker:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        if marker.encode() not in cmdline:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise StackError(f"{what} did not come up within {timeout:.0f}s{tail}")
+
+
+def kill_tree(pid: int, marker: str, timeout: float = 20.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left."""
+    if not pid_alive(pid, marker):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
+        while time.monotonic() < deadline:
+            if not pid_alive(pid, marker):
+                return
+            time.sleep(0.2)
+
+
+@dataclass
+class StackState:
+    """Ports and pids of the services this stack started."""
+
+    path: Path
+    data: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> StackState:
+        try:
+            return cls(path, json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return cls(path, {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+    def get(self, service: str) -> dict[str, int]:
+        return self.data.setdefault(service, {})
+
+
+class Service:
+    """One local service. Subclasses fill in the four methods."""
+
+    name = ""
+    env_var = ""
+
+    def __init__(self, home: Path, state: StackState) -> None:
+        self.home = home
+        self.dir = home / "stack" / self.name
+        self.state = state
+
+    @property
+    def external(self) -> str | None:
+        return os.environ.get(self.env_var) or None
+
+    def alive(self) -> bool:
+        raise NotImplementedError  # every concrete service overrides it
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class Kafka(Service):
+    """Apache Kafka 4.x, one KRaft node (broker + controller), jars from Maven Central."""
+
+    name = "kafka"
+    env_var = "KAFKA_BOOTSTRAP_SERVERS"
+
+    @property
+    def libs(self) -> Path:
+        return self.home / "cache" / f"kafka-{KAFKA_VERSION}"
+
+    def fetch_jars(self) -> None:
+        """Resolve the broker's jars once into the cache; later starts need no network."""
+        if (self.libs / ".complete").exists():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise StackError("Maven not found: install it (apt-get install maven) to fetch Kafka jars")
+        tmp = self.libs.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [mvn, "-q", "-B", "-f", str(_POM), "dependency:copy-dependencies",
+               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+               f"-Dkafka.version={KAFKA_VERSION}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"mvn could not fetch Kafka {KAFKA_VERSION}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        tmp.rename(self.libs)
+        (self.libs / ".complete").write_text(KAFKA_VERSION)
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        return pid_alive(st.get("pid"), str(self.dir)) and port_open(st.get("port", 0))
+
+    def start(self) -> None:
+        if shutil.which("java") is None:
+            raise StackError("Java not found: install a JDK 17+ (apt-get install openjdk-17-jre-headless)")
+        self.fetch_jars()
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 19092))
+        cport = free_port(st.get("controller_port", 19093))
+        if cport == port:
+            cport = free_port(0)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = self.dir / "data"
+        props = self.dir / "server.properties"
+        props.write_text(_KAFKA_PROPS.format(port=port, cport=cport, data=data))
+        (self.dir / "log4j2.properties").write_text(_LOG4J.format(log=self.dir / "server.log"))
+        classpath = f"{self.libs}/*"
+        java = shutil.which("java") or "java"
+        if not (data / "meta.properties").exists():
+            shutil.rmtree(data, ignore_errors=True)
+            fmt = subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", "ZGF0YWZsb3ctbG9jYWwx", "-c", str(props)],
+                capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise StackError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
+        log = self.dir / "kafka.out"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+                 f"-Dkafka.logs.dir={self.dir}", "-cp", classpath, "kafka.Kafka", str(props)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        st.update(pid=proc.pid, port=port, controller_port=cport)
+        self.state.save()
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 90, "Kafka", log)
+        if proc.poll() is not None:
+            raise StackError(f"Kafka exited with {proc.returncode}; see {log}")
+        wait_until(self._ready, 90, "Kafka metadata", log)
+
+    def _ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": self.env()[self.env_var]}).list_topics(timeout=2)
+        except Exception:
+            return False
+        return bool(md.brokers)
+
+    def stop(self) -> None:
+        st = self.state.get(self.name)
+        kill_tree(st.get("pid", 0), str(self.dir), timeout=30)
+
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.state.get(self.name).get('port', 19092)}"}
+
+
+_KAFKA_PROPS = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{cport}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.cleaner.backoff.ms=500
+log.retention.check.interval.ms=5000
+num.network.threads=2
+num.io.threads=4
+"""
+
+_LOG4J = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+"""
+
+
+class Postgres(Service):
+    """PostgreSQL from the system packages, ``wal_level=logical``, trust auth on loopback."""
+
+    name = "postgres"
+    env_var = "DATAFLOW_PG_DSN"
+
+    def _bindir(self) -> Path:
+        found = shutil.which("pg_config")
+        if found:
+            out = subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip()
+            if out and (Path(out) / "initdb").exists():
+                return Path(out)
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+        if candidates:
+            return candidates[0].parent
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=False,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+            if candidates:
+                return candidates[0].parent
+        raise StackError("PostgreSQL server not found: install it (apt-get install postgresql)")
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        """initdb and postgres refuse to run as root: run them as the postgres user."""
+        if os.geteuid() != 0:
+            return cmd
+        return ["runuser", "-u", "postgres", "--", *cmd]
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        pidfile = self.data / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid_alive(pid, str(self.data)) and port_open(st.get("port", 0))
+
+    def start(self) -> None:
+        bindir = self._bindir()
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 15432))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            for parent in (self.dir.parent, self.home):
+                os.chmod(parent, 0o755)
+        if not (self.data / "PG_VERSION").exists():
+            shutil.rmtree(self.data, ignore_errors=True)
+            proc = subprocess.run(
+                self._as_owner([str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
+                capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StackError(f"initdb failed: {proc.stdout}{proc.stderr}")
+        conf = self.data / "postgresql.auto.conf"
+        conf.write_text(_PG_CONF.format(port=port, sock=self.dir))
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(_PG_HBA)
+        if os.geteuid() == 0:
+            for f in (conf, hba):
+                shutil.chown(f, "postgres", "postgres")
+        stale = self.data / "postmaster.pid"
+        if stale.exists() and not self.alive():
+            stale.unlink()
+        log = self.dir / "postgres.log"
+        if os.geteuid() == 0 and not log.exists():
+            log.touch()
+            shutil.chown(log, "postgres", "postgres")
+        proc = subprocess.run(
+            self._as_owner([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(log),
+                            "-w", "-t", "60", "start"]),
+            capture_output=True, text=True, start_new_session=True)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise StackError(f"postgres did not start: {proc.stdout}{proc.stderr}{tail}")
+        st.update(port=port)
+        self.state.save()
+        wait_until(lambda: port_open(port), 30, "Postgres", log)
+        self._create_db(port)
+
+    def _create_db(self, port: int) -> None:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as c:
+            if c.execute("SELECT 1 FROM pg_database WHERE datname = 'dataflow'").fetchone() is None:
+                c.execute("CREATE DATABASE dataflow")
+
+    def stop(self) -> None:
+        if not (self.data / "postmaster.pid").exists():
+            return
+        bindir = self._bindir()
+        subprocess.run(self._as_owner([str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
+                                       "-w", "-t", "60", "stop"]), capture_output=True, text=True)
+
+    def env(self) -> dict[str, str]:
+        port = self.state.get(self.name).get("port", 15432)
+        return {"DATAFLOW_PG_DSN": f"postgresql://postgres@127.0.0.1:{port}/dataflow"}
+
+
+_PG_CONF = """\
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{sock}'
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+max_connections = 200
+fsync = off
+full_page_writes = off
+shared_buffers = 256MB
+wal_sender_timeout = 0
+"""
+
+_PG_HBA = """\
+local all all trust
+host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+local replication all trust
+"""
+
+SERVICES: list[type[Service]] = [Kafka, Postgres]
+
+
+class Stack:
+    """The set of local services, brought up and down together."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or default_home()
+        self.state = StackState.load(self.home / "stack" / "state.json")
+        self.services = [cls(self.home, self.state) for cls in SERVICES]
+
+    def up(self) -> dict[str, str]:
+        for svc in self.services:
+            if svc.external or svc.alive():
+                continue
+            svc.stop()  # leftovers of a crashed run: stale pids, half-started processes
+            svc.start()
+        return self.env()
+
+    def down(self) -> None:
+        for svc in reversed(self.services):
+            if not svc.external:
+                svc.stop()
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for svc in self.services:
+            if svc.external:
+                out[svc.name] = f"external ({svc.external})"
+            else:
+                out[svc.name] = "running" if svc.alive() else "stopped"
+        return out
+
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for svc in self.services:
+            if svc.external:
+                env[svc.env_var] = svc.external
+            else:
+                env.update(svc.env())
+        return env
+
+
+def stack_main(argv: list[str]) -> int:
+    """``dataflow stack up|down|status|env``."""
+    if not argv or argv[0] not in ("up", "down", "status", "env"):
+        print("usage: dataflow stack up|down|status|env", file=sys.stderr)
+        return 2
+    stack = Stack()
+    cmd = argv[0]
+    try:
+        if cmd == "up":
+            env = stack.up()
+            for k, v in env.items():
+                print(f"{k}={v}")
+        elif cmd == "down":
+            stack.down()
+            print("stack down")
+        elif cmd == "status":
+            for name, st in stack.status().items():
+                print(f"{name}: {st}")
+        else:
+            for k, v in stack.env().items():
+                print(f"export {k}={v}")
+    except StackError as exc:
+        print(f"dataflow stack {cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0

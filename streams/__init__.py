@@ -1,0 +1,3 @@
+"""DataFlow streams package."""
+
+__all__: list[str] = []

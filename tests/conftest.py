@@ -1,0 +1,88 @@
+"""Session-scoped real services and per-test fresh names.
+
+The stack comes up once per session (or the services named by ``KAFKA_BOOTSTRAP_SERVERS``
+/ ``DATAFLOW_PG_DSN`` are used as they are; with a Docker engine and
+``DATAFLOW_TESTCONTAINERS=1``, testcontainers starts them). A service that cannot be had
+is a test error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.support import ServiceEnv, start_services
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[ServiceEnv]:
+    env, stop = start_services()
+    for key, value in env.as_environ().items():
+        os.environ.setdefault(key, value)
+    try:
+        yield env
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services: ServiceEnv) -> str:
+    return services.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(services: ServiceEnv) -> str:
+    return services.pg_dsn
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group, slot and database names."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Create a fresh topic: ``make_topic("orders", partitions=4, config={...})``."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def _make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+        )
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield _make
+    if created:
+        for fut in admin.delete_topics(created).values():
+            try:
+                fut.result(timeout=30)
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def fresh_db(pg_dsn: str) -> Iterator[str]:
+    """A new, empty Postgres database for one test; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    base = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(**{**base, "dbname": name})
+    yield dsn
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
