@@ -1,3 +1,5 @@
-"""DataFlow agents package."""
+"""Faust agents: transform chain, stateful operators, quality checks, loaders."""
 
-__all__: list[str] = []
+from agents._event import DeadLetter, Event
+
+__all__ = ["DeadLetter", "Event"]
