@@ -9,6 +9,7 @@ process it started, even after a crash left a stale pid file behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +36,28 @@ def default_home() -> Path:
     if env:
         return Path(env).resolve()
     return Path(__file__).resolve().parents[1] / ".dataflow"
+
+
+def cache_dir(home: Path) -> Path:
+    """``DATAFLOW_CACHE`` or ``<home>/cache``: downloaded jars, shareable between homes."""
+    env = os.environ.get("DATAFLOW_CACHE")
+    return Path(env).resolve() if env else home / "cache"
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` so parallel ``up``/``down`` runs take turns.
+
+    Several test sessions start the stack at once; without the lock two of them would
+    each see Kafka down and start (or kill) a broker the other is starting.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def port_free(port: int) -> bool:
@@ -145,7 +170,7 @@ class StackState:
         return self.data.setdefault(service, {})
 
 
-class Service:
+class Service(ABC):
     """One local service. Subclasses fill in the four methods."""
 
     name = ""
@@ -160,17 +185,21 @@ class Service:
     def external(self) -> str | None:
         return os.environ.get(self.env_var) or None
 
+    @abstractmethod
     def alive(self) -> bool:
-        raise NotImplementedError  # every concrete service overrides it
+        """True when our own process runs and answers on its port."""
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the service (called only when it is not alive); record ports and pids."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop whatever this service started, including leftovers of a crashed run."""
 
+    @abstractmethod
     def env(self) -> dict[str, str]:
-        raise NotImplementedError
+        """The environment variables that point a client at the service."""
 
 
 class Kafka(Service):
@@ -181,26 +210,39 @@ class Kafka(Service):
 
     @property
     def libs(self) -> Path:
-        return self.home / "cache" / f"kafka-{KAFKA_VERSION}"
+        return cache_dir(self.home) / f"kafka-{KAFKA_VERSION}"
 
     def fetch_jars(self) -> None:
-        """Resolve the broker's jars once into the cache; later starts need no network."""
+        """Resolve the broker's jars once into the cache; later starts need no network.
+
+        When Maven's local repository already holds this Kafka, Maven runs offline first
+        (a few seconds, and it works without a network); otherwise it downloads (~30 s).
+        """
         if (self.libs / ".complete").exists():
             return
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise StackError("Maven not found: install it (apt-get install maven) to fetch Kafka jars")
-        tmp = self.libs.with_suffix(".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [mvn, "-q", "-B", "-f", str(_POM), "dependency:copy-dependencies",
-               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
-               f"-Dkafka.version={KAFKA_VERSION}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise StackError(f"mvn could not fetch Kafka {KAFKA_VERSION}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        tmp.rename(self.libs)
-        (self.libs / ".complete").write_text(KAFKA_VERSION)
+        with locked(self.libs.parent / f"{self.libs.name}.lock"):
+            if (self.libs / ".complete").exists():  # another process fetched meanwhile
+                return
+            mvn = shutil.which("mvn")
+            if mvn is None:
+                raise StackError("Maven not found: install it (apt-get install maven) to fetch Kafka jars")
+            tmp = self.libs.parent / f"{self.libs.name}.partial"
+            cmd = [mvn, "-q", "-B", "-f", str(_POM), "dependency:copy-dependencies",
+                   f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+                   f"-Dkafka.version={KAFKA_VERSION}"]
+            m2 = Path.home() / ".m2" / "repository" / "org" / "apache" / "kafka" / "kafka_2.13"
+            attempts = [[*cmd, "-o"], cmd] if (m2 / KAFKA_VERSION).is_dir() else [cmd]
+            for attempt in attempts:
+                shutil.rmtree(tmp, ignore_errors=True)
+                proc = subprocess.run(attempt, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    break
+            else:
+                raise StackError(f"mvn could not fetch Kafka {KAFKA_VERSION}: "
+                                 f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            shutil.rmtree(self.libs, ignore_errors=True)
+            tmp.rename(self.libs)
+            (self.libs / ".complete").write_text(KAFKA_VERSION)
 
     def alive(self) -> bool:
         st = self.state.get(self.name)
@@ -442,18 +484,30 @@ class Stack:
         self.state = StackState.load(self.home / "stack" / "state.json")
         self.services = [cls(self.home, self.state) for cls in SERVICES]
 
+    @property
+    def lock_path(self) -> Path:
+        return self.home / "stack" / ".lock"
+
+    def _reload(self) -> None:
+        """Re-read the state file: a run that held the lock before us may have changed it."""
+        self.state.data = StackState.load(self.state.path).data
+
     def up(self) -> dict[str, str]:
-        for svc in self.services:
-            if svc.external or svc.alive():
-                continue
-            svc.stop()  # leftovers of a crashed run: stale pids, half-started processes
-            svc.start()
+        with locked(self.lock_path):
+            self._reload()
+            for svc in self.services:
+                if svc.external or svc.alive():
+                    continue
+                svc.stop()  # leftovers of a crashed run: stale pids, half-started processes
+                svc.start()
         return self.env()
 
     def down(self) -> None:
-        for svc in reversed(self.services):
-            if not svc.external:
-                svc.stop()
+        with locked(self.lock_path):
+            self._reload()
+            for svc in reversed(self.services):
+                if not svc.external:
+                    svc.stop()
 
     def status(self) -> dict[str, str]:
         out = {}
