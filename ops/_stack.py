@@ -473,7 +473,123 @@ host replication all 127.0.0.1/32 trust
 local replication all trust
 """
 
-SERVICES: list[type[Service]] = [Kafka, Postgres]
+class S3(Service):
+    """An S3-compatible endpoint: moto's server mode (in memory; buckets vanish on restart)."""
+
+    name = "s3"
+    env_var = "DATAFLOW_S3_ENDPOINT"
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        return pid_alive(st.get("pid"), "moto.server") and port_open(st.get("port", 0))
+
+    def start(self) -> None:
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 19000))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "moto.out"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        st.update(pid=proc.pid, port=port)
+        self.state.save()
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "moto S3 server", log)
+        if proc.poll() is not None:
+            raise StackError(f"moto S3 server exited with {proc.returncode}; see {log}")
+
+    def stop(self) -> None:
+        kill_tree(self.state.get(self.name).get("pid", 0), "moto.server", timeout=10)
+
+    def env(self) -> dict[str, str]:
+        return {self.env_var: f"http://127.0.0.1:{self.state.get(self.name).get('port', 19000)}"}
+
+
+FERRETDB_VERSION = "v1.24.2"  # v1.x: SQLite/PostgreSQL backends without the DocumentDB extension
+
+
+class FerretDB(Service):
+    """A MongoDB wire-protocol server: FerretDB 1.x on its SQLite backend.
+
+    No ``mongod`` ships for this machine and no pip package carries one, so the stack
+    builds FerretDB from its Go module once (~2 min) into the cache; later starts need
+    no network. The module lacks its generated ``version.txt``, so it is copied out of
+    the module cache, given one, and built with ``go build``.
+    """
+
+    name = "mongodb"
+    env_var = "DATAFLOW_MONGO_URI"
+
+    @property
+    def binary(self) -> Path:
+        return cache_dir(self.home) / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+
+    def build(self) -> None:
+        """Build the binary once into the cache (under a lock: parallel sessions wait)."""
+        if self.binary.exists():
+            return
+        out_dir = self.binary.parent
+        with locked(out_dir.parent / f"{out_dir.name}.lock"):
+            if self.binary.exists():
+                return
+            go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+            if go is None:
+                raise StackError("Go not found: install Go 1.22+ to build FerretDB (the MongoDB wire server)")
+            work = out_dir.parent / f"{out_dir.name}.build"
+            shutil.rmtree(work, ignore_errors=True)
+            env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+            module = f"github.com/FerretDB/FerretDB@{FERRETDB_VERSION}"
+            dl = subprocess.run([go, "mod", "download", "-json", module],
+                                capture_output=True, text=True, env=env)
+            if dl.returncode != 0:
+                raise StackError(f"go mod download {module} failed: {dl.stdout[-1500:]}{dl.stderr[-1500:]}")
+            shutil.copytree(json.loads(dl.stdout)["Dir"], work)
+            for p in [work, *work.rglob("*")]:
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            (work / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+            tmp = out_dir.parent / f"{out_dir.name}.partial"
+            proc = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "./cmd/ferretdb"],
+                                  capture_output=True, text=True, env=env, cwd=work)
+            shutil.rmtree(work, ignore_errors=True)
+            if proc.returncode != 0:
+                raise StackError(f"building FerretDB failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp.rename(self.binary)
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        return pid_alive(st.get("pid"), str(self.dir)) and port_open(st.get("port", 0))
+
+    def start(self) -> None:
+        self.build()
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 27027))
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "ferretdb.out"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [str(self.binary), f"--listen-addr=127.0.0.1:{port}", "--handler=sqlite",
+                 f"--sqlite-url=file:{data}/", f"--state-dir={self.dir}", "--telemetry=disable",
+                 "--debug-addr=-", "--log-level=WARN"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        st.update(pid=proc.pid, port=port)
+        self.state.save()
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "FerretDB", log)
+        if proc.poll() is not None:
+            raise StackError(f"FerretDB exited with {proc.returncode}; see {log}")
+
+    def stop(self) -> None:
+        kill_tree(self.state.get(self.name).get("pid", 0), str(self.dir), timeout=10)
+
+    def env(self) -> dict[str, str]:
+        port = self.state.get(self.name).get("port", 27027)
+        return {self.env_var: f"mongodb://127.0.0.1:{port}/"}
+
+
+SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB]
 
 
 class Stack:

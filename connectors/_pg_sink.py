@@ -1,0 +1,389 @@
+"""Postgres sink: one transaction per batch, upserts and deletes behind a version guard.
+
+Per batch (after keeping only the newest record of each key)::
+
+    COPY the rows into a temporary stage table (target column types, no constraints)
+    DELETE target rows the batch deletes         WHERE target.version < stage.version
+    UPSERT deleted keys into <table>__tombstones WHERE tombstone.version < stage.version
+           (unless the live row is newer than the delete)
+    INSERT ... ON CONFLICT (key) DO UPDATE       WHERE target.version < excluded.version
+           skipping rows whose key has a tombstone at an equal or newer version
+    DELETE tombstones older than a row just written
+    COMMIT
+
+Why a tombstone table: a deleted row is gone from the target, so ``ON CONFLICT`` has
+nothing to compare an older, replayed upsert against and would resurrect the row. The
+tombstone keeps the delete's version for exactly the keys that are currently deleted
+(it is pruned when a newer upsert lands), and the target table itself holds only live
+rows plus one version column, so it can be compared with the source table as it is.
+
+A batch the target refuses (constraint violation, a value its type rejects) is split in
+halves until the refused rows are alone; they come back as ``Rejected`` with the
+target's own message and everything else is written. A target that goes away is retried
+with backoff, then answered with ``SinkBackpressure``: the loader keeps the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors._sink import (
+    Backoff,
+    BatchingSink,
+    Rejected,
+    SinkRecord,
+    latest_per_key,
+    sink_metrics,
+)
+from schemas import SinkBackpressure, SinkError
+
+_DELETE_FLAG = "__df_delete"
+_STAGE = "_df_stage"
+
+
+class PostgresSinkSettings(BaseModel):
+    """Where and how a Postgres loader writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dsn: SecretStr
+    table: str = Field(min_length=1)
+    db_schema: str = Field("public", alias="schema", min_length=1)
+    key_fields: tuple[str, ...] = ()        # default: the table's primary key, else the event key
+    version_column: str = "__version"
+    create_table: bool = True
+    evolve: bool = True                     # ADD COLUMN for fields the table lacks
+    column_types: dict[str, str] = Field(default_factory=dict)  # SQL types for created columns
+    connect_timeout: int = 5
+    retry_attempts: int = 6
+    retry_max_delay: float = 5.0
+    retry_after: float = 2.0                # what SinkBackpressure asks the loader to wait
+
+    @field_validator("column_types")
+    @classmethod
+    def _plain_types(cls, v: dict[str, str]) -> dict[str, str]:
+        """Types are spliced into DDL, so only plain type names are accepted."""
+        for col, typ in v.items():
+            if not _TYPE_RE.fullmatch(typ):
+                raise ValueError(f"column_types.{col}: {typ!r} is not a plain SQL type name")
+        return v
+
+
+_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(, *\d+)?\))?( *\[\])?")
+
+
+class _Retryable(Exception):
+    """The target went away mid-batch; the whole batch is retried (repeats are harmless)."""
+
+
+_RETRY_SQLSTATES = {"40001", "40P01", "55006", "57P01", "57P02", "57P03"}
+
+
+def _is_retryable(exc: psycopg.Error) -> bool:
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    state = exc.sqlstate or ""
+    return state in _RETRY_SQLSTATES or state.startswith("08")
+
+
+def _is_row_error(exc: psycopg.Error) -> bool:
+    """Errors a single row can cause: bad values (class 22) and constraints (class 23)."""
+    return (exc.sqlstate or "")[:2] in ("22", "23")
+
+
+def infer_sql_type(value: Any) -> str:
+    """A Postgres type for a JSON-ish value (used only when creating or adding columns)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, float):
+        return "double precision"
+    if isinstance(value, decimal.Decimal):
+        return "numeric"
+    if isinstance(value, dict | list):
+        return "jsonb"
+    if isinstance(value, bytes):
+        return "bytea"
+    if isinstance(value, dt.datetime):
+        return "timestamptz"
+    if isinstance(value, dt.date):
+        return "date"
+    return "text"
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _short_ident(name: str, suffix: str) -> str:
+    """``name + suffix`` within Postgres' 63-byte identifier limit, stable and unique."""
+    full = name + suffix
+    if len(full.encode()) <= 63:
+        return full
+    digest = hashlib.sha1(full.encode()).hexdigest()[:8]
+    return name.encode()[: 63 - len(suffix) - 9].decode(errors="ignore") + "_" + digest + suffix
+
+
+class PostgresSink(BatchingSink):
+    """Writes batches of ``SinkRecord`` into one Postgres table (see module docstring)."""
+
+    kind = "postgres"
+
+    def __init__(self, settings: PostgresSinkSettings, name: str | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.name = name or f"{settings.db_schema}.{settings.table}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._columns: dict[str, str] = {}  # target column -> SQL type; {} = not loaded
+        self._keys: tuple[str, ...] = settings.key_fields
+        self._backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
+        self._target = sql.Identifier(settings.db_schema, settings.table)
+        self._tomb = sql.Identifier(settings.db_schema, _short_ident(settings.table, "__tombstones"))
+        self._ver = sql.Identifier(settings.version_column)
+        self._tomb_ready = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.settings.dsn.get_secret_value(), autocommit=False,
+                connect_timeout=self.settings.connect_timeout, application_name="dataflow-sink")
+            self._columns = {}
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+        self._conn = None
+        self._columns = {}
+
+    def close(self) -> None:
+        super().close()
+        self._drop_connection()
+
+    # -- the batch ---------------------------------------------------------------------
+
+    def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        last: BaseException | None = None
+        for delay in [0.0, *self._backoff.delays()]:
+            if delay:
+                sink_metrics().retries.labels(self.kind, self.name).inc()
+                time.sleep(delay)
+            try:
+                return self._write_once(batch)
+            except _Retryable as exc:
+                last = exc.__cause__ or exc
+                self._drop_connection()
+        raise SinkBackpressure(
+            f"sink postgres {self.name}: target unavailable ({last})",
+            retry_after=self.settings.retry_after) from last
+
+    def _write_once(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        try:
+            conn = self._connection()
+            rejected, rows = self._prepare(conn, batch)
+            return rejected + self._bisect(conn, rows)
+        except psycopg.Error as exc:
+            if _is_retryable(exc):
+                raise _Retryable(str(exc)) from exc
+            self._rollback()
+            raise SinkError(f"sink postgres {self.name}: {_message(exc)}") from exc
+
+    def _rollback(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            except psycopg.Error:
+                self._drop_connection()
+
+    def _bisect(self, conn: psycopg.Connection[Any], rows: list[SinkRecord]) -> list[Rejected]:
+        """Write ``rows`` in one transaction; on a row error, split until it is isolated."""
+        if not rows:
+            return []
+        try:
+            self._apply(conn, rows)
+            return []
+        except psycopg.Error as exc:
+            if not _is_row_error(exc):
+                raise
+            conn.rollback()
+            if len(rows) == 1:
+                return [Rejected(rows[0], f"sink postgres {self.name}: {_message(exc)}")]
+        mid = len(rows) // 2
+        return self._bisect(conn, rows[:mid]) + self._bisect(conn, rows[mid:])
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _prepare(self, conn: psycopg.Connection[Any],
+                 batch: Sequence[SinkRecord]) -> tuple[list[Rejected], list[SinkRecord]]:
+        """Resolve keys, create/evolve the table, and drop records the table cannot hold."""
+        if not self._keys:
+            self._keys = self._primary_key(conn) or tuple(batch[0].key)
+        keys = self._keys
+        rejected: list[Rejected] = []
+        good: list[SinkRecord] = []
+        for rec in batch:
+            row = rec.value if rec.value is not None else rec.key
+            if any(row.get(k, rec.key.get(k)) is None for k in keys):
+                rejected.append(Rejected(rec, f"sink postgres {self.name}: key field(s) "
+                                              f"{', '.join(keys)} missing or null"))
+            else:
+                good.append(rec)
+        rows = latest_per_key(good, keys)
+        self._ensure_schema(conn, rows)
+        if not self.settings.evolve:
+            keep = []
+            for rec in rows:
+                extra = [f for f, v in (rec.value or {}).items()
+                         if v is not None and f not in self._columns]
+                if extra:
+                    rejected.append(Rejected(rec, f"sink postgres {self.name}: column(s) "
+                                                  f"{', '.join(map(repr, extra))} not in the table"))
+                else:
+                    keep.append(rec)
+            rows = keep
+        return rejected, rows
+
+    def _primary_key(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+        cur = conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+            "ORDER BY array_position(i.indkey, a.attnum)",
+            (self._target.as_string(conn),))
+        keys = tuple(r[0] for r in cur.fetchall())
+        conn.rollback()
+        return keys
+
+    def _load_columns(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
+        cur = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (self._target.as_string(conn),))
+        cols = {r[0]: r[1] for r in cur.fetchall()}
+        conn.rollback()
+        return cols
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> None:
+        if not self._columns:
+            self._columns = self._load_columns(conn)
+        wanted: dict[str, Any] = {}
+        for rec in rows:
+            for f, v in (rec.value or rec.key).items():
+                if f not in wanted or wanted[f] is None:
+                    wanted[f] = v
+        types = self.settings.column_types
+        ver = self.settings.version_column
+        stmts: list[sql.Composed] = []
+        if not self._columns:
+            if not self.settings.create_table:
+                raise SinkError(f"sink postgres {self.name}: table does not exist (create_table is off)")
+            cols = [sql.SQL("{} {}").format(sql.Identifier(f), sql.SQL(types.get(f) or infer_sql_type(v)))
+                    for f, v in wanted.items() if f != ver]
+            cols.append(sql.SQL("{} bigint").format(self._ver))
+            stmts.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
+                self._target, sql.SQL(", ").join(cols), self._key_list()))
+        else:
+            missing = [f for f in wanted if f not in self._columns] if self.settings.evolve else []
+            if ver not in self._columns:  # the guard's own column is always added
+                missing.append(ver)
+            for f in missing:
+                typ = "bigint" if f == ver else (types.get(f) or infer_sql_type(wanted[f]))
+                stmts.append(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    self._target, sql.Identifier(f), sql.SQL(typ)))
+        if stmts or not self._tomb_ready:
+            for stmt in stmts:
+                conn.execute(stmt)
+            conn.commit()
+            self._columns = self._load_columns(conn)
+            key_cols = [sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(self._columns[k]))
+                        for k in self._keys]
+            try:
+                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} bigint NOT NULL, "
+                                     "PRIMARY KEY ({}))").format(
+                    self._tomb, sql.SQL(", ").join(key_cols), self._ver, self._key_list()))
+                conn.commit()
+            except psycopg.errors.UniqueViolation:  # a concurrent loader created it first
+                conn.rollback()
+            self._tomb_ready = True
+
+    def _key_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, self._keys))
+
+    # -- the transaction ---------------------------------------------------------------
+
+    def _apply(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> None:
+        ver = self.settings.version_column
+        cols = [c for c in self._columns if c != ver and any(
+            c in (r.value or r.key) for r in rows)]
+        for k in self._keys:
+            if k not in cols:
+                cols.append(k)
+        stage_cols = [*cols, ver, _DELETE_FLAG]
+        ident = sql.Identifier
+        col_list = sql.SQL(", ").join(map(ident, cols))
+        stage = ident(_STAGE)
+
+        def key_match(a: str, b: str) -> sql.Composed:
+            return sql.SQL(" AND ").join(
+                sql.SQL("{}.{} = {}.{}").format(ident(a), ident(k), ident(b), ident(k))
+                for k in self._keys)
+
+        non_keys = [c for c in cols if c not in self._keys]
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in [*non_keys, ver])
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, {}, "
+                                 "false AS {} FROM {} WITH NO DATA").format(
+                stage, col_list, self._ver, ident(_DELETE_FLAG), self._target))
+            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    stage, sql.SQL(", ").join(map(ident, stage_cols)))) as copy:
+                for rec in rows:
+                    row = rec.value if rec.value is not None else rec.key
+                    copy.write_row([_copy_value(row.get(c)) for c in cols]
+                                   + [rec.version, rec.value is None])
+            conn.execute(sql.SQL(
+                "DELETE FROM {t} AS t USING {s} AS s WHERE s.{d} AND {m} "
+                "AND (t.{v} IS NULL OR t.{v} < s.{v})").format(
+                t=self._target, s=stage, d=ident(_DELETE_FLAG), m=key_match("t", "s"), v=self._ver))
+            conn.execute(sql.SQL(
+                "INSERT INTO {b} AS b ({k}, {v}) SELECT {k}, {v} FROM {s} AS s WHERE s.{d} "
+                "AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {m} AND t.{v} >= s.{v}) "
+                "ON CONFLICT ({k}) DO UPDATE SET {v} = EXCLUDED.{v} WHERE b.{v} < EXCLUDED.{v}").format(
+                b=self._tomb, k=self._key_list(), v=self._ver, s=stage, d=ident(_DELETE_FLAG),
+                t=self._target, m=key_match("t", "s")))
+            conn.execute(sql.SQL(
+                "INSERT INTO {t} AS t ({c}, {v}) SELECT {c}, {v} FROM {s} AS s WHERE NOT s.{d} "
+                "AND NOT EXISTS (SELECT 1 FROM {b} AS b WHERE {m} AND b.{v} >= s.{v}) "
+                "ON CONFLICT ({k}) DO UPDATE SET {sets} "
+                "WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}").format(
+                t=self._target, c=col_list, v=self._ver, s=stage, d=ident(_DELETE_FLAG),
+                b=self._tomb, m=key_match("b", "s"), k=self._key_list(), sets=sets))
+            conn.execute(sql.SQL(
+                "DELETE FROM {b} AS b USING {s} AS s WHERE NOT s.{d} AND {m} AND b.{v} < s.{v}").format(
+                b=self._tomb, s=stage, d=ident(_DELETE_FLAG), m=key_match("b", "s"), v=self._ver))
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).strip()
+    if diag.message_detail:
+        text += f" ({diag.message_detail})"
+    return text

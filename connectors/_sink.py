@@ -1,0 +1,172 @@
+"""The sink contract: a sink takes records, writes them in batches and flushes.
+
+A loader (agents) turns events into ``SinkRecord`` values, ``add``s them and calls
+``flush``; only after ``flush`` returned does it commit offsets, and only up to what
+``pending_from`` says is durable. Repeats are harmless because every record carries a
+``version`` (source LSN or Kafka offset) and every writer keeps a version guard per key.
+
+``BatchingSink`` holds the batch; subclasses implement only ``write(batch)``. The batch
+is cleared in a ``finally``: after ``SinkBackpressure`` the caller re-adds the same
+records and flushes again (the loader keeps them), so no record is held in two places.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Histogram
+
+from schemas import SinkBackpressure
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRecord:
+    """One row to upsert (``value`` set) or delete (``value`` None) in a target."""
+
+    key: dict[str, Any]            # primary-key columns and their values
+    value: dict[str, Any] | None   # full row (keys included); None means delete
+    version: int                   # newer wins; equal or older is a harmless repeat
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = 0
+    origin: Any = None             # handed back in ``Rejected`` (the loader's Event)
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record the target refused (constraint, type); the target's own error text."""
+
+    record: SinkRecord
+    error: str
+
+
+class Sink(Protocol):
+    """What a loader drives. ``flush`` makes every added record durable (or rejected)."""
+
+    name: str
+
+    def add(self, records: Iterable[SinkRecord]) -> None: ...
+
+    def flush(self) -> list[Rejected]: ...
+
+    def pending_from(self) -> dict[tuple[str, int], int]:
+        """Per topic-partition, the first offset still buffered (not yet durable)."""
+        ...
+
+    def drop(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget buffered records of partitions this loader no longer owns."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BatchingSink:
+    """Buffers records; ``flush`` hands the batch to ``write`` and always clears it."""
+
+    name = "sink"
+    kind = "sink"
+
+    def __init__(self) -> None:
+        self._batch: list[SinkRecord] = []
+
+    def add(self, records: Iterable[SinkRecord]) -> None:
+        self._batch.extend(records)
+
+    def flush(self) -> list[Rejected]:
+        if not self._batch:
+            return []
+        batch = self._batch
+        metrics = sink_metrics()
+        start = time.perf_counter()
+        try:
+            rejected = self.write(batch)
+        except SinkBackpressure:
+            metrics.backpressure.labels(self.kind, self.name).inc()
+            raise
+        except Exception:
+            metrics.errors.labels(self.kind, self.name).inc()
+            raise
+        finally:
+            self._batch = []
+        metrics.latency.labels(self.kind, self.name).observe(time.perf_counter() - start)
+        metrics.batch_size.labels(self.kind, self.name).observe(len(batch))
+        metrics.rows.labels(self.kind, self.name).inc(len(batch) - len(rejected))
+        if rejected:
+            metrics.rejected.labels(self.kind, self.name).inc(len(rejected))
+        return rejected
+
+    def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        """Make ``batch`` durable in the target; return the rows it refused."""
+        raise NotImplementedError  # each concrete sink implements it
+
+    def pending_from(self) -> dict[tuple[str, int], int]:
+        return {}
+
+    def drop(self, partitions: Iterable[tuple[str, int]]) -> None:
+        gone = set(partitions)
+        self._batch = [r for r in self._batch if (r.topic, r.partition) not in gone]
+
+    def close(self) -> None:
+        self._batch = []
+
+
+def latest_per_key(batch: Sequence[SinkRecord], key_fields: Sequence[str]) -> list[SinkRecord]:
+    """The newest record of each key (ties: the later one), so a batch touches a key once."""
+    newest: dict[tuple[Any, ...], SinkRecord] = {}
+    for rec in batch:
+        k = tuple(rec.key.get(f) for f in key_fields)
+        old = newest.get(k)
+        if old is None or rec.version >= old.version:
+            newest[k] = rec
+    return list(newest.values())
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff for a target that went away: how often and how long to retry."""
+
+    initial: float = 0.2
+    maximum: float = 5.0
+    attempts: int = 6
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        for _ in range(self.attempts):
+            yield delay
+            delay = min(delay * 2, self.maximum)
+
+
+@dataclass(frozen=True)
+class _SinkMetrics:
+    rows: Counter
+    rejected: Counter
+    retries: Counter
+    errors: Counter
+    backpressure: Counter
+    batch_size: Histogram
+    latency: Histogram
+
+
+@lru_cache(maxsize=1)
+def sink_metrics() -> _SinkMetrics:
+    """Prometheus metrics of every sink, created on first use (not at import)."""
+    labels = ("kind", "sink")
+    return _SinkMetrics(
+        rows=Counter("dataflow_sink_rows_written", "Rows made durable in a target", labels),
+        rejected=Counter("dataflow_sink_rows_rejected", "Rows the target refused (to DLQ)", labels),
+        retries=Counter("dataflow_sink_retries", "Retries after the target went away", labels),
+        errors=Counter("dataflow_sink_errors", "Failed flushes", labels),
+        backpressure=Counter("dataflow_sink_backpressure", "Flushes answered with backpressure", labels),
+        batch_size=Histogram("dataflow_sink_batch_size", "Records per flush", labels,
+                             buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000)),
+        latency=Histogram("dataflow_sink_flush_seconds", "Flush latency", labels),
+    )
