@@ -1,0 +1,232 @@
+"""Raw Kafka messages <-> Events, a batch at a time.
+
+Decoding never raises for bad data: bytes that are not JSON, a JSON value that is not an
+object, an Avro message without the Confluent magic byte or with an unknown schema id
+become ``DeadLetter(stage="decode")`` with the reason, and the batch goes on. Only a
+schema lookup that fails for another reason (the registry is down) raises ``SerdeError``,
+because that is not the record's fault and the batch should be retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+
+import fastavro
+import orjson
+
+from agents._event import DeadLetter, Event
+from agents._transforms import describe
+from schemas import SerdeError
+
+Format = Literal["debezium", "json", "avro"]
+KeyFormat = Literal["auto", "json", "string", "bytes", "avro"]
+SchemaLookup = Callable[[int], Any]
+
+
+class RawMessage(NamedTuple):
+    """One consumed Kafka message, as the runtime hands it to :meth:`Decoder.decode`."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class _UnknownSchema(Exception):
+    pass
+
+
+class Decoder:
+    """Decode batches for one source format (``debezium``/``json`` are JSON; ``avro`` is
+    the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body).
+
+    ``schema_lookup(schema_id)`` returns the writer schema (a dict or JSON text); parsed
+    schemas are cached per id. It should raise ``KeyError``/``LookupError`` for an id it
+    does not know (those records go to the DLQ).
+    """
+
+    def __init__(
+        self, fmt: Format = "json", key_format: KeyFormat = "auto",
+        schema_lookup: SchemaLookup | None = None,
+    ) -> None:
+        if fmt not in ("debezium", "json", "avro"):
+            raise SerdeError(f"unknown source format {fmt!r} (expected debezium|json|avro)")
+        if fmt == "avro" and schema_lookup is None:
+            raise SerdeError("format avro needs a schema_lookup (schema id -> writer schema)")
+        self.fmt = fmt
+        self.key_format = key_format
+        self.schema_lookup = schema_lookup
+        self._schemas: dict[int, Any] = {}
+        self.decoded = 0
+        self.failed = 0
+
+    # -- values
+
+    def _avro(self, data: bytes) -> Any:
+        if len(data) < 5 or data[0] != 0:
+            raise ValueError("not Confluent Avro wire format (expected magic byte 0 + schema id)")
+        (schema_id,) = struct.unpack_from(">I", data, 1)
+        schema = self._schemas.get(schema_id)
+        if schema is None:
+            schema = self._schemas[schema_id] = self._load_schema(schema_id)
+        return fastavro.schemaless_reader(io.BytesIO(data[5:]), schema, None)
+
+    def _load_schema(self, schema_id: int) -> Any:
+        assert self.schema_lookup is not None
+        try:
+            raw = self.schema_lookup(schema_id)
+        except LookupError as exc:
+            raise _UnknownSchema(f"unknown Avro schema id {schema_id}") from exc
+        except Exception as exc:
+            raise SerdeError(f"schema lookup for id {schema_id} failed: {describe(exc)}") from exc
+        if raw is None:
+            raise _UnknownSchema(f"unknown Avro schema id {schema_id}")
+        try:
+            return fastavro.parse_schema(orjson.loads(raw) if isinstance(raw, str | bytes) else raw)
+        except Exception as exc:  # noqa: BLE001 - a broken registered schema is the record's problem
+            raise _UnknownSchema(f"Avro schema id {schema_id} does not parse: {describe(exc)}") from exc
+
+    def _key(self, data: bytes) -> Any:
+        kf = self.key_format
+        if kf == "bytes":
+            return data
+        if kf == "string":
+            return data.decode("utf-8", "replace")
+        if kf == "avro":
+            return self._avro(data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if kf == "json":
+                raise
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+
+    # -- batches
+
+    def decode(self, messages: Iterable[Sequence[Any]]) -> tuple[list[Event], list[DeadLetter]]:
+        """Decode ``(key, value, topic, partition, offset, timestamp_ms[, headers])`` tuples."""
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        avro = self.fmt == "avro"
+        loads = orjson.loads
+        key_of = self._key
+        for m in messages:
+            raw_key, raw_value = m[0], m[1]
+            headers = list(m[6]) if len(m) > 6 and m[6] else []
+            ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None, headers)
+            try:
+                if raw_key is not None:
+                    ev.key = key_of(raw_key)
+                if raw_value is not None:
+                    value = self._avro(raw_value) if avro else loads(raw_value)
+                    if type(value) is not dict:
+                        raise ValueError(f"expected a record (JSON object), got "
+                                         f"{type(value).__name__}")
+                    ev.value = value
+            except SerdeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
+                dead.append(DeadLetter(ev, "decode", f"{self.fmt}: {describe(exc)}"))
+                continue
+            events.append(ev)
+        self.decoded += len(events)
+        self.failed += len(dead)
+        return events, dead
+
+    def decode_records(self, records: Iterable[Any]) -> tuple[list[Event], list[DeadLetter]]:
+        """Decode objects with ``key, value, topic, partition, offset, timestamp[, headers]``
+        attributes (aiokafka's ``ConsumerRecord``)."""
+        return self.decode(
+            (r.key, r.value, r.topic, r.partition, r.offset, r.timestamp,
+             getattr(r, "headers", None) or ())
+            for r in records
+        )
+
+
+# ------------------------------------------------------------------ encode
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(obj)).decode()
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def _sanitize(obj: Any) -> Any:
+    """Slow path for what orjson refuses: integers beyond 64 bits become strings."""
+    if isinstance(obj, dict):
+        return {str(k): _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_sanitize(v) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return str(obj)
+    return obj
+
+
+def encode_json(value: Any) -> bytes:
+    """orjson with the conversions DataFlow rows need (Decimal, bytes, sets, big ints)."""
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        try:
+            return orjson.dumps(_sanitize(value), default=_default)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise SerdeError(f"cannot encode value as JSON: {describe(exc)}") from exc
+
+
+def encode_key(key: Any) -> bytes | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    return encode_json(key)
+
+
+def encode_outputs(
+    events: Iterable[Event], default_topic: str,
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """``(topic, key, value)`` per event with orjson; topic = ``event.route`` or the default.
+
+    A tombstone (``value is None``) stays a null value, so compaction works downstream.
+    """
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+    dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS
+    append = out.append
+    for ev in events:
+        key = ev.key
+        if key is None:
+            kb = None
+        elif type(key) is dict:
+            try:
+                kb = dumps(key, default=_default, option=opt)
+            except (orjson.JSONEncodeError, TypeError):
+                kb = encode_json(key)
+        else:
+            kb = encode_key(key)
+        value = ev.value
+        if value is None:
+            vb = None
+        else:
+            try:
+                vb = dumps(value, default=_default, option=opt)
+            except (orjson.JSONEncodeError, TypeError):
+                vb = encode_json(value)
+        append((ev.route or default_topic, kb, vb))
+    return out

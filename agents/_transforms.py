@@ -1,0 +1,602 @@
+"""Stateless transforms: each takes a batch of events and returns (kept, dead).
+
+Every transform works on the whole batch in one loop and edits rows in place where it
+can; one bad event becomes a ``DeadLetter(stage="transform:<name>")`` with a clear error
+and the others keep going. Tombstones (``value is None``) pass through every transform
+except :class:`Unwrap`, which decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar, Literal
+
+from agents._event import DeadLetter, Event
+from agents._expr import Expr
+
+Row = dict[str, Any]
+Batch = tuple[list[Event], list[DeadLetter]]
+
+#: Metadata fields added by :class:`Unwrap`.
+UNWRAP_METADATA = ("__op", "__ts_ms", "__source_table", "__lsn")
+_DEBEZIUM_DECIMAL = "org.apache.kafka.connect.data.Decimal"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a DLQ header: the exception type and its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Transform:
+    """Base of every transform: a name (for the DLQ stage) and ``process(batch)``."""
+
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.kind
+        self.stage = f"transform:{self.name}"
+        self.dropped = 0    # events removed on purpose (filtered, deletes dropped, ...)
+        self.failed = 0     # events sent to the DLQ
+
+    def process(self, events: list[Event]) -> Batch:
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        apply = self.apply
+        for ev in events:
+            row = ev.value
+            if row is not None:
+                try:
+                    ev.value = apply(row)
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the batch
+                    dead.append(DeadLetter(ev, self.stage, self.explain(exc)))
+                    continue
+            out.append(ev)
+        self.failed += len(dead)
+        return out, dead
+
+    def apply(self, row: Row) -> Row:
+        """Transform one row (may edit it in place); raise to send the event to the DLQ."""
+        return row
+
+    def explain(self, exc: BaseException) -> str:
+        return f"{self.kind} {self.name}: {describe(exc)}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+# ------------------------------------------------------------------ Debezium unwrap
+
+
+def _strip_wrapper(value: Any) -> Any:
+    """JsonConverter with ``schemas.enable=true`` wraps keys and values as {schema, payload}."""
+    if type(value) is dict and len(value) == 2 and "payload" in value and "schema" in value:
+        return value["payload"]
+    return value
+
+
+def _decimal_fields(schema: Any, section: str) -> list[tuple[str, int]]:
+    """(field, scale) of Connect ``Decimal`` fields in the envelope schema's ``section``."""
+    found: list[tuple[str, int]] = []
+    if not isinstance(schema, dict):
+        return found
+    for part in schema.get("fields") or ():
+        if isinstance(part, dict) and part.get("field") == section:
+            for f in part.get("fields") or ():
+                if isinstance(f, dict) and f.get("name") == _DEBEZIUM_DECIMAL:
+                    scale = int((f.get("parameters") or {}).get("scale", 0))
+                    found.append((f["field"], scale))
+    return found
+
+
+def _decode_decimal(text: str, scale: int) -> Decimal:
+    raw = base64.b64decode(text)
+    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+
+
+class Unwrap(Transform):
+    """Debezium envelope -> the row (``after``; ``before`` for deletes) plus metadata.
+
+    ``deletes``: ``drop`` (default), ``rewrite`` (keep the row with ``__deleted: true``;
+    every other row gets ``__deleted: false``) or ``tombstone`` (emit ``value=None`` with
+    the key). ``tombstones`` (the null-valued events Kafka uses for compaction): ``drop``
+    (default) or ``keep``. With ``metadata`` the row gains ``__op``, ``__ts_ms``,
+    ``__source_table`` (``schema.table``) and ``__lsn``. Debezium ``Decimal`` fields (base64
+    bytes, only recognisable when the schema travels with the event) become ``decimals``:
+    ``float`` (default), ``string`` or ``decimal``. Truncate and message events are dropped.
+    """
+
+    kind = "unwrap"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        deletes: Literal["drop", "rewrite", "tombstone"] = "drop",
+        tombstones: Literal["drop", "keep"] = "drop",
+        metadata: bool = True,
+        decimals: Literal["float", "string", "decimal"] = "float",
+    ) -> None:
+        super().__init__(name)
+        self.deletes = deletes
+        self.tombstones = tombstones
+        self.metadata = metadata
+        self.decimals = decimals
+
+    def process(self, events: list[Event]) -> Batch:  # noqa: C901 - the hot loop stays flat
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        deletes, metadata, rewrite = self.deletes, self.metadata, self.deletes == "rewrite"
+        for ev in events:
+            key = ev.key
+            if type(key) is dict and "payload" in key:
+                ev.key = key = _strip_wrapper(key)
+            env = ev.value
+            schema = None
+            if env is not None and "payload" in env and "schema" in env and len(env) == 2:
+                schema = env["schema"]
+                env = env["payload"]
+            if env is None:
+                if self.tombstones == "keep":
+                    ev.value = None
+                    out.append(ev)
+                else:
+                    self.dropped += 1
+                continue
+            op = env.get("op")
+            if op == "c" or op == "u" or op == "r":
+                row = env.get("after")
+            elif op == "d":
+                if deletes == "drop":
+                    self.dropped += 1
+                    continue
+                if deletes == "tombstone":
+                    ev.value = None
+                    out.append(ev)
+                    continue
+                row = env.get("before")
+                if row is None:  # REPLICA IDENTITY DEFAULT without key columns: use the key
+                    row = dict(key) if type(key) is dict else {}
+            elif op == "t" or op == "m":
+                self.dropped += 1
+                continue
+            elif op is None:
+                dead.append(DeadLetter(ev, self.stage, f"unwrap {self.name}: not a Debezium "
+                                       f"change event (no 'op' field; keys: {sorted(env)[:8]})"))
+                continue
+            else:
+                dead.append(DeadLetter(ev, self.stage,
+                                       f"unwrap {self.name}: unknown Debezium op {op!r}"))
+                continue
+            if type(row) is not dict:
+                dead.append(DeadLetter(ev, self.stage, f"unwrap {self.name}: op {op!r} event "
+                                       f"has no row (got {type(row).__name__})"))
+                continue
+            if schema is not None:
+                try:
+                    self._decimals(row, schema, "before" if op == "d" else "after")
+                except (ValueError, TypeError, InvalidOperation) as exc:
+                    dead.append(DeadLetter(ev, self.stage,
+                                           f"unwrap {self.name}: bad Decimal field: {describe(exc)}"))
+                    continue
+            if metadata:
+                src = env.get("source")
+                if type(src) is dict:
+                    table = src.get("table")
+                    ns = src.get("schema") or src.get("db")
+                    row["__source_table"] = f"{ns}.{table}" if ns and table else table
+                    row["__lsn"] = src.get("lsn")
+                else:
+                    row["__source_table"] = None
+                    row["__lsn"] = None
+                row["__op"] = op
+                row["__ts_ms"] = env.get("ts_ms")
+            if rewrite:
+                row["__deleted"] = op == "d"
+            ev.value = row
+            out.append(ev)
+        self.failed += len(dead)
+        return out, dead
+
+    def _decimals(self, row: Row, schema: Any, section: str) -> None:
+        for field, scale in _decimal_fields(schema, section):
+            raw = row.get(field)
+            if isinstance(raw, str):
+                value = _decode_decimal(raw, scale)
+                if self.decimals == "float":
+                    row[field] = float(value)
+                elif self.decimals == "string":
+                    row[field] = str(value)
+                else:
+                    row[field] = value
+
+
+# ------------------------------------------------------------------ expressions
+
+
+class Filter(Transform):
+    """Keep events whose expression is truthy; an expression error sends the event to the DLQ."""
+
+    kind = "filter"
+
+    def __init__(self, expr: Expr, name: str | None = None) -> None:
+        super().__init__(name)
+        self.expr = expr
+
+    def process(self, events: list[Event]) -> Batch:
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        fn = self.expr.fn
+        for ev in events:
+            row = ev.value
+            if row is None:
+                out.append(ev)
+                continue
+            try:
+                keep = fn(row)
+            except Exception as exc:  # noqa: BLE001
+                dead.append(DeadLetter(ev, self.stage, self.explain(exc)))
+                continue
+            if keep:
+                out.append(ev)
+        self.dropped += len(events) - len(out) - len(dead)
+        self.failed += len(dead)
+        return out, dead
+
+    def explain(self, exc: BaseException) -> str:
+        return f"filter {self.name}: expression {self.expr.source!r} failed: {describe(exc)}"
+
+
+class Compute(Transform):
+    """Add or replace fields from expressions, in order (a later one sees earlier results)."""
+
+    kind = "map"
+
+    def __init__(self, fields: Mapping[str, Expr], name: str | None = None) -> None:
+        super().__init__(name)
+        self.fields = tuple(fields.items())
+        self._current = ""
+
+    def apply(self, row: Row) -> Row:
+        for field, expr in self.fields:
+            self._current = field
+            row[field] = expr.fn(row)
+        return row
+
+    def process(self, events: list[Event]) -> Batch:
+        if len(self.fields) != 1:
+            return super().process(events)
+        # the common case, one computed field: no inner loop
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        (field, expr), = self.fields
+        fn = expr.fn
+        self._current = field
+        for ev in events:
+            row = ev.value
+            if row is not None:
+                try:
+                    row[field] = fn(row)
+                except Exception as exc:  # noqa: BLE001
+                    dead.append(DeadLetter(ev, self.stage, self.explain(exc)))
+                    continue
+            out.append(ev)
+        self.failed += len(dead)
+        return out, dead
+
+    def explain(self, exc: BaseException) -> str:
+        expr = dict(self.fields)[self._current]
+        return (f"map {self.name}: field {self._current!r} = {expr.source!r} failed: "
+                f"{describe(exc)}")
+
+
+class Route(Transform):
+    """Set ``Event.route`` to the topic of the first matching route (else ``default``)."""
+
+    kind = "route"
+
+    def __init__(
+        self, routes: Sequence[tuple[Expr, str]], default: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.routes = tuple(routes)
+        self.default = default
+        self._current: Expr | None = None
+
+    def process(self, events: list[Event]) -> Batch:
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        routes, default = self.routes, self.default
+        for ev in events:
+            row = ev.value
+            if row is None:
+                out.append(ev)
+                continue
+            topic = default
+            try:
+                for expr, target in routes:
+                    self._current = expr
+                    if expr.fn(row):
+                        topic = target
+                        break
+            except Exception as exc:  # noqa: BLE001
+                dead.append(DeadLetter(ev, self.stage, self.explain(exc)))
+                continue
+            if topic is not None:
+                ev.route = topic
+            out.append(ev)
+        self.failed += len(dead)
+        return out, dead
+
+    def explain(self, exc: BaseException) -> str:
+        src = self._current.source if self._current else "?"
+        return f"route {self.name}: expression {src!r} failed: {describe(exc)}"
+
+
+# ------------------------------------------------------------------ shape
+
+
+class Select(Transform):
+    """Keep only the listed fields (those present), in the listed order."""
+
+    kind = "select"
+
+    def __init__(self, fields: Iterable[str], name: str | None = None) -> None:
+        super().__init__(name)
+        self.fields = tuple(fields)
+
+    def apply(self, row: Row) -> Row:
+        return {f: row[f] for f in self.fields if f in row}
+
+
+class Drop(Transform):
+    """Remove the listed fields (absent ones are ignored)."""
+
+    kind = "drop"
+
+    def __init__(self, fields: Iterable[str], name: str | None = None) -> None:
+        super().__init__(name)
+        self.fields = tuple(fields)
+
+    def apply(self, row: Row) -> Row:
+        for f in self.fields:
+            row.pop(f, None)
+        return row
+
+
+class Rename(Transform):
+    """Rename fields ``old -> new`` (absent ones are ignored)."""
+
+    kind = "rename"
+
+    def __init__(self, mapping: Mapping[str, str], name: str | None = None) -> None:
+        super().__init__(name)
+        self.mapping = tuple(mapping.items())
+
+    def apply(self, row: Row) -> Row:
+        for old, new in self.mapping:
+            if old in row:
+                row[new] = row.pop(old)
+        return row
+
+
+class Flatten(Transform):
+    """Nested objects become top-level fields joined by ``sep`` (``a.b`` -> ``a_b``).
+
+    ``fields`` limits flattening to those fields; ``max_depth`` stops descending (deeper
+    objects stay as they are). Lists are left as they are.
+    """
+
+    kind = "flatten"
+
+    def __init__(
+        self, sep: str = "_", fields: Iterable[str] | None = None, max_depth: int = 32,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.sep = sep
+        self.fields = tuple(fields) if fields is not None else None
+        self.max_depth = max_depth
+
+    def apply(self, row: Row) -> Row:
+        nested = [k for k, v in row.items() if type(v) is dict]
+        if not nested:
+            return row
+        if self.fields is not None:
+            nested = [k for k in nested if k in self.fields]
+        for k in nested:
+            self._into(row, k, row.pop(k), 1)
+        return row
+
+    def _into(self, out: Row, prefix: str, obj: Row, depth: int) -> None:
+        sep = self.sep
+        for k, v in obj.items():
+            name = f"{prefix}{sep}{k}"
+            if type(v) is dict and depth < self.max_depth:
+                self._into(out, name, v, depth + 1)
+            else:
+                out[name] = v
+
+
+# ------------------------------------------------------------------ cast
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float):
+        return v != 0
+    text = str(v).strip().lower()
+    if text in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if text in ("false", "f", "no", "n", "0", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(f"{v!r} has a fraction")
+        return int(v)
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            return int(text)
+        except ValueError:
+            d = Decimal(text)
+            if d != d.to_integral_value():
+                raise ValueError(f"{v!r} has a fraction") from None
+            return int(d)
+    return int(v)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, str):
+        return float(v.strip())
+    return float(v)
+
+
+def _to_str(v: Any) -> str:
+    return v if isinstance(v, str) else str(v)
+
+
+def _to_decimal(v: Any) -> Decimal:
+    try:
+        return Decimal(str(v).strip() if not isinstance(v, float) else repr(v))
+    except InvalidOperation:
+        raise ValueError(f"not a decimal: {v!r}") from None
+
+
+_UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001, "ns": 0.000001}
+
+
+def _timestamp(unit: str) -> Callable[[Any], int]:
+    """-> epoch milliseconds, from ISO-8601 text or an epoch number in ``unit``."""
+
+    def cast(v: Any) -> int:
+        if isinstance(v, datetime):
+            dt = v if v.tzinfo else v.replace(tzinfo=UTC)
+            return int(dt.timestamp() * 1000)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            u = unit
+            if u == "auto":  # by magnitude: seconds < 1e11 <= ms < 1e14 <= us < 1e17 <= ns
+                a = abs(v)
+                u = "s" if a < 1e11 else "ms" if a < 1e14 else "us" if a < 1e17 else "ns"
+            return int(v * _UNIT_MS[u])
+        if isinstance(v, str):
+            text = v.strip()
+            if text.lstrip("-").isdigit():
+                return cast(int(text))
+            dt = datetime.fromisoformat(text)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            return int(dt.timestamp() * 1000)
+        raise ValueError(f"not a timestamp: {v!r}")
+
+    return cast
+
+
+CAST_TYPES = ("int", "float", "str", "bool", "decimal", "timestamp", "timestamp:s",
+              "timestamp:ms", "timestamp:us", "timestamp:ns")
+
+
+def caster(type_name: str) -> Callable[[Any], Any]:
+    """The conversion function for a cast type name (see :data:`CAST_TYPES`)."""
+    simple: dict[str, Callable[[Any], Any]] = {
+        "int": _to_int, "float": _to_float, "str": _to_str, "bool": _to_bool,
+        "decimal": _to_decimal,
+    }
+    if type_name in simple:
+        return simple[type_name]
+    if type_name == "timestamp":
+        return _timestamp("auto")
+    if type_name.startswith("timestamp:") and type_name[10:] in _UNIT_MS:
+        return _timestamp(type_name[10:])
+    raise ValueError(f"unknown cast type {type_name!r} (expected one of {', '.join(CAST_TYPES)})")
+
+
+class Cast(Transform):
+    """Convert fields to int/float/str/bool/decimal/timestamp (epoch ms); None stays None."""
+
+    kind = "cast"
+
+    def __init__(self, fields: Mapping[str, str], name: str | None = None) -> None:
+        super().__init__(name)
+        self.types = dict(fields)
+        self.fields = tuple((f, caster(t)) for f, t in fields.items())
+        self._current = ""
+
+    def apply(self, row: Row) -> Row:
+        for field, fn in self.fields:
+            v = row.get(field)
+            if v is not None:
+                self._current = field
+                row[field] = fn(v)
+        return row
+
+    def explain(self, exc: BaseException) -> str:
+        f = self._current
+        return f"cast {self.name}: field {f!r} to {self.types.get(f)}: {describe(exc)}"
+
+
+# ------------------------------------------------------------------ PII
+
+
+class Mask(Transform):
+    """Replace all but the last ``keep_last`` (and first ``keep_first``) characters."""
+
+    kind = "mask"
+
+    def __init__(
+        self, fields: Iterable[str], keep_last: int = 4, keep_first: int = 0, char: str = "*",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.fields = tuple(fields)
+        self.keep_last = keep_last
+        self.keep_first = keep_first
+        self.char = char
+
+    def apply(self, row: Row) -> Row:
+        first, last, char = self.keep_first, self.keep_last, self.char
+        for f in self.fields:
+            v = row.get(f)
+            if v is None:
+                continue
+            text = v if isinstance(v, str) else str(v)
+            hidden = len(text) - first - last
+            if hidden <= 0:  # too short to show anything safely: hide it all
+                row[f] = char * len(text)
+            else:
+                row[f] = text[:first] + char * hidden + (text[-last:] if last else "")
+        return row
+
+
+class Hash(Transform):
+    """Replace fields by the hex SHA-256 of ``salt + value`` (stable pseudonyms for joins)."""
+
+    kind = "hash"
+
+    def __init__(self, fields: Iterable[str], salt: str = "", name: str | None = None) -> None:
+        super().__init__(name)
+        self.fields = tuple(fields)
+        self._seed = hashlib.sha256(salt.encode())
+
+    def apply(self, row: Row) -> Row:
+        seed = self._seed
+        for f in self.fields:
+            v = row.get(f)
+            if v is None:
+                continue
+            h = seed.copy()
+            h.update(v if isinstance(v, bytes) else (v if isinstance(v, str) else str(v)).encode())
+            row[f] = h.hexdigest()
+        return row

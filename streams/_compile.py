@@ -1,0 +1,145 @@
+"""Spec -> the stateless chain (transforms, then stateless rules), compiled once.
+
+Expressions are compiled here once per pipeline; the runtime decodes batches with
+:func:`decoder_for` and places the stateful operators it reads from ``Chain.stateful``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from agents import (
+    AllowedRule,
+    AvroSchemaRule,
+    Cast,
+    Chain,
+    Compute,
+    Decoder,
+    Drop,
+    ExprRule,
+    Filter,
+    Flatten,
+    Hash,
+    JsonSchemaRule,
+    Mask,
+    NotNullRule,
+    QualityChecks,
+    RangeRule,
+    RegexRule,
+    Rename,
+    RequiredRule,
+    Route,
+    Rule,
+    Select,
+    Transform,
+    TypeRule,
+    Unwrap,
+    compile_expr,
+)
+from schemas import ConfigError
+from streams._spec import (
+    AllowedRuleSpec,
+    CastSpec,
+    DropSpec,
+    ExprRuleSpec,
+    FilterSpec,
+    FlattenSpec,
+    HashSpec,
+    MapSpec,
+    MaskSpec,
+    NotNullRuleSpec,
+    PipelineSpec,
+    RangeRuleSpec,
+    RegexRuleSpec,
+    RenameSpec,
+    RequiredRuleSpec,
+    RouteSpec,
+    SchemaRuleSpec,
+    SelectSpec,
+    TypeRuleSpec,
+    UnwrapSpec,
+)
+
+
+def build_transform(t: Any) -> Transform:
+    """One transform spec -> its transform object."""
+    name = t.name
+    if isinstance(t, UnwrapSpec):
+        return Unwrap(name, deletes=t.deletes, tombstones=t.tombstones, metadata=t.metadata,
+                      decimals=t.decimals)
+    if isinstance(t, FilterSpec):
+        return Filter(compile_expr(t.expr), name)
+    if isinstance(t, MapSpec):
+        return Compute({k: compile_expr(v) for k, v in t.fields.items()}, name)
+    if isinstance(t, SelectSpec):
+        return Select(t.fields, name)
+    if isinstance(t, DropSpec):
+        return Drop(t.fields, name)
+    if isinstance(t, RenameSpec):
+        return Rename(t.fields, name)
+    if isinstance(t, CastSpec):
+        return Cast(t.fields, name)
+    if isinstance(t, FlattenSpec):
+        return Flatten(t.sep, t.fields, t.max_depth, name)
+    if isinstance(t, MaskSpec):
+        return Mask(t.fields, t.keep_last, t.keep_first, t.char, name)
+    if isinstance(t, HashSpec):
+        if t.salt is not None:
+            salt = t.salt.get_secret_value()
+        else:
+            assert t.salt_env is not None
+            if t.salt_env not in os.environ:
+                raise ConfigError(f"transform {name}: salt_env {t.salt_env} is not set")
+            salt = os.environ[t.salt_env]
+        return Hash(t.fields, salt, name)
+    if isinstance(t, RouteSpec):
+        return Route([(compile_expr(c.when), c.topic) for c in t.routes], t.default, name)
+    raise ConfigError(f"unknown transform type {t.type!r}")
+
+
+def build_rule(r: Any) -> Rule:
+    """One stateless rule spec -> its rule object."""
+    name, action = r.name, r.action
+    if isinstance(r, NotNullRuleSpec):
+        return NotNullRule(name, r.fields, action)
+    if isinstance(r, RequiredRuleSpec):
+        return RequiredRule(name, r.fields, action)
+    if isinstance(r, TypeRuleSpec):
+        return TypeRule(name, r.fields, action)
+    if isinstance(r, RangeRuleSpec):
+        return RangeRule(name, r.field, r.min, r.max, r.exclusive, action)
+    if isinstance(r, RegexRuleSpec):
+        return RegexRule(name, r.field, r.pattern, r.full, action)
+    if isinstance(r, AllowedRuleSpec):
+        return AllowedRule(name, r.field, r.values, action)
+    if isinstance(r, ExprRuleSpec):
+        return ExprRule(name, compile_expr(r.expr), action)
+    if isinstance(r, SchemaRuleSpec):
+        if r.json_schema is not None:
+            return JsonSchemaRule(name, r.json_schema, action)
+        assert r.avro_schema is not None
+        return AvroSchemaRule(name, r.avro_schema, action)
+    raise ConfigError(f"rule {name}: type {r.type!r} is not a stateless rule")
+
+
+def compile_chain(
+    spec: PipelineSpec, registry: CollectorRegistry | None = None, metrics: bool = True,
+) -> Chain:
+    """The pipeline's stateless chain; ``Chain.stateful`` holds the spec's operators as is.
+
+    ``registry`` (default: the process-wide one) receives the quality counters; pass
+    ``metrics=False`` for a chain that only keeps plain counters.
+    """
+    transforms = [build_transform(t) for t in spec.transforms]
+    rules = [build_rule(r) for r in spec.stateless_rules]
+    checks = QualityChecks(rules, spec.name, registry, metrics=metrics)
+    return Chain(transforms, checks, pipeline=spec.name, stateful=spec.stateful,
+                 stateful_rules=spec.stateful_rules)
+
+
+def decoder_for(spec: PipelineSpec, schema_lookup: Any = None) -> Decoder:
+    """The batch decoder for the spec's source format."""
+    return Decoder(spec.source.format, spec.source.key_format, schema_lookup)

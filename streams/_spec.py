@@ -1,0 +1,979 @@
+"""The pipeline spec: frozen pydantic models loaded from YAML or JSON, checked up front.
+
+A spec is checked whole before anything runs: structure and types (pydantic), every
+expression (parsed and whitelisted once), and, when ``source.fields`` names the row's
+fields, every field an expression or rule reads, followed through the transforms in
+order. All problems are reported together, each as ``path: what was expected``::
+
+    transforms[2].expr: expression 'amout > 0' at col 0: unknown name 'amout' (expected ...)
+    source.format: expected one of debezium|json|avro, got 'xml'
+
+Execution order (what the names below refer to): decode -> ``transforms`` in order ->
+``quality`` (the stateless rules; ``unique`` and ``referential`` need tables and run in
+the runtime) -> ``stateful`` operators in order -> ``sinks.kafka.topic``; every failure
+goes to ``dlq.topic``. Durations are written ``500ms``, ``30s``, ``1m``, ``2h``, ``1d``
+(or a number of seconds) and stored as integer milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from agents import CAST_TYPES, TYPE_NAMES, ExprError, compile_expr
+from schemas import ConfigError
+
+# ------------------------------------------------------------------ building blocks
+
+
+class SpecError(ConfigError):
+    """A spec that does not validate; ``errors`` lists every problem as ``path: reason``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        n = len(self.errors)
+        super().__init__(f"invalid pipeline spec ({n} error{'s' if n != 1 else ''}):\n  "
+                         + "\n  ".join(self.errors))
+
+
+class _FieldError(ValueError):
+    """Raised by model validators to point at one field of the model."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def _duration_ms(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 30s, 1m, 2h, 1d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration >= 0")
+        return int(value * 1000)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return int(float(m.group(1)) * _UNITS_MS[m.group(2) or "s"])
+    raise ValueError(f"expected a duration such as 500ms, 30s, 1m, 2h, 1d, got {value!r}")
+
+
+#: A duration, written ``500ms``/``30s``/``1m``/``2h``/``1d`` or seconds; stored in ms.
+DurationMs = Annotated[int, BeforeValidator(_duration_ms)]
+
+
+def _expression(text: str) -> str:
+    try:
+        compile_expr(text)
+    except ExprError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+#: An expression of the safe expression language (see ``agents.compile_expr``).
+ExprText = Annotated[str, AfterValidator(_expression)]
+
+_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+Topic = Annotated[str, Field(pattern=_TOPIC)]
+FieldName = Annotated[str, Field(min_length=1)]
+Fields = Annotated[tuple[FieldName, ...], Field(min_length=1)]
+Format = Literal["debezium", "json", "avro"]
+Action = Literal["drop", "quarantine", "warn"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# ------------------------------------------------------------------ source
+
+
+class SourceSpec(_Model):
+    """Where events come from: ``topics`` (a list) or ``pattern`` (a regex), one of them."""
+
+    topics: tuple[Topic, ...] | None = None
+    pattern: str | None = None
+    format: Format = "debezium"
+    key_format: Literal["auto", "json", "string", "bytes", "avro"] = "auto"
+    #: the row's field names (after unwrap): turns on the "unknown name" checks
+    fields: tuple[FieldName, ...] | None = None
+    #: Confluent schema registry URL, needed for ``format: avro``
+    schema_registry_url: str | None = None
+    start: Literal["earliest", "latest"] = "earliest"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceSpec:
+        if (self.topics is None) == (self.pattern is None):
+            raise _FieldError("topics", "give exactly one of 'topics' (a list) or 'pattern'")
+        if self.topics is not None and not self.topics:
+            raise _FieldError("topics", "expected at least one topic")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise _FieldError("pattern", f"bad regular expression: {exc}") from None
+        if self.format == "avro" and not self.schema_registry_url:
+            raise _FieldError("schema_registry_url", "required for format avro")
+        return self
+
+
+# ------------------------------------------------------------------ transforms
+
+
+class _Named(_Model):
+    #: names the stage in DLQ headers (``transform:<name>``); defaults to the type
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+class UnwrapSpec(_Named):
+    """Debezium envelope -> row plus ``__op``, ``__ts_ms``, ``__source_table``, ``__lsn``."""
+
+    type: Literal["unwrap"]
+    deletes: Literal["drop", "rewrite", "tombstone"] = "drop"
+    tombstones: Literal["drop", "keep"] = "drop"
+    metadata: bool = True
+    decimals: Literal["float", "string", "decimal"] = "float"
+
+
+class FilterSpec(_Named):
+    """Keep rows for which ``expr`` is true."""
+
+    type: Literal["filter"]
+    expr: ExprText
+
+
+class MapSpec(_Named):
+    """New or replaced fields from expressions, in order: ``fields: {total: qty * price}``."""
+
+    type: Literal["map", "compute"]
+    fields: Annotated[dict[FieldName, ExprText], Field(min_length=1)]
+
+
+class SelectSpec(_Named):
+    """Keep only these fields."""
+
+    type: Literal["select"]
+    fields: Fields
+
+
+class DropSpec(_Named):
+    """Remove these fields."""
+
+    type: Literal["drop"]
+    fields: Fields
+
+
+class RenameSpec(_Named):
+    """Rename fields: ``fields: {old: new}``."""
+
+    type: Literal["rename"]
+    fields: Annotated[dict[FieldName, FieldName], Field(min_length=1)]
+
+
+CastType = Literal["int", "float", "str", "bool", "decimal", "timestamp", "timestamp:s",
+                   "timestamp:ms", "timestamp:us", "timestamp:ns"]
+assert set(CastType.__args__) == set(CAST_TYPES)  # type: ignore[attr-defined]
+
+
+class CastSpec(_Named):
+    """Convert fields: ``fields: {amount: float, created: timestamp}`` (timestamps -> epoch ms)."""
+
+    type: Literal["cast"]
+    fields: Annotated[dict[FieldName, CastType], Field(min_length=1)]
+
+
+class FlattenSpec(_Named):
+    """Nested objects -> top-level fields ``parent<sep>child``."""
+
+    type: Literal["flatten"]
+    sep: str = "_"
+    fields: tuple[FieldName, ...] | None = None
+    max_depth: int = Field(32, ge=1)
+
+
+class MaskSpec(_Named):
+    """Hide all but the last ``keep_last`` (and first ``keep_first``) characters."""
+
+    type: Literal["mask"]
+    fields: Fields
+    keep_last: int = Field(4, ge=0)
+    keep_first: int = Field(0, ge=0)
+    char: str = Field("*", min_length=1, max_length=1)
+
+
+class HashSpec(_Named):
+    """Replace fields by hex SHA-256 of salt + value; the salt from ``salt`` or ``salt_env``."""
+
+    type: Literal["hash"]
+    fields: Fields
+    salt: SecretStr | None = None
+    salt_env: str | None = None
+
+
+class RouteCase(_Model):
+    when: ExprText
+    topic: Topic
+
+
+class RouteSpec(_Named):
+    """Send rows to the topic of the first matching case (else ``default``, else the sink)."""
+
+    type: Literal["route"]
+    routes: Annotated[tuple[RouteCase, ...], Field(min_length=1)]
+    default: Topic | None = None
+
+
+TransformSpec = Annotated[
+    Union[UnwrapSpec, FilterSpec, MapSpec, SelectSpec, DropSpec, RenameSpec, CastSpec,  # noqa: UP007
+          FlattenSpec, MaskSpec, HashSpec, RouteSpec],
+    Field(discriminator="type"),
+]
+
+
+# ------------------------------------------------------------------ quality rules
+
+
+class _Rule(_Model):
+    #: names the rule in counters and DLQ headers (``rule:<name>``); defaults to the type
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    action: Action = "quarantine"
+
+
+class RequiredRuleSpec(_Rule):
+    """These fields are present (they may be null)."""
+
+    type: Literal["required"]
+    fields: Fields
+
+
+class NotNullRuleSpec(_Rule):
+    """These fields are present and not null."""
+
+    type: Literal["not_null"]
+    fields: Fields
+
+
+TypeName = Literal[TYPE_NAMES]  # type: ignore[valid-type]
+
+
+class TypeRuleSpec(_Rule):
+    """Fields, when not null, have a type: ``fields: {amount: number, id: int}``."""
+
+    type: Literal["type"]
+    fields: Annotated[dict[FieldName, TypeName], Field(min_length=1)]
+
+
+class RangeRuleSpec(_Rule):
+    """A numeric field within ``[min, max]`` (``exclusive: true`` for ``(min, max)``)."""
+
+    type: Literal["range"]
+    field: FieldName
+    min: float | None = None
+    max: float | None = None
+    exclusive: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RangeRuleSpec:
+        if self.min is None and self.max is None:
+            raise _FieldError("min", "give 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _FieldError("max", f"expected max >= min ({self.min})")
+        return self
+
+
+class RegexRuleSpec(_Rule):
+    """A string field matches ``pattern`` (whole string unless ``full: false``)."""
+
+    type: Literal["regex"]
+    field: FieldName
+    pattern: str
+    full: bool = True
+
+    @model_validator(mode="after")
+    def _pattern(self) -> RegexRuleSpec:
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise _FieldError("pattern", f"bad regular expression: {exc}") from None
+        return self
+
+
+class AllowedRuleSpec(_Rule):
+    """A field's value is one of ``values``."""
+
+    type: Literal["allowed"]
+    field: FieldName
+    values: Annotated[tuple[Any, ...], Field(min_length=1)]
+
+
+class ExprRuleSpec(_Rule):
+    """A custom expression that must be true: ``expr: amount <= credit_limit``."""
+
+    type: Literal["expr"]
+    expr: ExprText
+
+
+class SchemaRuleSpec(_Rule):
+    """The row validates against ``json_schema`` or ``avro_schema`` (one of them)."""
+
+    type: Literal["schema"]
+    json_schema: dict[str, Any] | None = None
+    avro_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SchemaRuleSpec:
+        if (self.json_schema is None) == (self.avro_schema is None):
+            raise _FieldError("json_schema", "give exactly one of 'json_schema' or 'avro_schema'")
+        return self
+
+
+class UniqueRuleSpec(_Rule):
+    """Table-backed (runtime): ``key`` was not seen within ``ttl`` (default: forever)."""
+
+    type: Literal["unique"]
+    key: ExprText
+    ttl: DurationMs | None = None
+
+
+class ReferentialRuleSpec(_Rule):
+    """Table-backed (runtime): ``key`` exists in the table materialized from ``table_topic``.
+
+    ``table_key`` computes the table row's key from the (unwrapped) table row; without it
+    the table record's Kafka key is used (a one-field key dict gives its single value).
+    """
+
+    type: Literal["referential"]
+    key: ExprText
+    table_topic: Topic
+    table_key: ExprText | None = None
+    table_format: Format | None = None
+
+
+RuleSpec = Annotated[
+    Union[RequiredRuleSpec, NotNullRuleSpec, TypeRuleSpec, RangeRuleSpec, RegexRuleSpec,  # noqa: UP007
+          AllowedRuleSpec, ExprRuleSpec, SchemaRuleSpec, UniqueRuleSpec, ReferentialRuleSpec],
+    Field(discriminator="type"),
+]
+STATEFUL_RULE_TYPES = ("unique", "referential")
+
+
+# ------------------------------------------------------------------ stateful operators
+
+
+class Aggregation(_Model):
+    """One output of a window: ``{fn: sum, field: amount, as: revenue}``.
+
+    ``count`` needs no field (it counts rows); ``avg`` is emitted as a float. The output
+    field is ``as`` (default ``<fn>_<field>``, or ``count``).
+    """
+
+    fn: Literal["count", "sum", "min", "max", "avg"]
+    field: FieldName | None = None
+    as_: FieldName | None = Field(None, alias="as")
+
+    @model_validator(mode="after")
+    def _field(self) -> Aggregation:
+        if self.fn != "count" and self.field is None:
+            raise _FieldError("field", f"required for {self.fn}")
+        return self
+
+    @property
+    def output(self) -> str:
+        """The output field name."""
+        if self.as_:
+            return self.as_
+        return "count" if self.field is None else f"{self.fn}_{self.field}"
+
+
+class WindowSpec(_Named):
+    """Tumbling or hopping time windows per group, emitted once when a window closes.
+
+    Time is ``time_field`` (epoch ms in the row; e.g. ``__ts_ms``) or, without it, the
+    Kafka record timestamp. A window ``[start, start + size)`` closes when the stream's
+    time passes ``end + allowed_lateness``; a later event for it is late (counted, sent
+    to the DLQ with stage ``window:late``). With ``idle_close`` a window also closes after
+    that much wall-clock time without new events, so a quiet stream still emits.
+    Hopping windows start every ``hop`` (``hop <= size``).
+
+    One output row per closed window and group::
+
+        {<key_field>: <group value>, "window_start": ms, "window_end": ms,
+         <aggregation outputs>...}
+
+    keyed by the group value (Kafka key ``{<key_field>: value}``).
+    """
+
+    type: Literal["window"]
+    kind: Literal["tumbling", "hopping"] = "tumbling"
+    size: DurationMs
+    hop: DurationMs | None = None
+    #: the group key expression; None = one group for all rows
+    group_by: ExprText | None = None
+    #: output field for the group value; default: ``group_by`` if it is a plain field name
+    key_field: FieldName | None = None
+    aggregations: Annotated[tuple[Aggregation, ...], Field(min_length=1)]
+    time_field: FieldName | None = None
+    allowed_lateness: DurationMs = 0
+    idle_close: DurationMs | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowSpec:
+        if self.size <= 0:
+            raise _FieldError("size", "expected a duration > 0")
+        if self.kind == "hopping":
+            if self.hop is None:
+                raise _FieldError("hop", "required for a hopping window")
+            if not 0 < self.hop <= self.size:
+                raise _FieldError("hop", f"expected 0 < hop <= size ({self.size} ms)")
+        elif self.hop is not None and self.hop != self.size:
+            raise _FieldError("hop", "only hopping windows take a hop")
+        outs = [a.output for a in self.aggregations]
+        dup = {o for o in outs if outs.count(o) > 1}
+        if dup:
+            raise _FieldError("aggregations", f"duplicate output names {sorted(dup)}; use 'as'")
+        return self
+
+    @property
+    def output_key_field(self) -> str:
+        """Field of the output row that holds the group value."""
+        if self.key_field:
+            return self.key_field
+        if self.group_by and self.group_by.strip().isidentifier():
+            return self.group_by.strip()
+        return "key"
+
+    @property
+    def output_fields(self) -> tuple[str, ...]:
+        return (self.output_key_field, "window_start", "window_end",
+                *(a.output for a in self.aggregations))
+
+
+class JoinSpec(_Named):
+    """Stream-table join: enrich rows from a table materialized from ``table_topic``.
+
+    ``key`` computes the join key from the stream row; ``table_key`` from the table row
+    (default: the table record's Kafka key, a one-field key dict giving its value). Table
+    rows are unwrapped like ``unwrap`` when ``table_format`` is debezium (a delete removes
+    the row). ``fields`` picks table fields to add (default: all), each written as
+    ``prefix + name``. ``how: left`` keeps rows without a match (fields absent);
+    ``inner`` drops them. ``repartition``: re-key the stream through an internal topic
+    when its partitioning differs from the table's (``auto``), always, or never.
+    """
+
+    type: Literal["join"]
+    table_topic: Topic
+    table_format: Format | None = None
+    table_key: ExprText | None = None
+    key: ExprText
+    fields: tuple[FieldName, ...] | None = None
+    prefix: str = ""
+    how: Literal["left", "inner"] = "left"
+    repartition: Literal["auto", "always", "never"] = "auto"
+
+
+class DedupSpec(_Named):
+    """Drop a row whose ``key`` was seen within ``ttl`` (the first one wins)."""
+
+    type: Literal["dedup"]
+    key: ExprText
+    ttl: DurationMs
+
+
+StatefulSpec = Annotated[Union[WindowSpec, JoinSpec, DedupSpec], Field(discriminator="type")]  # noqa: UP007
+
+
+# ------------------------------------------------------------------ sinks
+
+
+class KafkaSinkSpec(_Model):
+    """The pipeline's output topic (default ``dataflow.<name>.out``), JSON values.
+
+    ``key`` re-keys outputs by an expression; without it an output keeps its event key.
+    """
+
+    topic: Topic | None = None
+    key: ExprText | None = None
+
+
+class _LoaderSpec(_Model):
+    #: topic the loader reads; default: the pipeline's Kafka sink topic
+    topic: Topic | None = None
+    batch_size: int = Field(5000, ge=1)
+    flush_interval: DurationMs = 1000
+    #: tombstones and ``__deleted`` rows delete the target row (``apply``) or are skipped
+    deletes: Literal["apply", "ignore"] = "apply"
+
+
+class PostgresSinkSpec(_LoaderSpec):
+    """Upsert rows into ``table`` by ``key`` columns, guarded by ``version_field``.
+
+    An older row never overwrites a newer one: the upsert only applies when the incoming
+    ``version_field`` (e.g. ``__lsn``; default: the sink topic offset) is greater.
+    ``dsn`` defaults to ``DATAFLOW_PG_DSN``.
+    """
+
+    dsn: SecretStr | None = None
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    key: Fields
+    mode: Literal["upsert", "insert"] = "upsert"
+    version_field: FieldName | None = None
+    create_table: bool = True
+
+
+class MongoSinkSpec(_LoaderSpec):
+    """Unordered bulk upserts into ``database.collection`` by ``key`` fields (``_id``).
+
+    ``uri`` defaults to ``DATAFLOW_MONGO_URI``; ``version_field`` as for Postgres.
+    """
+
+    uri: SecretStr | None = None
+    database: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    key: Fields
+    version_field: FieldName | None = None
+
+
+class ObjectStoreSinkSpec(_LoaderSpec):
+    """Files named by topic, partition and offset range under ``url``.
+
+    ``url`` is ``s3://bucket/prefix`` (``endpoint_url`` for S3-compatible stores,
+    credentials from the usual AWS variables) or ``file:///path``. A file is rolled after
+    ``max_records`` rows or ``max_interval``.
+    """
+
+    url: str = Field(pattern=r"^(s3://[^/]+(/.*)?|file://.+)$")
+    endpoint_url: str | None = None
+    format: Literal["parquet", "jsonl"] = "parquet"
+    compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
+    partition_by: tuple[FieldName, ...] = ()
+    max_records: int = Field(100_000, ge=1)
+    max_interval: DurationMs = 60_000
+
+
+class SinksSpec(_Model):
+    """Where results go: always a Kafka topic; loaders read it into databases or files."""
+
+    kafka: KafkaSinkSpec = KafkaSinkSpec()
+    postgres: PostgresSinkSpec | None = None
+    mongodb: MongoSinkSpec | None = None
+    objectstore: ObjectStoreSinkSpec | None = None
+
+
+class DlqSpec(_Model):
+    """The dead-letter topic (default ``dataflow.<name>.dlq``)."""
+
+    topic: Topic | None = None
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def _cron(text: str) -> str:
+    from croniter import croniter
+
+    if len(text.split()) != 5 or not croniter.is_valid(text):
+        raise ValueError(f"expected a 5-field cron expression such as '*/5 * * * *', got {text!r}")
+    return text
+
+
+class PipelineSpec(_Model):
+    """One pipeline. After loading, ``sinks.kafka.topic`` and ``dlq.topic`` are set and
+    every transform and rule has a unique ``name``."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    description: str = ""
+    source: SourceSpec
+    transforms: tuple[TransformSpec, ...] = ()
+    quality: tuple[RuleSpec, ...] = ()
+    stateful: tuple[StatefulSpec, ...] = ()
+    sinks: SinksSpec = SinksSpec()
+    dlq: DlqSpec = DlqSpec()
+    parallelism: int = Field(1, ge=1, le=1024)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: cron (5 fields): the control plane starts the pipeline then; it stops when caught up
+    schedule: Annotated[str, AfterValidator(_cron)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Fill derived defaults (topics, stage names) so readers never recompute them."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not re.match(
+                r"^[a-z0-9][a-z0-9_-]{0,62}$", data["name"]):
+            return data  # a bad name is reported as such, not as bad derived topics
+        data = dict(data)
+        name = data["name"]
+        sinks = data.get("sinks")
+        if sinks is None or isinstance(sinks, dict):
+            sinks = dict(sinks or {})
+            kafka = sinks.get("kafka")
+            if kafka is None or isinstance(kafka, dict):
+                kafka = dict(kafka or {})
+                kafka.setdefault("topic", f"dataflow.{name}.out")
+                sinks["kafka"] = kafka
+            data["sinks"] = sinks
+        dlq = data.get("dlq")
+        if dlq is None or isinstance(dlq, dict):
+            dlq = dict(dlq or {})
+            dlq.setdefault("topic", f"dataflow.{name}.dlq")
+            data["dlq"] = dlq
+        for section in ("transforms", "quality", "stateful"):
+            items = data.get(section)
+            if isinstance(items, list | tuple):
+                data[section] = _name_items(items)
+        return data
+
+    @property
+    def output_topic(self) -> str:
+        assert self.sinks.kafka.topic is not None
+        return self.sinks.kafka.topic
+
+    @property
+    def dlq_topic(self) -> str:
+        assert self.dlq.topic is not None
+        return self.dlq.topic
+
+    @property
+    def stateless_rules(self) -> tuple[Any, ...]:
+        return tuple(r for r in self.quality if r.type not in STATEFUL_RULE_TYPES)
+
+    @property
+    def stateful_rules(self) -> tuple[Any, ...]:
+        return tuple(r for r in self.quality if r.type in STATEFUL_RULE_TYPES)
+
+
+def _name_items(items: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """Default names: the type, numbered ``type_2``, ``type_3`` when it repeats."""
+    out: list[Any] = []
+    taken = {i.get("name") for i in items if isinstance(i, dict) and i.get("name")}
+    seen: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, dict) and not item.get("name") and isinstance(item.get("type"), str):
+            base = item["type"]
+            n = seen.get(base, 0) + 1
+            name = base if n == 1 else f"{base}_{n}"
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            seen[base] = n
+            taken.add(name)
+            item = {**item, "name": name}
+        out.append(item)
+    return out
+
+
+# ------------------------------------------------------------------ error messages
+
+_SECRET_FIELDS = {"dsn", "uri", "salt", "password"}
+_UNION_SECTIONS = {"transforms", "quality", "stateful"}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, step in enumerate(loc):
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in _UNION_SECTIONS:
+            continue  # the union tag pydantic puts in the location
+        else:
+            parts.append(("." if parts else "") + str(step))
+    return "".join(parts) or "(spec)"
+
+
+def _choices(expected: str) -> str:
+    return "|".join(re.findall(r"'([^']*)'", expected)) or expected
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class a location points into (to list its fields), best effort."""
+    cls: Any = PipelineSpec
+    for step in loc:
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            if isinstance(step, str) and step in cls.model_fields:
+                cls = cls.model_fields[step].annotation
+                continue
+            return None
+        cls = _unwrap_type(cls, step)
+        if cls is None:
+            return None
+    cls = _unwrap_type(cls, None) if not isinstance(cls, type) else cls
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _unwrap_type(tp: Any, step: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _unwrap_type(args[0], step)
+    if origin is tuple and isinstance(step, int):
+        return args[0]
+    if origin in (Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        for m in members:
+            base = _unwrap_type(m, None) if typing.get_origin(m) is Annotated else m
+            if isinstance(base, type) and issubclass(base, BaseModel):
+                tag = base.model_fields.get("type")
+                if tag is not None and step in typing.get_args(tag.annotation):
+                    return base
+        if len(members) == 1:
+            inner = members[0]
+            return inner if step is None else _unwrap_type(inner, step)
+        return None
+    return tp if step is None else None
+
+
+def _message(err: Any) -> tuple[str, str]:
+    """(path, reason) for one pydantic error."""
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    path = _path(loc)
+    secret = any(isinstance(s, str) and s in _SECRET_FIELDS for s in loc)
+    got = "" if secret or kind == "missing" else f", got {err.get('input')!r:.80}"
+    if kind == "missing":
+        return path, "required field missing"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = ", ".join(f for f in model.model_fields) if model else ""
+        return path, "unknown field" + (f" (expected one of {known})" if known else "")
+    if kind == "literal_error":
+        return path, f"expected one of {_choices(ctx.get('expected', ''))}{got}"
+    if kind == "union_tag_invalid":
+        return (f"{path}.type", f"unknown type {ctx.get('tag')!r} (expected one of "
+                f"{_choices(ctx.get('expected_tags', ''))})")
+    if kind == "union_tag_not_found":
+        model_loc = loc
+        section = next((s for s in model_loc if s in _UNION_SECTIONS), "")
+        tags = {"transforms": TransformSpec, "quality": RuleSpec, "stateful": StatefulSpec}
+        names = [m.model_fields["type"].annotation for m in _members(tags.get(section))]
+        choices = "|".join(a for t in names for a in typing.get_args(t))
+        return f"{path}.type", f"required field missing (expected one of {choices})"
+    if kind == "value_error":
+        exc = ctx.get("error")
+        if isinstance(exc, _FieldError):
+            return f"{path}.{exc.field}" if path != "(spec)" else exc.field, str(exc)
+        return path, str(exc) if exc is not None else err["msg"]
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return path, f"expected at least {n} item{'s' if n != 1 else ''}{got}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sym = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+               "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return path, f"expected a value {sym} {bound}{got}"
+    if kind == "string_pattern_mismatch":
+        return path, f"expected text matching {ctx.get('pattern')}{got}"
+    simple = {
+        "int_type": "expected an integer", "int_parsing": "expected an integer",
+        "int_from_float": "expected an integer", "float_type": "expected a number",
+        "float_parsing": "expected a number", "bool_type": "expected true or false",
+        "bool_parsing": "expected true or false", "string_type": "expected a string",
+        "tuple_type": "expected a list", "list_type": "expected a list",
+        "dict_type": "expected a mapping", "model_type": "expected a mapping",
+        "model_attributes_type": "expected a mapping",
+    }
+    if kind in simple:
+        return path, simple[kind] + got
+    return path, f"{err['msg'][0].lower()}{err['msg'][1:]}{got}"
+
+
+def _members(union: Any) -> list[type[BaseModel]]:
+    if union is None:
+        return []
+    return list(typing.get_args(typing.get_args(union)[0]))
+
+
+# ------------------------------------------------------------------ field tracking
+
+_ENVELOPE = ("before", "after", "source", "op", "ts_ms", "transaction", "ts_us", "ts_ns")
+_UNWRAP_META = ("__op", "__ts_ms", "__source_table", "__lsn")
+
+
+class _Fields:
+    """Follows the set of known row fields through the spec; None = unknown (no checks)."""
+
+    def __init__(self, spec: PipelineSpec, errors: list[str]) -> None:
+        self.errors = errors
+        self.row: set[str] | None = set(spec.source.fields) if spec.source.fields else None
+        self.known: set[str] | None = self.row
+        if self.row is not None and spec.source.format == "debezium":
+            self.known = set(_ENVELOPE)
+
+    def expr(self, path: str, text: str | None) -> None:
+        if text is None or self.known is None:
+            return
+        try:
+            compile_expr(text, self.known)
+        except ExprError as exc:
+            self.errors.append(f"{path}: {exc}")
+
+    def names(self, path: str, names: Any) -> None:
+        if self.known is None:
+            return
+        for n in names:
+            if n not in self.known:
+                self.errors.append(f"{path}: unknown field {n!r} (expected one of "
+                                   f"{', '.join(sorted(self.known))})")
+
+    def transforms(self, spec: PipelineSpec) -> None:
+        for i, t in enumerate(spec.transforms):
+            p = f"transforms[{i}]"
+            if isinstance(t, UnwrapSpec):
+                if self.row is not None:
+                    meta = _UNWRAP_META if t.metadata else ()
+                    deleted = ("__deleted",) if t.deletes == "rewrite" else ()
+                    self.known = self.row | set(meta) | set(deleted)
+            elif isinstance(t, FilterSpec):
+                self.expr(f"{p}.expr", t.expr)
+            elif isinstance(t, MapSpec):
+                for name, text in t.fields.items():
+                    self.expr(f"{p}.fields.{name}", text)
+                    if self.known is not None:
+                        self.known.add(name)
+            elif isinstance(t, SelectSpec):
+                self.names(f"{p}.fields", t.fields)
+                if self.known is not None:
+                    self.known = set(t.fields)
+            elif isinstance(t, DropSpec):
+                self.names(f"{p}.fields", t.fields)
+                if self.known is not None:
+                    self.known -= set(t.fields)
+            elif isinstance(t, RenameSpec):
+                self.names(f"{p}.fields", t.fields)
+                if self.known is not None:
+                    self.known = (self.known - set(t.fields)) | set(t.fields.values())
+            elif isinstance(t, CastSpec | MaskSpec | HashSpec):
+                self.names(f"{p}.fields", t.fields)
+            elif isinstance(t, FlattenSpec):
+                self.known = None
+            elif isinstance(t, RouteSpec):
+                for j, case in enumerate(t.routes):
+                    self.expr(f"{p}.routes[{j}].when", case.when)
+
+    def rules(self, spec: PipelineSpec) -> None:
+        for i, r in enumerate(spec.quality):
+            p = f"quality[{i}]"
+            if isinstance(r, RequiredRuleSpec | NotNullRuleSpec | TypeRuleSpec):
+                self.names(f"{p}.fields", r.fields)
+            elif isinstance(r, RangeRuleSpec | RegexRuleSpec | AllowedRuleSpec):
+                self.names(f"{p}.field", (r.field,))
+            elif isinstance(r, ExprRuleSpec):
+                self.expr(f"{p}.expr", r.expr)
+            elif isinstance(r, UniqueRuleSpec | ReferentialRuleSpec):
+                self.expr(f"{p}.key", r.key)
+
+    def stateful(self, spec: PipelineSpec) -> None:
+        for i, op in enumerate(spec.stateful):
+            p = f"stateful[{i}]"
+            if isinstance(op, JoinSpec):
+                self.expr(f"{p}.key", op.key)
+                if self.known is not None:
+                    if op.fields is None:
+                        self.known = None
+                    else:
+                        self.known |= {op.prefix + f for f in op.fields}
+            elif isinstance(op, DedupSpec):
+                self.expr(f"{p}.key", op.key)
+            elif isinstance(op, WindowSpec):
+                self.expr(f"{p}.group_by", op.group_by)
+                if op.time_field:
+                    self.names(f"{p}.time_field", (op.time_field,))
+                for j, agg in enumerate(op.aggregations):
+                    if agg.field:
+                        self.names(f"{p}.aggregations[{j}].field", (agg.field,))
+                self.known = set(op.output_fields)
+
+
+def _semantic_errors(spec: PipelineSpec) -> list[str]:
+    errors: list[str] = []
+    for section in ("transforms", "quality", "stateful"):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(getattr(spec, section)):
+            if item.name in seen:
+                errors.append(f"{section}[{i}].name: duplicate name {item.name!r} "
+                              f"(also {section}[{seen[item.name]}])")
+            seen[item.name] = i
+    for i, t in enumerate(spec.transforms):
+        if isinstance(t, HashSpec) and t.salt is None and t.salt_env is None:
+            errors.append(f"transforms[{i}].salt: give 'salt' or 'salt_env' (an unsalted hash "
+                          "of a small value space is easy to reverse)")
+    fields = _Fields(spec, errors)
+    fields.transforms(spec)
+    fields.rules(spec)
+    fields.stateful(spec)
+    fields.expr("sinks.kafka.key", spec.sinks.kafka.key)
+    return errors
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _parse(text: str) -> Any:
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise SpecError([f"(spec): not valid JSON: {exc}"]) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, col {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"(spec): not valid YAML: {where}{problem}"]) from exc
+
+
+def load_spec(source: str | Path | Mapping[str, Any]) -> PipelineSpec:
+    """Load and check a spec from a file path, YAML/JSON text, or a mapping.
+
+    Raises :class:`SpecError` (a ``schemas.ConfigError``) listing every problem found.
+    """
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        if isinstance(source, Path) or ("\n" not in source and source.strip().endswith(
+                (".yaml", ".yml", ".json"))):
+            path = Path(source)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SpecError([f"(spec): cannot read {path}: {exc.strerror}"]) from exc
+        else:
+            text = source
+        data = _parse(text)
+    if not isinstance(data, dict):
+        raise SpecError([f"(spec): expected a mapping at the top, got {type(data).__name__}"])
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        found = [_message(err) for err in exc.errors()]
+        errors = []
+        for where, reason in found:
+            line = f"{where}: {reason}"
+            # a list that is "too short" only because its items failed says nothing new
+            nested = any(p.startswith(where + "[") for p, _ in found)
+            if line not in errors and not (nested and reason.startswith("expected at least")):
+                errors.append(line)
+        raise SpecError(errors) from None
+    errors = _semantic_errors(spec)
+    if errors:
+        raise SpecError(errors)
+    return spec
