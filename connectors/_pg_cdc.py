@@ -1,0 +1,689 @@
+"""Postgres CDC source: a logical slot (pgoutput) -> Debezium change events in Kafka.
+
+Order of work in ``run()``, written down once:
+
+1. check the server (``wal_level``, REPLICATION privilege, SELECT on tables, keys);
+2. ensure the publication and the topics;
+3. decide from the slot and the source's state record (compacted ``state_topic``)
+   whether a snapshot is due; if so, (re)create the slot exporting its snapshot, read
+   every table inside that snapshot (``op='r'``), wait for Kafka to acknowledge all of
+   it, then mark the state ``streaming``;
+4. stream from the slot; every event of a transaction is produced as it is decoded
+   (bounded memory), and the transaction's end LSN is confirmed to Postgres only once
+   Kafka acknowledged every event of it and of all transactions before it.
+
+A crash anywhere loses nothing: Postgres resends everything after the last confirmed LSN
+(repeats are possible, losses are not). A snapshot cut short is redone from a new slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from connectors._pg_config import PostgresCDCConfig
+from connectors._pg_kafka import AckTracker, AckWindow, EventProducer, KafkaAdmin
+from connectors._pg_metrics import CDCMetrics
+from connectors._pg_proto import (
+    PG_EPOCH_US,
+    UNCHANGED,
+    Relation,
+    ReplicationConnection,
+    lsn_to_int,
+    lsn_to_str,
+    parse_keepalive,
+    parse_relation,
+    parse_tuple,
+)
+from connectors._pg_types import SESSION_OPTIONS, Converter, PgType, TypeMapper, copy_fields
+from schemas import UNAVAILABLE_VALUE, ConfigError, SourceError, envelope
+
+log = logging.getLogger("dataflow.source.postgres")
+
+VERSION = "dataflow-0.1.0"
+_U32 = struct.Struct(">I")
+_BEGIN = struct.Struct(">QqI")
+_COMMIT = struct.Struct(">BQQq")
+
+
+class SlotDropped(SourceError):
+    """The slot vanished after the source had streamed from it: changes may be lost."""
+
+
+class Transient(SourceError):
+    """A condition worth retrying (connection lost, Kafka refused an event)."""
+
+
+@dataclass
+class _Table:
+    """What the source knows of one captured table, and its converters."""
+
+    schema: str
+    name: str
+    key: list[str]
+    topic: str
+    columns: list[str] = field(default_factory=list)
+    convs: list[Converter] = field(default_factory=list)
+    key_idx: list[int] = field(default_factory=list)
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(dsn, options=SESSION_OPTIONS, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise Transient(f"postgres unreachable: {exc}") from exc
+
+
+class PostgresCDCSource:
+    """Reads one logical slot and produces Debezium change events; see module docstring."""
+
+    def __init__(self, config: PostgresCDCConfig, registry: Any = None) -> None:
+        self.config = config
+        self.metrics = CDCMetrics.get(registry)
+        self._stop = threading.Event()
+        self._dsn = config.dsn.get_secret_value()
+        self._tables: dict[tuple[str, str], _Table] = {}
+        self._relations: dict[int, _Table] = {}
+        self._mapper: TypeMapper | None = None
+        self._db = ""
+        self.confirmed_lsn = 0
+        self._last_status = 0.0
+        self._repl: ReplicationConnection | None = None
+        self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``run()`` to finish: flush, confirm what Kafka acknowledged, return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, max_retries: int | None = None) -> None:
+        """Run until ``stop()``; retries transient failures from the last confirmed LSN."""
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port)
+        delay = 1.0
+        attempts = 0
+        while not self._stop.is_set():
+            try:
+                self._session()
+                if self.config.snapshot_mode == "initial_only" or self._stop.is_set():
+                    break
+            except Transient as exc:
+                attempts += 1
+                if max_retries is not None and attempts > max_retries:
+                    self.state = "failed"
+                    raise
+                log.warning("postgres source %s: %s; retrying in %.0fs", self.config.source_name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception:
+                self.state = "failed"
+                raise
+        self.state = "stopped"
+
+    # -- one session: checks, snapshot if due, stream ----------------------------------
+    def _session(self) -> None:
+        cfg = self.config
+        admin = KafkaAdmin(cfg.kafka, self._stop.is_set)
+        with _connect(self._dsn) as conn:
+            self._check_server(conn)
+            self._discover(conn)
+            self._ensure_publication(conn)
+            admin.ensure_topics([t.topic for t in self._tables.values()] + [cfg.heartbeat])
+            admin.ensure_topics([cfg.state_topic], {"cleanup.policy": "compact"}, partitions=1)
+            slot = self._slot_info(conn)
+        state = admin.read_state(cfg.state_topic, cfg.source_name)
+        producer = EventProducer(cfg.kafka, self._keep_alive)
+        self._repl = None
+        try:
+            if cfg.snapshot_mode == "initial_only":
+                self._snapshot(producer, None, 0)
+                return
+            need, recreate = self._plan(slot, state)
+            repl = self._repl = ReplicationConnection(self._dsn)
+            if recreate:
+                if slot is not None:
+                    self._drop_slot()
+                start, snap = self._create_slot(repl, export=need)
+                self._write_state(producer, "snapshot" if need else "streaming", start)
+                if need and snap:
+                    self._snapshot(producer, snap, start)
+                    if self._stop.is_set():
+                        return
+                    self._write_state(producer, "streaming", start)
+            else:
+                assert slot is not None
+                start = slot
+            self.confirmed_lsn = start
+            self._stream(repl, producer, start)
+        finally:
+            if self._repl is not None:
+                self._repl.close()
+                self._repl = None
+            producer.close()
+
+    def _plan(self, slot: int | None, state: dict[str, Any] | None) -> tuple[bool, bool]:
+        """(snapshot needed, slot to (re)create) from the mode, the slot and the state."""
+        mode = self.config.snapshot_mode
+        name = self.config.slot
+        status = (state or {}).get("status") if (state or {}).get("slot") == name else None
+        if mode == "always":
+            return True, True
+        if slot is None:
+            if status == "streaming" and mode != "when_needed":
+                raise SlotDropped(
+                    f"replication slot {name!r} was dropped after the source streamed from it "
+                    f"(confirmed up to {lsn_to_str(int((state or {}).get('lsn', 0)))}): changes "
+                    "since then may be lost. Use snapshot_mode: when_needed to re-snapshot, "
+                    "or delete the source's state record to start afresh."
+                )
+            return mode != "no_data", True
+        if status == "streaming" or mode == "no_data":
+            return False, False
+        # a slot without a finished snapshot (cut short, or made by someone else): redo it
+        return True, True
+
+    # -- server checks -------------------------------------------------------------------
+    def _check_server(self, conn: psycopg.Connection[Any]) -> None:
+        wal = conn.execute("SHOW wal_level").fetchone()
+        if wal is None or wal[0] != "logical":
+            raise SourceError(
+                f"postgres wal_level is {wal[0] if wal else '?'!r}, logical decoding needs "
+                "'logical': set wal_level = logical in postgresql.conf and restart Postgres"
+            )
+        row = conn.execute(
+            "SELECT rolreplication OR rolsuper, current_user, current_database(), "
+            "current_setting('server_encoding') FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert row is not None
+        if not row[0]:
+            raise SourceError(
+                f"postgres role {row[1]!r} lacks the REPLICATION attribute: "
+                f"ALTER ROLE {row[1]} REPLICATION (and GRANT SELECT on the captured tables)"
+            )
+        if row[3] not in ("UTF8", "SQL_ASCII"):
+            raise SourceError(f"postgres database encoding {row[3]} is not supported (UTF8 is)")
+        self._db = row[2]
+        types = {
+            r[0]: PgType(r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in conn.execute(
+                "SELECT oid::int8, typname::text, typtype::text, typelem::int8, "
+                "typbasetype::int8, typcategory::text FROM pg_type"
+            )
+        }
+        self._mapper = TypeMapper(types, self.config.decimal_handling_mode,
+                                  self.config.interval_handling_mode)
+
+    def _discover(self, conn: psycopg.Connection[Any]) -> None:
+        """The captured tables with their key columns; clear errors for keyless ones."""
+        rows = conn.execute(
+            """
+            SELECT n.nspname::text, c.relname::text, c.relreplident::text,
+                   has_table_privilege(c.oid, 'SELECT'),
+                   ARRAY(SELECT a.attname::text FROM pg_index i
+                         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                         WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+            ORDER BY 1, 2
+            """
+        ).fetchall()
+        cfg = self.config
+        no_select, keyless, no_ident = [], [], []
+        tables: dict[tuple[str, str], _Table] = {}
+        for schema, name, ident, can_select, pk in rows:
+            if not cfg.wants(schema, name):
+                continue
+            full = f"{schema}.{name}"
+            key = list(cfg.key_columns.get(full) or pk)
+            if not can_select:
+                no_select.append(full)
+            if not key:
+                keyless.append(full)
+            elif not pk and ident not in ("f", "i"):
+                no_ident.append(full)
+            tables[(schema, name)] = _Table(schema, name, key, cfg.topic(schema, name))
+        if no_select:
+            raise SourceError(
+                f"postgres: missing SELECT privilege on {', '.join(no_select)}: "
+                "GRANT SELECT ON <table> TO <role>"
+            )
+        if keyless:
+            raise ConfigError(
+                f"table(s) without a primary key: {', '.join(keyless)}; add a primary key "
+                "or name the key in key_columns: {\"schema.table\": [\"col\", ...]}"
+            )
+        if no_ident:
+            raise ConfigError(
+                f"table(s) with key_columns but no usable replica identity: {', '.join(no_ident)}; "
+                "run ALTER TABLE <table> REPLICA IDENTITY FULL so updates and deletes carry the key"
+            )
+        if not tables:
+            raise ConfigError("no table matches table_include/table_exclude")
+        self._tables = tables
+
+    def _ensure_publication(self, conn: psycopg.Connection[Any]) -> None:
+        pub = self.config.publication
+        have = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = %s",
+                (pub,),
+            )
+        }
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
+        missing = [k for k in self._tables if k not in have]
+        if exists and not missing:
+            return
+        names = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in (missing if exists else self._tables))
+        stmt = (
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE ").format(sql.Identifier(pub))
+            if exists
+            else sql.SQL("CREATE PUBLICATION {} FOR TABLE ").format(sql.Identifier(pub))
+        )
+        try:
+            conn.execute(stmt + names)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceError(
+                f"postgres: cannot {'alter' if exists else 'create'} publication {pub!r}: {exc}. "
+                "The role must own the tables (or a superuser creates the publication)"
+            ) from exc
+
+    def _slot_info(self, conn: psycopg.Connection[Any]) -> int | None:
+        """The slot's confirmed LSN, None when absent; waits for a dead owner to leave."""
+        deadline = time.monotonic() + 60
+        while True:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn::text, active, active_pid, plugin, database "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (self.config.slot,),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[3] != "pgoutput" or row[4] != self._db:
+                raise ConfigError(
+                    f"slot_name: slot {self.config.slot!r} exists with plugin {row[3]} in database "
+                    f"{row[4]}; pick another slot name"
+                )
+            if not row[1]:
+                return lsn_to_int(row[0]) if row[0] else 0
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise Transient(f"slot {self.config.slot!r} is in use by pid {row[2]}")
+            time.sleep(0.5)
+
+    def _drop_slot(self) -> None:
+        with _connect(self._dsn) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.config.slot,),
+            )
+
+    def _create_slot(self, repl: ReplicationConnection, export: bool) -> tuple[int, str | None]:
+        how = "EXPORT" if export else "NOTHING"
+        rows = repl.command(f"CREATE_REPLICATION_SLOT {self.config.slot} LOGICAL pgoutput (SNAPSHOT '{how.lower()}')")
+        _, point, snap, _ = rows[0]
+        assert point is not None
+        log.info("created slot %s at %s", self.config.slot, point)
+        return lsn_to_int(point), snap
+
+    def _write_state(self, producer: EventProducer, status: str, lsn: int) -> None:
+        tracker = AckTracker()
+        value = orjson.dumps({
+            "slot": self.config.slot, "status": status, "lsn": lsn,
+            "ts_ms": int(time.time() * 1000),
+        })
+        producer.produce(self.config.state_topic, self.config.source_name.encode(), value, tracker)
+        producer.drain(tracker)
+
+    def _keep_alive(self) -> None:
+        """While waiting for Kafka, keep answering the walsender (same confirmed LSN)."""
+        repl = self._repl
+        if repl is not None and repl.streaming:
+            now = time.monotonic()
+            if now - self._last_status > self.config.status_interval_ms / 1000:
+                repl.send_status(self.confirmed_lsn)
+                self._last_status = now
+
+    # -- table converters ----------------------------------------------------------------
+    def _table_for(self, rel: Relation) -> _Table | None:
+        key = (rel.schema, rel.table)
+        table = self._tables.get(key)
+        if table is None:
+            if not self.config.wants(rel.schema, rel.table):
+                return None
+            pk = self._primary_key(rel.schema, rel.table) or [c.name for c in rel.columns if c.is_key]
+            table = self._tables[key] = _Table(rel.schema, rel.table, pk, self.config.topic(rel.schema, rel.table))
+            KafkaAdmin(self.config.kafka, self._stop.is_set).ensure_topics([table.topic])
+        mapper = self._mapper
+        assert mapper is not None
+        if any(c.type_oid not in mapper.types for c in rel.columns):
+            with _connect(self._dsn) as conn:
+                self._check_server(conn)
+            assert self._mapper is not None
+            mapper = self._mapper
+        table.columns = [c.name for c in rel.columns]
+        table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
+        table.key_idx = [table.columns.index(k) for k in table.key]
+        return table
+
+    def _primary_key(self, schema: str, name: str) -> list[str]:
+        full = f"{schema}.{name}"
+        if full in self.config.key_columns:
+            return list(self.config.key_columns[full])
+        with _connect(self._dsn) as conn:
+            rows = conn.execute(
+                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                (sql.Identifier(schema, name).as_string(conn),),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def _columns_of(self, conn: psycopg.Connection[Any], table: _Table) -> None:
+        mapper = self._mapper
+        assert mapper is not None
+        rows = conn.execute(
+            "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (sql.Identifier(table.schema, table.name).as_string(conn),),
+        ).fetchall()
+        table.columns = [r[0] for r in rows]
+        table.convs = [mapper.converter(r[1], r[2]) for r in rows]
+        table.key_idx = [table.columns.index(k) for k in table.key]
+
+    def _source(self, table: _Table, ts_ms: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
+        return {
+            "version": VERSION, "connector": "postgresql", "name": self.config.topic_prefix,
+            "ts_ms": ts_ms, "snapshot": snapshot, "db": self._db, "sequence": None,
+            "schema": table.schema, "table": table.name, "txId": txid, "lsn": lsn, "xmin": None,
+        }
+
+    # -- snapshot ------------------------------------------------------------------------
+    def _snapshot(self, producer: EventProducer, snapshot_name: str | None, lsn: int) -> None:
+        """Read every table in the exported snapshot; events have op 'r'."""
+        self.state = "snapshot"
+        m = self.metrics
+        name = self.config.source_name
+        tracker = AckTracker()
+        tables = list(self._tables.values())
+        m.snapshot_tables.labels(name).set(len(tables))
+        m.snapshot_done_tables.labels(name).set(0)
+        pending: tuple[str, bytes, dict[str, Any]] | None = None
+        marker = "first"
+        dumps = orjson.dumps
+        with psycopg.connect(self._dsn, options=SESSION_OPTIONS) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if snapshot_name:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+            ts_ms = int(time.time() * 1000)
+            for n_done, table in enumerate(tables):
+                self._columns_of(conn, table)
+                cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
+                query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+                    cols, sql.Identifier(table.schema, table.name))
+                convs, names, key_idx = table.convs, table.columns, table.key_idx
+                key_names = [names[i] for i in key_idx]
+                rows = 0
+                gauge = m.snapshot_rows.labels(name, f"{table.schema}.{table.name}")
+                with conn.cursor().copy(query) as copy:
+                    for data in copy:
+                        vals = copy_fields(bytes(data))
+                        after = {n: (None if v is None else c(v)) for n, v, c in zip(names, vals, convs, strict=True)}
+                        key = dumps({k: after[k] for k in key_names})
+                        if pending is not None:
+                            self._emit_snapshot(producer, tracker, pending, marker, dumps)
+                            marker = "true"
+                        pending = (table.topic, key, envelope("r", None, after,
+                                   self._source(table, ts_ms, "", lsn, None), ts_ms))
+                        rows += 1
+                        if rows % 10_000 == 0:
+                            gauge.set(rows)
+                            producer.poll()
+                            if self._stop.is_set():
+                                return
+                gauge.set(rows)
+                m.events.labels(name, f"{table.schema}.{table.name}", "r").inc(rows)
+                m.snapshot_done_tables.labels(name).set(n_done + 1)
+            conn.execute("COMMIT")
+        if pending is not None:
+            self._emit_snapshot(producer, tracker, pending, "last", dumps)
+        producer.drain(tracker, self._stop.is_set)
+        log.info("snapshot of %d table(s) acknowledged by Kafka", len(tables))
+
+    @staticmethod
+    def _emit_snapshot(producer: EventProducer, tracker: AckTracker,
+                       pending: tuple[str, bytes, dict[str, Any]], marker: str,
+                       dumps: Callable[[Any], bytes]) -> None:
+        topic, key, value = pending
+        value["source"]["snapshot"] = marker
+        producer.produce(topic, key, dumps(value), tracker)
+
+    # -- streaming -----------------------------------------------------------------------
+    def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int) -> None:
+        cfg = self.config
+        self.state = "streaming"
+        repl.start(cfg.slot, cfg.publication, start)
+        log.info("streaming slot %s from %s", cfg.slot, lsn_to_str(start))
+        window = AckWindow()
+        name = cfg.source_name
+        m = self.metrics
+        status_every = cfg.status_interval_ms / 1000
+        heartbeat_every = cfg.heartbeat_interval_ms / 1000
+        self._last_status = time.monotonic()
+        last_heartbeat = time.monotonic()
+        sent = -1
+        server_end = start
+        counts: dict[tuple[str, str], int] = {}
+        dec = _TxnDecoder(self, producer, counts)
+        try:
+            while not self._stop.is_set():
+                msgs = repl.read(0.2)
+                reply = False
+                for msg in msgs:
+                    kind = msg[0]
+                    if kind == 0x77:  # 'w' XLogData
+                        end = dec.handle(msg)
+                        if end is not None:
+                            window.close(dec.closed, end)
+                    elif kind == 0x6B:  # 'k' keepalive
+                        wal_end, want_reply = parse_keepalive(msg)
+                        server_end = max(server_end, wal_end)
+                        reply = reply or want_reply
+                        if dec.tracker is None and not len(window) and wal_end > self.confirmed_lsn:
+                            # nothing in flight: everything before wal_end is ours already
+                            self.confirmed_lsn = wal_end
+                producer.poll()
+                self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
+                now = time.monotonic()
+                if reply or (self.confirmed_lsn != sent and now - self._last_status >= 0.1) \
+                        or now - self._last_status >= status_every:
+                    repl.send_status(self.confirmed_lsn)
+                    sent = self.confirmed_lsn
+                    self._last_status = now
+                    m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
+                    m.lag_bytes.labels(name).set(max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn))
+                    if dec.last_commit_us:
+                        m.lag_ms.labels(name).set(max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
+                if counts:
+                    for (table, op), n in counts.items():
+                        m.events.labels(name, table, op).inc(n)
+                    counts.clear()
+                if now - last_heartbeat >= heartbeat_every:
+                    hb = AckTracker()
+                    producer.produce(cfg.heartbeat, orjson.dumps({"serverName": cfg.topic_prefix}),
+                                     orjson.dumps({"ts_ms": int(time.time() * 1000)}), hb)
+                    last_heartbeat = now
+        except SourceError as exc:
+            if isinstance(exc, ConfigError | SlotDropped):
+                raise
+            raise Transient(str(exc)) from exc
+        # stop: wait (bounded) for what is in flight, confirm what Kafka acknowledged
+        deadline = time.monotonic() + 30
+        while len(window) and time.monotonic() < deadline:
+            producer.producer.poll(0.1)
+            self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
+        self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
+        repl.send_status(self.confirmed_lsn)
+        log.info("stopped; confirmed %s", lsn_to_str(self.confirmed_lsn))
+
+
+class _TxnDecoder:
+    """pgoutput messages of the stream -> produced events, one tracker per transaction."""
+
+    def __init__(self, source: PostgresCDCSource, producer: EventProducer,
+                 counts: dict[tuple[str, str], int]) -> None:
+        self.s = source
+        self.producer = producer
+        self.counts = counts
+        self.tracker: AckTracker | None = None
+        self.closed: AckTracker = AckTracker()
+        self.xid = 0
+        self.commit_ms = 0
+        self.last_commit_us = 0
+        self.last_lsn = 0
+        self.base: dict[int, dict[str, Any]] = {}
+        self.dumps = orjson.dumps
+
+    def handle(self, msg: bytes) -> int | None:
+        """One XLogData message; returns the end LSN when it closes a transaction."""
+        kind = msg[25]
+        buf = msg[25:]
+        if kind == 0x49 or kind == 0x55 or kind == 0x44:  # I U D
+            self._change(kind, buf, _lsn(msg))
+            return None
+        if kind == 0x42:  # B
+            _final, ts, xid = _BEGIN.unpack_from(buf, 1)
+            self.xid = xid
+            self.commit_ms = (ts + PG_EPOCH_US) // 1000
+            self.tracker = AckTracker()
+            self.base = {}
+            return None
+        if kind == 0x43:  # C
+            _flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, 1)
+            self.last_commit_us = ts + PG_EPOCH_US
+            self.last_lsn = end_lsn
+            self.closed = self.tracker or AckTracker()
+            self.tracker = None
+            return int(end_lsn)
+        if kind == 0x52:  # R
+            rel = parse_relation(buf)
+            table = self.s._table_for(rel)
+            if table is None:
+                self.s._relations.pop(rel.oid, None)
+            else:
+                self.s._relations[rel.oid] = table
+            return None
+        if kind == 0x54:  # T
+            (nrel,) = _U32.unpack_from(buf, 1)
+            pos = 6
+            for _ in range(nrel):
+                (oid,) = _U32.unpack_from(buf, pos)
+                pos += 4
+                table = self.s._relations.get(oid)
+                if table is not None:
+                    value = envelope("t", None, None, self._source(table, _lsn(msg)), self.commit_ms)
+                    self._produce(table.topic, None, self.dumps(value))
+                    self._count(table, "t")
+            return None
+        return None  # Y (type), O (origin), M (message): nothing to emit
+
+    def _source(self, table: _Table, lsn: int) -> dict[str, Any]:
+        src = self.s._source(table, self.commit_ms, "false", lsn, self.xid)
+        return src
+
+    def _count(self, table: _Table, op: str) -> None:
+        k = (f"{table.schema}.{table.name}", op)
+        self.counts[k] = self.counts.get(k, 0) + 1
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            raise SourceError("pgoutput: change outside a transaction")
+        self.producer.produce(topic, key, value, tracker, headers)
+
+    def _change(self, kind: int, buf: bytes, lsn: int) -> None:
+        (oid,) = _U32.unpack_from(buf, 1)
+        table = self.s._relations.get(oid)
+        if table is None:
+            return
+        names, convs = table.columns, table.convs
+        old: list[Any] | None = None
+        pos = 5
+        tag = buf[pos]
+        if tag == 0x4B or tag == 0x4F:  # K (old key) / O (old row)
+            old, pos = parse_tuple(buf, pos + 1)
+            tag = buf[pos] if pos < len(buf) else 0
+        new: list[Any] | None = None
+        if tag == 0x4E:  # N
+            new, _ = parse_tuple(buf, pos + 1)
+        dumps = self.dumps
+        before = _row(names, convs, old) if old is not None else None
+        if kind == 0x44:  # delete
+            assert before is not None
+            key = dumps({names[i]: before[names[i]] for i in table.key_idx})
+            value = envelope("d", before, None, self._source(table, lsn), self.commit_ms)
+            self._produce(table.topic, key, dumps(value))
+            self._produce(table.topic, key, None)
+            self._count(table, "d")
+            return
+        assert new is not None
+        if old is not None:
+            for i, v in enumerate(new):
+                if v is UNCHANGED and old[i] is not UNCHANGED:
+                    new[i] = old[i]
+        after = _row(names, convs, new)
+        key_dict = {names[i]: after[names[i]] for i in table.key_idx}
+        key = dumps(key_dict)
+        if kind == 0x49:
+            value = envelope("c", None, after, self._source(table, lsn), self.commit_ms)
+            self._produce(table.topic, key, dumps(value))
+            self._count(table, "c")
+            return
+        if before is not None:
+            old_key = {names[i]: before[names[i]] for i in table.key_idx}
+            if old_key != key_dict:  # key change: delete + tombstone old key, create new key
+                okey = dumps(old_key)
+                src = self._source(table, lsn)
+                self._produce(table.topic, okey, dumps(envelope("d", before, None, src, self.commit_ms)),
+                              [("__debezium.newkey", key)])
+                self._produce(table.topic, okey, None)
+                self._produce(table.topic, key, dumps(envelope("c", None, after, src, self.commit_ms)),
+                              [("__debezium.oldkey", okey)])
+                self._count(table, "d")
+                self._count(table, "c")
+                return
+        value = envelope("u", before, after, self._source(table, lsn), self.commit_ms)
+        self._produce(table.topic, key, dumps(value))
+        self._count(table, "u")
+
+
+def _lsn(msg: bytes) -> int:
+    return int.from_bytes(msg[1:9], "big")
+
+
+def _row(names: list[str], convs: list[Converter], vals: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n, c, v in zip(names, convs, vals, strict=True):
+        if v is None:
+            out[n] = None
+        elif v is UNCHANGED:
+            out[n] = UNAVAILABLE_VALUE
+        else:
+            out[n] = c(v)
+    return out

@@ -1,0 +1,166 @@
+"""Settings of the Postgres CDC source: one frozen object, from a YAML/JSON file and env.
+
+Only ``topic_prefix`` (or ``name``) is required in the file; ``dsn`` falls back to
+``DATAFLOW_PG_DSN`` and ``kafka.bootstrap_servers`` to ``KAFKA_BOOTSTRAP_SERVERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from schemas import ConfigError
+
+SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class KafkaSettings(BaseModel):
+    """Where and how the source produces; ``producer_config()`` is the librdkafka dict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: int = 20
+    # bounded memory: the producer queue blocks reading the slot when full
+    queue_max_kbytes: int = 131072
+    # how long one message may wait for Kafka before the source restarts from its slot
+    message_timeout_ms: int = 120_000
+    topic_partitions: int = 1
+    topic_replication_factor: int = 1
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def producer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": self.compression,
+            "linger.ms": self.linger_ms,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.kbytes": self.queue_max_kbytes,
+            "queue.buffering.max.messages": 1_000_000,
+            "message.timeout.ms": self.message_timeout_ms,
+            "message.max.bytes": 10_000_000,
+            **self.extra,
+        }
+
+
+class PostgresCDCConfig(BaseModel):
+    """Everything the Postgres CDC source needs; frozen, validated up front."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dsn: SecretStr = Field(default_factory=lambda: SecretStr(os.environ.get("DATAFLOW_PG_DSN", "")))
+    topic_prefix: str
+    # ``name`` of the source (state record key, metrics label); defaults to the prefix
+    name: str = ""
+    # regular expressions matched against "schema.table" (whole name), Debezium-style
+    table_include: list[str] = Field(default_factory=list)
+    table_exclude: list[str] = Field(default_factory=list)
+    slot_name: str = ""
+    publication_name: str = ""
+    snapshot_mode: SnapshotMode = "initial"
+    snapshot_fetch_rows: int = 10_000
+    heartbeat_interval_ms: int = 10_000
+    status_interval_ms: int = 1_000
+    # "schema.table" -> key columns, for tables without a primary key
+    key_columns: dict[str, list[str]] = Field(default_factory=dict)
+    decimal_handling_mode: Literal["precise", "string", "double"] = "string"
+    interval_handling_mode: Literal["numeric", "string"] = "numeric"
+    # a compacted topic holding each source's snapshot state (Kafka is the record)
+    state_topic: str = "_dataflow.sources"
+    heartbeat_topic: str = ""
+    metrics_port: int | None = None
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("expected letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("table_include", "table_exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {p!r}: {exc}") from exc
+        return v
+
+    @property
+    def source_name(self) -> str:
+        return self.name or self.topic_prefix
+
+    @property
+    def slot(self) -> str:
+        return self.slot_name or _ident(f"dataflow_{self.source_name}")
+
+    @property
+    def publication(self) -> str:
+        return self.publication_name or _ident(f"dataflow_{self.source_name}")
+
+    @property
+    def heartbeat(self) -> str:
+        return self.heartbeat_topic or f"__debezium-heartbeat.{self.topic_prefix}"
+
+    def wants(self, schema: str, table: str) -> bool:
+        """True when ``schema.table`` passes the include/exclude patterns."""
+        full = f"{schema}.{table}"
+        if self.table_include and not any(re.fullmatch(p, full) for p in self.table_include):
+            return False
+        return not any(re.fullmatch(p, full) for p in self.table_exclude)
+
+    def topic(self, schema: str, table: str) -> str:
+        return f"{self.topic_prefix}.{schema}.{table}"
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> PostgresCDCConfig:
+        """Read a YAML or JSON file (a ``source:`` section or the document itself)."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read: {exc}") from exc
+        try:
+            doc = orjson.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+        if isinstance(doc, dict) and isinstance(doc.get("source"), dict):
+            doc = doc["source"]
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{p}: expected a mapping of settings")
+        doc = {k: v for k, v in doc.items() if k != "type"}
+        return cls.parse({**doc, **overrides}, where=str(p))
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any], where: str = "source") -> PostgresCDCConfig:
+        """Validate a mapping; errors name the path of the bad field."""
+        try:
+            cfg = cls.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = ".".join(str(x) for x in first["loc"])
+            raise ConfigError(f"{where}: {path}: {first['msg']}") from exc
+        if not cfg.dsn.get_secret_value():
+            raise ConfigError(f"{where}: dsn: not set (nor DATAFLOW_PG_DSN)")
+        if not cfg.kafka.bootstrap_servers:
+            raise ConfigError(f"{where}: kafka.bootstrap_servers: not set (nor KAFKA_BOOTSTRAP_SERVERS)")
+        for name, label in ((cfg.slot, "slot_name"), (cfg.publication, "publication_name")):
+            if not _NAME.match(name):
+                raise ConfigError(f"{where}: {label}: {name!r} must match {_NAME.pattern}")
+        return cfg
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())[:63]
