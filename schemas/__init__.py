@@ -1,5 +1,14 @@
 """Schemas, serde and the root error type (the leaf package: imports nothing of DataFlow)."""
 
+from schemas._debezium import (
+    UNAVAILABLE_VALUE,
+    ChangeEvent,
+    decode_change,
+    decode_key,
+    encode_key,
+    encode_value,
+    envelope,
+)
 from schemas._errors import (
     ConfigError,
     DataFlowError,
@@ -11,6 +20,13 @@ from schemas._errors import (
 )
 
 __all__ = [
+    "UNAVAILABLE_VALUE",
+    "ChangeEvent",
+    "decode_change",
+    "decode_key",
+    "encode_key",
+    "encode_value",
+    "envelope",
     "ConfigError",
     "DataFlowError",
     "SerdeError",
