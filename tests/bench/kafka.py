@@ -12,6 +12,18 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.bench.workload import PARTITIONS
 
 
+def next_batch(consumer: Consumer, wait_s: float, size: int = 1000) -> list[Any]:
+    """Block until one message is there, then take what else is ready (up to ``size``).
+
+    ``consume(n, timeout)`` alone waits until ``n`` messages or the timeout, which adds up
+    to the timeout to every event's latency under light load.
+    """
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(size - 1, 0)]
+
+
 def create_topics(bootstrap: str, topics: list[str], partitions: int = PARTITIONS) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
@@ -34,15 +46,37 @@ def delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets"})
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+    with Watermarks(bootstrap) as marks:
+        return marks.ends(topic)
+
+
+class Watermarks:
+    """One long-lived client for polling end offsets (a client per poll costs a connect)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets"})
+        self._parts: dict[str, list[int]] = {}
+
+    def ends(self, topic: str) -> dict[int, int]:
+        if topic not in self._parts:
+            meta = self._consumer.list_topics(topic, timeout=30).topics[topic]
+            self._parts[topic] = sorted(meta.partitions)
         return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in meta.partitions
+            p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in self._parts[topic]
         }
-    finally:
-        consumer.close()
+
+    def total(self, topics: list[str]) -> int:
+        return sum(sum(self.ends(t).values()) for t in topics)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Watermarks:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def read_all(bootstrap: str, topic: str, each: Callable[[Any], None], idle_s: float = 5.0) -> int:

@@ -1,0 +1,46 @@
+"""``python -m tests.bench [--events N] [--reps R] [--only a,b] [--latency-seconds S]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tests.bench import harness, report, systems
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000, help="workload size (default 1M)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (default 3)")
+    parser.add_argument("--only", default="", help="comma-separated system names (raw is always run)")
+    parser.add_argument("--latency-seconds", type=float, default=8.0,
+                        help="measured seconds per latency run at half the max rate; 0 skips latency")
+    parser.add_argument("--faust-events", type=int, default=systems.FAUST_MAX_EVENTS,
+                        help="prefix of the workload the naive Faust agent runs on")
+    args = parser.parse_args(argv)
+    chosen = systems.systems(faust_max=args.faust_events)
+    if args.only:
+        names = {"raw", *args.only.split(",")}
+        unknown = names - {s.name for s in chosen}
+        if unknown:
+            parser.error(f"unknown systems {sorted(unknown)}; known: {[s.name for s in chosen]}")
+        chosen = [s for s in chosen if s.name in names]
+    from ops import Stack
+
+    stack_env = Stack().up()
+    root = Path(__file__).resolve().parents[2]
+    env = harness.Env(
+        bootstrap=stack_env["KAFKA_BOOTSTRAP_SERVERS"], pg_dsn=stack_env["DATAFLOW_PG_DSN"],
+        events=args.events, reps=args.reps, latency_s=args.latency_seconds,
+        logdir=root / ".dataflow" / "bench",
+    )
+    result = harness.main(env, chosen, extras=[])
+    text = report.markdown(result)
+    harness.write(result, text)
+    print(text)
+    return 1 if any(r.get("status", "").startswith("FAILED") for r in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,155 @@
+"""The peer systems, each run by the harness in its own process: W1 three ways.
+
+``python -m tests.bench.peers '<job json>'`` runs one system on one input topic until the
+harness, which watches the output topics from outside, has seen it finish and kills it.
+Every peer calls the same :func:`tests.bench.workload.w1`, so the user code is identical
+and the figures compare only the framework around it:
+
+- ``raw``: a confluent-kafka loop — ``consume(1000)``, orjson, W1, batched ``produce``,
+  flush then commit about once a second. The practical upper bound for Python.
+- ``faust``: the naive Faust agent — one event at a time, ``await topic.send(...)``.
+- ``quix``: a Quix Streams dataframe — JSON deserializer, ``apply(w1)``, two filtered
+  branches ``to_topic`` the output and the DLQ.
+
+Output records keep the input key; DLQ records keep the input key and value and name the
+failed rule in a ``dataflow.rule`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import orjson
+
+from tests.bench.kafka import next_batch
+from tests.bench.workload import DLQ, OUT, w1
+
+RULE_HEADER = "dataflow.rule"
+
+
+def run_raw(job: dict[str, Any]) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({
+        "bootstrap.servers": job["bootstrap"], "group.id": job["group"],
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "fetch.wait.max.ms": int(job.get("fetch_wait_ms", 100)),
+    })
+    producer = Producer({
+        "bootstrap.servers": job["bootstrap"], "linger.ms": int(job.get("linger_ms", 20)),
+        "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
+        "enable.idempotence": True,
+    })
+    consumer.subscribe([job["input"]])
+    out_topic, dlq_topic = job["output"], job["dlq"]
+    produce, loads, dumps = producer.produce, orjson.loads, orjson.dumps
+    last_commit = time.monotonic()
+    pending = False
+    while True:
+        msgs = next_batch(consumer, 0.2)
+        for msg in msgs:
+            if msg.error():
+                raise RuntimeError(str(msg.error()))
+            value = msg.value()
+            if value is None:
+                continue
+            result = w1(loads(value))
+            if result is None:
+                continue
+            kind, payload = result
+            while True:
+                try:
+                    if kind == OUT:
+                        produce(out_topic, dumps(payload), msg.key())
+                    else:
+                        produce(dlq_topic, value, msg.key(), headers=[(RULE_HEADER, payload.encode())])
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        pending = pending or bool(msgs)
+        producer.poll(0)
+        if pending and time.monotonic() - last_commit > 1.0:
+            producer.flush()  # the outputs are durable before their inputs are committed
+            consumer.commit(asynchronous=False)
+            last_commit, pending = time.monotonic(), False
+        elif not msgs:
+            producer.flush(0.1)
+
+
+def run_faust(job: dict[str, Any]) -> None:
+    import faust
+
+    datadir = tempfile.mkdtemp(prefix="bench-faust-")
+    app = faust.App(
+        job["group"], broker=f"kafka://{job['bootstrap']}", web_enabled=False,
+        consumer_auto_offset_reset="earliest", topic_partitions=4, datadir=datadir,
+        store="memory://", topic_allow_declare=False,
+    )
+    source = app.topic(job["input"], key_serializer="raw", value_serializer="raw")
+    out = app.topic(job["output"], key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(job["dlq"], key_serializer="raw", value_serializer="raw")
+    loads, dumps = orjson.loads, orjson.dumps
+
+    @app.agent(source)
+    async def w1_agent(stream: Any) -> None:
+        async for event in stream.events():
+            value = event.message.value
+            if value is None:
+                continue
+            result = w1(loads(value))
+            if result is None:
+                continue
+            kind, payload = result
+            if kind == OUT:
+                await out.send(key=event.message.key, value=dumps(payload))
+            else:
+                await dlq.send(key=event.message.key, value=value,
+                               headers=[(RULE_HEADER, payload.encode())])
+
+    del w1_agent
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.execute_from_commandline()
+
+
+def run_quix(job: dict[str, Any]) -> None:
+    from quixstreams import Application
+
+    app = Application(
+        broker_address=job["bootstrap"], consumer_group=job["group"],
+        auto_offset_reset="earliest", loglevel="WARNING",
+        state_dir=tempfile.mkdtemp(prefix="bench-quix-"), auto_create_topics=False,
+    )
+    source = app.topic(job["input"], key_deserializer="bytes", value_deserializer="json")
+    out = app.topic(job["output"], key_serializer="bytes", value_serializer="json")
+    dlq = app.topic(job["dlq"], key_serializer="bytes", value_serializer="json")
+    sdf = app.dataframe(source)
+    sdf = sdf.apply(lambda env: (env, w1(env)))
+    ok = sdf.filter(lambda pair: pair[1] is not None and pair[1][0] == OUT)
+    ok.apply(lambda pair: pair[1][1]).to_topic(out)
+    bad = sdf.filter(lambda pair: pair[1] is not None and pair[1][0] == DLQ)
+    bad = bad.set_headers(lambda pair, _k, _t, _h: [(RULE_HEADER, pair[1][1].encode())])
+    bad.apply(lambda pair: pair[0]).to_topic(dlq)
+    app.run()
+
+
+SYSTEMS = {"raw": run_raw, "faust": run_faust, "quix": run_quix}
+
+
+def main(argv: list[str]) -> None:
+    job = json.loads(argv[0])
+    if job["system"] == "faust":
+        # Faust parses argv at start; give it a clean one
+        sys.argv = [sys.argv[0]]
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    print(f"[{job['system']}] pid {os.getpid()} reading {job['input']}", flush=True)
+    SYSTEMS[job["system"]](job)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

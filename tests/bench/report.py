@@ -1,0 +1,54 @@
+"""The Markdown table of a run: medians with (min-max), and ratios to the raw loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fig(spread: dict[str, float] | None, fmt: str) -> str:
+    if not spread:
+        return "-"
+    med, lo, hi = (format(spread[k], fmt) for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def _ratio(row: dict[str, Any], key: str) -> str:
+    value = row.get("x_raw", {}).get(key)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    w = report["workload"]
+    lines = [
+        f"Run {report['when']}: {w['events']:,} Debezium change events (~{w['avg_value_bytes']} bytes, "
+        f"{w['partitions']} partitions, Zipf keys, {w['tombstones']:,} deletes with tombstones, "
+        f"{w['duplicates']:,} duplicates), {report['reps']} repetitions, median (min-max). "
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Apache Kafka {m['kafka']} "
+        f"(KRaft, local), Python {m['python']}.",
+        "",
+        "| system | events | events/s | x raw | events/CPU-s | x raw | peak RSS MiB | x raw "
+        "| p50 ms | p99 ms | x raw (p99) | offered/s | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in report["rows"]:
+        status = row.get("status", "")
+        if status != "ok":
+            lines.append(f"| {row['system']} | {row['events']:,} | {status} | | | | | | | | | | |")
+            continue
+        offered = f"{row['offered_eps']:,.0f}" if row.get("offered_eps") else "-"
+        lines.append(
+            f"| {row['system']} | {row['events']:,} | {_fig(row.get('events_per_s'), ',.0f')} "
+            f"| {_ratio(row, 'events_per_s')} | {_fig(row.get('events_per_cpu_s'), ',.0f')} "
+            f"| {_ratio(row, 'events_per_cpu_s')} | {_fig(row.get('rss_mb'), '.0f')} "
+            f"| {_ratio(row, 'rss_mb')} | {_fig(row.get('p50_ms'), '.1f')} | {_fig(row.get('p99_ms'), '.1f')} "
+            f"| {_ratio(row, 'p99_ms')} | {offered} | count+checksum ok |"
+        )
+    lines.append("")
+    for row in report["rows"]:
+        lines.append(f"- **{row['system']}**: {row['label']}")
+    for extra in report.get("extras", []):
+        lines.append(f"- {extra.get('name', '?')}: {extra.get('summary', extra)}")
+    lines.append("")
+    lines.append(f"Whole run: {report['elapsed_s']:.0f} s.")
+    return "\n".join(lines) + "\n"
