@@ -366,7 +366,7 @@ def compile_expr(text: str, fields: Collection[str] | None = None) -> Expr:
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as exc:
-        col = (exc.offset - 1) if exc.offset else None
+        col = exc.offset - 1 if exc.offset else len(src)  # offset 0: at the end of the text
         raise ExprError(text, col, f"syntax error: {exc.msg}") from exc
     checker = _Checker(text, fields)
     body = checker.visit(tree.body)

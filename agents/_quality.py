@@ -256,8 +256,11 @@ class AllowedRule(Rule):
 
     def reason(self, row: Row) -> str | None:
         v = row.get(self.field)
-        if v is None or v in self.values:
-            return None
+        try:
+            if v is None or v in self.values:
+                return None
+        except TypeError:  # unhashable (a list or an object): not one of the values
+            pass
         shown = ", ".join(sorted(map(repr, self.values))[:10])
         return f"field {self.field!r} = {v!r:.60} is not one of {shown}"
 

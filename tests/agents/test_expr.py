@@ -1,0 +1,156 @@
+"""The expression language: what it refuses (safety) and what it computes (semantics)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents import ExprError, UnknownNameError, compile_expr
+from schemas import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("__import__('os').system('id')", "not allowed"),
+        ("import os", "syntax error"),
+        ("open('/etc/passwd')", "open() is not allowed"),
+        ("eval('1+1')", "eval() is not allowed"),
+        ("exec('x=1')", "exec() is not allowed"),
+        ("compile('1', 'f', 'eval')", "compile() is not allowed"),
+        ("getattr(amount, 'real')", "getattr() is not allowed"),
+        ("globals()", "globals() is not allowed"),
+        ("amount.__class__", "attribute access is not allowed"),
+        ("status.upper()", "attribute access is not allowed"),
+        ("().__class__.__bases__[0].__subclasses__()", "not allowed"),
+        ("__builtins__", "dunder name"),
+        ("row['__class__']", "dunder name"),
+        ("(lambda: 1)()", "lambda is not allowed"),
+        ("[x for x in tags]", "comprehensions are not allowed"),
+        ("{x: 1 for x in tags}", "comprehensions are not allowed"),
+        ("(x := 1)", "assignment"),
+        ("2 ** 100000", "exponent 100000 is larger"),
+        ("2 ** -100000", "exponent 100000 is larger"),
+        ("amount << 64", "bit operations"),
+        ("amount & 1", "bit operations"),
+        ("~amount", "'~' is not allowed"),
+        ("tags[0]", "subscripts are only allowed"),
+        ("status[1:2]", "subscripts are only allowed"),
+        ("row[name]", "string literal field name"),
+        ("row", "must be subscripted"),
+        ("f'{status}'", "f-strings"),
+        ("{'a': 1}", "dict literals"),
+        ("b'bytes'", "literal of type bytes"),
+        ("unknown_fn(1)", "unknown function 'unknown_fn'"),
+        ("len(tags, key=1)", "keyword arguments"),
+        ("matches(status, pattern)", "string literal pattern"),
+        ("matches(status, '(')", "bad regular expression"),
+        ("amount is 1", "only compare with None"),
+        ("amount >", "syntax error"),
+        ("", "empty expression"),
+        ("x" * 5000, "longer than"),
+    ],
+)
+def test_refused_at_compile_time(text: str, reason: str) -> None:
+    with pytest.raises(ExprError) as info:
+        compile_expr(text)
+    assert reason in str(info.value)
+    assert isinstance(info.value, ConfigError)
+
+
+def test_error_names_expression_and_column() -> None:
+    with pytest.raises(ExprError) as info:
+        compile_expr("amount > 1 and status.lower() == 'x'")
+    err = info.value
+    assert err.col == 15
+    assert "'amount > 1 and status.lower() == 'x''" in str(err) or "status.lower()" in str(err)
+    assert "at col 15" in str(err)
+
+
+def test_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        compile_expr("amout > 0", fields={"amount", "id"})
+    assert "unknown name 'amout' (expected one of amount, id)" in str(info.value)
+    assert compile_expr("amount > 0", fields={"amount"}).fields == ("amount",)
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "expected"),
+    [
+        ("amount * 2 > 10", {"amount": 6}, True),
+        ("amount * quantity", {"amount": 2.5, "quantity": 4}, 10.0),
+        ("amount / 4", {"amount": 10}, 2.5),
+        ("amount // 4 + amount % 4", {"amount": 10}, 4),
+        ("-amount", {"amount": 3}, -3),
+        ("2 ** 10", {}, 1024),
+        ("status in ('paid', 'shipped')", {"status": "paid"}, True),
+        ("status not in ['paid']", {"status": "new"}, True),
+        ("status in {'a', 'b'}", {"status": "c"}, False),
+        ("1 < amount <= 5", {"amount": 5}, True),
+        ("missing is None", {}, True),
+        ("note is not None and len(note) > 2", {"note": "abcd"}, True),
+        ("not flag or amount > 1", {"flag": True, "amount": 2}, True),
+        ("'big' if amount > 100 else 'small'", {"amount": 101}, "big"),
+        ("row['order id'] + 1", {"order id": 41}, 42),
+        ("lower(status) == 'paid'", {"status": "PAID"}, True),
+        ("upper(status)", {"status": None}, None),
+        ("trim(name)", {"name": "  x "}, "x"),
+        ("startswith(email, 'a') and endswith(email, '.org')", {"email": "a@b.org"}, True),
+        ("contains(email, '@')", {"email": "a@b"}, True),
+        ("replace(phone, '-', '')", {"phone": "1-2-3"}, "123"),
+        ("substr(sku, 0, 3)", {"sku": "ABC-1"}, "ABC"),
+        ("round(amount, 2)", {"amount": 1.2345}, 1.23),
+        ("abs(delta) + floor(1.5) + ceil(1.2)", {"delta": -3}, 6),
+        ("min(a, b) + max(a, b)", {"a": 1, "b": 5}, 6),
+        ("coalesce(nick, name, 'anon')", {"name": "bo"}, "bo"),
+        ("get(customer, 'country')", {"customer": {"country": "FR"}}, "FR"),
+        ("get(tags, 1)", {"tags": ["a", "b"]}, "b"),
+        ("get(tags, 9, 'none')", {"tags": ["a"]}, "none"),
+        ("matches(email, '^[^@]+@[^@]+$')", {"email": "a@b"}, True),
+        ("matches(email, '^x')", {"email": None}, False),
+        ("int(qty) + float('1.5')", {"qty": "2"}, 3.5),
+        ("str(id) + '-' + str(qty)", {"id": 7, "qty": 2}, "7-2"),
+        ("bool(flag)", {"flag": 0}, False),
+        ("len(sha256(id))", {"id": 1}, 64),
+        ("now_ms() > 1700000000000", {}, True),
+        ("__op == 'c'", {"__op": "c"}, True),
+        ("len(name * 3)", {"name": "ab"}, 6),
+    ],
+)
+def test_semantics(text: str, row: dict, expected: object) -> None:
+    assert compile_expr(text)(row) == expected
+
+
+def test_missing_field_reads_as_none_and_names_are_fields_not_builtins() -> None:
+    assert compile_expr("amount")({}) is None
+    # a field named like a function reads the field; the call reads the function
+    assert compile_expr("len(len)")({"len": "abc"}) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "message"),
+    [
+        ("2 ** n", {"n": 10**6}, "exponent"),
+        ("name * n", {"name": "ab", "n": 10**7}, "repetition"),
+        ("tags * n", {"tags": [1, 2], "n": 10**7}, "repetition"),
+        ("replace(replace(replace(s, 'a', s), 'a', s), 'a', s)", {"s": "a" * 200}, "replace()"),
+        ("amount > 1", {"amount": None}, "not supported"),
+    ],
+)
+def test_runtime_bounds_raise_instead_of_eating_the_machine(
+    text: str, row: dict, message: str
+) -> None:
+    fn = compile_expr(text)
+    with pytest.raises((ValueError, TypeError)) as info:
+        fn(row)
+    assert message in str(info.value)
+
+
+def test_compiled_once_into_a_plain_function() -> None:
+    expr = compile_expr("amount * 2 > 10 and status == 'paid'")
+    assert callable(expr.fn)
+    assert expr.fn.__code__.co_name == "<lambda>"
+    assert expr.fields == ("amount", "status")
+    # no builtins reach the function
+    assert expr.fn.__globals__["__builtins__"] == {}
