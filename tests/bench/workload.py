@@ -31,7 +31,8 @@ from typing import Any
 
 import orjson
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 1         # bump when generate() changes (names the topic)
+LOGIC_VERSION = 2             # bump when w1()/unwrap() change (names the cached expectation)
 PARTITIONS = 4
 ORDER_KEYS = 100_000          # order ids, drawn Zipf-skewed (hot orders change often)
 CUSTOMERS = 10_000
@@ -47,26 +48,40 @@ CURRENCIES = ("USD", "EUR", "GBP")
 
 # --- W1, described once --------------------------------------------------------------
 
-#: W1 as a DataFlow-style pipeline spec; :func:`w1` implements exactly this.
+#: W1 as a DataFlow pipeline spec (source and sink topics are filled per run by
+#: :func:`pipeline_spec`); :func:`w1` implements exactly this in plain Python.
 W1_SPEC: dict[str, Any] = {
     "name": "bench-w1",
     "source": {"format": "debezium"},
     "transforms": [
-        # tombstones dropped; a delete yields its ``before`` row; op and ts_ms kept
-        {"type": "unwrap", "tombstones": "drop", "deletes": "before", "metadata": ["op", "ts_ms"]},
+        # tombstones dropped; a delete yields its ``before`` row with ``__deleted: true``;
+        # every row gains __op, __ts_ms, __source_table (schema.table), __lsn, __deleted
+        {"type": "unwrap", "tombstones": "drop", "deletes": "rewrite", "metadata": True},
         {"type": "filter", "expr": "status != 'cancelled'"},
-        {"type": "compute", "field": "total", "expr": "amount * qty"},
+        {"type": "compute", "fields": {"total": "amount * qty"}},
     ],
     # evaluated in order; the first failing rule quarantines the event to the DLQ
     "quality": [
-        {"name": "email_required", "type": "not_null", "field": "email"},
+        {"name": "email_required", "type": "not_null", "fields": ["email"]},
         {"name": "qty_range", "type": "range", "field": "qty", "min": 1, "max": 100},
         {"name": "email_format", "type": "regex", "field": "email", "pattern": "^[^@]+@[^@]+$"},
         {"name": "currency_known", "type": "allowed", "field": "currency", "values": list(CURRENCIES)},
         {"name": "total_sane", "type": "expr", "expr": "total < 10000000"},
     ],
-    "on_fail": "dlq",
 }
+
+
+def pipeline_spec(base: dict[str, Any], name: str, source: str, output: str, dlq: str,
+                  **extra: Any) -> dict[str, Any]:
+    """``base`` (e.g. :data:`W1_SPEC`) as a runnable spec on these topics."""
+    spec = json.loads(json.dumps(base))
+    spec["name"] = name
+    spec["source"] = {**spec["source"], "topics": [source]}
+    spec["sinks"] = {"kafka": {"topic": output}}
+    spec["dlq"] = {"topic": dlq}
+    spec.update(extra)
+    return spec
+
 
 _EMAIL = re.compile(r"^[^@]+@[^@]+$")
 _ALLOWED_CURRENCY = frozenset(CURRENCIES)
@@ -81,13 +96,9 @@ def w1(envelope: dict[str, Any] | None) -> tuple[int, Any] | None:
     """
     if envelope is None:
         return None
-    op = envelope["op"]
-    row = envelope["before"] if op == "d" else envelope["after"]
-    if row is None or row["status"] == "cancelled":
+    row = unwrap(envelope)
+    if row["status"] == "cancelled":
         return None
-    row = dict(row)
-    row["__op"] = op
-    row["__ts_ms"] = envelope["ts_ms"]
     total = row["amount"] * row["qty"]
     row["total"] = total
     email = row["email"]
@@ -297,7 +308,7 @@ def compute_expected(workload: Workload) -> Expected:
         else:
             seen.add(lsn)
             w3 += 1
-            w3_sum = (w3_sum + record_digest(msg.key, _unwrap(env))) & MASK64
+            w3_sum = (w3_sum + record_digest(msg.key, unwrap(env))) & MASK64
         result = w1(env)
         if result is None:
             continue
@@ -316,17 +327,23 @@ def compute_expected(workload: Workload) -> Expected:
     )
 
 
-def _unwrap(env: dict[str, Any]) -> dict[str, Any]:
-    """The W3 output row: the unwrapped row with op and ts_ms, as in W1's unwrap."""
-    row = dict(env["before"] if env["op"] == "d" else env["after"])
-    row["__op"] = env["op"]
-    row["__ts_ms"] = env["ts_ms"]
+def unwrap(envelope: dict[str, Any]) -> dict[str, Any]:
+    """W1's unwrap (deletes rewritten, metadata on): the row of one change event."""
+    op = envelope["op"]
+    deleted = op == "d"
+    row = dict(envelope["before"] if deleted else envelope["after"])
+    src = envelope["source"]
+    row["__source_table"] = f"{src['schema']}.{src['table']}"
+    row["__lsn"] = src["lsn"]
+    row["__op"] = op
+    row["__ts_ms"] = envelope["ts_ms"]
+    row["__deleted"] = deleted
     return row
 
 
 def load_expected(workload: Workload) -> Expected:
     """The cached expectation for ``workload`` (computed once; results/ is git-ignored)."""
-    path = RESULTS / f"expected-{workload.events}-{workload.digest}.json"
+    path = RESULTS / f"expected-{workload.events}-{workload.digest}-l{LOGIC_VERSION}.json"
     if path.exists():
         return Expected(**json.loads(path.read_text()))
     started = time.monotonic()
