@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from ops._demo import demo_main
 from ops._source_cli import source_main
 from ops._stack import stack_main
 
@@ -13,6 +14,7 @@ Command = Callable[[list[str]], int]
 COMMANDS: dict[str, tuple[Command, str]] = {
     "stack": (stack_main, "local services: up | down | status | env"),
     "source": (source_main, "run a CDC source: run FILE (until SIGTERM/SIGINT)"),
+    "demo": (demo_main, "smoke run on the local stack: produce -> Faust table -> consume"),
 }
 
 
