@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -348,6 +349,18 @@ logger.apache.level = WARN
 """
 
 
+def grant_traverse(path: Path) -> None:
+    """Let another user (postgres) reach ``path``: search permission, not read, on its folders.
+
+    initdb and postgres run as the postgres user, which must pass through every folder
+    above the data folder; a clone inside a private temporary folder would stop it.
+    """
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(folder, mode | stat.S_IXOTH)
+
+
 class Postgres(Service):
     """PostgreSQL from the system packages, ``wal_level=logical``, trust auth on loopback."""
 
@@ -397,8 +410,7 @@ class Postgres(Service):
         self.dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-            for parent in (self.dir.parent, self.home):
-                os.chmod(parent, 0o755)
+            grant_traverse(self.dir.parent)
         if not (self.data / "PG_VERSION").exists():
             shutil.rmtree(self.data, ignore_errors=True)
             proc = subprocess.run(

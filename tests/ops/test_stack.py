@@ -31,6 +31,7 @@ from ops._stack import (
     cache_dir,
     default_home,
     free_port,
+    grant_traverse,
     locked,
     pid_alive,
     port_free,
@@ -102,9 +103,8 @@ def parse_env(out: str) -> dict[str, str]:
 
 @pytest.fixture
 def private_home() -> Iterator[Path]:
-    """A throwaway DATAFLOW_HOME under /tmp (the postgres user must be able to enter it)."""
-    home = Path(tempfile.mkdtemp(prefix="dataflow-home-", dir="/tmp"))
-    os.chmod(home, 0o755)
+    """A throwaway DATAFLOW_HOME inside a private (0700) temporary folder, as a CI clone may be."""
+    home = Path(tempfile.mkdtemp(prefix="dataflow-test-")) / "home"
     try:
         yield home
     finally:
@@ -116,7 +116,7 @@ def private_home() -> Iterator[Path]:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def _held_port() -> socket.socket:
@@ -301,13 +301,24 @@ def test_pid_alive_tells_our_process_from_a_reused_pid() -> None:
     proc = subprocess.Popen(["sleep", "60"])
     try:
         assert pid_alive(proc.pid)
-        assert pid_alive(proc.pid, "sleep 60")
+        wait_for(lambda: pid_alive(proc.pid, "sleep 60"), timeout=10, what="sleep to exec")
         assert not pid_alive(proc.pid, "/some/other/data/dir")
     finally:
         proc.kill()
         proc.wait()
     assert not pid_alive(proc.pid, "sleep 60")
     assert not pid_alive(None)
+
+
+@pytest.mark.unit
+def test_grant_traverse_adds_search_but_not_read(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    for folder in (tmp_path / "a", deep):
+        os.chmod(folder, 0o700)
+    grant_traverse(deep)
+    for folder in (tmp_path / "a", deep):
+        assert folder.stat().st_mode & 0o777 == 0o701
 
 
 @pytest.mark.unit
