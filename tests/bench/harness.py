@@ -61,6 +61,9 @@ class Env:
     logdir: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
+    def service_env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "DATAFLOW_PG_DSN": self.pg_dsn}
+
 
 @dataclass
 class Outputs:
@@ -96,6 +99,9 @@ class System:
     available: Callable[[Env], str | None] = lambda env: None
     expect: Callable[[Expected], tuple[int, int]] = lambda e: (e.w1_out, e.w1_dlq)
     check: Callable[[Env, Workload, Scratch, Expected], str | None] | None = None
+    #: a custom measure of done work and its target, instead of ``done``
+    progress: Callable[[Env, Scratch], int] | None = None
+    target: Callable[[Expected, Workload], int] | None = None
     setup: Callable[[Env, Workload, Scratch], None] | None = None
     teardown: Callable[[Env, Scratch], None] | None = None
 
@@ -105,6 +111,7 @@ class System:
 
 def _spawn(cmd: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env.pop("PYTEST_CURRENT_TEST", None)
     with log.open("ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                                 start_new_session=True)
@@ -127,17 +134,27 @@ def _watch(env: Env, system: System, wl: Workload, scratch: Scratch,
 
     marks = Watermarks(env.bootstrap)
     try:
-        return _wait_done(system, wl, proc, target, group, marks, topics, t0, cpu0, spawned)
+        if system.progress is not None:
+            custom = system.progress
+
+            def progress() -> int:
+                return custom(env, scratch)
+        elif system.done == "committed":
+            progress = group.committed
+        else:
+            def progress() -> int:
+                return marks.total(topics)
+        return _wait_done(wl, proc, target, progress, t0, cpu0, spawned)
     finally:
         marks.close()
 
 
-def _wait_done(system: System, wl: Workload, proc: subprocess.Popen[bytes], target: int, group: Group,
-               marks: Watermarks, topics: list[str], t0: float, cpu0: float, spawned: float) -> Watch:
+def _wait_done(wl: Workload, proc: subprocess.Popen[bytes], target: int, progress: Callable[[], int],
+               t0: float, cpu0: float, spawned: float) -> Watch:
     last_n, last_t = -1, t0
     stall = max(60.0, wl.events / 2000)
     while True:
-        n = group.committed() if system.done == "committed" else marks.total(topics)
+        n = progress()
         now = time.monotonic()
         if n >= target:
             cpu = tree_cpu_s(proc.pid) - cpu0
@@ -185,9 +202,12 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
     try:
         if system.setup:
             system.setup(env, wl, scratch)
-        proc = _spawn(system.command(env, wl, scratch), log)
+        proc = _spawn(system.command(env, wl, scratch), log, env.service_env())
         out, dlq = system.expect(exp)
-        target = out + dlq if system.done == "outputs" else wl.events
+        if system.target is not None:
+            target = system.target(exp, wl)
+        else:
+            target = out + dlq if system.done == "outputs" else wl.events
         watch = _watch(env, system, wl, scratch, proc, target)
         kill(proc)
         row: dict[str, Any] = {"rep": rep, "events": wl.events, "log": str(log)}
@@ -227,7 +247,7 @@ def run_latency(env: Env, system: System, wl: Workload, rate: float, rep: int) -
     try:
         if system.setup:
             system.setup(env, wl, scratch)
-        proc = _spawn(system.command(env, wl, scratch), log)
+        proc = _spawn(system.command(env, wl, scratch), log, env.service_env())
         procs.append(proc)
         group = Group(env.bootstrap, scratch.group, lat_input, PARTITIONS)
         deadline = time.monotonic() + 180

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 GENERATOR_VERSION = 1         # bump when generate() changes (names the topic)
-LOGIC_VERSION = 2             # bump when w1()/unwrap() change (names the cached expectation)
+LOGIC_VERSION = 3             # bump when w1()/unwrap() change (names the cached expectation)
 PARTITIONS = 4
 ORDER_KEYS = 100_000          # order ids, drawn Zipf-skewed (hot orders change often)
 CUSTOMERS = 10_000
@@ -69,6 +69,50 @@ W1_SPEC: dict[str, Any] = {
         {"name": "total_sane", "type": "expr", "expr": "total < 10000000"},
     ],
 }
+
+
+CUSTOMERS_TOPIC = f"bench.customers-{CUSTOMERS}-v{GENERATOR_VERSION}"
+_UNWRAP = {"type": "unwrap", "tombstones": "drop", "deletes": "rewrite", "metadata": True}
+WINDOW_MS = 60_000
+
+#: W2: revenue per order key in 1-minute tumbling windows of event time (deletes dropped).
+W2_SPEC: dict[str, Any] = {
+    "name": "bench-w2",
+    "source": {"format": "debezium"},
+    "transforms": [
+        {"type": "unwrap", "tombstones": "drop", "deletes": "drop", "metadata": True},
+        {"type": "compute", "fields": {"total": "amount * qty"}},
+    ],
+    "stateful": [{
+        "type": "window", "kind": "tumbling", "size": "1m", "group_by": "id", "time_field": "__ts_ms",
+        "allowed_lateness": "1m", "idle_close": "2s",
+        "aggregations": [{"fn": "count"}, {"fn": "sum", "field": "total", "as": "revenue"}],
+    }],
+}
+
+#: W3: drop redelivered events (same LSN) within 10 minutes.
+W3_SPEC: dict[str, Any] = {
+    "name": "bench-w3",
+    "source": {"format": "debezium"},
+    "transforms": [_UNWRAP],
+    "stateful": [{"type": "dedup", "key": "__lsn", "ttl": "10m"}],
+}
+
+#: W4: enrich each order row with its customer (a table from the customers CDC topic).
+W4_SPEC: dict[str, Any] = {
+    "name": "bench-w4",
+    "source": {"format": "debezium"},
+    "transforms": [_UNWRAP],
+    "stateful": [{
+        "type": "join", "table_topic": CUSTOMERS_TOPIC, "table_format": "debezium",
+        "key": "customer_id", "fields": ["name", "tier", "country"], "prefix": "customer_",
+        "how": "left",
+    }],
+}
+
+#: W5/W6 load the change events themselves (the loader reads Debezium envelopes): the
+#: target ends equal to the source table, newest LSN winning, deletes applied.
+ROW_FIELDS = ("id", "customer_id", "status", "amount", "qty", "currency", "email")
 
 
 def pipeline_spec(base: dict[str, Any], name: str, source: str, output: str, dlq: str,
@@ -263,7 +307,7 @@ class Workload:
 
     @property
     def customers_topic(self) -> str:
-        return f"bench.customers-{CUSTOMERS}-v{GENERATOR_VERSION}"
+        return CUSTOMERS_TOPIC
 
     def messages(self) -> Iterator[Message]:
         return itertools.islice(generate(self.seed), self.events)
@@ -283,6 +327,14 @@ class Expected:
     w1_dlq_rules: dict[str, int]
     w3_out: int          # unwrap + dedup by source.lsn: unique non-tombstone events
     w3_out_sum: int
+    w2_windows: int      # distinct (key, window) pairs over non-delete events
+    w2_sum: int          # checksum of the window rows when none is late
+    w2_count: int        # events aggregated (sum of the window counts)
+    w2_revenue: int
+    w4_out: int          # every non-tombstone event, enriched
+    w4_out_sum: int
+    w5_rows: int         # the final table: newest LSN per key, deletes applied
+    w5_sum: int
     partition_counts: list[int]
     avg_value_bytes: float
 
@@ -295,6 +347,10 @@ def compute_expected(workload: Workload) -> Expected:
     rules: dict[str, int] = {}
     seen: set[int] = set()
     parts = [0] * PARTITIONS
+    windows: dict[tuple[int, int], list[int]] = {}
+    w4 = w4_sum = 0
+    final: dict[int, tuple[int, dict[str, Any] | None]] = {}
+    custs = {orjson.loads(m.key)["id"]: orjson.loads(m.value or b"null")["after"] for m in customers()}
     for msg in workload.messages():
         parts[msg.partition] += 1
         if msg.value is None:
@@ -303,12 +359,22 @@ def compute_expected(workload: Workload) -> Expected:
         size += len(msg.value)
         env = orjson.loads(msg.value)
         lsn = env["source"]["lsn"]
+        row = unwrap(env)
+        w4 += 1
+        w4_sum = (w4_sum + record_digest(msg.key, join_customer(row, custs))) & MASK64
+        if env["op"] != "d":
+            win = (row["id"], row["__ts_ms"] - row["__ts_ms"] % WINDOW_MS)
+            agg = windows.setdefault(win, [0, 0])
+            agg[0] += 1
+            agg[1] += row["amount"] * row["qty"]
+        if lsn > final.get(row["id"], (0, None))[0]:
+            final[row["id"]] = (lsn, None if env["op"] == "d" else {f: row[f] for f in ROW_FIELDS})
         if lsn in seen:
             dups += 1
         else:
             seen.add(lsn)
             w3 += 1
-            w3_sum = (w3_sum + record_digest(msg.key, unwrap(env))) & MASK64
+            w3_sum = (w3_sum + record_digest(msg.key, row)) & MASK64
         result = w1(env)
         if result is None:
             continue
@@ -320,11 +386,42 @@ def compute_expected(workload: Workload) -> Expected:
             dlq += 1
             rules[payload] = rules.get(payload, 0) + 1
             dlq_sum = (dlq_sum + record_digest(msg.key, env)) & MASK64
+    w2_sum = 0
+    for (key, start), (count, revenue) in windows.items():
+        w2_sum = (w2_sum + window_digest(key, start, count, revenue)) & MASK64
+    w5_sum = 0
+    live = [r for _, r in final.values() if r is not None]
+    for r in live:
+        w5_sum = (w5_sum + row_digest(r)) & MASK64
     return Expected(
         events=workload.events, tombstones=tomb, duplicates=dups, w1_out=out, w1_out_sum=out_sum,
         w1_dlq=dlq, w1_dlq_sum=dlq_sum, w1_dlq_rules=rules, w3_out=w3, w3_out_sum=w3_sum,
+        w2_windows=len(windows), w2_sum=w2_sum, w2_count=sum(c for c, _ in windows.values()),
+        w2_revenue=sum(r for _, r in windows.values()), w4_out=w4, w4_out_sum=w4_sum,
+        w5_rows=len(live), w5_sum=w5_sum,
         partition_counts=parts, avg_value_bytes=size / max(1, workload.events - tomb),
     )
+
+
+def join_customer(row: dict[str, Any], custs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """W4's output row: the order row plus ``customer_name``/``_tier``/``_country``."""
+    cust = custs.get(row["customer_id"])
+    if cust is None:
+        return row
+    return {**row, "customer_name": cust["name"], "customer_tier": cust["tier"],
+            "customer_country": cust["country"]}
+
+
+def window_digest(key: int, start: int, count: int, revenue: int) -> int:
+    """The digest of one W2 window row (keyed by the order id)."""
+    return record_digest(b'{"id":%d}' % key, {"id": key, "window_start": start,
+                                              "window_end": start + WINDOW_MS,
+                                              "count": count, "revenue": revenue})
+
+
+def row_digest(row: dict[str, Any]) -> int:
+    """The digest of one target row (W5 table, W6 files), over :data:`ROW_FIELDS`."""
+    return record_digest(None, {f: row.get(f) for f in ROW_FIELDS})
 
 
 def unwrap(envelope: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,268 @@
+"""The DataFlow rows: W1-W4 through ``dataflow worker SPEC``, W5/W6 through ``dataflow load``.
+
+Every row runs DataFlow's own entry points in a child process, on the same workload
+topic as the peers, with a spec built from :mod:`tests.bench.workload` (W1's spec is the
+one the peers implement by hand). Its work is checked against the same reference:
+W1 count and checksum of outputs and DLQ; W2 the window rows (or, when some events came
+late, that every event is in a window or in the DLQ); W3/W4 count and checksum; W5 the
+target table and W6 the table rebuilt from the Parquet files, both equal to the source
+table's final state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from tests.bench.harness import Env, Outputs, Scratch, System, read_outputs
+from tests.bench.kafka import Watermarks, read_all
+from tests.bench.workload import (
+    MASK64,
+    ROW_FIELDS,
+    W1_SPEC,
+    W2_SPEC,
+    W3_SPEC,
+    W4_SPEC,
+    Expected,
+    Workload,
+    pipeline_spec,
+    record_digest,
+    row_digest,
+)
+
+
+def _missing(*modules: str) -> str | None:
+    for mod in modules:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"{mod.replace('.', '/')}.py is not in this checkout yet"
+    return None
+
+
+def _command_missing(name: str) -> str | None:
+    try:
+        from ops._cli import COMMANDS
+    except ImportError as exc:
+        return f"ops._cli does not import: {exc}"
+    return None if name in COMMANDS else f"'dataflow {name}' is not in this checkout yet"
+
+
+def _needs(command: str, *modules: str) -> Callable[[Env], str | None]:
+    def available(_env: Env) -> str | None:
+        return _missing(*modules) or _command_missing(command)
+    return available
+
+
+def _safe(tag: str) -> str:
+    return tag.replace("-", "_").replace(".", "_")
+
+
+# --- W1-W4: dataflow worker --------------------------------------------------------
+
+
+def _worker(base: dict[str, Any]) -> Callable[[Env, Workload, Scratch], list[str]]:
+    def command(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
+        spec = pipeline_spec(base, _name(scratch), scratch.input, scratch.output, scratch.dlq)
+        path = env.logdir / f"{scratch.group}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return [sys.executable, "-m", "ops", "worker", str(path)]
+    return command
+
+
+def _name(scratch: Scratch) -> str:
+    """The pipeline name; the worker's consumer group is derived from it."""
+    return scratch.group.lower().replace(".", "-")[:63]
+
+
+def check_w3(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
+    return _compare(read_outputs(env.bootstrap, scratch), Outputs(exp.w3_out, exp.w3_out_sum))
+
+
+def check_w4(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
+    return _compare(read_outputs(env.bootstrap, scratch), Outputs(exp.w4_out, exp.w4_out_sum))
+
+
+def _compare(got: Outputs, want: Outputs) -> str | None:
+    if got == want:
+        return None
+    return (f"outputs {got.out} (want {want.out}), checksum "
+            f"{'ok' if got.out_sum == want.out_sum else 'differs'}; DLQ {got.dlq} (want {want.dlq})")
+
+
+def check_w2(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
+    """Window rows equal the reference; with late events, every event is still counted."""
+    _settle(env.bootstrap, [scratch.output], exp.w2_windows, quiet_s=15)
+    rows = total = count = revenue = 0
+
+    def on_row(msg: Any) -> None:
+        nonlocal rows, total, count, revenue
+        row = orjson.loads(msg.value())
+        rows += 1
+        count += int(row["count"])
+        revenue += int(row["revenue"])
+        total = (total + record_digest(msg.key(), row)) & MASK64
+
+    read_all(env.bootstrap, scratch.output, on_row)
+    if rows == exp.w2_windows and total == exp.w2_sum:
+        return None
+    late = read_all(env.bootstrap, scratch.dlq, lambda _m: None)
+    if count + late == exp.w2_count:
+        return None if late else (f"{rows} windows (want {exp.w2_windows}); counts add up "
+                                  f"but the window rows differ")
+    return (f"{rows} windows (want {exp.w2_windows}), {count} events counted + {late} late "
+            f"(want {exp.w2_count}), revenue {revenue} (want {exp.w2_revenue})")
+
+
+def _settle(bootstrap: str, topics: list[str], want: int, quiet_s: float) -> int:
+    """Wait (untimed) until ``topics`` hold ``want`` records or stop growing."""
+    with Watermarks(bootstrap) as marks:
+        last, since = -1, time.monotonic()
+        while True:
+            n = marks.total(topics)
+            if n >= want:
+                return n
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since > quiet_s:
+                return n
+            time.sleep(0.2)
+
+
+# --- W5/W6: dataflow load ----------------------------------------------------------
+
+
+def _loader_config(env: Env, wl: Workload, scratch: Scratch, sink: dict[str, Any]) -> Path:
+    doc = {
+        "loader": {
+            "bootstrap_servers": env.bootstrap, "topics": [scratch.input],
+            "group_id": scratch.group, "pipeline": "bench", "dlq_topic": scratch.dlq,
+            "format": "debezium", "version_field": "__lsn", "deletes": "apply",
+            "batch_size": 5000, "flush_interval": 1.0,
+        },
+        "sink": sink,
+    }
+    path = env.logdir / f"{scratch.group}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _w5_command(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
+    table = scratch.extra.setdefault("table", _safe(scratch.group)[:50])
+    sink = {"kind": "postgres", "dsn": env.pg_dsn, "table": table, "schema": "public",
+            "key_fields": ["id"], "create_table": True}
+    return [sys.executable, "-m", "ops", "load", str(_loader_config(env, wl, scratch, sink))]
+
+
+def check_w5(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
+    import psycopg
+
+    cols = ", ".join(ROW_FIELDS)
+    total = rows = 0
+    with psycopg.connect(env.pg_dsn) as conn:
+        for rec in conn.execute(f'SELECT {cols} FROM "{scratch.extra["table"]}"'):
+            rows += 1
+            total = (total + row_digest(dict(zip(ROW_FIELDS, rec, strict=True)))) & MASK64
+    if (rows, total) == (exp.w5_rows, exp.w5_sum):
+        return None
+    return f"table has {rows} rows (want {exp.w5_rows}), checksum {'ok' if total == exp.w5_sum else 'differs'}"
+
+
+def _w5_teardown(env: Env, scratch: Scratch) -> None:
+    import psycopg
+
+    table = scratch.extra.get("table")
+    if not table:
+        return
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        conn.execute(f'DROP TABLE IF EXISTS "{table}__tombstones"')
+
+
+def _w6_command(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
+    folder = env.logdir / f"{scratch.group}-files"
+    scratch.extra["folder"] = str(folder)
+    sink = {"kind": "objectstore", "url": f"file://{folder}", "format": "parquet",
+            "compression": "snappy", "max_records": 100_000, "max_interval": 60.0, "max_open": 1.0}
+    return [sys.executable, "-m", "ops", "load", str(_loader_config(env, wl, scratch, sink))]
+
+
+_FILE_ROWS: dict[str, int] = {}
+
+
+def w6_rows_written(_env: Env, scratch: Scratch) -> int:
+    """Rows in the complete Parquet files so far (each footer read once).
+
+    Not the committed offsets: the loader commits the tail of its last time-based roll
+    only with its next batch or on stop, so an idle loader's group lags its files.
+    """
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in Path(scratch.extra["folder"]).rglob("*.parquet"):
+        key = str(path)
+        if key not in _FILE_ROWS:
+            try:
+                _FILE_ROWS[key] = pq.read_metadata(path).num_rows
+            except OSError:
+                continue
+        total += _FILE_ROWS[key]
+    return total
+
+
+def check_w6(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
+    """Applying every file's changes, newest version per key, rebuilds the source table."""
+    import pyarrow.parquet as pq
+
+    final: dict[Any, tuple[int, dict[str, Any] | None]] = {}
+    files = sorted(Path(scratch.extra["folder"]).rglob("*.parquet"))
+    for path in files:
+        for row in pq.read_table(path).to_pylist():
+            version = int(row["__version"])
+            if version > final.get(row["id"], (-1, None))[0]:
+                final[row["id"]] = (version, None if row["__deleted"] else row)
+    live = [r for _, r in final.values() if r is not None]
+    total = 0
+    for r in live:
+        total = (total + row_digest(r)) & MASK64
+    if (len(live), total) == (exp.w5_rows, exp.w5_sum):
+        return None
+    return (f"{len(files)} files rebuild {len(live)} rows (want {exp.w5_rows}), "
+            f"checksum {'ok' if total == exp.w5_sum else 'differs'}")
+
+
+def _w6_teardown(env: Env, scratch: Scratch) -> None:
+    folder = scratch.extra.get("folder")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def systems() -> list[System]:
+    worker = _needs("worker", "streams._app", "agents._runtime")
+    return [
+        System("df-w1", "DataFlow W1: unwrap + filter + computed field + 5 rules -> sink topic (dataflow worker)",
+               _worker(W1_SPEC), available=worker),
+        System("df-w2", "DataFlow W2: 1-minute tumbling count + revenue per key (dataflow worker)",
+               _worker(W2_SPEC), available=worker, done="committed", latency=False, check=check_w2),
+        System("df-w3", "DataFlow W3: unwrap + dedup by LSN (dataflow worker)", _worker(W3_SPEC),
+               available=worker, expect=lambda e: (e.w3_out, 0), check=check_w3),
+        System("df-w4", "DataFlow W4: unwrap + stream-table join with customers (dataflow worker)",
+               _worker(W4_SPEC), available=worker, expect=lambda e: (e.w4_out, 0), check=check_w4),
+        System("df-w5", "DataFlow W5: loader, Postgres upsert with LSN guard (dataflow load)", _w5_command,
+               available=_needs("load", "agents._loader", "connectors._pg_sink"), done="committed",
+               latency=False, check=check_w5, teardown=_w5_teardown),
+        System("df-w6", "DataFlow W6: loader, Parquet files (dataflow load)", _w6_command,
+               available=_needs("load", "agents._loader", "connectors._objectstore"), latency=False,
+               progress=w6_rows_written, target=lambda e, _wl: e.events - e.tombstones,
+               check=check_w6, teardown=_w6_teardown),
+    ]
