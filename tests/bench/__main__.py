@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.bench import harness, report, systems
+from tests.bench import extras, harness, report, systems
 
 
 def main(argv: list[str]) -> int:
@@ -18,7 +18,12 @@ def main(argv: list[str]) -> int:
                         help="measured seconds per latency run at half the max rate; 0 skips latency")
     parser.add_argument("--faust-events", type=int, default=systems.FAUST_MAX_EVENTS,
                         help="prefix of the workload the naive Faust agent runs on")
+    parser.add_argument("--extras", default="all",
+                        help="other scripts in tests/bench to run: all, none or a comma list of "
+                             + ",".join(n for n, _ in extras.EXTRAS))
     args = parser.parse_args(argv)
+    extra_names = ([n for n, _ in extras.EXTRAS] if args.extras == "all"
+                   else [] if args.extras == "none" else args.extras.split(","))
     chosen = systems.systems(faust_max=args.faust_events)
     if args.only:
         names = {"raw", *args.only.split(",")}
@@ -35,7 +40,7 @@ def main(argv: list[str]) -> int:
         events=args.events, reps=args.reps, latency_s=args.latency_seconds,
         logdir=root / ".dataflow" / "bench",
     )
-    result = harness.main(env, chosen, extras=[])
+    result = harness.main(env, chosen, extras=extras.extras(extra_names))
     text = report.markdown(result)
     harness.write(result, text)
     print(text)

@@ -47,8 +47,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for row in report["rows"]:
         lines.append(f"- **{row['system']}**: {row['label']}")
-    for extra in report.get("extras", []):
-        lines.append(f"- {extra.get('name', '?')}: {extra.get('summary', extra)}")
     lines.append("")
+    for extra in report.get("extras", []):
+        lines.append(f"**{extra['name']}** (tests/bench/{extra['name']}.py): {extra['status']}")
+        if extra.get("output"):
+            lines += ["", "```", *extra["output"], "```"]
+        lines.append("")
     lines.append(f"Whole run: {report['elapsed_s']:.0f} s.")
     return "\n".join(lines) + "\n"
