@@ -31,13 +31,20 @@ import psycopg
 from psycopg import sql
 
 from connectors._pg_config import PostgresCDCConfig
-from connectors._pg_kafka import AckTracker, AckWindow, EventProducer, KafkaAdmin
+from connectors._pg_kafka import (
+    AckTracker,
+    AckWindow,
+    EventProducer,
+    KafkaAdmin,
+    KafkaUnavailable,
+)
 from connectors._pg_metrics import CDCMetrics
 from connectors._pg_proto import (
     PG_EPOCH_US,
     UNCHANGED,
     Relation,
     ReplicationConnection,
+    StreamError,
     lsn_to_int,
     lsn_to_str,
     parse_keepalive,
@@ -120,7 +127,9 @@ class PostgresCDCSource:
                 self._session()
                 if self.config.snapshot_mode == "initial_only" or self._stop.is_set():
                     break
-            except Transient as exc:
+            except (Transient, StreamError, KafkaUnavailable, psycopg.OperationalError) as exc:
+                if self._stop.is_set():
+                    break
                 attempts += 1
                 if max_retries is not None and attempts > max_retries:
                     self.state = "failed"
@@ -490,48 +499,43 @@ class PostgresCDCSource:
         server_end = start
         counts: dict[tuple[str, str], int] = {}
         dec = _TxnDecoder(self, producer, counts)
-        try:
-            while not self._stop.is_set():
-                msgs = repl.read(0.2)
-                reply = False
-                for msg in msgs:
-                    kind = msg[0]
-                    if kind == 0x77:  # 'w' XLogData
-                        end = dec.handle(msg)
-                        if end is not None:
-                            window.close(dec.closed, end)
-                    elif kind == 0x6B:  # 'k' keepalive
-                        wal_end, want_reply = parse_keepalive(msg)
-                        server_end = max(server_end, wal_end)
-                        reply = reply or want_reply
-                        if dec.tracker is None and not len(window) and wal_end > self.confirmed_lsn:
-                            # nothing in flight: everything before wal_end is ours already
-                            self.confirmed_lsn = wal_end
-                producer.poll()
-                self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
-                now = time.monotonic()
-                if reply or (self.confirmed_lsn != sent and now - self._last_status >= 0.1) \
-                        or now - self._last_status >= status_every:
-                    repl.send_status(self.confirmed_lsn)
-                    sent = self.confirmed_lsn
-                    self._last_status = now
-                    m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
-                    m.lag_bytes.labels(name).set(max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn))
-                    if dec.last_commit_us:
-                        m.lag_ms.labels(name).set(max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
-                if counts:
-                    for (table, op), n in counts.items():
-                        m.events.labels(name, table, op).inc(n)
-                    counts.clear()
-                if now - last_heartbeat >= heartbeat_every:
-                    hb = AckTracker()
-                    producer.produce(cfg.heartbeat, orjson.dumps({"serverName": cfg.topic_prefix}),
-                                     orjson.dumps({"ts_ms": int(time.time() * 1000)}), hb)
-                    last_heartbeat = now
-        except SourceError as exc:
-            if isinstance(exc, ConfigError | SlotDropped):
-                raise
-            raise Transient(str(exc)) from exc
+        while not self._stop.is_set():
+            msgs = repl.read(0.2)
+            reply = False
+            for msg in msgs:
+                kind = msg[0]
+                if kind == 0x77:  # 'w' XLogData
+                    end = dec.handle(msg)
+                    if end is not None:
+                        window.close(dec.closed, end)
+                elif kind == 0x6B:  # 'k' keepalive
+                    wal_end, want_reply = parse_keepalive(msg)
+                    server_end = max(server_end, wal_end)
+                    reply = reply or want_reply
+                    if dec.tracker is None and not len(window) and wal_end > self.confirmed_lsn:
+                        # nothing in flight: everything before wal_end is ours already
+                        self.confirmed_lsn = wal_end
+            producer.poll()
+            self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
+            now = time.monotonic()
+            if reply or (self.confirmed_lsn != sent and now - self._last_status >= 0.1) \
+                    or now - self._last_status >= status_every:
+                repl.send_status(self.confirmed_lsn)
+                sent = self.confirmed_lsn
+                self._last_status = now
+                m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
+                m.lag_bytes.labels(name).set(max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn))
+                if dec.last_commit_us:
+                    m.lag_ms.labels(name).set(max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
+            if counts:
+                for (table, op), n in counts.items():
+                    m.events.labels(name, table, op).inc(n)
+                counts.clear()
+            if now - last_heartbeat >= heartbeat_every:
+                hb = AckTracker()
+                producer.produce(cfg.heartbeat, orjson.dumps({"serverName": cfg.topic_prefix}),
+                                 orjson.dumps({"ts_ms": int(time.time() * 1000)}), hb)
+                last_heartbeat = now
         # stop: wait (bounded) for what is in flight, confirm what Kafka acknowledged
         deadline = time.monotonic() + 30
         while len(window) and time.monotonic() < deadline:

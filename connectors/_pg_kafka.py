@@ -24,7 +24,11 @@ from schemas import SourceError
 log = logging.getLogger("dataflow.source.postgres")
 
 
-class KafkaDeliveryFailed(SourceError):
+class KafkaUnavailable(SourceError):
+    """Kafka cannot be reached or refused work; the source waits and retries."""
+
+
+class KafkaDeliveryFailed(KafkaUnavailable):
     """Kafka did not take an event; the source restarts from its last confirmed LSN."""
 
 
@@ -202,7 +206,7 @@ class KafkaAdmin:
             deadline = time.monotonic() + 120
             while len(done) < len(ends):
                 if time.monotonic() > deadline:
-                    raise SourceError(f"kafka: cannot read state topic {topic!r}")
+                    raise KafkaUnavailable(f"kafka: cannot read state topic {topic!r}")
                 for msg in consumer.consume(1000, 1.0):
                     if msg.error():
                         if msg.error().code() == KafkaError._PARTITION_EOF:
@@ -214,6 +218,6 @@ class KafkaAdmin:
                         done.add(msg.partition())
             return latest
         except KafkaException as exc:
-            raise SourceError(f"kafka: cannot read state topic {topic!r}: {exc}") from exc
+            raise KafkaUnavailable(f"kafka: cannot read state topic {topic!r}: {exc}") from exc
         finally:
             consumer.close()

@@ -28,6 +28,10 @@ _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _KEEPALIVE = struct.Struct(">QQB")
 
+class StreamError(SourceError):
+    """The replication connection failed or ended; worth retrying from the slot."""
+
+
 UNCHANGED = object()  # an unchanged TOASTed value the server did not send ('u')
 
 
@@ -125,7 +129,7 @@ class ReplicationConnection:
         if self._pg.status != pq.ConnStatus.OK:
             msg = self._pg.error_message.decode(errors="replace").strip()
             self._pg.finish()
-            raise SourceError(f"postgres replication connection failed: {msg}")
+            raise StreamError(f"postgres replication connection failed: {msg}")
         self.streaming = False
 
     def command(self, sql: str) -> list[list[str | None]]:
@@ -151,7 +155,7 @@ class ReplicationConnection:
         res = self._pg.exec_(sql.encode())
         if res.status != pq.ExecStatus.COPY_BOTH:
             msg = (res.error_message or self._pg.error_message).decode(errors="replace").strip()
-            raise SourceError(f"postgres: START_REPLICATION of slot {slot!r}: {msg}")
+            raise StreamError(f"postgres: START_REPLICATION of slot {slot!r}: {msg}")
         self._pg.nonblocking = 1
         self.streaming = True
 
@@ -176,18 +180,18 @@ class ReplicationConnection:
             res = pg.get_result()
             msg = (res.error_message if res else pg.error_message) or b"stream ended"
             self.streaming = False
-            raise SourceError(f"postgres replication stream ended: {msg.decode(errors='replace').strip()}")
+            raise StreamError(f"postgres replication stream ended: {msg.decode(errors='replace').strip()}")
         return out
 
     def send_status(self, flushed: int, reply: bool = False) -> None:
         """Standby status update: written = flushed = applied = the confirmed LSN."""
         msg = _STATUS.pack(b"r", flushed, flushed, flushed, now_pg_us(), 1 if reply else 0)
         if self._pg.put_copy_data(msg) != 1:
-            raise SourceError(f"postgres: cannot send status: {self._pg.error_message.decode(errors='replace')}")
+            raise StreamError(f"postgres: cannot send status: {self._pg.error_message.decode(errors='replace')}")
         deadline = time.monotonic() + 10
         while self._pg.flush() == 1:
             if time.monotonic() > deadline:
-                raise SourceError("postgres: status update not sent within 10s")
+                raise StreamError("postgres: status update not sent within 10s")
             select.select([], [self._pg.socket], [], 0.1)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ the value the row had before (what a Debezium consumer does with REPLICA IDENTIT
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import math
 import random
@@ -241,7 +242,8 @@ def _random_op(cur: psycopg.Cursor[Any], g: _Gen, live: dict[str, list[tuple[Any
     make = {"cdc_all": g.all_row, "cdc_composite": g.composite_row, "cdc_uuid": g.uuid_row}[table]
     if op < 0.45 or len(rows) < n:
         new = {row[:len(_KEYS[table])]: row for row in (make() for _ in range(n))}
-        fresh = [row for k, row in new.items() if k not in set(rows)]
+        have = set(rows)
+        fresh = [row for k, row in new.items() if k not in have]
         if fresh:
             _copy_rows(cur, table, fresh)
             rows.extend(row[:len(_KEYS[table])] for row in fresh)
@@ -337,7 +339,7 @@ def _dbz(value: Any, typ: str, typmod: int) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            s = value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+            s = value.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
             if "." in s:
                 s = s.rstrip("0").rstrip(".")
             return s + "Z"
@@ -430,6 +432,7 @@ class TopicReplayer:
         self.topics = topics
         self.state: State = {self._table(t): {} for t in topics}
         self.events = 0
+        self.ops: collections.Counter[str] = collections.Counter()  # c u d r t, "tombstone"
         self._norm: dict[str, dict[str, Callable[[Any], Any]]] = {}
         if dsn is not None:
             with psycopg.connect(dsn) as conn:
@@ -482,13 +485,15 @@ class TopicReplayer:
 
     def _apply(self, topic: str, raw_key: bytes | None, raw_value: bytes | None) -> None:
         if raw_value is None:
-            return  # tombstone
+            self.ops["tombstone"] += 1
+            return
         table = self._table(topic)
         rows = self.state[table]
         value = orjson.loads(raw_value)
         if "payload" in value and "schema" in value:
             value = value["payload"]
         op = value["op"]
+        self.ops[op] += 1
         if op == "t":
             rows.clear()
             return
