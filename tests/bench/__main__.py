@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--extras", default="all",
                         help="other scripts in tests/bench to run: all, none or a comma list of "
                              + ",".join(n for n, _ in extras.EXTRAS))
+    parser.add_argument("--profile", default="", help="comma-separated systems to sample with py-spy")
     args = parser.parse_args(argv)
     extra_names = ([n for n, _ in extras.EXTRAS] if args.extras == "all"
                    else [] if args.extras == "none" else args.extras.split(","))
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     env = harness.Env(
         bootstrap=stack_env["KAFKA_BOOTSTRAP_SERVERS"], pg_dsn=stack_env["DATAFLOW_PG_DSN"],
         events=args.events, reps=args.reps, latency_s=args.latency_seconds,
-        logdir=root / ".dataflow" / "bench",
+        logdir=root / ".dataflow" / "bench", profile=frozenset(filter(None, args.profile.split(","))),
     )
     result = harness.main(env, chosen, extras=extras.extras(extra_names))
     text = report.markdown(result)

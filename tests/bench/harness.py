@@ -16,6 +16,7 @@ ratio to the raw loop's median from the same run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from tests.bench import latency
+from tests.bench import latency, profile
 from tests.bench.kafka import Watermarks, create_topics, delete_topics, read_all
 from tests.bench.monitor import Group, Watch, kill, tree_cpu_s, tree_peak_rss_mb
 from tests.bench.workload import (
@@ -60,6 +61,7 @@ class Env:
     latency_s: float
     logdir: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    profile: frozenset[str] = frozenset()   # systems to sample with py-spy
 
     def service_env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "DATAFLOW_PG_DSN": self.pg_dsn}
@@ -203,6 +205,8 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
         if system.setup:
             system.setup(env, wl, scratch)
         proc = _spawn(system.command(env, wl, scratch), log, env.service_env())
+        folded = env.logdir / f"{tag}.folded"
+        spy = profile.start(proc.pid, folded) if system.name in env.profile else None
         out, dlq = system.expect(exp)
         if system.target is not None:
             target = system.target(exp, wl)
@@ -211,6 +215,10 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
         watch = _watch(env, system, wl, scratch, proc, target)
         kill(proc)
         row: dict[str, Any] = {"rep": rep, "events": wl.events, "log": str(log)}
+        if spy is not None:
+            profile.stop(spy)
+            row["profile"] = profile.summary(folded)
+            print("\n".join(f"[bench] {system.name} profile: {ln}" for ln in row["profile"]), flush=True)
         if not watch.ok:
             row.update(ok=False, reason=watch.reason + f" (log: {log})")
             return row
@@ -255,6 +263,8 @@ def run_latency(env: Env, system: System, wl: Workload, rate: float, rep: int) -
             if proc.poll() is not None or time.monotonic() > deadline:
                 return {"rep": rep, "ok": False, "reason": f"system did not start (log: {log})"}
             time.sleep(POLL_S)
+        if not _probe(env, scratch, wl):
+            return {"rep": rep, "ok": False, "reason": f"no output for probe events within 120s (log: {log})"}
         measurer = _spawn(latency.measure_cmd(env.bootstrap, [scratch.output, scratch.dlq], result_path), log)
         procs.append(measurer)
         pacer = _spawn(latency.pace_cmd(env.bootstrap, lat_input, rate, env.latency_s, wl.seed), log)
@@ -283,6 +293,26 @@ def run_latency(env: Env, system: System, wl: Workload, rate: float, rep: int) -
             system.teardown(env, scratch)
         delete_topics(env.bootstrap, [lat_input, scratch.output, scratch.dlq])
         Group(env.bootstrap, scratch.group, lat_input, PARTITIONS).delete()
+
+
+def _probe(env: Env, scratch: Scratch, wl: Workload) -> bool:
+    """Feed unstamped events until the system answers, so start-up is not measured."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": env.bootstrap, "linger.ms": 5})
+    probes = [m for m in itertools.islice(wl.messages(), 200) if m.value is not None]
+    deadline = time.monotonic() + 120
+    with Watermarks(env.bootstrap) as marks:
+        for msg in itertools.cycle(probes):
+            producer.produce(scratch.input, msg.value, msg.key, partition=msg.partition)
+            producer.flush(5)
+            if marks.total([scratch.output, scratch.dlq]) > 0:
+                time.sleep(1.0)  # let the first outputs' commits and fetches settle
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return False
 
 
 # --- the whole run -----------------------------------------------------------------

@@ -80,7 +80,7 @@ def pace(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) -> 
             if parts is not None:
                 ns = now_ns() if stamp else UNSTAMPED
                 stamped += stamp
-                shifted = lsn + (sent // size) * 10_000_000_000
+                shifted = lsn + (sent // size + 1) * 10_000_000_000  # never an LSN the probe used
                 value = b"%b%d%b%d%b" % (parts[0], ns, parts[1], shifted, parts[2])
             try:
                 producer.produce(topic, value, key, partition=part)
