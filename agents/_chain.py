@@ -1,18 +1,29 @@
 """The stateless part of a pipeline: transforms in order, then the stateless rules.
 
 Decoding is separate (``Decoder``) and so are the stateful operators: the runtime places
-those between :meth:`Chain.transform` and :meth:`Chain.check`, or after :meth:`process`,
-reading the spec's stateful section from :attr:`Chain.stateful` untouched.
+those after :meth:`Chain.process` (or between :meth:`Chain.transform` and
+:meth:`Chain.check`), reading the spec's stateful section from :attr:`Chain.stateful`
+untouched. A pipeline without stateful operators can use :meth:`Chain.run`, which
+decodes, processes and encodes each message in one pass.
+
+Why per event and not stage after stage: a 10k batch of decoded events is ~15 MB of
+Python objects, far more than the CPU caches, so every stage that walks the whole batch
+reads it from memory again. Running every stage on one event before the next keeps it
+in cache; on this machine that measured ~2x faster for the W1 chain (see
+``tests/bench/chain_micro.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from typing import Any
 
+from agents._decode import BadMessage, Decoder, encode_event
 from agents._event import DeadLetter, Event
 from agents._quality import QualityChecks
 from agents._transforms import Transform
+
+Record = tuple[str, bytes | None, bytes | None]
 
 
 class Chain:
@@ -35,6 +46,9 @@ class Chain:
         self.events_in = 0
         self.events_out = 0
         self.dead_by_stage: dict[str, int] = {}
+        self._steps = tuple((t, t.step) for t in self.transforms)
+        self._has_rules = bool(self.checks.rules)
+        self._keep = self.checks.keep if self._has_rules else None
 
     def _count_dead(self, dead: list[DeadLetter]) -> None:
         by = self.dead_by_stage
@@ -56,18 +70,86 @@ class Chain:
         """Run the stateless quality rules only."""
         return self.checks.check(events) if events else (events, [])
 
+    def _one(self, ev: Event, dead: list[DeadLetter]) -> int:
+        """Every transform, then every rule, on one event: 1 kept and checked, 2 kept
+        unchecked (a tombstone), 0 gone (dropped on purpose or added to ``dead``)."""
+        for t, step in self._steps:
+            try:
+                if step(ev):
+                    continue
+                t.dropped += 1
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the batch
+                t.failed += 1
+                dead.append(DeadLetter(ev, t.stage, t.explain(exc)))
+            return 0
+        row = ev.value
+        if row is None:
+            return 2
+        keep = self._keep
+        if keep is not None and not keep(ev, row, dead):
+            return -1
+        return 1
+
     def process(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
-        """Transforms, then rules; every event ends in exactly one of the two lists or was
-        dropped on purpose (filter, deletes, ``drop`` rules)."""
-        self.events_in += len(events)
-        events, dead = self.transform(events)
-        events, failed = self.check(events)
-        if failed:
-            dead.extend(failed)
-        self.events_out += len(events)
+        """Transforms, then rules, per event; every event ends in exactly one of the two
+        lists or was dropped on purpose (filter, deletes, ``drop`` rules)."""
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        one, append = self._one, out.append
+        checked = kept = 0
+        for ev in events:
+            verdict = one(ev, dead)
+            if verdict == 1:
+                checked += 1
+                kept += 1
+                append(ev)
+            elif verdict == 2:
+                append(ev)
+            elif verdict == -1:
+                checked += 1
+        self._settle(len(events), out, dead, checked, kept)
+        return out, dead
+
+    def run(
+        self, messages: Iterable[Sequence[Any]], decoder: Decoder, default_topic: str,
+    ) -> tuple[list[Record], list[DeadLetter]]:
+        """Decode, process and encode each message in one pass (no stateful operators).
+
+        Returns ``(records, dead)``: ``(topic, key, value)`` for the producer and the
+        dead letters (decode failures included) for the DLQ.
+        """
+        if self.stateful:
+            raise ValueError("Chain.run is for pipelines without stateful operators")
+        records: list[Record] = []
+        dead: list[DeadLetter] = []
+        one, decode, append = self._one, decoder.decode_message, records.append
+        checked = kept = n = 0
+        for m in messages:
+            n += 1
+            try:
+                ev = decode(m)
+            except BadMessage as bad:
+                dead.append(bad.dead)
+                continue
+            verdict = one(ev, dead)
+            if verdict > 0:
+                append(encode_event(ev, default_topic))
+                if verdict == 1:
+                    checked += 1
+                    kept += 1
+            elif verdict == -1:
+                checked += 1
+        decoder.decoded += n - sum(1 for d in dead if d.stage == "decode")
+        self._settle(n, records, dead, checked, kept)
+        return records, dead
+
+    def _settle(self, n: int, out: Sized, dead: list[DeadLetter], checked: int, kept: int) -> None:
+        if self._has_rules:
+            self.checks.settle(checked, kept)
+        self.events_in += n
+        self.events_out += len(out)
         if dead:
             self._count_dead(dead)
-        return events, dead
 
     @property
     def counters(self) -> dict[str, Any]:

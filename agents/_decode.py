@@ -40,6 +40,22 @@ class RawMessage(NamedTuple):
     headers: Sequence[tuple[str, bytes]] = ()
 
 
+def _text_or_bytes(data: bytes) -> str | bytes:
+    """A key that is not JSON: its text when it is UTF-8, else the bytes as they are."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+class BadMessage(Exception):
+    """A message whose bytes do not decode; carries its ``DeadLetter``."""
+
+    def __init__(self, dead: DeadLetter) -> None:
+        super().__init__(dead.error)
+        self.dead = dead
+
+
 class _UnknownSchema(Exception):
     pass
 
@@ -65,6 +81,8 @@ class Decoder:
         self.key_format = key_format
         self.schema_lookup = schema_lookup
         self._schemas: dict[int, Any] = {}
+        self._json_keys = key_format in ("auto", "json")
+        self._is_avro = fmt == "avro"
         self.decoded = 0
         self.failed = 0
 
@@ -107,41 +125,54 @@ class Decoder:
         except orjson.JSONDecodeError:
             if kf == "json":
                 raise
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data
+        return _text_or_bytes(data)
 
     # -- batches
+
+    def decode_message(self, m: Sequence[Any]) -> Event:
+        """One ``(key, value, topic, partition, offset, timestamp_ms[, headers])`` tuple.
+
+        Bad bytes raise :class:`BadMessage` carrying the ready ``DeadLetter``.
+        """
+        raw_key, raw_value = m[0], m[1]
+        key = value = None
+        try:
+            if raw_key is not None:
+                if self._json_keys:
+                    try:
+                        key = orjson.loads(raw_key)
+                    except orjson.JSONDecodeError:
+                        if self.key_format == "json":
+                            raise
+                        key = _text_or_bytes(raw_key)
+                else:
+                    key = self._key(raw_key)
+            if raw_value is not None:
+                value = self._avro(raw_value) if self._is_avro else orjson.loads(raw_value)
+                if value.__class__ is not dict:
+                    raise ValueError(f"expected a record (JSON object), got "
+                                     f"{type(value).__name__}")
+        except SerdeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
+            ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
+                       list(m[6]) if len(m) > 6 and m[6] else [])
+            self.failed += 1
+            raise BadMessage(DeadLetter(ev, "decode", f"{self.fmt}: {describe(exc)}")) from exc
+        return Event(key, value, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
+                     list(m[6]) if len(m) > 6 and m[6] else [])
 
     def decode(self, messages: Iterable[Sequence[Any]]) -> tuple[list[Event], list[DeadLetter]]:
         """Decode ``(key, value, topic, partition, offset, timestamp_ms[, headers])`` tuples."""
         events: list[Event] = []
         dead: list[DeadLetter] = []
-        avro = self.fmt == "avro"
-        loads = orjson.loads
-        key_of = self._key
+        append, one = events.append, self.decode_message
         for m in messages:
-            raw_key, raw_value = m[0], m[1]
-            headers = list(m[6]) if len(m) > 6 and m[6] else []
-            ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None, headers)
             try:
-                if raw_key is not None:
-                    ev.key = key_of(raw_key)
-                if raw_value is not None:
-                    value = self._avro(raw_value) if avro else loads(raw_value)
-                    if type(value) is not dict:
-                        raise ValueError(f"expected a record (JSON object), got "
-                                         f"{type(value).__name__}")
-                    ev.value = value
-            except SerdeError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
-                dead.append(DeadLetter(ev, "decode", f"{self.fmt}: {describe(exc)}"))
-                continue
-            events.append(ev)
+                append(one(m))
+            except BadMessage as bad:
+                dead.append(bad.dead)
         self.decoded += len(events)
-        self.failed += len(dead)
         return events, dead
 
     def decode_records(self, records: Iterable[Any]) -> tuple[list[Event], list[DeadLetter]]:
@@ -199,6 +230,29 @@ def encode_key(key: Any) -> bytes | None:
     return encode_json(key)
 
 
+def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, bytes | None]:
+    """``(topic, key, value)`` of one event; topic = ``event.route`` or the default."""
+    key = ev.key
+    if key is None:
+        kb = None
+    elif key.__class__ is dict:
+        try:
+            kb = orjson.dumps(key, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        except (orjson.JSONEncodeError, TypeError):
+            kb = encode_json(key)
+    else:
+        kb = encode_key(key)
+    value = ev.value
+    if value is None:
+        vb = None
+    else:
+        try:
+            vb = orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        except (orjson.JSONEncodeError, TypeError):
+            vb = encode_json(value)
+    return (ev.route or default_topic, kb, vb)
+
+
 def encode_outputs(
     events: Iterable[Event], default_topic: str,
 ) -> list[tuple[str, bytes | None, bytes | None]]:
@@ -206,27 +260,4 @@ def encode_outputs(
 
     A tombstone (``value is None``) stays a null value, so compaction works downstream.
     """
-    out: list[tuple[str, bytes | None, bytes | None]] = []
-    dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS
-    append = out.append
-    for ev in events:
-        key = ev.key
-        if key is None:
-            kb = None
-        elif type(key) is dict:
-            try:
-                kb = dumps(key, default=_default, option=opt)
-            except (orjson.JSONEncodeError, TypeError):
-                kb = encode_json(key)
-        else:
-            kb = encode_key(key)
-        value = ev.value
-        if value is None:
-            vb = None
-        else:
-            try:
-                vb = dumps(value, default=_default, option=opt)
-            except (orjson.JSONEncodeError, TypeError):
-                vb = encode_json(value)
-        append((ev.route or default_topic, kb, vb))
-    return out
+    return [encode_event(ev, default_topic) for ev in events]

@@ -64,6 +64,9 @@ def _pow(base: Any, exp: Any) -> Any:
 
 
 def _mul(a: Any, b: Any) -> Any:
+    ta, tb = a.__class__, b.__class__
+    if (ta is float or ta is int) and (tb is float or tb is int):  # the usual case, fast
+        return a * b
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int):
             if len(seq) * n > MAX_REPEAT_LEN:

@@ -17,6 +17,7 @@ row against ~52 us for ``jsonschema``'s ``is_valid`` on the same 4-property sche
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -69,6 +70,9 @@ class Rule:
         self.failed = 0
         self._pass_metric: Any = None
         self._fail_metric: Any = None
+        #: truthy when a row passes; may raise (the row then fails). Subclasses bind a
+        #: faster closure here; it must agree with :meth:`reason`.
+        self.passes: Callable[[Row], Any] = self._passes_by_reason
 
     def bind_metrics(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
         counter, _ = quality_metrics(registry)
@@ -76,50 +80,29 @@ class Rule:
         self._fail_metric = counter.labels(pipeline, self.name, "fail")
 
     def reason(self, row: Row) -> str | None:
+        """Why ``row`` fails (None: it passes); only called for rows that failed ``passes``."""
         return None
 
-    def check(self, events: list[Event], warned: set[int] | None = None) -> tuple[
-        list[Event], list[DeadLetter]
-    ]:
-        """Test every row; ``warned`` collects ids of events kept despite a ``warn`` failure."""
-        out: list[Event] = []
-        dead: list[DeadLetter] = []
-        test, action, failed, tombstones = self.reason, self.action, 0, 0
-        for ev in events:
-            row = ev.value
-            if row is None:
-                tombstones += 1
-                out.append(ev)
-                continue
-            try:
-                why = test(row)
-            except Exception as exc:  # noqa: BLE001 - a rule that cannot decide fails the row
-                why = describe(exc)
-            if why is None:
-                out.append(ev)
-                continue
-            failed += 1
-            if action == "quarantine":
-                dead.append(DeadLetter(ev, self.stage, f"rule {self.name}: {why}"))
-            elif action == "warn":
-                out.append(ev)
-                if warned is not None:
-                    warned.add(id(ev))
-        checked = len(events) - tombstones
-        self.failed += failed
-        self.passed += checked - failed
-        if self._pass_metric is not None:
-            self._pass_metric.inc(checked - failed)
-            self._fail_metric.inc(failed)
-        return out, dead
+    def _passes_by_reason(self, row: Row) -> bool:
+        return self.reason(row) is None
 
-    @staticmethod
-    def _checked(events: Sequence[Event]) -> int:
-        n = 0
-        for ev in events:
-            if ev.value is not None:
-                n += 1
-        return n
+    def explain(self, row: Row) -> str:
+        try:
+            why = self.reason(row)
+        except Exception as exc:  # noqa: BLE001 - a rule that cannot decide fails the row
+            why = describe(exc)
+        return f"rule {self.name}: {why or 'check failed'}"
+
+    def count(self, seen: int, failed: int) -> None:
+        self.failed += failed
+        self.passed += seen - failed
+        if self._pass_metric is not None:
+            self._pass_metric.inc(seen - failed)
+            self._fail_metric.inc(failed)
+
+    def check(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
+        """This rule alone over a batch (``QualityChecks`` runs several in one pass)."""
+        return QualityChecks((self,), metrics=False).check(events)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, action={self.action!r})"
@@ -133,6 +116,11 @@ class RequiredRule(Rule):
     def __init__(self, name: str, fields: Iterable[str], action: Action = "quarantine"):
         super().__init__(name, action)
         self.fields = tuple(fields)
+        self.passes = self._fast()
+
+    def _fast(self) -> Callable[[Row], Any]:
+        wanted = frozenset(self.fields)
+        return lambda row: row.keys() >= wanted
 
     def reason(self, row: Row) -> str | None:
         for f in self.fields:
@@ -145,6 +133,13 @@ class NotNullRule(RequiredRule):
     """Every listed field is present and not null."""
 
     kind = "not_null"
+
+    def _fast(self) -> Callable[[Row], Any]:
+        if len(self.fields) == 1:
+            (f,) = self.fields
+            return lambda row: row.get(f) is not None
+        fields = self.fields
+        return lambda row: None not in [row.get(f) for f in fields]
 
     def reason(self, row: Row) -> str | None:
         for f in self.fields:
@@ -200,6 +195,17 @@ class RangeRule(Rule):
     ) -> None:
         super().__init__(name, action)
         self.field, self.min, self.max, self.exclusive = field, min, max, exclusive
+        lo = -math.inf if min is None else min
+        hi = math.inf if max is None else max
+        if exclusive:
+            def passes(row: Row) -> bool:
+                v = row.get(field)
+                return v is None or (v.__class__ is not bool and lo < v < hi)
+        else:
+            def passes(row: Row) -> bool:
+                v = row.get(field)
+                return v is None or (v.__class__ is not bool and lo <= v <= hi)
+        self.passes = passes
 
     def reason(self, row: Row) -> str | None:
         v = row.get(self.field)
@@ -207,6 +213,8 @@ class RangeRule(Rule):
             return None
         if not isinstance(v, int | float) or isinstance(v, bool):
             return f"field {self.field!r} should be a number, got {type(v).__name__} {v!r:.60}"
+        if v != v:
+            return f"field {self.field!r} is NaN"
         lo, hi = self.min, self.max
         if self.exclusive:
             if (lo is not None and v <= lo) or (hi is not None and v >= hi):
@@ -231,7 +239,13 @@ class RegexRule(Rule):
         except re.error as exc:
             raise ConfigError(f"rule {name}: bad regular expression {pattern!r}: {exc}") from exc
         self.field, self.pattern = field, pattern
-        self._match: Callable[[str], Any] = rx.fullmatch if full else rx.search
+        match = self._match = rx.fullmatch if full else rx.search
+
+        def passes(row: Row) -> bool:
+            v = row.get(field)
+            return v is None or (v.__class__ is str and match(v) is not None)
+
+        self.passes = passes
 
     def reason(self, row: Row) -> str | None:
         v = row.get(self.field)
@@ -252,7 +266,13 @@ class AllowedRule(Rule):
     def __init__(self, name: str, field: str, values: Iterable[Any], action: Action = "quarantine"):
         super().__init__(name, action)
         self.field = field
-        self.values = frozenset(values)
+        allowed = self.values = frozenset(values)
+
+        def passes(row: Row) -> bool:
+            v = row.get(field)
+            return v is None or v in allowed  # unhashable raises: fails, reason() explains
+
+        self.passes = passes
 
     def reason(self, row: Row) -> str | None:
         v = row.get(self.field)
@@ -273,6 +293,7 @@ class ExprRule(Rule):
     def __init__(self, name: str, expr: Expr, action: Action = "quarantine") -> None:
         super().__init__(name, action)
         self.expr = expr
+        self.passes = expr.fn
 
     def reason(self, row: Row) -> str | None:
         try:
@@ -323,7 +344,13 @@ class AvroSchemaRule(Rule):
 
 
 class QualityChecks:
-    """The pipeline's stateless rules in order, with its quality score."""
+    """The pipeline's stateless rules in order, with its quality score.
+
+    Per row, rules run in order; the first ``drop``/``quarantine`` failure removes it
+    (later rules do not see it), ``warn`` failures keep it. :meth:`keep` decides one
+    event (the chain calls it per event, in its fused loop); :meth:`settle` then updates
+    the counters once per batch. :meth:`check` does both over a batch.
+    """
 
     def __init__(
         self, rules: Sequence[Rule], pipeline: str = "", registry: CollectorRegistry | None = None,
@@ -334,6 +361,10 @@ class QualityChecks:
         self.checked = 0
         self.clean = 0
         self._score_metric: Any = None
+        self._preds = [r.passes for r in self.rules]
+        self._index = {id(p): i for i, p in enumerate(self._preds)}
+        self._fails = [0] * len(self.rules)   # this batch, per rule
+        self._warned = 0                      # this batch: rows kept despite a warn
         if metrics:
             for rule in self.rules:
                 rule.bind_metrics(pipeline, registry)
@@ -344,24 +375,73 @@ class QualityChecks:
         """Rows that passed every rule / rows checked (1.0 before any row)."""
         return self.clean / self.checked if self.checked else 1.0
 
-    def check(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
-        if not self.rules:
-            return events, []
-        checked = Rule._checked(events)
-        warned: set[int] = set()
-        dead: list[DeadLetter] = []
-        for rule in self.rules:
-            events, failed = rule.check(events, warned)
-            dead.extend(failed)
-        # clean = rows still here that no warn rule flagged (tombstones are not rows)
-        clean = Rule._checked(events) - len(warned & {id(e) for e in events}) if warned else (
-            Rule._checked(events)
-        )
+    def keep(self, ev: Event, row: Row, dead: list[DeadLetter]) -> bool:
+        """Check one row; False when a rule removed it (a quarantine also adds to ``dead``)."""
+        for p in self._preds:
+            try:
+                if p(row):
+                    continue
+            except Exception:  # noqa: BLE001, S110 - raising means failing
+                pass
+            return self._failed(ev, row, dead, self._index[id(p)])
+        return True
+
+    def _failed(self, ev: Event, row: Row, dead: list[DeadLetter], i: int) -> bool:
+        """The slow path, from the first failing rule ``i`` on."""
+        warned = False
+        for j in range(i, len(self.rules)):
+            rule = self.rules[j]
+            if j > i:
+                try:
+                    if self._preds[j](row):
+                        continue
+                except Exception:  # noqa: BLE001, S110
+                    pass
+            self._fails[j] += 1
+            if rule.action == "warn":
+                warned = True
+                continue
+            if rule.action == "quarantine":
+                dead.append(DeadLetter(ev, rule.stage, rule.explain(row)))
+            return False
+        if warned:
+            self._warned += 1
+        return True
+
+    def settle(self, checked: int, kept: int) -> None:
+        """After a batch: ``checked`` rows went through :meth:`keep`, ``kept`` stayed."""
+        seen = checked
+        for i, rule in enumerate(self.rules):
+            failed = self._fails[i]
+            rule.count(seen, failed)
+            if rule.action != "warn":
+                seen -= failed
+            self._fails[i] = 0
         self.checked += checked
-        self.clean += clean
+        self.clean += kept - self._warned
+        self._warned = 0
         if self._score_metric is not None:
             self._score_metric.set(self.score)
-        return events, dead
+
+    def check(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
+        """All rules over a batch in one pass: ``(kept, dead)``; tombstones are kept."""
+        if not self.rules:
+            return events, []
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        keep = self.keep
+        checked = kept = 0
+        for ev in events:
+            row = ev.value
+            if row is None:
+                out.append(ev)
+            else:
+                checked += 1
+                if keep(ev, row, dead):
+                    kept += 1
+                    out.append(ev)
+        self.settle(checked, kept)
+        return out, dead
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{rule: {"passed": n, "failed": n}}`` since start."""

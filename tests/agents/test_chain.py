@@ -1,0 +1,109 @@
+"""The stateless chain: per-event fused processing gives the same results as running the
+stages one after another, and ``Chain.run`` (decode + chain + encode in one pass) too."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from agents import (
+    AllowedRule,
+    Cast,
+    Chain,
+    Compute,
+    Decoder,
+    ExprRule,
+    Filter,
+    NotNullRule,
+    QualityChecks,
+    RangeRule,
+    Route,
+    Unwrap,
+    compile_expr,
+    encode_outputs,
+)
+from tests.agents import debezium_samples as dz
+
+pytestmark = pytest.mark.unit
+
+
+def make_chain() -> Chain:
+    return Chain(
+        [Unwrap(deletes="rewrite"),
+         Filter(compile_expr("status != 'cancelled'"), "live"),
+         Cast({"quantity": "int"}),
+         Compute({"total": compile_expr("coalesce(amount, 0) * coalesce(quantity, 0)")},
+                 "total"),
+         Route([(compile_expr("total > 1000"), "big")])],
+        QualityChecks([NotNullRule("ids", ["id"]),
+                       RangeRule("qty", "quantity", min=1, max=100),
+                       AllowedRule("cur", "currency", ["EUR", "USD"], action="warn"),
+                       ExprRule("sane", compile_expr("total < 5000"), action="drop")],
+                      "p", metrics=False),
+        pipeline="p")
+
+
+def workload() -> list[tuple[bytes | None, bytes | None, str, int, int, int]]:
+    rows = [
+        {**dz.ROW, "id": 1},                                   # clean
+        {**dz.ROW, "id": 2, "status": "cancelled"},            # filtered
+        {**dz.ROW, "id": 3, "quantity": "x"},                  # cast fails
+        {**dz.ROW, "id": None},                                # quarantined: ids
+        {**dz.ROW, "id": 5, "quantity": 500},                  # quarantined: qty
+        {**dz.ROW, "id": 6, "currency": "JPY"},                # warned, kept
+        {**dz.ROW, "id": 7, "amount": 900.0, "quantity": 9},   # dropped: sane
+        {**dz.ROW, "id": 8, "amount": 600.0},                  # routed to big
+    ]
+    msgs = [dz.message({**dz.CREATE, "after": r}, {"id": r["id"]}, offset=i)
+            for i, r in enumerate(rows)]
+    msgs.append((b'{"id": 9}', b"{not json", dz.TOPIC, 0, 8, 0))   # decode fails
+    msgs.append(dz.message(dz.DELETE, dz.KEY, offset=9))            # rewritten delete
+    msgs.append(dz.message(None, dz.KEY, offset=10))                # tombstone dropped
+    return msgs
+
+
+def test_fused_run_equals_stage_by_stage() -> None:
+    msgs = workload()
+
+    staged = make_chain()
+    events, dead = Decoder("debezium").decode(msgs)
+    for t in staged.transforms:
+        events, failed = t.process(events)
+        dead += failed
+    events, failed = staged.checks.check(events)
+    dead += failed
+    staged_records = encode_outputs(events, "out")
+
+    per_event = make_chain()
+    events, dead2 = Decoder("debezium").decode(msgs)
+    out, failed = per_event.process(events)
+    dead2 += failed
+
+    fused = make_chain()
+    records, dead3 = fused.run(msgs, Decoder("debezium"), "out")
+
+    assert staged_records == encode_outputs(out, "out") == records
+    assert [orjson.loads(v or b"null")["id"] for _, _, v in records] == [1, 6, 8, 1004]
+    assert [t for t, _, _ in records] == ["out", "out", "big", "out"]
+    stages = [(d.stage, d.event.offset) for d in dead3]
+    assert sorted(stages) == sorted((d.stage, d.event.offset) for d in dead) == sorted(
+        (d.stage, d.event.offset) for d in dead2)
+    assert sorted(stages) == [("decode", 8), ("rule:ids", 3), ("rule:qty", 4),
+                              ("transform:cast", 2)]
+    for chain in (staged, per_event, fused):
+        assert chain.checks.counts() == {"ids": {"passed": 6, "failed": 1},
+                                         "qty": {"passed": 5, "failed": 1},
+                                         "cur": {"passed": 4, "failed": 1},
+                                         "sane": {"passed": 4, "failed": 1}}
+        assert chain.checks.checked == 7 and chain.checks.clean == 3
+    assert fused.counters["events_in"] == 11 and fused.counters["events_out"] == 4
+    assert fused.counters["dead_by_stage"] == {"decode": 1, "transform:cast": 1, "rule:ids": 1,
+                                               "rule:qty": 1}
+    assert fused.counters["transforms"]["live"] == {"dropped": 1, "failed": 0}
+    assert fused.counters["transforms"]["unwrap"] == {"dropped": 1, "failed": 0}
+    assert fused.counters["quality_score"] == pytest.approx(3 / 7)
+
+
+def test_run_refuses_stateful_pipelines() -> None:
+    with pytest.raises(ValueError, match="without stateful"):
+        Chain([], stateful=[object()]).run([], Decoder("json"), "out")
