@@ -1,7 +1,15 @@
 """Faust agents: transform chain, stateful operators, quality checks, loaders."""
 
 from agents._chain import Chain
-from agents._decode import Decoder, RawMessage, encode_json, encode_key, encode_outputs
+from agents._decode import (
+    BadMessage,
+    Decoder,
+    RawMessage,
+    encode_event,
+    encode_json,
+    encode_key,
+    encode_outputs,
+)
 from agents._dlq import DlqReader, DlqRecord, ReplayResult, dlq_record, dlq_records, replay_dlq
 from agents._event import DeadLetter, Event
 from agents._expr import FUNCTIONS, Expr, ExprError, UnknownNameError, compile_expr
@@ -42,6 +50,7 @@ __all__ = [
     "TYPE_NAMES",
     "AllowedRule",
     "AvroSchemaRule",
+    "BadMessage",
     "Cast",
     "Chain",
     "Compute",
@@ -77,6 +86,7 @@ __all__ = [
     "compile_expr",
     "dlq_record",
     "dlq_records",
+    "encode_event",
     "encode_json",
     "encode_key",
     "encode_outputs",
