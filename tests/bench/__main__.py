@@ -21,6 +21,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--extras", default="all",
                         help="other scripts in tests/bench to run: all, none or a comma list of "
                              + ",".join(n for n, _ in extras.EXTRAS))
+    parser.add_argument("--update-readme", action="store_true",
+                        help="also write the table into README.md's Benchmarks section")
     parser.add_argument("--profile", default="", help="comma-separated systems to sample with py-spy")
     args = parser.parse_args(argv)
     extra_names = ([n for n, _ in extras.EXTRAS] if args.extras == "all"
@@ -45,6 +47,8 @@ def main(argv: list[str]) -> int:
     text = report.markdown(result)
     harness.write(result, text)
     print(text)
+    if args.update_readme and not report.update_readme(root / "README.md", text):
+        print("README.md has no bench markers; table not written there", file=sys.stderr)
     return 1 if any(r.get("status", "").startswith("FAILED") for r in result["rows"]) else 0
 
 

@@ -90,7 +90,7 @@ def check_w3(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | N
 
 
 def check_w4(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
-    return _compare(read_outputs(env.bootstrap, scratch), Outputs(exp.w4_out, exp.w4_out_sum))
+    return _compare(read_outputs(env.bootstrap, scratch, keyed=False), Outputs(exp.w4_out, exp.w4_out_sum))
 
 
 def _compare(got: Outputs, want: Outputs) -> str | None:

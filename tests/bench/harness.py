@@ -171,11 +171,13 @@ def _wait_done(wl: Workload, proc: subprocess.Popen[bytes], target: int, progres
         time.sleep(POLL_S)
 
 
-def read_outputs(bootstrap: str, scratch: Scratch) -> Outputs:
+def read_outputs(bootstrap: str, scratch: Scratch, keyed: bool = True) -> Outputs:
+    """Count and checksum the output and DLQ topics (``keyed=False``: values only)."""
     res = Outputs()
 
     def on_out(msg: Any) -> None:
-        res.out_sum = (res.out_sum + record_digest(msg.key(), orjson.loads(msg.value()))) & MASK64
+        key = msg.key() if keyed else None
+        res.out_sum = (res.out_sum + record_digest(key, orjson.loads(msg.value()))) & MASK64
 
     def on_dlq(msg: Any) -> None:
         res.dlq_sum = (res.dlq_sum + record_digest(msg.key(), orjson.loads(msg.value()))) & MASK64

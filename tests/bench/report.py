@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -55,3 +56,17 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines.append(f"Whole run: {report['elapsed_s']:.0f} s.")
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, table_md: str) -> bool:
+    """Put ``table_md`` between the README's bench markers; False when they are missing."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{table_md.rstrip()}\n{END}{tail}")
+    return True
