@@ -20,8 +20,9 @@ from typing import Any
 
 from agents._decode import BadMessage, Decoder, encode_event
 from agents._event import DeadLetter, Event
+from agents._expr import Expr
 from agents._quality import QualityChecks
-from agents._transforms import Transform
+from agents._transforms import Transform, describe
 
 Record = tuple[str, bytes | None, bytes | None]
 
@@ -37,12 +38,14 @@ class Chain:
         pipeline: str = "",
         stateful: Sequence[Any] = (),
         stateful_rules: Sequence[Any] = (),
+        output_key: Expr | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.transforms = tuple(transforms)
         self.checks = checks if checks is not None else QualityChecks((), pipeline, metrics=False)
         self.stateful = tuple(stateful)              # the spec's stateful operators, as given
         self.stateful_rules = tuple(stateful_rules)  # rules that need tables (unique, referential)
+        self.output_key = output_key                 # re-keys outputs (``sinks.kafka.key``)
         self.events_in = 0
         self.events_out = 0
         self.dead_by_stage: dict[str, int] = {}
@@ -118,8 +121,9 @@ class Chain:
         Returns ``(records, dead)``: ``(topic, key, value)`` for the producer and the
         dead letters (decode failures included) for the DLQ.
         """
-        if self.stateful:
-            raise ValueError("Chain.run is for pipelines without stateful operators")
+        if self.stateful or self.stateful_rules:
+            raise ValueError("Chain.run is for pipelines without stateful operators or rules")
+        key_fn = self.output_key.fn if self.output_key is not None else None
         records: list[Record] = []
         dead: list[DeadLetter] = []
         one, decode, append = self._one, decoder.decode_message, records.append
@@ -133,6 +137,12 @@ class Chain:
                 continue
             verdict = one(ev, dead)
             if verdict > 0:
+                if key_fn is not None and ev.value is not None:
+                    try:
+                        ev.key = key_fn(ev.value)
+                    except Exception as exc:  # noqa: BLE001
+                        dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
+                        continue
                 append(encode_event(ev, default_topic))
                 if verdict == 1:
                     checked += 1
@@ -142,6 +152,30 @@ class Chain:
         decoder.decoded += n - sum(1 for d in dead if d.stage == "decode")
         self._settle(n, records, dead, checked, kept)
         return records, dead
+
+    def rekey(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
+        """Set each output's key from ``output_key`` (the runtime calls this last, after
+        the stateful operators); tombstones keep theirs."""
+        if self.output_key is None:
+            return events, []
+        fn = self.output_key.fn
+        out: list[Event] = []
+        dead: list[DeadLetter] = []
+        for ev in events:
+            if ev.value is not None:
+                try:
+                    ev.key = fn(ev.value)
+                except Exception as exc:  # noqa: BLE001
+                    dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
+                    continue
+            out.append(ev)
+        if dead:
+            self._count_dead(dead)
+        return out, dead
+
+    def _key_error(self, exc: BaseException) -> str:
+        assert self.output_key is not None
+        return f"output key {self.output_key.source!r} failed: {describe(exc)}"
 
     def _settle(self, n: int, out: Sized, dead: list[DeadLetter], checked: int, kept: int) -> None:
         if self._has_rules:

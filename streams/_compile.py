@@ -136,8 +136,10 @@ def compile_chain(
     transforms = [build_transform(t) for t in spec.transforms]
     rules = [build_rule(r) for r in spec.stateless_rules]
     checks = QualityChecks(rules, spec.name, registry, metrics=metrics)
+    key = spec.sinks.kafka.key
     return Chain(transforms, checks, pipeline=spec.name, stateful=spec.stateful,
-                 stateful_rules=spec.stateful_rules)
+                 stateful_rules=spec.stateful_rules,
+                 output_key=compile_expr(key) if key is not None else None)
 
 
 def decoder_for(spec: PipelineSpec, schema_lookup: Any = None) -> Decoder:

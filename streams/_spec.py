@@ -32,6 +32,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     model_validator,
@@ -80,7 +81,8 @@ def _duration_ms(value: Any) -> Any:
 
 
 #: A duration, written ``500ms``/``30s``/``1m``/``2h``/``1d`` or seconds; stored in ms.
-DurationMs = Annotated[int, BeforeValidator(_duration_ms)]
+DurationMs = Annotated[int, BeforeValidator(_duration_ms),
+                       PlainSerializer(lambda ms: f"{ms}ms", return_type=str)]
 
 
 def _expression(text: str) -> str:
@@ -642,6 +644,22 @@ class PipelineSpec(_Model):
             if isinstance(items, list | tuple):
                 data[section] = _name_items(items)
         return data
+
+    def to_document(self, reveal_secrets: bool = False) -> dict[str, Any]:
+        """The spec as a plain document that :func:`load_spec` reads back to an equal spec
+        (secrets masked unless ``reveal_secrets``)."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, SecretStr):
+                return v.get_secret_value() if reveal_secrets else str(v)
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [plain(x) for x in v]
+            return v
+
+        data = self.model_dump(mode="python", by_alias=True, exclude_none=True)
+        return dict(plain(data))
 
     @property
     def output_topic(self) -> str:

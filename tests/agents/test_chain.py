@@ -107,3 +107,21 @@ def test_fused_run_equals_stage_by_stage() -> None:
 def test_run_refuses_stateful_pipelines() -> None:
     with pytest.raises(ValueError, match="without stateful"):
         Chain([], stateful=[object()]).run([], Decoder("json"), "out")
+
+
+def test_output_key_rekeys_outputs() -> None:
+    chain = Chain([Unwrap()], output_key=compile_expr("customer_id"))
+    msgs = [dz.message(dz.CREATE, offset=0),
+            dz.message({**dz.CREATE, "after": {**dz.ROW, "customer_id": None}}, offset=1)]
+    records, dead = chain.run(msgs, Decoder("debezium"), "out")
+    assert [k for _, k, _ in records] == [b"7", None]
+    strict = Chain([Unwrap()], output_key=compile_expr("'c-' + str(customer_id)"))
+    events, _ = Decoder("debezium").decode(msgs)
+    out, _ = strict.process(events)
+    out, dead = strict.rekey(out)
+    assert [e.key for e in out] == ["c-7", "c-None"] and dead == []
+    failing = Chain([Unwrap()], output_key=compile_expr("customer_id + 1"))
+    records, dead = failing.run(msgs, Decoder("debezium"), "out")
+    assert [k for _, k, _ in records] == [b"8"]
+    assert [(d.stage, d.event.offset) for d in dead] == [("sink:key", 1)]
+    assert "output key 'customer_id + 1' failed: TypeError" in dead[0].error

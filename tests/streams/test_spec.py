@@ -83,6 +83,21 @@ def test_defaults_are_filled_in() -> None:
     assert isinstance(spec.transforms[0], UnwrapSpec) and spec.transforms[0].deletes == "drop"
 
 
+def test_to_document_round_trips() -> None:
+    spec = load_spec({**MINIMAL,
+                      "transforms": [{"type": "hash", "fields": ["email"], "salt": "pepper"}],
+                      "stateful": [{"type": "window", "size": "1m",
+                                    "aggregations": [{"fn": "sum", "field": "a", "as": "total"}]}],
+                      "sinks": {"postgres": {"dsn": "postgresql://u:pw@h/db", "table": "t",
+                                             "key": ["id"]}}})
+    doc = spec.to_document(reveal_secrets=True)
+    assert doc["stateful"][0]["aggregations"][0]["as"] == "total"
+    assert load_spec(orjson.dumps(doc).decode()) == spec
+    masked = spec.to_document()
+    assert masked["sinks"]["postgres"]["dsn"] == "**********"
+    assert "pepper" not in orjson.dumps(masked).decode()
+
+
 def test_spec_is_frozen() -> None:
     spec = load_spec(MINIMAL)
     with pytest.raises(pydantic.ValidationError):
