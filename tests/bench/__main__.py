@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.bench import extras, harness, report, systems
+from tests.bench import cdc_rows, extras, harness, report, systems
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
                         help="measured seconds per latency run at half the max rate; 0 skips latency")
     parser.add_argument("--faust-events", type=int, default=systems.FAUST_MAX_EVENTS,
                         help="prefix of the workload the naive Faust agent runs on")
+    parser.add_argument("--cdc-changes", type=int, default=200_000,
+                        help="changes per CDC case (capped by --events; default 200k)")
     parser.add_argument("--extras", default="all",
                         help="other scripts in tests/bench to run: all, none or a comma list of "
                              + ",".join(n for n, _ in extras.EXTRAS))
@@ -28,12 +30,16 @@ def main(argv: list[str]) -> int:
     extra_names = ([n for n, _ in extras.EXTRAS] if args.extras == "all"
                    else [] if args.extras == "none" else args.extras.split(","))
     chosen = systems.systems(faust_max=args.faust_events)
+    cdc_names = [name for name, _, _ in cdc_rows.CASES]
+    with_cdc = True
     if args.only:
         names = {"raw", *args.only.split(",")}
-        unknown = names - {s.name for s in chosen}
+        unknown = names - {s.name for s in chosen} - {"df-cdc", *cdc_names}
         if unknown:
-            parser.error(f"unknown systems {sorted(unknown)}; known: {[s.name for s in chosen]}")
+            parser.error(f"unknown systems {sorted(unknown)}; known: "
+                         f"{[s.name for s in chosen] + ['df-cdc']}")
         chosen = [s for s in chosen if s.name in names]
+        with_cdc = bool(names & {"df-cdc", *cdc_names})
     from ops import Stack
 
     stack_env = Stack().up()
@@ -43,7 +49,9 @@ def main(argv: list[str]) -> int:
         events=args.events, reps=args.reps, latency_s=args.latency_seconds,
         logdir=root / ".dataflow" / "bench", profile=frozenset(filter(None, args.profile.split(","))),
     )
-    result = harness.main(env, chosen, extras=extras.extras(extra_names))
+    cdc_changes = min(args.events, args.cdc_changes)
+    more = [lambda e: cdc_rows.rows(e, cdc_changes)] if with_cdc else []
+    result = harness.main(env, chosen, extras=extras.extras(extra_names), more_rows=more)
     text = report.markdown(result)
     harness.write(result, text)
     print(text)

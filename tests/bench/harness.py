@@ -320,7 +320,7 @@ def _probe(env: Env, scratch: Scratch, wl: Workload) -> bool:
 # --- the whole run -----------------------------------------------------------------
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
+def spread(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -352,7 +352,7 @@ def bench_system(env: Env, system: System) -> dict[str, Any]:
         return row
     row["status"] = "ok"
     for key in ("events_per_s", "events_per_cpu_s", "rss_mb", "wall_s", "cpu_s"):
-        row[key] = _spread([r[key] for r in good if r.get(key) is not None])
+        row[key] = spread([r[key] for r in good if r.get(key) is not None])
     if system.latency and env.latency_s > 0:
         rate = 0.5 * row["events_per_s"]["median"]
         lats = []
@@ -365,8 +365,8 @@ def bench_system(env: Env, system: System) -> dict[str, Any]:
         row["latency_runs"] = lats
         ok_lats = [x for x in lats if x.get("ok")]
         row["offered_eps"] = rate
-        row["p50_ms"] = _spread([x["p50_ms"] for x in ok_lats])
-        row["p99_ms"] = _spread([x["p99_ms"] for x in ok_lats])
+        row["p50_ms"] = spread([x["p50_ms"] for x in ok_lats])
+        row["p99_ms"] = spread([x["p99_ms"] for x in ok_lats])
     return row
 
 
@@ -397,7 +397,11 @@ def machine() -> dict[str, Any]:
             "load_avg_at_start": os.getloadavg()}
 
 
-def main(env: Env, systems: list[System], extras: list[Callable[[Env], list[dict[str, Any]]]]) -> dict[str, Any]:
+RowMaker = Callable[[Env], list[dict[str, Any]]]
+
+
+def main(env: Env, systems: list[System], extras: list[RowMaker], more_rows: list[RowMaker] | None = None) -> dict[str, Any]:
+    """Every system, then rows measured their own way (CDC), then the extra scripts."""
     started = time.monotonic()
     env.logdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -407,6 +411,8 @@ def main(env: Env, systems: list[System], extras: list[Callable[[Env], list[dict
     }
     for system in systems:
         report["rows"].append(bench_system(env, system))
+    for make_rows in more_rows or []:
+        report["rows"] += make_rows(env)
     add_ratios(report["rows"])
     for extra in extras:
         report["extras"] += extra(env)

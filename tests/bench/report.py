@@ -43,7 +43,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_ratio(row, 'events_per_s')} | {_fig(row.get('events_per_cpu_s'), ',.0f')} "
             f"| {_ratio(row, 'events_per_cpu_s')} | {_fig(row.get('rss_mb'), '.0f')} "
             f"| {_ratio(row, 'rss_mb')} | {_fig(row.get('p50_ms'), '.1f')} | {_fig(row.get('p99_ms'), '.1f')} "
-            f"| {_ratio(row, 'p99_ms')} | {offered} | count+checksum ok |"
+            f"| {_ratio(row, 'p99_ms')} | {offered} | {row.get('check', 'count+checksum ok')} |"
         )
     lines.append("")
     for row in report["rows"]:
