@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal
 
+import orjson
+
 from agents._event import DeadLetter, Event
 from agents._expr import Expr
 
@@ -177,7 +179,7 @@ class Unwrap(Transform):
         else:
             raise Reject(self._not_a_change(env, op))
         if row.__class__ is not dict:
-            raise Reject(f"op {op!r} event has no row (got {type(row).__name__})")
+            row = self._row_from(row, op)
         if schema is not None:
             try:
                 self._decimals(row, schema, "before" if op == "d" else "after")
@@ -198,6 +200,18 @@ class Unwrap(Transform):
             row["__deleted"] = op == "d"
         ev.value = row
         return True
+
+    @staticmethod
+    def _row_from(row: Any, op: Any) -> Row:
+        """Debezium's MongoDB connector sends the document as (extended) JSON text."""
+        if isinstance(row, str):
+            try:
+                doc = orjson.loads(row)
+            except orjson.JSONDecodeError as exc:
+                raise Reject(f"op {op!r} event: row text is not JSON: {exc}") from exc
+            if doc.__class__ is dict:
+                return doc
+        raise Reject(f"op {op!r} event has no row (got {type(row).__name__})")
 
     @staticmethod
     def _not_a_change(env: dict[str, Any], op: Any) -> str:

@@ -91,13 +91,21 @@ def test_unwrap_delete_modes_and_tombstones() -> None:
     assert out[0].value["id"] == 1004  # the key stands in for the old row
 
 
+def test_unwrap_mongodb_style_json_text_rows() -> None:
+    mongo = {"after": '{"_id": {"$oid": "5f1"}, "name": "Ann"}', "op": "c", "ts_ms": 1,
+             "source": {"connector": "mongodb", "db": "shop", "collection": "users"}}
+    out, dead = Unwrap().process(events(mongo, {**mongo, "after": "{oops"}))
+    assert out[0].value["name"] == "Ann" and out[0].value["__op"] == "c"
+    assert "row text is not JSON" in dead[0].error
+
+
 def test_unwrap_without_metadata() -> None:
     out, _ = Unwrap(metadata=False).process(decoded(dz.CREATE))
     assert out[0].value == dz.ROW
 
 
 def test_unwrap_sends_non_envelopes_to_the_dlq_and_keeps_going() -> None:
-    batch = events({"id": 1}, {"op": "x", "after": {}}, {"op": "c", "after": "oops"},
+    batch = events({"id": 1}, {"op": "x", "after": {}}, {"op": "c", "after": [1, 2]},
                    dict(dz.CREATE))
     out, dead = Unwrap("orders").process(batch)
     assert len(out) == 1 and out[0].value["id"] == 1004
