@@ -41,15 +41,14 @@ from connectors._pg_kafka import (
 from connectors._pg_metrics import CDCMetrics
 from connectors._pg_proto import (
     PG_EPOCH_US,
-    UNCHANGED,
     Relation,
     ReplicationConnection,
     StreamError,
+    decode_row,
     lsn_to_int,
     lsn_to_str,
     parse_keepalive,
     parse_relation,
-    parse_tuple,
 )
 from connectors._pg_types import SESSION_OPTIONS, Converter, PgType, TypeMapper, copy_fields
 from schemas import UNAVAILABLE_VALUE, ConfigError, SourceError, envelope
@@ -81,6 +80,11 @@ class _Table:
     columns: list[str] = field(default_factory=list)
     convs: list[Converter] = field(default_factory=list)
     key_idx: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # events by op, not yet in metrics
+
+    def count(self, op: str) -> None:
+        c = self.counts
+        c[op] = c.get(op, 0) + 1
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
@@ -422,6 +426,14 @@ class PostgresCDCSource:
             "schema": table.schema, "table": table.name, "txId": txid, "lsn": lsn, "xmin": None,
         }
 
+    def _flush_counts(self) -> None:
+        events = self.metrics.events
+        for t in self._tables.values():
+            if t.counts:
+                for op, n in t.counts.items():
+                    events.labels(self.config.source_name, f"{t.schema}.{t.name}", op).inc(n)
+                t.counts.clear()
+
     # -- snapshot ------------------------------------------------------------------------
     def _snapshot(self, producer: EventProducer, snapshot_name: str | None, lsn: int) -> None:
         """Read every table in the exported snapshot; events have op 'r'."""
@@ -497,8 +509,7 @@ class PostgresCDCSource:
         last_heartbeat = time.monotonic()
         sent = -1
         server_end = start
-        counts: dict[tuple[str, str], int] = {}
-        dec = _TxnDecoder(self, producer, counts)
+        dec = _TxnDecoder(self, producer)
         while not self._stop.is_set():
             msgs = repl.read(0.2)
             reply = False
@@ -527,10 +538,7 @@ class PostgresCDCSource:
                 m.lag_bytes.labels(name).set(max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn))
                 if dec.last_commit_us:
                     m.lag_ms.labels(name).set(max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
-            if counts:
-                for (table, op), n in counts.items():
-                    m.events.labels(name, table, op).inc(n)
-                counts.clear()
+                self._flush_counts()
             if now - last_heartbeat >= heartbeat_every:
                 hb = AckTracker()
                 producer.produce(cfg.heartbeat, orjson.dumps({"serverName": cfg.topic_prefix}),
@@ -543,24 +551,23 @@ class PostgresCDCSource:
             self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
         self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
         repl.send_status(self.confirmed_lsn)
+        self._flush_counts()
         log.info("stopped; confirmed %s", lsn_to_str(self.confirmed_lsn))
 
 
 class _TxnDecoder:
     """pgoutput messages of the stream -> produced events, one tracker per transaction."""
 
-    def __init__(self, source: PostgresCDCSource, producer: EventProducer,
-                 counts: dict[tuple[str, str], int]) -> None:
+    def __init__(self, source: PostgresCDCSource, producer: EventProducer) -> None:
         self.s = source
         self.producer = producer
-        self.counts = counts
         self.tracker: AckTracker | None = None
         self.closed: AckTracker = AckTracker()
         self.xid = 0
         self.commit_ms = 0
         self.last_commit_us = 0
         self.last_lsn = 0
-        self.base: dict[int, dict[str, Any]] = {}
+        self.base: dict[str, dict[str, Any]] = {}  # per topic, this transaction
         self.dumps = orjson.dumps
 
     def handle(self, msg: bytes) -> int | None:
@@ -602,17 +609,13 @@ class _TxnDecoder:
                 if table is not None:
                     value = envelope("t", None, None, self._source(table, _lsn(msg)), self.commit_ms)
                     self._produce(table.topic, None, self.dumps(value))
-                    self._count(table, "t")
+                    table.count("t")
             return None
         return None  # Y (type), O (origin), M (message): nothing to emit
 
     def _source(self, table: _Table, lsn: int) -> dict[str, Any]:
         src = self.s._source(table, self.commit_ms, "false", lsn, self.xid)
         return src
-
-    def _count(self, table: _Table, op: str) -> None:
-        k = (f"{table.schema}.{table.name}", op)
-        self.counts[k] = self.counts.get(k, 0) + 1
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -627,67 +630,53 @@ class _TxnDecoder:
         if table is None:
             return
         names, convs = table.columns, table.convs
-        old: list[Any] | None = None
+        before: dict[str, Any] | None = None
         pos = 5
         tag = buf[pos]
         if tag == 0x4B or tag == 0x4F:  # K (old key) / O (old row)
-            old, pos = parse_tuple(buf, pos + 1)
+            before, pos, _ = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
             tag = buf[pos] if pos < len(buf) else 0
-        new: list[Any] | None = None
-        if tag == 0x4E:  # N
-            new, _ = parse_tuple(buf, pos + 1)
         dumps = self.dumps
-        before = _row(names, convs, old) if old is not None else None
+        key_names = table.key
+        src = self.base.get(table.topic)
+        if src is None:
+            src = self.base[table.topic] = self.s._source(table, self.commit_ms, "false", 0, self.xid)
+        src = src.copy()
+        src["lsn"] = lsn
         if kind == 0x44:  # delete
             assert before is not None
-            key = dumps({names[i]: before[names[i]] for i in table.key_idx})
-            value = envelope("d", before, None, self._source(table, lsn), self.commit_ms)
-            self._produce(table.topic, key, dumps(value))
+            key = dumps({k: before[k] for k in key_names})
+            self._produce(table.topic, key, dumps(envelope("d", before, None, src, self.commit_ms)))
             self._produce(table.topic, key, None)
-            self._count(table, "d")
+            table.count("d")
             return
-        assert new is not None
-        if old is not None:
-            for i, v in enumerate(new):
-                if v is UNCHANGED and old[i] is not UNCHANGED:
-                    new[i] = old[i]
-        after = _row(names, convs, new)
-        key_dict = {names[i]: after[names[i]] for i in table.key_idx}
+        if tag != 0x4E:  # N
+            raise SourceError(f"pgoutput: change without a new tuple in {table.topic}")
+        after, _, unchanged = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
+        if unchanged and before is not None:  # REPLICA IDENTITY FULL: take them from the old row
+            for c in unchanged:
+                after[c] = before[c]
+        key_dict = {k: after[k] for k in key_names}
         key = dumps(key_dict)
         if kind == 0x49:
-            value = envelope("c", None, after, self._source(table, lsn), self.commit_ms)
-            self._produce(table.topic, key, dumps(value))
-            self._count(table, "c")
+            self._produce(table.topic, key, dumps(envelope("c", None, after, src, self.commit_ms)))
+            table.count("c")
             return
         if before is not None:
-            old_key = {names[i]: before[names[i]] for i in table.key_idx}
+            old_key = {k: before[k] for k in key_names}
             if old_key != key_dict:  # key change: delete + tombstone old key, create new key
                 okey = dumps(old_key)
-                src = self._source(table, lsn)
                 self._produce(table.topic, okey, dumps(envelope("d", before, None, src, self.commit_ms)),
                               [("__debezium.newkey", key)])
                 self._produce(table.topic, okey, None)
                 self._produce(table.topic, key, dumps(envelope("c", None, after, src, self.commit_ms)),
                               [("__debezium.oldkey", okey)])
-                self._count(table, "d")
-                self._count(table, "c")
+                table.count("d")
+                table.count("c")
                 return
-        value = envelope("u", before, after, self._source(table, lsn), self.commit_ms)
-        self._produce(table.topic, key, dumps(value))
-        self._count(table, "u")
+        self._produce(table.topic, key, dumps(envelope("u", before, after, src, self.commit_ms)))
+        table.count("u")
 
 
 def _lsn(msg: bytes) -> int:
     return int.from_bytes(msg[1:9], "big")
-
-
-def _row(names: list[str], convs: list[Converter], vals: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for n, c, v in zip(names, convs, vals, strict=True):
-        if v is None:
-            out[n] = None
-        elif v is UNCHANGED:
-            out[n] = UNAVAILABLE_VALUE
-        else:
-            out[n] = c(v)
-    return out

@@ -32,9 +32,6 @@ class StreamError(SourceError):
     """The replication connection failed or ended; worth retrying from the slot."""
 
 
-UNCHANGED = object()  # an unchanged TOASTed value the server did not send ('u')
-
-
 def lsn_to_int(text: str) -> int:
     hi, lo = text.split("/")
     return (int(hi, 16) << 32) | int(lo, 16)
@@ -88,28 +85,37 @@ def parse_relation(buf: bytes) -> Relation:
     return Relation(oid, schema or "pg_catalog", table, ident, tuple(cols))
 
 
-def parse_tuple(buf: bytes, pos: int) -> tuple[list[Any], int]:
-    """TupleData at ``pos`` -> column texts (None: NULL, UNCHANGED: TOAST not sent)."""
+def decode_row(
+    buf: bytes, pos: int, names: list[str], convs: list[Any], unavailable: str
+) -> tuple[dict[str, Any], int, list[str] | None]:
+    """TupleData at ``pos`` straight into a converted row (one pass, the hot path).
+
+    Returns the row, the next position and the names of unchanged TOASTed columns (which
+    hold ``unavailable``), or None when there are none."""
     (n,) = _U16.unpack_from(buf, pos)
     pos += 2
-    out: list[Any] = []
-    append = out.append
-    for _ in range(n):
+    if n != len(names):
+        raise SourceError(f"pgoutput: tuple has {n} columns, relation has {len(names)}")
+    row: dict[str, Any] = {}
+    unchanged: list[str] | None = None
+    unpack = _U32.unpack_from
+    for name, conv in zip(names, convs, strict=True):
         kind = buf[pos]
         if kind == 0x74:  # 't'
-            (ln,) = _U32.unpack_from(buf, pos + 1)
+            (ln,) = unpack(buf, pos + 1)
             pos += 5
-            append(buf[pos:pos + ln].decode())
+            row[name] = conv(buf[pos:pos + ln].decode())
             pos += ln
         elif kind == 0x6E:  # 'n'
-            append(None)
+            row[name] = None
             pos += 1
         elif kind == 0x75:  # 'u'
-            append(UNCHANGED)
+            row[name] = unavailable
+            unchanged = [name] if unchanged is None else [*unchanged, name]
             pos += 1
         else:
             raise SourceError(f"pgoutput: unexpected tuple column kind {kind!r}")
-    return out, pos
+    return row, pos, unchanged
 
 
 def replication_conninfo(dsn: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from connectors import PostgresCDCConfig
 from connectors._pg_kafka import AckTracker, AckWindow, KafkaDeliveryFailed
-from connectors._pg_proto import UNCHANGED, lsn_to_int, lsn_to_str, parse_relation, parse_tuple
+from connectors._pg_proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
 from connectors._pg_types import (
     INT64_MAX,
     PgType,
@@ -125,7 +125,8 @@ def test_pgoutput_relation_and_tuple() -> None:
     assert (r.oid, r.schema, r.table, r.replica_identity) == (16389, "public", "orders", "d")
     assert [(c.name, c.type_oid, c.is_key) for c in r.columns] == [("id", 23, True), ("note", 25, False)]
     tup = (3).to_bytes(2, "big") + b"t" + (2).to_bytes(4, "big") + b"42" + b"n" + b"u"
-    assert parse_tuple(b"xx" + tup, 2)[0] == ["42", None, UNCHANGED]
+    row, pos, unchanged = decode_row(b"xx" + tup, 2, ["id", "a", "b"], [int, str, str], "?")
+    assert (row, pos, unchanged) == ({"id": 42, "a": None, "b": "?"}, 2 + len(tup), ["b"])
     assert lsn_to_str(lsn_to_int("16/B374D848")) == "16/B374D848"
 
 
