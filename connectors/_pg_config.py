@@ -68,7 +68,6 @@ class PostgresCDCConfig(BaseModel):
     slot_name: str = ""
     publication_name: str = ""
     snapshot_mode: SnapshotMode = "initial"
-    snapshot_fetch_rows: int = 10_000
     heartbeat_interval_ms: int = 10_000
     status_interval_ms: int = 1_000
     # "schema.table" -> key columns, for tables without a primary key

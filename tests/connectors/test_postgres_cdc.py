@@ -3,7 +3,12 @@ clear errors, and nothing confirmed that Kafka has not acknowledged."""
 
 from __future__ import annotations
 
+import glob
+import os
 import random
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +27,7 @@ from confluent_kafka.admin import (
 from prometheus_client import CollectorRegistry
 
 from connectors import PostgresCDCConfig, PostgresCDCSource, SlotDropped
+from ops._stack import free_port
 from schemas import ConfigError, SourceError
 from tests.connectors import cdc_workload as w
 from tests.support import wait_for
@@ -132,7 +138,7 @@ def test_snapshot_under_writes_rebuilds_exactly(fresh_db: str, kafka_bootstrap: 
             "INSERT INTO big SELECT g, md5(g::text), g / 100.0, now() - g * interval '1 second', "
             "ARRAY[g, g + 1] FROM generate_series(1, 200000) g"
         )
-    cfg = make_config(fresh_db, kafka_bootstrap, prefix, snapshot_fetch_rows=5000)
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix)
     stop = threading.Event()
     during = {"snapshot": 0, "other": 0}
     source_box: list[PostgresCDCSource] = []
@@ -277,3 +283,97 @@ def test_nothing_confirmed_that_kafka_refused(fresh_db: str, kafka_bootstrap: st
     got = w.replay_topics(kafka_bootstrap, [topic])
     assert sorted(got["public.t"]) == [(1,), (2,), (3,)]
     assert got["public.t"][(2,)]["v"] == "x" * 5000
+
+
+def _ops(bootstrap: str, topic: str) -> dict[str, int]:
+    rp = w.TopicReplayer(bootstrap, [topic])
+    try:
+        rp.update()
+        return dict(rp.ops)
+    finally:
+        rp.close()
+
+
+def test_snapshot_modes(fresh_db: str, kafka_bootstrap: str, prefix: str) -> None:
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+
+    def insert(i: int) -> None:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+
+    # initial_only: the snapshot, then run() returns on its own; no slot is left behind
+    only = make_config(fresh_db, kafka_bootstrap, f"{prefix}-only", snapshot_mode="initial_only")
+    PostgresCDCSource(only, registry=CollectorRegistry()).run(max_retries=0)
+    assert _ops(kafka_bootstrap, f"{prefix}-only.public.t") == {"r": 3}
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                            (only.slot,)).fetchone() == (0,)
+
+    # no_data: stream only
+    nodata = make_config(fresh_db, kafka_bootstrap, f"{prefix}-nodata", snapshot_mode="no_data")
+    with running(nodata) as source:
+        wait_streaming(source)
+        insert(4)
+        w.wait_confirmed(fresh_db, nodata.slot)
+    assert _ops(kafka_bootstrap, f"{prefix}-nodata.public.t") == {"c": 1}
+
+    # initial: a snapshot once, then a restart resumes the stream without another one
+    init = make_config(fresh_db, kafka_bootstrap, f"{prefix}-init")
+    topic = f"{prefix}-init.public.t"
+    with running(init) as source:
+        wait_streaming(source)
+        w.wait_confirmed(fresh_db, init.slot)
+    insert(5)  # while the source is down
+    with running(init) as source:
+        wait_streaming(source)
+        w.wait_confirmed(fresh_db, init.slot)
+        time.sleep(1.2)  # one heartbeat interval
+    assert _ops(kafka_bootstrap, topic) == {"r": 4, "c": 1}
+    consumer_admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    assert init.heartbeat in consumer_admin.list_topics(timeout=30).topics
+    heartbeats = w.TopicReplayer(kafka_bootstrap, [init.heartbeat])
+    try:
+        (tp,) = heartbeats._parts
+        assert heartbeats._consumer.get_watermark_offsets(tp, timeout=30)[1] >= 1
+    finally:
+        heartbeats.close()
+
+    # always: every start snapshots again
+    always = make_config(fresh_db, kafka_bootstrap, f"{prefix}-init", snapshot_mode="always")
+    with running(always) as source:
+        wait_streaming(source)
+    assert _ops(kafka_bootstrap, topic) == {"r": 9, "c": 1}
+    assert w.diff_states(w.replay_topics(kafka_bootstrap, [topic]),
+                         w.snapshot_tables(fresh_db, ["public.t"])) == ""
+
+
+@pytest.fixture
+def replica_only_pg() -> Iterator[str]:
+    """A private Postgres (its own data folder and port) with ``wal_level=replica``."""
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1].rsplit("/", 1)[0]
+    root = tempfile.mkdtemp(prefix="pg-replica-", dir="/tmp")
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, port = f"{root}/data", free_port(25432)
+    subprocess.run([*as_owner, f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True, timeout=120)
+    opts = f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c wal_level=replica"
+    try:
+        subprocess.run([*as_owner, f"{bindir}/pg_ctl", "-D", data, "-l", f"{root}/log", "-w", "-t", "60",
+                        "-o", opts, "start"], check=True, capture_output=True, timeout=90)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_owner, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_wal_level_not_logical_is_named(replica_only_pg: str, kafka_bootstrap: str, prefix: str) -> None:
+    with psycopg.connect(replica_only_pg, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = make_config(replica_only_pg, kafka_bootstrap, prefix)
+    with pytest.raises(SourceError, match="wal_level is 'replica'.*wal_level = logical"):
+        PostgresCDCSource(cfg, registry=CollectorRegistry()).run(max_retries=0)
