@@ -113,45 +113,63 @@ class Chain:
         self._settle(len(events), out, dead, checked, kept)
         return out, dead
 
+    def ingest(
+        self, messages: Iterable[Sequence[Any]], decoder: Decoder,
+    ) -> tuple[list[Event], list[DeadLetter]]:
+        """Decode and process each message in one pass: the surviving events (for the
+        stateful operators) and the dead letters, decode failures included."""
+        events, dead = self._drive(messages, decoder, None)
+        return events, dead
+
     def run(
         self, messages: Iterable[Sequence[Any]], decoder: Decoder, default_topic: str,
     ) -> tuple[list[Record], list[DeadLetter]]:
-        """Decode, process and encode each message in one pass (no stateful operators).
-
-        Returns ``(records, dead)``: ``(topic, key, value)`` for the producer and the
-        dead letters (decode failures included) for the DLQ.
-        """
+        """Decode, process, re-key and encode each message in one pass (for pipelines
+        without stateful operators or rules): ``(topic, key, value)`` records for the
+        producer and the dead letters (decode failures included) for the DLQ."""
         if self.stateful or self.stateful_rules:
             raise ValueError("Chain.run is for pipelines without stateful operators or rules")
-        key_fn = self.output_key.fn if self.output_key is not None else None
-        records: list[Record] = []
+        records, dead = self._drive(messages, decoder, default_topic)
+        return records, dead
+
+    def _drive(
+        self, messages: Iterable[Sequence[Any]], decoder: Decoder, topic: str | None,
+    ) -> tuple[list[Any], list[DeadLetter]]:
+        """The one per-message loop behind :meth:`ingest` (``topic`` None: keep events)
+        and :meth:`run` (encode to ``topic``)."""
+        key_fn = self.output_key.fn if self.output_key is not None and topic else None
+        out: list[Any] = []
         dead: list[DeadLetter] = []
-        one, decode, append = self._one, decoder.decode_message, records.append
-        checked = kept = n = 0
+        one, decode, append = self._one, decoder.decode_message, out.append
+        checked = kept = n = bad = 0
         for m in messages:
             n += 1
             try:
                 ev = decode(m)
-            except BadMessage as bad:
-                dead.append(bad.dead)
+            except BadMessage as exc:
+                bad += 1
+                dead.append(exc.dead)
                 continue
             verdict = one(ev, dead)
-            if verdict > 0:
-                if key_fn is not None and ev.value is not None:
-                    try:
-                        ev.key = key_fn(ev.value)
-                    except Exception as exc:  # noqa: BLE001
-                        dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
-                        continue
-                append(encode_event(ev, default_topic))
-                if verdict == 1:
-                    checked += 1
-                    kept += 1
-            elif verdict == -1:
+            if verdict <= 0:
+                checked += verdict == -1
+                continue
+            if verdict == 1:
                 checked += 1
-        decoder.decoded += n - sum(1 for d in dead if d.stage == "decode")
-        self._settle(n, records, dead, checked, kept)
-        return records, dead
+                kept += 1
+            if topic is None:
+                append(ev)
+                continue
+            if key_fn is not None and ev.value is not None:
+                try:
+                    ev.key = key_fn(ev.value)
+                except Exception as exc:  # noqa: BLE001
+                    dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
+                    continue
+            append(encode_event(ev, topic))
+        decoder.decoded += n - bad
+        self._settle(n, out, dead, checked, kept)
+        return out, dead
 
     def rekey(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
         """Set each output's key from ``output_key`` (the runtime calls this last, after

@@ -82,7 +82,13 @@ def test_fused_run_equals_stage_by_stage() -> None:
     fused = make_chain()
     records, dead3 = fused.run(msgs, Decoder("debezium"), "out")
 
-    assert staged_records == encode_outputs(out, "out") == records
+    ingesting = make_chain()
+    ingested, dead4 = ingesting.ingest(msgs, Decoder("debezium"))
+
+    assert staged_records == encode_outputs(out, "out") == records == encode_outputs(
+        ingested, "out")
+    assert [(d.stage, d.event.offset) for d in dead4] == [(d.stage, d.event.offset)
+                                                          for d in dead3]
     assert [orjson.loads(v or b"null")["id"] for _, _, v in records] == [1, 6, 8, 1004]
     assert [t for t, _, _ in records] == ["out", "out", "big", "out"]
     stages = [(d.stage, d.event.offset) for d in dead3]
@@ -90,7 +96,7 @@ def test_fused_run_equals_stage_by_stage() -> None:
         (d.stage, d.event.offset) for d in dead2)
     assert sorted(stages) == [("decode", 8), ("rule:ids", 3), ("rule:qty", 4),
                               ("transform:cast", 2)]
-    for chain in (staged, per_event, fused):
+    for chain in (staged, per_event, fused, ingesting):
         assert chain.checks.counts() == {"ids": {"passed": 6, "failed": 1},
                                          "qty": {"passed": 5, "failed": 1},
                                          "cur": {"passed": 4, "failed": 1},
