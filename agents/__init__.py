@@ -13,6 +13,7 @@ from agents._decode import (
 from agents._dlq import DlqReader, DlqRecord, ReplayResult, dlq_record, dlq_records, replay_dlq
 from agents._event import DeadLetter, Event
 from agents._expr import FUNCTIONS, Expr, ExprError, UnknownNameError, compile_expr
+from agents._loader import Loader, LoaderSettings, RecordMapper
 from agents._quality import (
     TYPE_NAMES,
     AllowedRule,
@@ -67,11 +68,14 @@ __all__ = [
     "Flatten",
     "Hash",
     "JsonSchemaRule",
+    "Loader",
+    "LoaderSettings",
     "Mask",
     "NotNullRule",
     "QualityChecks",
     "RangeRule",
     "RawMessage",
+    "RecordMapper",
     "RegexRule",
     "Rename",
     "ReplayResult",

@@ -1,10 +1,13 @@
 """DataFlow connectors package."""
 
+from connectors._mongo_sink import MongoSink, MongoSinkSettings
+from connectors._objectstore import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors._pg_cdc import PostgresCDCSource, SlotDropped
 from connectors._pg_config import KafkaSettings, PostgresCDCConfig
 from connectors._pg_sink import PostgresSink, PostgresSinkSettings
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
 
 __all__: list[str] = [
-    "BatchingSink", "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord",
+    "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",
+    "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped"]

@@ -56,7 +56,9 @@ class Sink(Protocol):
 
     def add(self, records: Iterable[SinkRecord]) -> None: ...
 
-    def flush(self) -> list[Rejected]: ...
+    def flush(self, final: bool = False) -> list[Rejected]:
+        """Write what was added; ``final`` (at stop) also completes partial files."""
+        ...
 
     def pending_from(self) -> dict[tuple[str, int], int]:
         """Per topic-partition, the first offset still buffered (not yet durable)."""
@@ -81,7 +83,7 @@ class BatchingSink:
     def add(self, records: Iterable[SinkRecord]) -> None:
         self._batch.extend(records)
 
-    def flush(self) -> list[Rejected]:
+    def flush(self, final: bool = False) -> list[Rejected]:
         if not self._batch:
             return []
         batch = self._batch

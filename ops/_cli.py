@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from ops._demo import demo_main
 from ops._dlq_cli import dlq_main
+from ops._load_cli import load_main
 from ops._source_cli import source_main
 from ops._stack import stack_main
 
@@ -14,6 +15,7 @@ Command = Callable[[list[str]], int]
 
 COMMANDS: dict[str, tuple[Command, str]] = {
     "stack": (stack_main, "local services: up | down | status | env"),
+    "load": (load_main, "run a loader: load SPEC_OR_CONFIG [--sink KIND] (until SIGTERM)"),
     "source": (source_main, "run a CDC source: run FILE (until SIGTERM/SIGINT)"),
     "dlq": (dlq_main, "dead letters: replay | show PIPELINE_OR_SPEC [--stage S] [--to-topic T]"),
     "demo": (demo_main, "smoke run on the local stack: produce -> Faust table -> consume"),

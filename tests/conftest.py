@@ -86,3 +86,15 @@ def fresh_db(pg_dsn: str) -> Iterator[str]:
             (name,),
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(services: ServiceEnv) -> str:
+    """The MongoDB wire-protocol server (FerretDB from the stack, or DATAFLOW_MONGO_URI)."""
+    return os.environ.get("DATAFLOW_MONGO_URI") or services.extra["DATAFLOW_MONGO_URI"]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(services: ServiceEnv) -> str:
+    """The S3-compatible endpoint (moto server from the stack, or DATAFLOW_S3_ENDPOINT)."""
+    return os.environ.get("DATAFLOW_S3_ENDPOINT") or services.extra["DATAFLOW_S3_ENDPOINT"]

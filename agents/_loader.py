@@ -1,0 +1,298 @@
+"""Loader agents: read a sink topic in batches and drive a sink writer.
+
+A loader is a plain consumer-group member (librdkafka) rather than a Faust agent: a sink
+write blocks (a COPY, a bulk write, a multipart upload, and retries while the target is
+away), and blocking inside Faust's event loop would starve its heartbeats. Scaling out
+is the same as for Faust workers: more loaders in the same group share the partitions.
+
+Each fetched batch goes through :meth:`Loader.commit`, the one place that orders the
+steps: the sink makes the batch durable, then refused rows reach the DLQ, then offsets
+are committed (never past what the sink still buffers). A crash anywhere in between
+re-reads the batch, and the sinks' version guards make the repeat harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents._decode import Decoder
+from agents._dlq import dlq_records
+from agents._event import DeadLetter, Event
+from connectors import Rejected, Sink, SinkRecord
+from schemas import SinkBackpressure, SinkError, SourceError
+
+log = logging.getLogger(__name__)
+
+_LSN_NAMES = ("__lsn", "lsn")
+
+
+class _Stopped(Exception):
+    """Asked to stop while the target was away; the uncommitted batch is simply dropped."""
+
+
+class LoaderSettings(BaseModel):
+    """What a loader reads and how it turns change events into sink records."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str
+    topics: tuple[str, ...] = Field(min_length=1)
+    group_id: str
+    pipeline: str = "loader"
+    dlq_topic: str | None = None            # rejected rows; None: counted and logged only
+    batch_size: int = Field(5000, ge=1)
+    flush_interval: float = 1.0             # longest wait for a batch, seconds
+    #: newer wins: a row field (``__lsn`` also reads Debezium's ``source.lsn``); None: offset
+    version_field: str | None = None
+    key_fields: tuple[str, ...] = ()        # default: the event key's fields
+    deletes: Literal["apply", "ignore"] = "apply"
+    keep_metadata: bool = False             # keep ``__op``/``__lsn``/... columns in rows
+    format: Literal["json", "debezium"] = "json"
+    consumer: dict[str, str | int] = Field(default_factory=dict)
+
+
+def _payload(obj: Any) -> Any:
+    """Debezium JSON with ``schemas.enable``: the data sits under ``payload``."""
+    if isinstance(obj, dict) and "payload" in obj and "schema" in obj and len(obj) == 2:
+        return obj["payload"]
+    return obj
+
+
+class RecordMapper:
+    """Turns decoded events into ``SinkRecord``s (or dead letters saying why not).
+
+    Accepts Debezium envelopes (``op``/``before``/``after``/``source``), flattened rows
+    from the unwrap transform (``__deleted``/``__op``) and tombstones. A tombstone deletes
+    only when versions are offsets: it carries no LSN, and the Debezium delete event
+    before it already did the work.
+    """
+
+    def __init__(self, settings: LoaderSettings, stage: str) -> None:
+        self.s = settings
+        self.stage = stage
+
+    def map(self, events: Sequence[Event]) -> tuple[list[SinkRecord], list[DeadLetter]]:
+        records: list[SinkRecord] = []
+        dead: list[DeadLetter] = []
+        for ev in events:
+            try:
+                rec = self._one(ev)
+            except ValueError as exc:
+                dead.append(DeadLetter(ev, self.stage, str(exc)))
+                continue
+            if rec is not None:
+                records.append(rec)
+        return records, dead
+
+    def _one(self, ev: Event) -> SinkRecord | None:
+        s = self.s
+        value = _payload(ev.value)
+        key = _payload(ev.key)
+        version: Any = ev.offset if s.version_field is None else None
+        if value is None:
+            if s.deletes == "ignore" or s.version_field is not None:
+                return None
+            row: dict[str, Any] | None = None
+            deleted = True
+        elif "op" in value and ("after" in value or "before" in value):
+            op = value.get("op")
+            if op not in ("c", "u", "d", "r"):
+                return None  # truncate ('t') and messages carry no row
+            deleted = op == "d"
+            row = value.get("before") if deleted else value.get("after")
+            if s.version_field is not None:
+                src = value.get("source") or {}
+                version = (row or {}).get(s.version_field)
+                if version is None and s.version_field in _LSN_NAMES:
+                    version = src.get("lsn")
+        else:
+            row = value
+            deleted = bool(value.get("__deleted") in (True, "true")) or value.get("__op") == "d"
+            if s.version_field is not None:
+                version = value.get(s.version_field)
+        if deleted and s.deletes == "ignore":
+            return None
+        if row is not None and not s.keep_metadata:
+            row = {k: v for k, v in row.items() if not k.startswith("__")}
+        if s.key_fields:
+            src_row = row if row is not None else (key if isinstance(key, dict) else {})
+            key = {f: src_row.get(f) for f in s.key_fields}
+        if not isinstance(key, dict) or not key:
+            raise ValueError("no primary key: the event key is not a record and key_fields is unset")
+        if version is None:
+            raise ValueError(f"no version: field {s.version_field!r} is missing")
+        try:
+            version = int(version)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"version {version!r} is not an integer") from exc
+        if deleted:
+            row = None
+        elif row is None:
+            raise ValueError("change event without a row")
+        return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
+                          partition=ev.partition, offset=ev.offset,
+                          timestamp_ms=ev.timestamp_ms, origin=ev)
+
+
+class Loader:
+    """Consumes ``settings.topics`` in batches and writes them through ``sink``."""
+
+    def __init__(self, settings: LoaderSettings, sink: Sink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.stage = f"sink:{getattr(sink, 'kind', 'sink')}"
+        self.decoder = Decoder(settings.format)
+        self.mapper = RecordMapper(settings, self.stage)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.written = 0
+        self.rejected = 0
+        self._stop = threading.Event()
+
+    # -- Kafka clients -----------------------------------------------------------------
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "group.id": self.settings.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "max.poll.interval.ms": 900_000,   # a target outage is waited out, not a rebalance
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            **self.settings.consumer,
+        }
+
+    def _dlq_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
+                                       "enable.idempotence": True, "linger.ms": 5})
+        return self._producer
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.sink.drop((tp.topic, tp.partition) for tp in partitions)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, idle_exit: float | None = None,
+            on_batch: Callable[[int], None] | None = None) -> None:
+        """Load until ``stop`` is set (or nothing arrived for ``idle_exit`` seconds)."""
+        stop = self._stop = stop or threading.Event()
+        consumer = self._consumer = Consumer(self._consumer_config())
+        consumer.subscribe(list(self.settings.topics), on_revoke=self._on_revoke)
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                msgs = consumer.consume(self.settings.batch_size, self.settings.flush_interval)
+                batch = [m for m in msgs if not self._is_error(m)]
+                if batch:
+                    idle_since = time.monotonic()
+                    self.process(batch)
+                    if on_batch is not None:
+                        on_batch(len(batch))
+                elif self.sink.pending_from():
+                    self.commit([], [], {})   # let time-based rolls complete
+                elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                    break
+            self.commit([], [], {}, final=True)
+        except _Stopped:
+            log.warning("loader %s: stopped while the target was away", self.settings.group_id)
+        finally:
+            consumer.close()
+            self._consumer = None
+            if self._producer is not None:
+                self._producer.flush(30)
+            self.sink.close()
+
+    @staticmethod
+    def _is_error(msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        if err.fatal():
+            raise SourceError(f"loader consumer: {err}")
+        log.warning("loader consumer: %s", err)
+        return True
+
+    def process(self, batch: Sequence[Message]) -> None:
+        """Decode and map one fetched batch, then commit it (see :meth:`commit`)."""
+        events, dead = self.decoder.decode(
+            (m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1],
+             m.headers()) for m in batch)
+        records, unmapped = self.mapper.map(events)
+        next_offsets: dict[tuple[str, int], int] = {}
+        for m in batch:
+            next_offsets[(m.topic(), m.partition())] = m.offset() + 1
+        self.commit(records, dead + unmapped, next_offsets)
+
+    def commit(self, records: list[SinkRecord], dead: list[DeadLetter],
+               next_offsets: dict[tuple[str, int], int], final: bool = False) -> None:
+        """The commit order, written down once.
+
+        1. ``sink.flush()`` makes the records durable in the target. When the target is
+           away it raises ``SinkBackpressure``; the same records are re-added after
+           ``retry_after`` seconds, for as long as it takes (nothing is committed meanwhile).
+        2. Rows the target refused, and events that could not be mapped, are produced to
+           the DLQ and the producer is flushed.
+        3. Offsets are committed synchronously, each capped at the first offset the sink
+           still buffers (object-storage files not yet rolled), so a committed offset
+           never passes a record that is not durable.
+        """
+        sink = self.sink
+        while True:
+            sink.add(records)
+            try:
+                rejected = sink.flush(final=final)
+                break
+            except SinkBackpressure as bp:
+                log.warning("loader %s: %s; retrying in %.1fs", self.settings.group_id, bp,
+                            bp.retry_after)
+                if self._stop.wait(bp.retry_after):
+                    raise _Stopped from bp  # nothing committed: the batch is read again
+        self.written += len(records) - len(rejected)
+        dead = dead + self._dead_letters(rejected)
+        if dead:
+            self._to_dlq(dead)
+        pending = sink.pending_from()
+        offsets = {tp: min(o, pending.get(tp, o)) for tp, o in next_offsets.items()}
+        for tp, o in pending.items():
+            offsets.setdefault(tp, o)
+        if offsets and self._consumer is not None:
+            try:
+                self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                      asynchronous=False)
+            except KafkaException as exc:
+                # lost the partitions to a rebalance: the new owner re-reads; repeats are harmless
+                log.warning("loader %s: offset commit failed: %s", self.settings.group_id, exc)
+
+    def _dead_letters(self, rejected: Iterable[Rejected]) -> list[DeadLetter]:
+        out = []
+        for r in rejected:
+            ev = r.record.origin
+            if not isinstance(ev, Event):
+                ev = Event(r.record.key, r.record.value, None, None, r.record.topic,
+                           r.record.partition, r.record.offset, r.record.timestamp_ms)
+            out.append(DeadLetter(ev, self.stage, r.error))
+        return out
+
+    def _to_dlq(self, dead: list[DeadLetter]) -> None:
+        self.rejected += len(dead)
+        topic = self.settings.dlq_topic
+        if topic is None:
+            for d in dead:
+                log.error("loader %s: dropped %s:%d@%d: %s", self.settings.group_id,
+                          d.event.topic, d.event.partition, d.event.offset, d.error)
+            return
+        producer = self._dlq_producer()
+        for rec in dlq_records(dead, self.settings.pipeline):
+            producer.produce(topic, rec.value, rec.key, headers=rec.headers)
+        if producer.flush(60) > 0:
+            raise SinkError(f"loader {self.settings.group_id}: DLQ {topic} did not take the dead letters")

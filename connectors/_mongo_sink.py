@@ -1,0 +1,192 @@
+"""MongoDB sink: unordered bulk upserts and deletes behind the same version guard.
+
+Documents are the rows plus ``_id`` (the key: its value for a one-field key, a
+sub-document for a composite key) and ``_version``. Per batch (newest record per key):
+
+    read the current ``_version`` of the batch's ids and their tombstones
+    drop records that are not newer than either (repeats after a crash cost no writes)
+    upsert tombstones of deletes    update {_id, _version < v} -> {_version: v}, upsert
+    delete documents                delete {_id, _version < v}
+    replace documents               update {_id, _version < v} -> row, upsert
+    prune tombstones                delete {_id, _version < v} for rows just written
+
+As in Postgres, a deleted document leaves a tombstone (``<collection>__tombstones``) so a
+replayed older upsert cannot bring it back. A duplicate-key error on an upsert means
+another writer got a newer version in first (the filter missed, the insert collided):
+the record is stale and skipped. Any other write error rejects that one record.
+
+The ops are sent as raw unordered ``update``/``delete`` commands (what ``bulk_write``
+sends): FerretDB omits ``nModified`` from a reply with write errors, which pymongo's
+``bulk_write`` cannot merge, and it stops at the first error even when unordered, so the
+ops after the last reported error are sent again (the guard makes that harmless).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pymongo
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from connectors._sink import (
+    Backoff,
+    BatchingSink,
+    Rejected,
+    SinkRecord,
+    latest_per_key,
+    sink_metrics,
+)
+from schemas import SinkBackpressure, SinkError
+
+_CHUNK = 1000
+_DUP_KEY = 11000
+
+
+class MongoSinkSettings(BaseModel):
+    """Where and how a MongoDB loader writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: SecretStr
+    database: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    key_fields: tuple[str, ...] = ()          # default: the event key's fields
+    server_timeout_ms: int = 5000
+    retry_attempts: int = 6
+    retry_max_delay: float = 5.0
+    retry_after: float = 2.0
+
+
+class MongoSink(BatchingSink):
+    """Writes batches of ``SinkRecord`` into one collection (see module docstring)."""
+
+    kind = "mongodb"
+
+    def __init__(self, settings: MongoSinkSettings, name: str | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.name = name or f"{settings.database}.{settings.collection}"
+        self._client: pymongo.MongoClient[dict[str, Any]] | None = None
+        self._keys = settings.key_fields
+        self._backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
+
+    def _db(self) -> Any:
+        if self._client is None:
+            ms = self.settings.server_timeout_ms
+            self._client = pymongo.MongoClient(
+                self.settings.uri.get_secret_value(), serverSelectionTimeoutMS=ms,
+                connectTimeoutMS=ms, socketTimeoutMS=max(ms, 30_000), retryWrites=False)
+        return self._client[self.settings.database]
+
+    def close(self) -> None:
+        super().close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def tombstones(self) -> str:
+        return f"{self.settings.collection}__tombstones"
+
+    def doc_id(self, rec: SinkRecord) -> Any:
+        if len(self._keys) == 1:
+            return rec.key.get(self._keys[0])
+        return {k: rec.key.get(k) for k in self._keys}
+
+    # -- the batch ---------------------------------------------------------------------
+
+    def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        if not self._keys:
+            self._keys = tuple(batch[0].key)
+        rows = latest_per_key(batch, self._keys)
+        last: BaseException | None = None
+        for delay in [0.0, *self._backoff.delays()]:
+            if delay:
+                sink_metrics().retries.labels(self.kind, self.name).inc()
+                time.sleep(delay)
+            try:
+                return self._write_once(rows)
+            except ConnectionFailure as exc:
+                last = exc
+            except PyMongoError as exc:
+                raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
+        raise SinkBackpressure(f"sink mongodb {self.name}: target unavailable ({last})",
+                               retry_after=self.settings.retry_after) from last
+
+    def _write_once(self, rows: list[SinkRecord]) -> list[Rejected]:
+        db = self._db()
+        coll = self.settings.collection
+        ids = [self.doc_id(r) for r in rows]
+        current = self._versions(db, coll, ids)
+        tombs = self._versions(db, self.tombstones, ids)
+        upserts: list[tuple[Any, SinkRecord]] = []
+        deletes: list[tuple[Any, SinkRecord]] = []
+        for id_, rec in zip(ids, rows, strict=True):
+            cur = current.get(_hashable(id_))
+            if cur is not None and cur >= rec.version:
+                continue
+            if rec.value is None:
+                deletes.append((id_, rec))
+            elif (t := tombs.get(_hashable(id_))) is None or t < rec.version:
+                upserts.append((id_, rec))
+        rejected: list[Rejected] = []
+        self._run(db, "update", self.tombstones, [
+            {"q": {"_id": i, "_version": {"$lt": r.version}},
+             "u": {"_id": i, "_version": r.version}, "upsert": True} for i, r in deletes],
+            [r for _, r in deletes], rejected)
+        self._run(db, "delete", coll, [
+            {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 1} for i, r in deletes],
+            [r for _, r in deletes], rejected)
+        ok_upserts = self._run(db, "update", coll, [
+            {"q": {"_id": i, "_version": {"$lt": r.version}},
+             "u": {**(r.value or {}), "_id": i, "_version": r.version}, "upsert": True}
+            for i, r in upserts], [r for _, r in upserts], rejected)
+        written = [(i, r) for i, r in upserts if id(r) in ok_upserts]
+        self._run(db, "delete", self.tombstones, [
+            {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 0} for i, r in written],
+            [r for _, r in written], rejected)
+        return rejected
+
+    def _versions(self, db: Any, coll: str, ids: list[Any]) -> dict[Any, int]:
+        out: dict[Any, int] = {}
+        for i in range(0, len(ids), _CHUNK):
+            for doc in db[coll].find({"_id": {"$in": ids[i:i + _CHUNK]}}, {"_version": 1}):
+                if doc.get("_version") is not None:
+                    out[_hashable(doc["_id"])] = int(doc["_version"])
+        return out
+
+    def _run(self, db: Any, verb: str, coll: str, ops: list[dict[str, Any]],
+             recs: list[SinkRecord], rejected: list[Rejected]) -> set[int]:
+        """Send ``ops`` unordered in chunks; the ids (``id()``) of records that went through."""
+        field = "updates" if verb == "update" else "deletes"
+        ok: set[int] = set()
+        start = 0
+        while start < len(ops):
+            chunk = ops[start:start + _CHUNK]
+            try:
+                reply = db.command(verb, coll, **{field: chunk, "ordered": False})
+            except OperationFailure as exc:
+                raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
+            errors = sorted(reply.get("writeErrors") or [], key=lambda e: e["index"])
+            failed = {e["index"] for e in errors}
+            for e in errors:
+                if e.get("code") == _DUP_KEY and verb == "update":
+                    continue  # a newer version got in first: this record is stale
+                rejected.append(Rejected(recs[start + e["index"]],
+                                         f"sink mongodb {self.name}: {e.get('errmsg', e)}"))
+            # FerretDB stops at the first error: resend what follows it
+            done = (errors[-1]["index"] + 1) if errors else len(chunk)
+            ok.update(id(recs[start + i]) for i in range(done) if i not in failed)
+            start += done
+        return ok
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple((k, _hashable(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value

@@ -1,0 +1,302 @@
+"""Object-storage sink: Parquet, Avro or JSON Lines files on a local folder, S3, GCS or Azure.
+
+One layer for every store: ``obstore`` (``file://``, ``s3://``, ``gs://``, ``az://``).
+A ``put`` is atomic on every backend (a local put writes a temporary file and renames
+it; an S3/GCS/Azure object appears only when its upload completes), so a file is
+visible only when complete.
+
+Records of one topic-partition are buffered and rolled together: when the partition's
+buffer reaches ``max_records`` rows, ``max_bytes`` bytes, or spans ``max_interval``
+seconds of record time, every Hive folder it touches (``field=value/...`` from
+``partition_by``, or ``time_partition`` from the record timestamp) gets one file named::
+
+    <topic>+<partition>+<first offset>+<last offset>.<ext>
+
+with the first and last offsets of that folder's records. Offsets are committed only up
+to the first record still buffered, so after a crash the loader re-reads from the start
+of an unwritten roll and, roll by roll, each folder's first record is the same: a rewrite
+carries the same ``<topic>+<partition>+<first offset>+`` prefix, and any older file with
+that prefix (a roll cut at a different end) is deleted once the new one is in place.
+Each row carries ``__offset``, ``__version`` and ``__deleted`` so a reader can apply the
+changes in offset order and rebuild the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+import fastavro
+import obstore
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from obstore.store import LocalStore, ObjectStore, from_url
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors._sink import Backoff, Rejected, SinkRecord, sink_metrics
+from schemas import ConfigError, SinkBackpressure, SinkError
+
+_EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
+
+
+class ObjectStoreSinkSettings(BaseModel):
+    """Where files go and when they roll."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(min_length=1)          # file:///dir, /dir, s3://bucket/prefix, gs://..., az://...
+    endpoint_url: str | None = None         # S3-compatible endpoint (moto, MinIO, ...)
+    format: Literal["parquet", "avro", "jsonl"] = "parquet"
+    compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
+    partition_by: tuple[str, ...] = ()      # Hive folders from row fields
+    time_partition: str | None = None       # strftime on the record time, e.g. "dt=%Y-%m-%d"
+    max_records: int = Field(100_000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_interval: float = 60.0              # record-time span of one roll, seconds
+    max_open: float | None = None           # wall-clock bound on buffering (default: max_interval)
+    options: dict[str, str] = Field(default_factory=dict)  # passed to the store (credentials, region)
+    retry_attempts: int = 5
+    retry_after: float = 2.0
+
+
+def open_store(settings: ObjectStoreSinkSettings) -> ObjectStore:
+    """The obstore store for ``settings.url`` (a local folder is created if missing)."""
+    url = settings.url
+    if "://" not in url:
+        url = "file://" + os.path.abspath(url)
+    if url.startswith("file://"):
+        root = url[len("file://"):]
+        os.makedirs(root, exist_ok=True)
+        return LocalStore(root)
+    opts: dict[str, Any] = dict(settings.options)
+    if url.startswith(("s3://", "s3a://")):
+        if settings.endpoint_url:
+            opts.setdefault("endpoint", settings.endpoint_url)
+            opts.setdefault("virtual_hosted_style_request", False)
+            if settings.endpoint_url.startswith("http://"):
+                return from_url(url, config=opts, client_options={"allow_http": True})  # type: ignore[call-overload]
+        opts.setdefault("region", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    try:
+        return from_url(url, config=opts)  # type: ignore[call-overload]
+    except Exception as exc:
+        raise ConfigError(f"objectstore url {url!r}: {exc}") from exc
+
+
+def _hive_value(value: Any) -> str:
+    text = "__HIVE_DEFAULT_PARTITION__" if value is None else str(value)
+    return quote(text, safe="")
+
+
+@dataclass
+class _Buffer:
+    """The records of one topic-partition not yet in a file."""
+
+    records: list[SinkRecord] = field(default_factory=list)
+    nbytes: int = 0
+    opened: float = 0.0
+
+
+class ObjectStoreSink:
+    """Writes rolled files per topic-partition (see module docstring)."""
+
+    kind = "objectstore"
+
+    def __init__(self, settings: ObjectStoreSinkSettings, name: str | None = None,
+                 store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.name = name or settings.url
+        self.store = store if store is not None else open_store(settings)
+        self._buffers: dict[tuple[str, int], _Buffer] = {}
+        self._ready: list[list[SinkRecord]] = []   # rolls waiting for the next flush
+        self._backoff = Backoff(attempts=settings.retry_attempts)
+        self.files_written = 0
+
+    # -- the sink contract -------------------------------------------------------------
+
+    def add(self, records: Iterable[SinkRecord]) -> None:
+        s = self.settings
+        span_ms = s.max_interval * 1000
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = _Buffer(opened=time.monotonic())
+            if buf.records and rec.timestamp_ms - buf.records[0].timestamp_ms >= span_ms:
+                self._roll(tp)
+                buf = self._buffers[tp] = _Buffer(opened=time.monotonic())
+            buf.records.append(rec)
+            buf.nbytes += _size(rec)
+            if len(buf.records) >= s.max_records or buf.nbytes >= s.max_bytes:
+                self._roll(tp)
+
+    def _roll(self, tp: tuple[str, int]) -> None:
+        buf = self._buffers.pop(tp, None)
+        if buf is not None and buf.records:
+            self._ready.append(buf.records)
+
+    def flush(self, final: bool = False) -> list[Rejected]:
+        """Write every completed roll (and, at ``final`` or past ``max_open``, the rest)."""
+        limit = self.settings.max_open if self.settings.max_open is not None else self.settings.max_interval
+        now = time.monotonic()
+        for tp in list(self._buffers):
+            if final or now - self._buffers[tp].opened >= limit:
+                self._roll(tp)
+        metrics = sink_metrics()
+        while self._ready:
+            roll = self._ready[0]
+            start = time.perf_counter()
+            self._write_roll(roll)
+            self._ready.pop(0)
+            metrics.latency.labels(self.kind, self.name).observe(time.perf_counter() - start)
+            metrics.batch_size.labels(self.kind, self.name).observe(len(roll))
+            metrics.rows.labels(self.kind, self.name).inc(len(roll))
+        return []
+
+    def pending_from(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for roll in self._ready:
+            tp = (roll[0].topic, roll[0].partition)
+            out[tp] = min(out.get(tp, roll[0].offset), roll[0].offset)
+        for tp, buf in self._buffers.items():
+            if buf.records:
+                out[tp] = min(out.get(tp, buf.records[0].offset), buf.records[0].offset)
+        return out
+
+    def drop(self, partitions: Iterable[tuple[str, int]]) -> None:
+        gone = set(partitions)
+        for tp in gone:
+            self._buffers.pop(tp, None)
+        self._ready = [r for r in self._ready if (r[0].topic, r[0].partition) not in gone]
+
+    def close(self) -> None:
+        self._buffers.clear()
+        self._ready.clear()
+
+    # -- files -------------------------------------------------------------------------
+
+    def folder_of(self, rec: SinkRecord) -> str:
+        s = self.settings
+        parts: list[str] = []
+        if s.time_partition:
+            when = dt.datetime.fromtimestamp(rec.timestamp_ms / 1000, tz=dt.UTC)
+            parts.append(when.strftime(s.time_partition))
+        row = rec.value if rec.value is not None else rec.key
+        for f in s.partition_by:
+            parts.append(f"{quote(f, safe='')}={_hive_value(row.get(f, rec.key.get(f)))}")
+        return "/".join(parts)
+
+    def _write_roll(self, roll: Sequence[SinkRecord]) -> None:
+        folders: dict[str, list[SinkRecord]] = {}
+        for rec in roll:
+            folders.setdefault(self.folder_of(rec), []).append(rec)
+        ext = _EXT[self.settings.format]
+        for folder, recs in folders.items():
+            stem = f"{quote(recs[0].topic, safe='')}+{recs[0].partition}+{recs[0].offset:020d}+"
+            name = f"{stem}{recs[-1].offset:020d}.{ext}"
+            path = f"{folder}/{name}" if folder else name
+            data = self._encode(recs)
+            self._retrying(lambda p=path, d=data: obstore.put(self.store, p, d))
+            prefix = f"{folder}/{stem}" if folder else stem
+            for old in self._retrying(lambda p=prefix: _list_paths(self.store, p)):
+                if old != path:
+                    self._retrying(lambda o=old: obstore.delete(self.store, o))
+            self.files_written += 1
+
+    def _retrying(self, op: Any) -> Any:
+        last: Exception | None = None
+        for delay in [0.0, *self._backoff.delays()]:
+            if delay:
+                sink_metrics().retries.labels(self.kind, self.name).inc()
+                time.sleep(delay)
+            try:
+                return op()
+            except (OSError, ConnectionError) as exc:   # obstore raises OSError subclasses
+                last = exc
+            except Exception as exc:
+                sink_metrics().errors.labels(self.kind, self.name).inc()
+                raise SinkError(f"sink objectstore {self.name}: {exc}") from exc
+        raise SinkBackpressure(f"sink objectstore {self.name}: store unavailable ({last})",
+                               retry_after=self.settings.retry_after) from last
+
+    def _encode(self, recs: Sequence[SinkRecord]) -> bytes:
+        rows = [_row(r) for r in recs]
+        fmt = self.settings.format
+        comp = self.settings.compression
+        if fmt == "jsonl":
+            return b"".join(orjson.dumps(r, default=str) + b"\n" for r in rows)
+        if fmt == "avro":
+            buf = io.BytesIO()
+            codec = {"none": "null", "gzip": "deflate"}.get(comp, comp)
+            fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
+                            [_avro_row(r) for r in rows], codec=codec)
+            return buf.getvalue()
+        table = pa.Table.from_pylist([_arrow_row(r) for r in rows])
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=None if comp == "none" else comp)
+        return bytes(sink.getvalue().to_pybytes())
+
+
+def _list_paths(store: ObjectStore, prefix: str) -> list[str]:
+    return [str(meta["path"]) for batch in obstore.list(store, prefix) for meta in batch]
+
+
+def _size(rec: SinkRecord) -> int:
+    row = rec.value if rec.value is not None else rec.key
+    return 16 + sum(len(k) + len(str(v)) for k, v in row.items())
+
+
+def _row(rec: SinkRecord) -> dict[str, Any]:
+    row = dict(rec.value) if rec.value is not None else dict(rec.key)
+    row["__deleted"] = rec.value is None
+    row["__version"] = rec.version
+    row["__offset"] = rec.offset
+    row["__partition"] = rec.partition
+    row["__ts_ms"] = rec.timestamp_ms
+    return row
+
+
+def _arrow_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Nested values as JSON text: one column type per field whatever the shapes."""
+    return {k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v for k, v in row.items()}
+
+
+def _avro_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {_avro_name(k): orjson.dumps(v).decode() if isinstance(v, dict | list) else v
+            for k, v in row.items()}
+
+
+def _avro_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, bytes):
+        return "bytes"
+    return "string"
+
+
+def avro_schema(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A record schema of nullable fields, typed by each field's first non-null value."""
+    types: dict[str, str | None] = {}
+    for row in rows:
+        for k, v in row.items():
+            if types.get(k) is None:
+                types[k] = None if v is None else _avro_type(v)
+    fields = [{"name": _avro_name(k), "type": ["null", t or "string"], "default": None}
+              for k, t in types.items()]
+    return {"type": "record", "name": "Row", "namespace": "dataflow", "fields": fields}
+
+
+def _avro_name(name: str) -> str:
+    """Avro names are ``[A-Za-z_][A-Za-z0-9_]*``; JSON rows may use anything."""
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return out if out and not out[0].isdigit() else "_" + out

@@ -1,0 +1,147 @@
+"""``dataflow load SPEC_OR_CONFIG``: run one loader until SIGTERM/SIGINT.
+
+The file is either a pipeline spec (its ``sinks.postgres`` / ``sinks.mongodb`` /
+``sinks.objectstore`` section; ``--sink`` picks one when several are set) or a loader
+config with two sections::
+
+    loader: {topics: [...], group_id: ..., version_field: __lsn, ...}   # LoaderSettings
+    sink:   {kind: postgres, table: orders, ...}                        # the sink's settings
+
+Connection strings default to ``DATAFLOW_PG_DSN``, ``DATAFLOW_MONGO_URI``,
+``DATAFLOW_S3_ENDPOINT`` and ``KAFKA_BOOTSTRAP_SERVERS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agents import Loader, LoaderSettings
+from connectors import (
+    MongoSink,
+    MongoSinkSettings,
+    ObjectStoreSink,
+    ObjectStoreSinkSettings,
+    PostgresSink,
+    PostgresSinkSettings,
+    Sink,
+)
+from schemas import ConfigError, DataFlowError
+from streams import PipelineSpec, load_spec
+
+SINK_KINDS = ("postgres", "mongodb", "objectstore")
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{name} is not set and the config names no connection for the sink")
+    return value
+
+
+def build_sink(kind: str, options: dict[str, Any]) -> Sink:
+    """A sink of ``kind`` from its settings (connection defaults from the environment)."""
+    options = dict(options)
+    if kind == "postgres":
+        if "dsn" not in options:
+            options["dsn"] = _env("DATAFLOW_PG_DSN")
+        return PostgresSink(PostgresSinkSettings.model_validate(options))
+    if kind == "mongodb":
+        if "uri" not in options:
+            options["uri"] = _env("DATAFLOW_MONGO_URI")
+        return MongoSink(MongoSinkSettings.model_validate(options))
+    if kind == "objectstore":
+        if str(options.get("url", "")).startswith("s3://"):
+            options.setdefault("endpoint_url", os.environ.get("DATAFLOW_S3_ENDPOINT"))
+        return ObjectStoreSink(ObjectStoreSinkSettings.model_validate(options))
+    raise ConfigError(f"sink.kind: expected one of {', '.join(SINK_KINDS)}, got {kind!r}")
+
+
+def from_spec(spec: PipelineSpec, kind: str | None) -> tuple[LoaderSettings, Sink]:
+    """Loader settings and sink for one sink section of a pipeline spec."""
+    present = [k for k in SINK_KINDS if getattr(spec.sinks, k) is not None]
+    if not present:
+        raise ConfigError("sinks: the spec has no postgres, mongodb or objectstore section")
+    if kind is None:
+        if len(present) > 1:
+            raise ConfigError(f"sinks: several loaders ({', '.join(present)}); pick one with --sink")
+        kind = present[0]
+    section = getattr(spec.sinks, kind)
+    if section is None:
+        raise ConfigError(f"sinks.{kind}: not in the spec")
+    loader = LoaderSettings(
+        bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
+        topics=(section.topic or spec.output_topic,),
+        group_id=f"dataflow-{spec.name}-load-{kind}",
+        pipeline=spec.name, dlq_topic=spec.dlq_topic,
+        batch_size=section.batch_size, flush_interval=section.flush_interval / 1000,
+        version_field=getattr(section, "version_field", None),
+        key_fields=tuple(getattr(section, "key", ()) or ()), deletes=section.deletes)
+    opts: dict[str, Any]
+    if kind == "postgres":
+        schema, _, table = section.table.rpartition(".")
+        opts = {"table": table, "schema": schema or "public", "key_fields": loader.key_fields,
+                "create_table": section.create_table}
+        if section.dsn is not None:
+            opts["dsn"] = section.dsn.get_secret_value()
+    elif kind == "mongodb":
+        opts = {"database": section.database, "collection": section.collection,
+                "key_fields": loader.key_fields}
+        if section.uri is not None:
+            opts["uri"] = section.uri.get_secret_value()
+    else:
+        opts = {"url": section.url, "format": section.format, "compression": section.compression,
+                "partition_by": section.partition_by, "max_records": section.max_records,
+                "max_interval": section.max_interval / 1000}
+        if section.endpoint_url:
+            opts["endpoint_url"] = section.endpoint_url
+    return loader, build_sink(kind, opts)
+
+
+def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
+    """Loader settings and sink from a ``{loader: ..., sink: {kind: ...}}`` document."""
+    loader = dict(doc.get("loader") or {})
+    loader.setdefault("bootstrap_servers", os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
+    sink = dict(doc.get("sink") or {})
+    kind = sink.pop("kind", None)
+    return LoaderSettings.model_validate(loader), build_sink(str(kind), sink)
+
+
+def load_main(argv: list[str]) -> int:
+    """``dataflow load FILE [--sink KIND] [--idle-exit SECONDS]``."""
+    parser = argparse.ArgumentParser(prog="dataflow load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--sink", choices=SINK_KINDS)
+    parser.add_argument("--idle-exit", type=float, default=None,
+                        help="stop after this many seconds without new records")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        doc = yaml.safe_load(args.file.read_text())
+        if isinstance(doc, dict) and "loader" in doc and "sink" in doc:
+            settings, sink = from_config(doc)
+        else:
+            settings, sink = from_spec(load_spec(args.file), args.sink)
+    except (OSError, yaml.YAMLError, ValidationError, DataFlowError) as exc:
+        print(f"dataflow load: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    loader = Loader(settings, sink)
+    try:
+        loader.run(stop, idle_exit=args.idle_exit)
+    except DataFlowError as exc:
+        print(f"dataflow load: {exc}", file=sys.stderr)
+        return 1
+    print(f"dataflow load: wrote {loader.written} rows, {loader.rejected} to the DLQ")
+    return 0
