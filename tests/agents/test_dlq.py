@@ -115,8 +115,8 @@ def test_dead_letters_round_trip_through_kafka_and_replay(
     ], pipeline, metrics=False), pipeline=pipeline)
     out, failed = chain.process(events)
     dead += failed
-    assert len(out) == 1 and [d.stage for d in dead] == [
-        "decode", "rule:types", "rule:amount_positive"]
+    assert len(out) == 1 and [(d.stage, d.event.offset) for d in dead] == [
+        ("decode", 1), ("rule:amount_positive", 2), ("rule:types", 3)]
     _produce(kafka_bootstrap, dlq, [(r.key, r.value, r.headers) for r in dlq_records(dead, pipeline)])
 
     got = _consume_all(kafka_bootstrap, dlq, 3)
