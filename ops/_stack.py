@@ -72,8 +72,8 @@ def port_free(port: int) -> bool:
 
 
 def free_port(preferred: int) -> int:
-    """The preferred port when nobody holds it, else any free loopback port."""
-    if port_free(preferred):
+    """The preferred port when nobody holds it, else any free loopback port (never 0)."""
+    if preferred and port_free(preferred):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

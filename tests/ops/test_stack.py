@@ -281,6 +281,7 @@ def test_free_port_prefers_the_given_port_unless_taken() -> None:
         held.close()
     assert port_free(port)
     assert free_port(port) == port
+    assert free_port(0) > 0
 
 
 @pytest.mark.unit
