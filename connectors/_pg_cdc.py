@@ -309,6 +309,8 @@ class PostgresCDCSource:
             if exists
             else sql.SQL("CREATE PUBLICATION {} FOR TABLE ").format(sql.Identifier(pub))
         )
+        if not exists:  # changes of partitions under the partitioned table's name (PG 13+)
+            names = names + sql.SQL(" WITH (publish_via_partition_root = true)")
         try:
             conn.execute(stmt + names)
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -378,8 +380,8 @@ class PostgresCDCSource:
         key = (rel.schema, rel.table)
         table = self._tables.get(key)
         if table is None:
-            if not self.config.wants(rel.schema, rel.table):
-                return None
+            if not self.config.wants(rel.schema, rel.table) or self._is_partition(rel.oid):
+                return None  # partitions publish under their root (publish_via_partition_root)
             pk = self._primary_key(rel.schema, rel.table) or [c.name for c in rel.columns if c.is_key]
             table = self._tables[key] = _Table(rel.schema, rel.table, pk, self.config.topic(rel.schema, rel.table))
             KafkaAdmin(self.config.kafka, self._stop.is_set).ensure_topics([table.topic])
@@ -394,6 +396,11 @@ class PostgresCDCSource:
         table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
         table.key_idx = [table.columns.index(k) for k in table.key]
         return table
+
+    def _is_partition(self, oid: int) -> bool:
+        with _connect(self._dsn) as conn:
+            row = conn.execute("SELECT relispartition FROM pg_class WHERE oid = %s", (oid,)).fetchone()
+        return bool(row and row[0])
 
     def _primary_key(self, schema: str, name: str) -> list[str]:
         full = f"{schema}.{name}"
@@ -568,6 +575,7 @@ class _TxnDecoder:
         self.last_commit_us = 0
         self.last_lsn = 0
         self.base: dict[str, dict[str, Any]] = {}  # per topic, this transaction
+        self.prev_commit = "0"
         self.dumps = orjson.dumps
 
     def handle(self, msg: bytes) -> int | None:
@@ -586,6 +594,7 @@ class _TxnDecoder:
             return None
         if kind == 0x43:  # C
             _flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, 1)
+            self.prev_commit = str(commit_lsn)
             self.last_commit_us = ts + PG_EPOCH_US
             self.last_lsn = end_lsn
             self.closed = self.tracker or AckTracker()
@@ -614,7 +623,13 @@ class _TxnDecoder:
         return None  # Y (type), O (origin), M (message): nothing to emit
 
     def _source(self, table: _Table, lsn: int) -> dict[str, Any]:
-        src = self.s._source(table, self.commit_ms, "false", lsn, self.xid)
+        """This transaction's ``source`` block for ``table`` at ``lsn`` (base built once)."""
+        base = self.base.get(table.topic)
+        if base is None:
+            base = self.base[table.topic] = self.s._source(table, self.commit_ms, "false", 0, self.xid)
+        src = base.copy()
+        src["lsn"] = lsn
+        src["sequence"] = f'["{self.prev_commit}","{lsn}"]'  # Debezium: [lastCommitLsn, lsn]
         return src
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
@@ -638,11 +653,7 @@ class _TxnDecoder:
             tag = buf[pos] if pos < len(buf) else 0
         dumps = self.dumps
         key_names = table.key
-        src = self.base.get(table.topic)
-        if src is None:
-            src = self.base[table.topic] = self.s._source(table, self.commit_ms, "false", 0, self.xid)
-        src = src.copy()
-        src["lsn"] = lsn
+        src = self._source(table, lsn)
         if kind == 0x44:  # delete
             assert before is not None
             key = dumps({k: before[k] for k in key_names})

@@ -377,3 +377,33 @@ def test_wal_level_not_logical_is_named(replica_only_pg: str, kafka_bootstrap: s
     cfg = make_config(replica_only_pg, kafka_bootstrap, prefix)
     with pytest.raises(SourceError, match="wal_level is 'replica'.*wal_level = logical"):
         PostgresCDCSource(cfg, registry=CollectorRegistry()).run(max_retries=0)
+
+
+def test_schema_change_and_partitioned_table(fresh_db: str, kafka_bootstrap: str, prefix: str) -> None:
+    """A column added mid-stream appears in later events; a partitioned table's changes come
+    under the partitioned table's topic."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);"
+            "CREATE TABLE p (id int, region text, amount numeric(8,2), PRIMARY KEY (id, region))"
+            " PARTITION BY LIST (region);"
+            "CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu');"
+            "CREATE TABLE p_us PARTITION OF p FOR VALUES IN ('us');"
+            "INSERT INTO p VALUES (1, 'eu', 1.5)"
+        )
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix)
+    with running(cfg) as source:
+        wait_streaming(source)
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("INSERT INTO t VALUES (1, 'a')")
+            conn.execute("ALTER TABLE t ADD COLUMN tags text[] DEFAULT '{x}'")
+            conn.execute("INSERT INTO t VALUES (2, 'b', '{y,z}'); UPDATE t SET v = 'a2' WHERE id = 1")
+            conn.execute("INSERT INTO p VALUES (2, 'us', 2.25); UPDATE p SET amount = 3 WHERE id = 1")
+        w.wait_confirmed(fresh_db, cfg.slot)
+    got = w.replay_topics(kafka_bootstrap, topics_of(prefix, ["public.t", "public.p"]))
+    assert got["public.t"] == {(1,): {"id": 1, "v": "a2", "tags": ["x"]},
+                               (2,): {"id": 2, "v": "b", "tags": ["y", "z"]}}
+    assert got["public.p"] == {(1, "eu"): {"id": 1, "region": "eu", "amount": "3.00"},
+                               (2, "us"): {"id": 2, "region": "us", "amount": "2.25"}}
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    assert not [t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{prefix}.public.p_")]
