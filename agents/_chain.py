@@ -39,6 +39,7 @@ class Chain:
         stateful: Sequence[Any] = (),
         stateful_rules: Sequence[Any] = (),
         output_key: Expr | None = None,
+        rules_after: int | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.transforms = tuple(transforms)
@@ -49,7 +50,10 @@ class Chain:
         self.events_in = 0
         self.events_out = 0
         self.dead_by_stage: dict[str, int] = {}
-        self._steps = tuple((t, t.step) for t in self.transforms)
+        steps = tuple((t, t.step) for t in self.transforms)
+        #: the rules run after this many transforms (default: after all of them)
+        self.rules_after = len(steps) if rules_after is None else rules_after
+        self._pre, self._post = steps[: self.rules_after], steps[self.rules_after:]
         self._has_rules = bool(self.checks.rules)
         self._keep = self.checks.keep if self._has_rules else None
 
@@ -59,7 +63,8 @@ class Chain:
             by[d.stage] = by.get(d.stage, 0) + 1
 
     def transform(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
-        """Run the transforms only (the runtime may put stateful operators after this)."""
+        """The transforms only, stage by stage, ignoring where the rules sit (for tests
+        and tools; pipelines use :meth:`process`, :meth:`ingest` or :meth:`run`)."""
         dead: list[DeadLetter] = []
         for t in self.transforms:
             if not events:
@@ -70,13 +75,13 @@ class Chain:
         return events, dead
 
     def check(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
-        """Run the stateless quality rules only."""
+        """The stateless quality rules only."""
         return self.checks.check(events) if events else (events, [])
 
-    def _one(self, ev: Event, dead: list[DeadLetter]) -> int:
-        """Every transform, then every rule, on one event: 1 kept and checked, 2 kept
-        unchecked (a tombstone), 0 gone (dropped on purpose or added to ``dead``)."""
-        for t, step in self._steps:
+    @staticmethod
+    def _steps(steps: tuple[tuple[Transform, Any], ...], ev: Event,
+               dead: list[DeadLetter]) -> bool:
+        for t, step in steps:
             try:
                 if step(ev):
                     continue
@@ -84,14 +89,25 @@ class Chain:
             except Exception as exc:  # noqa: BLE001 - one bad event must not stop the batch
                 t.failed += 1
                 dead.append(DeadLetter(ev, t.stage, t.explain(exc)))
+            return False
+        return True
+
+    def _one(self, ev: Event, dead: list[DeadLetter]) -> int:
+        """Transforms and rules on one event, in spec order. The result's bits: 1 the
+        event goes on, 2 the rules checked it, 4 it passed them."""
+        if not self._steps(self._pre, ev, dead):
             return 0
         row = ev.value
-        if row is None:
-            return 2
         keep = self._keep
-        if keep is not None and not keep(ev, row, dead):
-            return -1
-        return 1
+        if row is None or keep is None:
+            code = 1
+        elif keep(ev, row, dead):
+            code = 7
+        else:
+            return 2
+        if self._post and not self._steps(self._post, ev, dead):
+            return code & 6
+        return code
 
     def process(self, events: list[Event]) -> tuple[list[Event], list[DeadLetter]]:
         """Transforms, then rules, per event; every event ends in exactly one of the two
@@ -101,15 +117,13 @@ class Chain:
         one, append = self._one, out.append
         checked = kept = 0
         for ev in events:
-            verdict = one(ev, dead)
-            if verdict == 1:
-                checked += 1
-                kept += 1
+            code = one(ev, dead)
+            if code & 1:
                 append(ev)
-            elif verdict == 2:
-                append(ev)
-            elif verdict == -1:
+            if code & 2:
                 checked += 1
+                if code & 4:
+                    kept += 1
         self._settle(len(events), out, dead, checked, kept)
         return out, dead
 
@@ -150,13 +164,13 @@ class Chain:
                 bad += 1
                 dead.append(exc.dead)
                 continue
-            verdict = one(ev, dead)
-            if verdict <= 0:
-                checked += verdict == -1
-                continue
-            if verdict == 1:
+            code = one(ev, dead)
+            if code & 2:
                 checked += 1
-                kept += 1
+                if code & 4:
+                    kept += 1
+            if not code & 1:
+                continue
             if topic is None:
                 append(ev)
                 continue

@@ -137,9 +137,13 @@ def compile_chain(
     rules = [build_rule(r) for r in spec.stateless_rules]
     checks = QualityChecks(rules, spec.name, registry, metrics=metrics)
     key = spec.sinks.kafka.key
+    after = None
+    if spec.quality_after is not None:
+        after = 1 + [t.name for t in spec.transforms].index(spec.quality_after)
     return Chain(transforms, checks, pipeline=spec.name, stateful=spec.stateful,
                  stateful_rules=spec.stateful_rules,
-                 output_key=compile_expr(key) if key is not None else None)
+                 output_key=compile_expr(key) if key is not None else None,
+                 rules_after=after)
 
 
 def decoder_for(spec: PipelineSpec, schema_lookup: Any = None) -> Decoder:

@@ -8,10 +8,10 @@ order. All problems are reported together, each as ``path: what was expected``::
     transforms[2].expr: expression 'amout > 0' at col 0: unknown name 'amout' (expected ...)
     source.format: expected one of debezium|json|avro, got 'xml'
 
-Execution order (what the names below refer to): decode -> ``transforms`` in order ->
-``quality`` (the stateless rules; ``unique`` and ``referential`` need tables and run in
-the runtime) -> ``stateful`` operators in order -> ``sinks.kafka.topic``; every failure
-goes to ``dlq.topic``. Durations are written ``500ms``, ``30s``, ``1m``, ``2h``, ``1d``
+Execution order (what the names below refer to): decode -> ``transforms`` in order, with
+the ``quality`` rules after the transform named by ``quality_after`` (default: after the
+last; ``unique`` and ``referential`` need tables and run in the runtime) -> ``stateful``
+operators in order -> ``sinks.kafka.topic``; every failure goes to ``dlq.topic``. Durations are written ``500ms``, ``30s``, ``1m``, ``2h``, ``1d``
 (or a number of seconds) and stored as integer milliseconds.
 """
 
@@ -608,6 +608,9 @@ class PipelineSpec(_Model):
     source: SourceSpec
     transforms: tuple[TransformSpec, ...] = ()
     quality: tuple[RuleSpec, ...] = ()
+    #: name of the transform after which the quality rules run (default: after the last),
+    #: e.g. to check raw rows before fields are computed from them
+    quality_after: str | None = None
     stateful: tuple[StatefulSpec, ...] = ()
     sinks: SinksSpec = SinksSpec()
     dlq: DlqSpec = DlqSpec()
@@ -851,7 +854,18 @@ class _Fields:
                                    f"{', '.join(sorted(self.known))})")
 
     def transforms(self, spec: PipelineSpec) -> None:
-        for i, t in enumerate(spec.transforms):
+        """Follow the transforms, checking the rules where they run."""
+        if spec.quality_after is None:
+            self._transforms(spec, spec.transforms, 0)
+            self.rules(spec)
+            return
+        at = next(i for i, t in enumerate(spec.transforms) if t.name == spec.quality_after)
+        self._transforms(spec, spec.transforms[: at + 1], 0)
+        self.rules(spec)
+        self._transforms(spec, spec.transforms[at + 1:], at + 1)
+
+    def _transforms(self, spec: PipelineSpec, items: Any, first: int) -> None:
+        for i, t in enumerate(items, first):
             p = f"transforms[{i}]"
             if isinstance(t, UnwrapSpec):
                 if self.row is not None:
@@ -932,9 +946,13 @@ def _semantic_errors(spec: PipelineSpec) -> list[str]:
         if isinstance(t, HashSpec) and t.salt is None and t.salt_env is None:
             errors.append(f"transforms[{i}].salt: give 'salt' or 'salt_env' (an unsalted hash "
                           "of a small value space is easy to reverse)")
+    names = [t.name for t in spec.transforms]
+    if spec.quality_after is not None and spec.quality_after not in names:
+        errors.append(f"quality_after: unknown transform {spec.quality_after!r} (expected one "
+                      f"of {', '.join(map(str, names)) or 'no transforms'})")
+        return errors
     fields = _Fields(spec, errors)
     fields.transforms(spec)
-    fields.rules(spec)
     fields.stateful(spec)
     fields.expr("sinks.kafka.key", spec.sinks.kafka.key)
     return errors

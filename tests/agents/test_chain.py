@@ -18,6 +18,7 @@ from agents import (
     QualityChecks,
     RangeRule,
     Route,
+    TypeRule,
     Unwrap,
     compile_expr,
     encode_outputs,
@@ -131,3 +132,23 @@ def test_output_key_rekeys_outputs() -> None:
     assert [k for _, k, _ in records] == [b"8"]
     assert [(d.stage, d.event.offset) for d in dead] == [("sink:key", 1)]
     assert "output key 'customer_id + 1' failed: TypeError" in dead[0].error
+
+
+def test_rules_can_run_between_transforms() -> None:
+    def chain(rules_after: int | None) -> Chain:
+        return Chain([Unwrap(), Compute({"revenue": compile_expr("amount * quantity")}, "rev")],
+                     QualityChecks([TypeRule("types", {"quantity": "int"})], metrics=False),
+                     rules_after=rules_after)
+
+    bad = {**dz.CREATE, "after": {**dz.ROW, "quantity": 2.5}}
+    wrong = {**dz.CREATE, "after": {**dz.ROW, "amount": "abc", "quantity": 2.0}}
+    msgs = [dz.message(dz.CREATE, offset=0), dz.message(bad, offset=1),
+            dz.message(wrong, offset=2)]
+    late = chain(None)
+    records, dead = late.run(msgs, Decoder("debezium"), "out")
+    assert [(d.stage, d.event.offset) for d in dead] == [("rule:types", 1), ("transform:rev", 2)]
+    early = chain(1)
+    records, dead = early.run(msgs, Decoder("debezium"), "out")
+    assert len(records) == 1
+    assert [(d.stage, d.event.offset) for d in dead] == [("rule:types", 1), ("rule:types", 2)]
+    assert early.checks.checked == 3 and early.checks.clean == 1

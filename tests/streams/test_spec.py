@@ -52,6 +52,7 @@ def test_example_loads_and_compiles() -> None:
 
     chain = compile_chain(spec, metrics=False)
     assert chain.stateful == spec.stateful  # untouched, for the runtime
+    assert chain.rules_after == 2  # quality_after: paid_only
     assert [r.name for r in chain.checks.rules] == [
         "has_ids", "amount_is_number", "amount_positive", "known_currency", "sane_quantity"]
     row = {"id": 1, "customer_id": 7, "amount": 10.0, "quantity": 3, "status": "paid",
@@ -210,6 +211,20 @@ def test_unknown_names_are_followed_through_the_transforms() -> None:
                                     "aggregations": [{"fn": "count"}]}]}) == [
         "sinks.kafka.key: expression 'id' at col 0: unknown name 'id' (expected one of count, "
         "k, window_end, window_start)"]
+
+
+def test_quality_after_places_the_rules() -> None:
+    base = {"name": "p", "source": {"topics": ["in"], "fields": ["id", "amount"]},
+            "transforms": [{"type": "unwrap"}, {"type": "map", "fields": {"double": "amount * 2"}}]}
+    rule = [{"type": "expr", "expr": "double > 0"}]
+    assert load_spec({**base, "quality": rule}).quality_after is None
+    assert errors_of({**base, "quality": rule, "quality_after": "unwrap"}) == [
+        "quality[0].expr: expression 'double > 0' at col 0: unknown name 'double' (expected "
+        "one of __lsn, __op, __source_table, __ts_ms, amount, id)"]
+    assert errors_of({**base, "quality_after": "nope"}) == [
+        "quality_after: unknown transform 'nope' (expected one of unwrap, map)"]
+    chain = compile_chain(load_spec({**base, "quality_after": "unwrap"}), metrics=False)
+    assert chain.rules_after == 1
 
 
 def test_source_topics_or_pattern() -> None:
