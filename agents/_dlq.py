@@ -219,9 +219,7 @@ def replay_dlq(
             headers = [(k, v) for k, v in raw_headers if not k.startswith(HEADER_PREFIX)]
             headers.append(("dataflow.replayed_from",
                             f"{dlq_topic}/{msg.partition()}/{msg.offset()}".encode()))
-            producer.produce(target, key=msg.key(), value=msg.value(), headers=headers,
-                             on_delivery=delivered)
-            producer.poll(0)
+            _produce(producer, target, msg.key(), msg.value(), headers, delivered)
             if result.read % 10_000 == 0:
                 _flush(producer, failures, timeout)
                 reader.commit(last)
@@ -229,6 +227,19 @@ def replay_dlq(
             _flush(producer, failures, timeout)
             reader.commit(last)
     return result
+
+
+def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+             headers: list[tuple[str, bytes]], delivered: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+            producer.poll(0)
+            return
+        except BufferError:  # the local queue is full: let deliveries drain, then retry
+            producer.poll(0.5)
+        except KafkaException as exc:
+            raise SinkError(f"replay to {topic!r}: {exc}") from exc
 
 
 def _flush(producer: Producer, failures: list[str], timeout: float) -> None:
