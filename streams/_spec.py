@@ -96,8 +96,25 @@ def _expression(text: str) -> str:
 #: An expression of the safe expression language (see ``agents.compile_expr``).
 ExprText = Annotated[str, AfterValidator(_expression)]
 
-_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
-Topic = Annotated[str, Field(pattern=_TOPIC)]
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_PIPELINE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _topic(name: str) -> str:
+    if not _TOPIC.match(name):
+        raise ValueError(f"expected a Kafka topic name (letters, digits, '.', '_', '-'; at most "
+                         f"249), got {name!r}")
+    return name
+
+
+def _pipeline_name(name: str) -> str:
+    if not _PIPELINE.match(name):
+        raise ValueError(f"expected lowercase letters, digits, '_' or '-' (starting with a "
+                         f"letter or digit, at most 63), got {name!r}")
+    return name
+
+
+Topic = Annotated[str, AfterValidator(_topic)]
 FieldName = Annotated[str, Field(min_length=1)]
 Fields = Annotated[tuple[FieldName, ...], Field(min_length=1)]
 Format = Literal["debezium", "json", "avro"]
@@ -603,7 +620,7 @@ class PipelineSpec(_Model):
     """One pipeline. After loading, ``sinks.kafka.topic`` and ``dlq.topic`` are set and
     every transform and rule has a unique ``name``."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: Annotated[str, AfterValidator(_pipeline_name)]
     description: str = ""
     source: SourceSpec
     transforms: tuple[TransformSpec, ...] = ()
@@ -623,8 +640,8 @@ class PipelineSpec(_Model):
     @classmethod
     def _defaults(cls, data: Any) -> Any:
         """Fill derived defaults (topics, stage names) so readers never recompute them."""
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not re.match(
-                r"^[a-z0-9][a-z0-9_-]{0,62}$", data["name"]):
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not (
+                _PIPELINE.match(data["name"])):
             return data  # a bad name is reported as such, not as bad derived topics
         data = dict(data)
         name = data["name"]
