@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 import fastavro
@@ -150,7 +151,7 @@ class NotNullRule(RequiredRule):
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "integer": (int,),
-    "float": (float,), "number": (int, float),
+    "float": (float,), "number": (int, float, Decimal),
     "str": (str,), "string": (str,),
     "bool": (bool,), "boolean": (bool,),
     "dict": (dict,), "object": (dict,),
@@ -211,17 +212,27 @@ class RangeRule(Rule):
         v = row.get(self.field)
         if v is None:
             return None
-        if not isinstance(v, int | float) or isinstance(v, bool):
+        if not isinstance(v, int | float | Decimal) or isinstance(v, bool):
             return f"field {self.field!r} should be a number, got {type(v).__name__} {v!r:.60}"
         if v != v:
             return f"field {self.field!r} is NaN"
         lo, hi = self.min, self.max
-        if self.exclusive:
-            if (lo is not None and v <= lo) or (hi is not None and v >= hi):
-                return f"field {self.field!r} = {v!r} is outside ({lo}, {hi})"
-        elif (lo is not None and v < lo) or (hi is not None and v > hi):
-            return f"field {self.field!r} = {v!r} is outside [{lo}, {hi}]"
-        return None
+        low = lo is not None and (v <= lo if self.exclusive else v < lo)
+        high = hi is not None and (v >= hi if self.exclusive else v > hi)
+        if not (low or high):
+            return None
+        if lo is not None and hi is not None:
+            a, b = ("(", ")") if self.exclusive else ("[", "]")
+            return f"field {self.field!r} = {v!r} is outside {a}{_num(lo)}, {_num(hi)}{b}"
+        if low:
+            return f"field {self.field!r} = {v!r}, must be {'>' if self.exclusive else '>='} " \
+                f"{_num(lo)}"
+        return f"field {self.field!r} = {v!r}, must be {'<' if self.exclusive else '<='} " \
+            f"{_num(hi)}"
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
 class RegexRule(Rule):

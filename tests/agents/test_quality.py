@@ -65,7 +65,7 @@ def test_range_regex_allowed() -> None:
         None, None, "field 'amount' = -1 is outside [0, 100]",
         "field 'amount' should be a number, got str '5'", None]
     assert RangeRule("r", "a", min=0, exclusive=True).reason({"a": 0}) == (
-        "field 'a' = 0 is outside (0, None)")
+        "field 'a' = 0, must be > 0")
 
     rx = RegexRule("email", "email", r"[^@]+@[^@]+\.[a-z]+")
     assert verdicts(rx, {"email": "a@b.org"}, {"email": "nope"}, {"email": 5}) == [
@@ -119,7 +119,7 @@ def test_actions_drop_quarantine_warn() -> None:
         assert (rule.passed, rule.failed) == (1, 2)  # tombstones are not checked
     out, dead = RangeRule("pos", "a", min=0).check(events(*rows))
     assert [d.stage for d in dead] == ["rule:pos", "rule:pos"]
-    assert dead[0].error == "rule pos: field 'a' = -1 is outside [0, None]"
+    assert dead[0].error == "rule pos: field 'a' = -1, must be >= 0"
     assert dead[0].event.raw_value == b"v"
     with pytest.raises(ConfigError):
         RangeRule("x", "a", min=0, action="explode")  # type: ignore[arg-type]
@@ -159,3 +159,13 @@ def test_checks_counters_prometheus_and_score() -> None:
         events({"id": 1}))
     assert sample("dataflow_quality_checks_total", pipeline="other", rule="ids",
                   result="pass") == 1
+
+
+def test_decimals_are_numbers() -> None:
+    from decimal import Decimal
+
+    assert TypeRule("t", {"a": "number"}).reason({"a": Decimal("1.5")}) is None
+    rng = RangeRule("r", "a", min=0, max=10)
+    assert rng.passes({"a": Decimal("5")}) and not rng.passes({"a": Decimal("-1")})
+    assert rng.reason({"a": Decimal("-1")}) == "field 'a' = Decimal('-1') is outside [0, 10]"
+    assert RangeRule("r", "a", max=1.5).reason({"a": 2}) == "field 'a' = 2, must be <= 1.5"
