@@ -26,8 +26,6 @@ from agents._expr import Expr
 Row = dict[str, Any]
 Batch = tuple[list[Event], list[DeadLetter]]
 
-#: Metadata fields added by :class:`Unwrap`.
-UNWRAP_METADATA = ("__op", "__ts_ms", "__source_table", "__lsn")
 _DEBEZIUM_DECIMAL = "org.apache.kafka.connect.data.Decimal"
 
 
