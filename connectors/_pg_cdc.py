@@ -50,8 +50,23 @@ from connectors._pg_proto import (
     parse_keepalive,
     parse_relation,
 )
-from connectors._pg_types import SESSION_OPTIONS, Converter, PgType, TypeMapper, copy_fields
-from schemas import UNAVAILABLE_VALUE, ConfigError, SourceError, envelope
+from connectors._pg_types import (
+    SESSION_OPTIONS,
+    Converter,
+    PgType,
+    TypeMapper,
+    connect_schema,
+    copy_fields,
+)
+from schemas import (
+    UNAVAILABLE_VALUE,
+    ConfigError,
+    SourceError,
+    envelope,
+    envelope_schema,
+    key_schema,
+    with_schema,
+)
 
 log = logging.getLogger("dataflow.source.postgres")
 
@@ -81,6 +96,14 @@ class _Table:
     convs: list[Converter] = field(default_factory=list)
     key_idx: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # events by op, not yet in metrics
+    # Connect schemas (JSON) when ``json_schemas`` is on: keys/values become {schema, payload}
+    key_schema: bytes | None = None
+    value_schema: bytes | None = None
+
+    def wrap(self, key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None]:
+        if self.key_schema is None or self.value_schema is None:
+            return key, value
+        return with_schema(self.key_schema, key), with_schema(self.value_schema, value)
 
     def count(self, op: str) -> None:
         c = self.counts
@@ -198,8 +221,8 @@ class PostgresCDCSource:
             if status == "streaming" and mode != "when_needed":
                 raise SlotDropped(
                     f"replication slot {name!r} was dropped after the source streamed from it "
-                    f"(confirmed up to {lsn_to_str(int((state or {}).get('lsn', 0)))}): changes "
-                    "since then may be lost. Use snapshot_mode: when_needed to re-snapshot, "
+                    f"(created at {lsn_to_str(int((state or {}).get('lsn', 0)))}): changes made "
+                    "while it was gone are lost. Use snapshot_mode: when_needed to re-snapshot, "
                     "or delete the source's state record to start afresh."
                 )
             return mode != "no_data", True
@@ -395,7 +418,24 @@ class PostgresCDCSource:
         table.columns = [c.name for c in rel.columns]
         table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
         table.key_idx = [table.columns.index(k) for k in table.key]
+        if self.config.json_schemas:
+            with _connect(self._dsn) as conn:
+                notnull = dict(conn.execute(
+                    "SELECT attname::text, attnotnull FROM pg_attribute WHERE attrelid = %s", (rel.oid,)
+                ).fetchall())
+            self._set_schemas(table, [(c.name, c.type_oid, c.typmod, bool(notnull.get(c.name)))
+                                      for c in rel.columns])
         return table
+
+    def _set_schemas(self, table: _Table, cols: list[tuple[str, int, int, bool]]) -> None:
+        """The table's Connect key and envelope schemas, encoded once."""
+        mapper = self._mapper
+        assert mapper is not None
+        fields = {name: {**connect_schema(mapper, oid, typmod), "optional": not notnull, "field": name}
+                  for name, oid, typmod, notnull in cols}
+        keys = [{**fields[k], "optional": False} for k in table.key]
+        table.key_schema = orjson.dumps(key_schema(table.topic, keys))
+        table.value_schema = orjson.dumps(envelope_schema(table.topic, list(fields.values())))
 
     def _is_partition(self, oid: int) -> bool:
         with _connect(self._dsn) as conn:
@@ -418,13 +458,15 @@ class PostgresCDCSource:
         mapper = self._mapper
         assert mapper is not None
         rows = conn.execute(
-            "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute "
+            "SELECT attname::text, atttypid::int8, atttypmod, attnotnull FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             (sql.Identifier(table.schema, table.name).as_string(conn),),
         ).fetchall()
         table.columns = [r[0] for r in rows]
         table.convs = [mapper.converter(r[1], r[2]) for r in rows]
         table.key_idx = [table.columns.index(k) for k in table.key]
+        if self.config.json_schemas:
+            self._set_schemas(table, [(r[0], r[1], r[2], r[3]) for r in rows])
 
     def _source(self, table: _Table, ts_ms: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
         return {
@@ -451,7 +493,7 @@ class PostgresCDCSource:
         tables = list(self._tables.values())
         m.snapshot_tables.labels(name).set(len(tables))
         m.snapshot_done_tables.labels(name).set(0)
-        pending: tuple[str, bytes, dict[str, Any]] | None = None
+        pending: tuple[_Table, bytes, dict[str, Any]] | None = None
         marker = "first"
         dumps = orjson.dumps
         with psycopg.connect(self._dsn, options=SESSION_OPTIONS) as conn:
@@ -476,7 +518,7 @@ class PostgresCDCSource:
                         if pending is not None:
                             self._emit_snapshot(producer, tracker, pending, marker, dumps)
                             marker = "true"
-                        pending = (table.topic, key, envelope("r", None, after,
+                        pending = (table, key, envelope("r", None, after,
                                    self._source(table, ts_ms, "", lsn, None), ts_ms))
                         rows += 1
                         if rows % 10_000 == 0:
@@ -495,11 +537,12 @@ class PostgresCDCSource:
 
     @staticmethod
     def _emit_snapshot(producer: EventProducer, tracker: AckTracker,
-                       pending: tuple[str, bytes, dict[str, Any]], marker: str,
+                       pending: tuple[_Table, bytes, dict[str, Any]], marker: str,
                        dumps: Callable[[Any], bytes]) -> None:
-        topic, key, value = pending
+        table, key, value = pending
         value["source"]["snapshot"] = marker
-        producer.produce(topic, key, dumps(value), tracker)
+        k, v = table.wrap(key, dumps(value))
+        producer.produce(table.topic, k, v, tracker)
 
     # -- streaming -----------------------------------------------------------------------
     def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int) -> None:
@@ -617,7 +660,7 @@ class _TxnDecoder:
                 table = self.s._relations.get(oid)
                 if table is not None:
                     value = envelope("t", None, None, self._source(table, _lsn(msg)), self.commit_ms)
-                    self._produce(table.topic, None, self.dumps(value))
+                    self._produce(table, None, self.dumps(value))
                     table.count("t")
             return None
         return None  # Y (type), O (origin), M (message): nothing to emit
@@ -632,12 +675,14 @@ class _TxnDecoder:
         src["sequence"] = f'["{self.prev_commit}","{lsn}"]'  # Debezium: [lastCommitLsn, lsn]
         return src
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+    def _produce(self, table: _Table, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
         tracker = self.tracker
         if tracker is None:
             raise SourceError("pgoutput: change outside a transaction")
-        self.producer.produce(topic, key, value, tracker, headers)
+        if table.key_schema is not None:
+            key, value = table.wrap(key, value)
+        self.producer.produce(table.topic, key, value, tracker, headers)
 
     def _change(self, kind: int, buf: bytes, lsn: int) -> None:
         (oid,) = _U32.unpack_from(buf, 1)
@@ -657,8 +702,8 @@ class _TxnDecoder:
         if kind == 0x44:  # delete
             assert before is not None
             key = dumps({k: before[k] for k in key_names})
-            self._produce(table.topic, key, dumps(envelope("d", before, None, src, self.commit_ms)))
-            self._produce(table.topic, key, None)
+            self._produce(table, key, dumps(envelope("d", before, None, src, self.commit_ms)))
+            self._produce(table, key, None)
             table.count("d")
             return
         if tag != 0x4E:  # N
@@ -670,22 +715,22 @@ class _TxnDecoder:
         key_dict = {k: after[k] for k in key_names}
         key = dumps(key_dict)
         if kind == 0x49:
-            self._produce(table.topic, key, dumps(envelope("c", None, after, src, self.commit_ms)))
+            self._produce(table, key, dumps(envelope("c", None, after, src, self.commit_ms)))
             table.count("c")
             return
         if before is not None:
             old_key = {k: before[k] for k in key_names}
             if old_key != key_dict:  # key change: delete + tombstone old key, create new key
                 okey = dumps(old_key)
-                self._produce(table.topic, okey, dumps(envelope("d", before, None, src, self.commit_ms)),
+                self._produce(table, okey, dumps(envelope("d", before, None, src, self.commit_ms)),
                               [("__debezium.newkey", key)])
-                self._produce(table.topic, okey, None)
-                self._produce(table.topic, key, dumps(envelope("c", None, after, src, self.commit_ms)),
+                self._produce(table, okey, None)
+                self._produce(table, key, dumps(envelope("c", None, after, src, self.commit_ms)),
                               [("__debezium.oldkey", okey)])
                 table.count("d")
                 table.count("c")
                 return
-        self._produce(table.topic, key, dumps(envelope("u", before, after, src, self.commit_ms)))
+        self._produce(table, key, dumps(envelope("u", before, after, src, self.commit_ms)))
         table.count("u")
 
 

@@ -74,6 +74,8 @@ class PostgresCDCConfig(BaseModel):
     key_columns: dict[str, list[str]] = Field(default_factory=dict)
     decimal_handling_mode: Literal["precise", "string", "double"] = "string"
     interval_handling_mode: Literal["numeric", "string"] = "numeric"
+    # Kafka Connect JsonConverter with schemas.enable=true: {"schema": ..., "payload": ...}
+    json_schemas: bool = False
     # a compacted topic holding each source's snapshot state (Kafka is the record)
     state_topic: str = "_dataflow.sources"
     heartbeat_topic: str = ""
@@ -139,14 +141,16 @@ class PostgresCDCConfig(BaseModel):
             doc = doc["source"]
         if not isinstance(doc, dict):
             raise ConfigError(f"{p}: expected a mapping of settings")
-        doc = {k: v for k, v in doc.items() if k != "type"}
         return cls.parse({**doc, **overrides}, where=str(p))
 
     @classmethod
     def parse(cls, doc: dict[str, Any], where: str = "source") -> PostgresCDCConfig:
-        """Validate a mapping; errors name the path of the bad field."""
+        """Validate a mapping (a pipeline's ``source:`` section, ``type: postgres`` optional);
+        errors name the path of the bad field."""
+        if doc.get("type", "postgres") not in ("postgres", "postgresql"):
+            raise ConfigError(f"{where}: type: expected 'postgres', got {doc['type']!r}")
         try:
-            cfg = cls.model_validate(doc)
+            cfg = cls.model_validate({k: v for k, v in doc.items() if k != "type"})
         except ValidationError as exc:
             first = exc.errors()[0]
             path = ".".join(str(x) for x in first["loc"])

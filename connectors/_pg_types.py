@@ -386,3 +386,59 @@ def copy_fields(line: bytes) -> list[str | None]:
         else:
             out.append(f)
     return out
+
+
+def _named(type_: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {"type": type_, "name": name, "version": 1, **extra}
+
+
+_PLAIN_SCHEMAS: dict[str, dict[str, Any]] = {
+    "int2": {"type": "int16"}, "int4": {"type": "int32"}, "int8": {"type": "int64"},
+    "oid": {"type": "int64"}, "float4": {"type": "float"}, "float8": {"type": "double"},
+    "bool": {"type": "boolean"}, "bytea": {"type": "bytes"},
+    "uuid": _named("string", "io.debezium.data.Uuid"),
+    "json": _named("string", "io.debezium.data.Json"),
+    "jsonb": _named("string", "io.debezium.data.Json"),
+    "date": _named("int32", "io.debezium.time.Date"),
+    "timestamptz": _named("string", "io.debezium.time.ZonedTimestamp"),
+    "timetz": _named("string", "io.debezium.time.ZonedTime"),
+}
+
+
+def connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]:
+    """The Kafka Connect schema Debezium gives a column of this type (JsonConverter with
+    ``schemas.enable=true``), matching what ``TypeMapper.converter`` emits."""
+    t = mapper.types.get(oid)
+    if t is None:
+        return {"type": "string"}
+    if t.kind == "d" and t.base:
+        return connect_schema(mapper, t.base, typmod)
+    if t.category == "A" and t.elem:
+        return {"type": "array", "items": {**connect_schema(mapper, t.elem, -1), "optional": True}}
+    if t.kind == "e":
+        return _named("string", "io.debezium.data.Enum")
+    name = t.name
+    if name in _PLAIN_SCHEMAS:
+        return dict(_PLAIN_SCHEMAS[name])
+    if name == "numeric":
+        if mapper.decimal_mode == "double":
+            return {"type": "double"}
+        if mapper.decimal_mode == "string":
+            return {"type": "string"}
+        if typmod >= 4:
+            scale, precision = (typmod - 4) & 0xFFFF, ((typmod - 4) >> 16) & 0xFFFF
+            return _named("bytes", "org.apache.kafka.connect.data.Decimal",
+                          parameters={"scale": str(scale), "connect.decimal.precision": str(precision)})
+        return {"type": "struct", "name": "io.debezium.data.VariableScaleDecimal", "version": 1,
+                "fields": [{"type": "int32", "optional": False, "field": "scale"},
+                           {"type": "bytes", "optional": False, "field": "value"}]}
+    if name == "time":
+        return (_named("int32", "io.debezium.time.Time") if 0 <= typmod <= 3
+                else _named("int64", "io.debezium.time.MicroTime"))
+    if name == "timestamp":
+        return (_named("int64", "io.debezium.time.Timestamp") if 0 <= typmod <= 3
+                else _named("int64", "io.debezium.time.MicroTimestamp"))
+    if name == "interval":
+        return (_named("int64", "io.debezium.time.MicroDuration") if mapper.interval_mode == "numeric"
+                else _named("string", "io.debezium.time.Interval"))
+    return {"type": "string"}

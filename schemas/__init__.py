@@ -8,6 +8,9 @@ from schemas._debezium import (
     encode_key,
     encode_value,
     envelope,
+    envelope_schema,
+    key_schema,
+    with_schema,
 )
 from schemas._errors import (
     ConfigError,
@@ -27,6 +30,9 @@ __all__ = [
     "encode_key",
     "encode_value",
     "envelope",
+    "envelope_schema",
+    "key_schema",
+    "with_schema",
     "ConfigError",
     "DataFlowError",
     "SerdeError",

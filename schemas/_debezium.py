@@ -107,3 +107,50 @@ def decode_change(raw_key: bytes | None, raw_value: bytes | None) -> ChangeEvent
         doc.get("source") or {},
         doc.get("ts_ms"),
     )
+
+
+# -- Kafka Connect JSON with schemas (JsonConverter, schemas.enable=true) -----------------
+
+_SOURCE_FIELDS = [
+    ("version", "string", False), ("connector", "string", False), ("name", "string", False),
+    ("ts_ms", "int64", False), ("snapshot", "string", True), ("db", "string", False),
+    ("sequence", "string", True), ("schema", "string", False), ("table", "string", False),
+    ("txId", "int64", True), ("lsn", "int64", True), ("xmin", "int64", True),
+]
+
+
+def _struct(name: str, fields: list[dict[str, Any]], optional: bool, field: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "struct", "fields": fields, "optional": optional, "name": name}
+    if field is not None:
+        out["field"] = field
+    return out
+
+
+def key_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
+    """The key's Connect schema; ``fields`` carry ``field`` names and ``optional`` false."""
+    return _struct(f"{topic}.Key", fields, False)
+
+
+def envelope_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
+    """The value's Connect schema: Debezium's ``<topic>.Envelope`` around ``<topic>.Value``."""
+    source = [{"type": t, "optional": o, "field": f} for f, t, o in _SOURCE_FIELDS]
+    source[4].update(name="io.debezium.data.Enum", version=1)
+    return _struct(f"{topic}.Envelope", [
+        _struct(f"{topic}.Value", fields, True, "before"),
+        _struct(f"{topic}.Value", fields, True, "after"),
+        _struct("io.debezium.connector.postgresql.Source", source, False, "source"),
+        {"type": "string", "optional": False, "field": "op"},
+        {"type": "int64", "optional": True, "field": "ts_ms"},
+        _struct("event.block", [
+            {"type": "string", "optional": False, "field": "id"},
+            {"type": "int64", "optional": False, "field": "total_order"},
+            {"type": "int64", "optional": False, "field": "data_collection_order"},
+        ], True, "transaction"),
+    ], False)
+
+
+def with_schema(schema_json: bytes, payload_json: bytes | None) -> bytes | None:
+    """``{"schema": ..., "payload": ...}`` from pre-encoded parts; None stays None."""
+    if payload_json is None:
+        return None
+    return b'{"schema":' + schema_json + b',"payload":' + payload_json + b"}"

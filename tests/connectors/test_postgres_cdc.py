@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
+from confluent_kafka import Consumer
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -28,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors import PostgresCDCConfig, PostgresCDCSource, SlotDropped
 from ops._stack import free_port
-from schemas import ConfigError, SourceError
+from schemas import ConfigError, SourceError, decode_change
 from tests.connectors import cdc_workload as w
 from tests.support import wait_for
 
@@ -407,3 +409,42 @@ def test_schema_change_and_partitioned_table(fresh_db: str, kafka_bootstrap: str
                                (2, "us"): {"id": 2, "region": "us", "amount": "2.25"}}
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     assert not [t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{prefix}.public.p_")]
+
+
+def test_json_with_connect_schemas(fresh_db: str, kafka_bootstrap: str, prefix: str) -> None:
+    """``json_schemas: true`` writes what Kafka Connect's JsonConverter (schemas.enable=true)
+    writes under Debezium: {schema, payload} keys and values with Debezium's type names."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, d date NOT NULL, ts timestamptz, n numeric(8,2),"
+                     " tags text[]); INSERT INTO t VALUES (1, '2024-01-02', now(), 1.5, '{a}')")
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix, json_schemas=True, decimal_handling_mode="precise")
+    with running(cfg) as source:
+        wait_streaming(source)
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("UPDATE t SET n = 2.25 WHERE id = 1; DELETE FROM t WHERE id = 1")
+        w.wait_confirmed(fresh_db, cfg.slot)
+    topic = f"{prefix}.public.t"
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{prefix}",
+                         "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        msgs: list[Any] = []
+        wait_for(lambda: msgs.extend(m for m in consumer.consume(100, 0.5) if not m.error()) or len(msgs) >= 4,
+                 60, "4 records")
+    finally:
+        consumer.close()
+    events = [decode_change(m.key(), m.value()) for m in msgs]
+    assert [e.op for e in events] == ["r", "u", "d", None]
+    assert events[1].after is not None and events[1].after["n"] == "AOE="  # 225 unscaled, scale 2
+    key = orjson.loads(msgs[0].key())
+    assert key["schema"]["name"] == f"{topic}.Key" and key["payload"] == {"id": 1}
+    value = orjson.loads(msgs[0].value())
+    after = next(f for f in value["schema"]["fields"] if f["field"] == "after")
+    fields = {f["field"]: f for f in after["fields"]}
+    assert fields["id"] == {"type": "int32", "optional": False, "field": "id"}
+    assert fields["d"]["name"] == "io.debezium.time.Date" and fields["d"]["optional"] is False
+    assert fields["ts"]["name"] == "io.debezium.time.ZonedTimestamp"
+    assert fields["n"]["parameters"] == {"scale": "2", "connect.decimal.precision": "8"}
+    assert fields["tags"]["items"]["type"] == "string"
+    assert value["schema"]["name"] == f"{topic}.Envelope"
+    assert msgs[3].value() is None  # the tombstone stays a bare null
