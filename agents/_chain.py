@@ -95,7 +95,14 @@ class Chain:
     def _one(self, ev: Event, dead: list[DeadLetter]) -> int:
         """Transforms and rules on one event, in spec order. The result's bits: 1 the
         event goes on, 2 the rules checked it, 4 it passed them."""
-        if not self._steps(self._pre, ev, dead):
+        for t, step in self._pre:  # _steps() inlined: this is the hottest loop
+            try:
+                if step(ev):
+                    continue
+                t.dropped += 1
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the batch
+                t.failed += 1
+                dead.append(DeadLetter(ev, t.stage, t.explain(exc)))
             return 0
         row = ev.value
         keep = self._keep

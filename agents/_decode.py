@@ -237,7 +237,7 @@ def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, byte
         kb = None
     elif key.__class__ is dict:
         try:
-            kb = orjson.dumps(key, default=_default, option=orjson.OPT_NON_STR_KEYS)
+            kb = orjson.dumps(key, default=_default)
         except (orjson.JSONEncodeError, TypeError):
             kb = encode_json(key)
     else:
@@ -247,7 +247,7 @@ def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, byte
         vb = None
     else:
         try:
-            vb = orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+            vb = orjson.dumps(value, default=_default)  # non-str keys, big ints: slow path
         except (orjson.JSONEncodeError, TypeError):
             vb = encode_json(value)
     return (ev.route or default_topic, kb, vb)
