@@ -155,6 +155,8 @@ class Loader:
         self.written = 0
         self.rejected = 0
         self._stop = threading.Event()
+        self._consumed: dict[tuple[str, int], int] = {}   # next offset read, per partition
+        self._committed: dict[tuple[str, int], int] = {}
 
     # -- Kafka clients -----------------------------------------------------------------
 
@@ -176,7 +178,11 @@ class Loader:
         return self._producer
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.sink.drop((tp.topic, tp.partition) for tp in partitions)
+        gone = [(tp.topic, tp.partition) for tp in partitions]
+        self.sink.drop(gone)
+        for tp in gone:
+            self._consumed.pop(tp, None)
+            self._committed.pop(tp, None)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -261,14 +267,15 @@ class Loader:
         dead = dead + self._dead_letters(rejected)
         if dead:
             self._to_dlq(dead)
+        self._consumed.update(next_offsets)
         pending = sink.pending_from()
-        offsets = {tp: min(o, pending.get(tp, o)) for tp, o in next_offsets.items()}
-        for tp, o in pending.items():
-            offsets.setdefault(tp, o)
+        offsets = {tp: min(o, pending.get(tp, o)) for tp, o in self._consumed.items()}
+        offsets = {tp: o for tp, o in offsets.items() if self._committed.get(tp) != o}
         if offsets and self._consumer is not None:
             try:
                 self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                                       asynchronous=False)
+                self._committed.update(offsets)
             except KafkaException as exc:
                 # lost the partitions to a rebalance: the new owner re-reads; repeats are harmless
                 log.warning("loader %s: offset commit failed: %s", self.settings.group_id, exc)

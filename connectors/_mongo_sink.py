@@ -13,7 +13,8 @@ sub-document for a composite key) and ``_version``. Per batch (newest record per
 As in Postgres, a deleted document leaves a tombstone (``<collection>__tombstones``) so a
 replayed older upsert cannot bring it back. A duplicate-key error on an upsert means
 another writer got a newer version in first (the filter missed, the insert collided):
-the record is stale and skipped. Any other write error rejects that one record.
+the record is stale and skipped. Any other write error is narrowed down by halves to
+the one record that caused it, which is rejected with the server's message.
 
 The ops are sent as raw unordered ``update``/``delete`` commands (what ``bulk_write``
 sends): FerretDB omits ``nModified`` from a reply with write errors, which pymongo's
@@ -161,27 +162,41 @@ class MongoSink(BatchingSink):
     def _run(self, db: Any, verb: str, coll: str, ops: list[dict[str, Any]],
              recs: list[SinkRecord], rejected: list[Rejected]) -> set[int]:
         """Send ``ops`` unordered in chunks; the ids (``id()``) of records that went through."""
-        field = "updates" if verb == "update" else "deletes"
         ok: set[int] = set()
-        start = 0
-        while start < len(ops):
-            chunk = ops[start:start + _CHUNK]
+        for start in range(0, len(ops), _CHUNK):
+            self._send(db, verb, coll, ops[start:start + _CHUNK], recs[start:start + _CHUNK],
+                       rejected, ok)
+        return ok
+
+    def _send(self, db: Any, verb: str, coll: str, ops: list[dict[str, Any]],
+              recs: list[SinkRecord], rejected: list[Rejected], ok: set[int]) -> None:
+        """One command. Duplicate keys on upserts are stale records; any other error is
+        narrowed down by halves until one op is alone (FerretDB may blame index 0 for an
+        op further on and apply nothing), then that record is rejected."""
+        field = "updates" if verb == "update" else "deletes"
+        while ops:
             try:
-                reply = db.command(verb, coll, **{field: chunk, "ordered": False})
+                reply = db.command(verb, coll, **{field: ops, "ordered": False})
             except OperationFailure as exc:
                 raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
             errors = sorted(reply.get("writeErrors") or [], key=lambda e: e["index"])
+            if not errors:
+                ok.update(id(r) for r in recs)
+                return
+            if any(e.get("code") != _DUP_KEY or verb != "update" for e in errors):
+                if len(ops) == 1:
+                    rejected.append(Rejected(recs[0], f"sink mongodb {self.name}: "
+                                                      f"{errors[0].get('errmsg', errors[0])}"))
+                    return
+                mid = len(ops) // 2
+                self._send(db, verb, coll, ops[:mid], recs[:mid], rejected, ok)
+                self._send(db, verb, coll, ops[mid:], recs[mid:], rejected, ok)
+                return
+            # only stale records; FerretDB stops at the first error: resend what follows it
             failed = {e["index"] for e in errors}
-            for e in errors:
-                if e.get("code") == _DUP_KEY and verb == "update":
-                    continue  # a newer version got in first: this record is stale
-                rejected.append(Rejected(recs[start + e["index"]],
-                                         f"sink mongodb {self.name}: {e.get('errmsg', e)}"))
-            # FerretDB stops at the first error: resend what follows it
-            done = (errors[-1]["index"] + 1) if errors else len(chunk)
-            ok.update(id(recs[start + i]) for i in range(done) if i not in failed)
-            start += done
-        return ok
+            done = errors[-1]["index"] + 1
+            ok.update(id(recs[i]) for i in range(done) if i not in failed)
+            ops, recs = ops[done:], recs[done:]
 
 
 def _hashable(value: Any) -> Any:

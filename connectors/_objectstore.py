@@ -203,8 +203,7 @@ class ObjectStoreSink:
             path = f"{folder}/{name}" if folder else name
             data = self._encode(recs)
             self._retrying(lambda p=path, d=data: obstore.put(self.store, p, d))
-            prefix = f"{folder}/{stem}" if folder else stem
-            for old in self._retrying(lambda p=prefix: _list_paths(self.store, p)):
+            for old in self._retrying(lambda f=folder, st=stem: _list_paths(self.store, f, st)):
                 if old != path:
                     self._retrying(lambda o=old: obstore.delete(self.store, o))
             self.files_written += 1
@@ -237,14 +236,21 @@ class ObjectStoreSink:
             fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
                             [_avro_row(r) for r in rows], codec=codec)
             return buf.getvalue()
-        table = pa.Table.from_pylist([_arrow_row(r) for r in rows])
+        fields: dict[str, None] = {}
+        for r in rows:
+            fields.update(dict.fromkeys(r))
+        table = pa.table({f: [_arrow_value(r.get(f)) for r in rows] for f in fields})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=None if comp == "none" else comp)
         return bytes(sink.getvalue().to_pybytes())
 
 
-def _list_paths(store: ObjectStore, prefix: str) -> list[str]:
-    return [str(meta["path"]) for batch in obstore.list(store, prefix) for meta in batch]
+def _list_paths(store: ObjectStore, folder: str, stem: str) -> list[str]:
+    """Files directly in ``folder`` whose name starts with ``stem`` (store prefixes are
+    whole path segments, so the folder is listed and the names filtered)."""
+    listing = obstore.list_with_delimiter(store, folder or None)
+    paths = (str(meta["path"]) for meta in listing["objects"])
+    return [p for p in paths if p.rsplit("/", 1)[-1].startswith(stem)]
 
 
 def _size(rec: SinkRecord) -> int:
@@ -262,9 +268,9 @@ def _row(rec: SinkRecord) -> dict[str, Any]:
     return row
 
 
-def _arrow_row(row: dict[str, Any]) -> dict[str, Any]:
+def _arrow_value(value: Any) -> Any:
     """Nested values as JSON text: one column type per field whatever the shapes."""
-    return {k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v for k, v in row.items()}
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
 def _avro_row(row: dict[str, Any]) -> dict[str, Any]:

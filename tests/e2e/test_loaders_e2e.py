@@ -39,7 +39,7 @@ def _chaos(workload: ChangeWorkload, loader: LoaderProcess, rounds: int, seed: i
     rng = random.Random(seed)
     for i in range(rounds):
         workload.run(400)
-        time.sleep(rng.uniform(0.3, 1.5))
+        time.sleep(rng.uniform(1.0, 2.5))   # the loader gets going, then dies
         if outage is not None and i == rounds // 2:
             outage()
         loader.restart()
@@ -140,6 +140,7 @@ def test_objectstore_files_rebuild_the_table_after_crashes(
                      "the loader to commit the whole topic")
         finally:
             loader.kill()
+    assert loader.kills >= 5
     files = sorted(out.rglob("*.parquet"))
     assert files and not list(out.rglob("*#*"))            # no partial uploads left behind
     prefixes = [f.name.rsplit("+", 1)[0] for f in files]
