@@ -33,6 +33,7 @@ from tests.bench.workload import (
     W4_SPEC,
     Expected,
     Workload,
+    load_expected,
     pipeline_spec,
     record_digest,
     row_digest,
@@ -192,32 +193,38 @@ def _w5_teardown(env: Env, scratch: Scratch) -> None:
 def _w6_command(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
     folder = env.logdir / f"{scratch.group}-files"
     scratch.extra["folder"] = str(folder)
+    scratch.extra["want_last"] = load_expected(wl).last_value_offsets
     sink = {"kind": "objectstore", "url": f"file://{folder}", "format": "parquet",
             "compression": "snappy", "max_records": 100_000, "max_interval": 60.0, "max_open": 1.0}
     return [sys.executable, "-m", "ops", "load", str(_loader_config(env, wl, scratch, sink))]
 
 
-_FILE_ROWS: dict[str, int] = {}
+def w6_partitions_done(env: Env, scratch: Scratch) -> int:
+    """Partitions whose changes are all in complete files, judged from the file names.
 
-
-def w6_rows_written(_env: Env, scratch: Scratch) -> int:
-    """Rows in the complete Parquet files so far (each footer read once).
-
-    Not the committed offsets: the loader commits the tail of its last time-based roll
-    only with its next batch or on stop, so an idle loader's group lags its files.
+    A partition is done when the offset ranges of the files present now cover it from 0
+    to its last change, with no hole wider than one offset (a tombstone, which is not
+    written). Not the committed offsets: the loader commits the tail of its last
+    time-based roll only with its next batch or on stop. Not a row count either: a roll
+    rewritten after a rebalance replaces an older cut of itself, and for a moment the
+    files may hold some rows twice or miss some.
     """
-    import pyarrow.parquet as pq
-
-    total = 0
+    ranges: dict[int, list[tuple[int, int]]] = {}
     for path in Path(scratch.extra["folder"]).rglob("*.parquet"):
-        key = str(path)
-        if key not in _FILE_ROWS:
-            try:
-                _FILE_ROWS[key] = pq.read_metadata(path).num_rows
-            except OSError:
-                continue
-        total += _FILE_ROWS[key]
-    return total
+        try:
+            _topic, part, first, last = path.stem.rsplit("+", 3)
+            ranges.setdefault(int(part), []).append((int(first), int(last)))
+        except ValueError:
+            continue
+    done = 0
+    for index, want in enumerate(scratch.extra["want_last"]):
+        covered = -1
+        for first, last in sorted(ranges.get(index, [])):
+            if first > covered + 2:
+                break
+            covered = max(covered, last)
+        done += covered >= want
+    return done
 
 
 def check_w6(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
@@ -238,7 +245,28 @@ def check_w6(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | N
     if (len(live), total) == (exp.w5_rows, exp.w5_sum):
         return None
     return (f"{len(files)} files rebuild {len(live)} rows (want {exp.w5_rows}), "
-            f"checksum {'ok' if total == exp.w5_sum else 'differs'}")
+            f"checksum {'ok' if total == exp.w5_sum else 'differs'}; {_first_differences(wl, final)}")
+
+
+def _first_differences(wl: Workload, got: dict[Any, tuple[int, dict[str, Any] | None]]) -> str:
+    """Which keys differ from the source's final state, and at which versions (diagnosis)."""
+    want: dict[Any, tuple[int, dict[str, Any] | None]] = {}
+    for msg in wl.messages():
+        if msg.value is None:
+            continue
+        env = orjson.loads(msg.value)
+        row, lsn = env["before"] if env["op"] == "d" else env["after"], env["source"]["lsn"]
+        if lsn > want.get(row["id"], (-1, None))[0]:
+            want[row["id"]] = (lsn, None if env["op"] == "d" else row)
+    diffs = []
+    for key, (lsn, row) in want.items():
+        have = got.get(key, (None, None))
+        have_row = None if have[1] is None else {f: have[1].get(f) for f in ROW_FIELDS}
+        want_row = None if row is None else {f: row.get(f) for f in ROW_FIELDS}
+        if have_row != want_row:
+            diffs.append(f"id {key}: want version {lsn} ({'deleted' if row is None else 'live'}), "
+                         f"files have {have[0]} ({'deleted' if have[1] is None else 'live'})")
+    return f"{len(diffs)} keys differ, e.g. " + "; ".join(diffs[:3]) if diffs else "no key differs"
 
 
 def _w6_teardown(env: Env, scratch: Scratch) -> None:
@@ -263,6 +291,6 @@ def systems() -> list[System]:
                latency=False, check=check_w5, teardown=_w5_teardown),
         System("df-w6", "DataFlow W6: loader, Parquet files (dataflow load)", _w6_command,
                available=_needs("load", "agents._loader", "connectors._objectstore"), latency=False,
-               progress=w6_rows_written, target=lambda e, _wl: e.events - e.tombstones,
+               progress=w6_partitions_done, target=lambda e, _wl: len(e.last_value_offsets),
                check=check_w6, teardown=_w6_teardown),
     ]

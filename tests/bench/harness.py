@@ -85,7 +85,7 @@ class Scratch:
     group: str
     output: str
     dlq: str
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 GENERATOR_VERSION = 1         # bump when generate() changes (names the topic)
-LOGIC_VERSION = 4             # bump when w1()/unwrap() change (names the cached expectation)
+LOGIC_VERSION = 5             # bump when w1()/unwrap() change (names the cached expectation)
 PARTITIONS = 4
 ORDER_KEYS = 100_000          # order ids, drawn Zipf-skewed (hot orders change often)
 CUSTOMERS = 10_000
@@ -336,6 +336,7 @@ class Expected:
     w5_rows: int         # the final table: newest LSN per key, deletes applied
     w5_sum: int
     partition_counts: list[int]
+    last_value_offsets: list[int]  # per partition: offset of the last non-tombstone event
     avg_value_bytes: float
 
 
@@ -351,11 +352,13 @@ def compute_expected(workload: Workload) -> Expected:
     w4 = w4_sum = 0
     final: dict[int, tuple[int, dict[str, Any] | None]] = {}
     custs = {orjson.loads(m.key)["id"]: orjson.loads(m.value or b"null")["after"] for m in customers()}
+    last_value = [-1] * PARTITIONS
     for msg in workload.messages():
         parts[msg.partition] += 1
         if msg.value is None:
             tomb += 1
             continue
+        last_value[msg.partition] = parts[msg.partition] - 1  # offsets are dense from 0
         size += len(msg.value)
         env = orjson.loads(msg.value)
         lsn = env["source"]["lsn"]
@@ -399,7 +402,7 @@ def compute_expected(workload: Workload) -> Expected:
         w2_windows=len(windows), w2_sum=w2_sum, w2_count=sum(c for c, _ in windows.values()),
         w2_revenue=sum(r for _, r in windows.values()), w4_out=w4, w4_out_sum=w4_sum,
         w5_rows=len(live), w5_sum=w5_sum,
-        partition_counts=parts, avg_value_bytes=size / max(1, workload.events - tomb),
+        partition_counts=parts, last_value_offsets=last_value, avg_value_bytes=size / max(1, workload.events - tomb),
     )
 
 
