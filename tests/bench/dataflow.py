@@ -219,10 +219,10 @@ def w6_partitions_done(env: Env, scratch: Scratch) -> int:
     done = 0
     for index, want in enumerate(scratch.extra["want_last"]):
         covered = -1
-        for first, last in sorted(ranges.get(index, [])):
-            if first > covered + 2:
+        for lo, hi in sorted(ranges.get(index, [])):
+            if lo > covered + 2:
                 break
-            covered = max(covered, last)
+            covered = max(covered, hi)
         done += covered >= want
     return done
 
