@@ -93,7 +93,7 @@ def test_sigkilled_source_still_replays_exactly(fresh_db: str, kafka_bootstrap: 
         wait_for(src.streaming, 120, "the first source to stream")
         t = threading.Thread(target=workload, daemon=True)
         t.start()
-        while (kills < 5 or not done.is_set()) and kills < 12:
+        while (kills < 5 or not done.is_set()) and kills < 8:
             time.sleep(rnd.uniform(0.1, 2.0))
             src.signal(signal.SIGKILL)
             kills += 1
