@@ -3,10 +3,16 @@
 Typical use (any Postgres database, any Kafka)::
 
     tables = create_tables(dsn)                    # 3 tables using every captured type
-    run_workload(dsn, n_changes=20_000, seed=7, big_txn_rows=100_000)
+    # ... start a source on dsn with topic_prefix=prefix ...
+    made = run_workload(dsn, n_changes=120_000, seed=7, big_txn_rows=100_000)
+    wait_confirmed(dsn, slot)                      # the source has it all in Kafka
     want = snapshot_tables(dsn)                    # {"public.cdc_all": {key: row}, ...}
-    got = replay_topics(bootstrap, [f"{prefix}.{t}" for t in tables])
+    got = replay_topics(bootstrap, [f"{prefix}.{t}" for t in tables], dsn)
     assert diff_states(got, want) == ""
+
+``n_changes`` counts every row change, the ``big_txn_rows`` of the one big transaction
+included. ``TopicReplayer`` keeps a consumer open for repeated ``update()`` calls and counts
+events by op in ``.ops``; ``on_progress`` lets a caller pace the workload or act mid-way.
 
 Rows on both sides are in Debezium's JSON representation (as the Postgres CDC source
 emits them with ``decimal_handling_mode=string``); ``snapshot_tables`` computes it from
