@@ -585,9 +585,13 @@ class PostgresCDCSource:
                 sent = self.confirmed_lsn
                 self._last_status = now
                 m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
-                m.lag_bytes.labels(name).set(max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn))
-                if dec.last_commit_us:
-                    m.lag_ms.labels(name).set(max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
+                behind = max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn)
+                m.lag_bytes.labels(name).set(behind)
+                # ms since the commit of the oldest work not yet confirmed; 0 when caught up
+                caught_up = behind == 0 and dec.tracker is None and not len(window)
+                m.lag_ms.labels(name).set(
+                    0.0 if caught_up or not dec.last_commit_us
+                    else max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
                 self._flush_counts()
             if now - last_heartbeat >= heartbeat_every:
                 hb = AckTracker()

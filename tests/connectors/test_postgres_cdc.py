@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -393,7 +394,8 @@ def test_schema_change_and_partitioned_table(fresh_db: str, kafka_bootstrap: str
             "CREATE TABLE p_us PARTITION OF p FOR VALUES IN ('us');"
             "INSERT INTO p VALUES (1, 'eu', 1.5)"
         )
-    cfg = make_config(fresh_db, kafka_bootstrap, prefix)
+    port = free_port(0)
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix, metrics_port=port)
     with running(cfg) as source:
         wait_streaming(source)
         with psycopg.connect(fresh_db, autocommit=True) as conn:
@@ -402,6 +404,15 @@ def test_schema_change_and_partitioned_table(fresh_db: str, kafka_bootstrap: str
             conn.execute("INSERT INTO t VALUES (2, 'b', '{y,z}'); UPDATE t SET v = 'a2' WHERE id = 1")
             conn.execute("INSERT INTO p VALUES (2, 'us', 2.25); UPDATE p SET amount = 3 WHERE id = 1")
         w.wait_confirmed(fresh_db, cfg.slot)
+
+        def scraped() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            return text if 'table="public.t"' in text else ""
+
+        text = wait_for(scraped, 30, "events in /metrics")
+        assert f'dataflow_cdc_events_total{{op="c",source="{prefix}",table="public.p"}} 1.0' in text
+        assert "dataflow_cdc_lag_bytes" in text and "dataflow_cdc_confirmed_lsn" in text
     got = w.replay_topics(kafka_bootstrap, topics_of(prefix, ["public.t", "public.p"]))
     assert got["public.t"] == {(1,): {"id": 1, "v": "a2", "tags": ["x"]},
                                (2,): {"id": 2, "v": "b", "tags": ["y", "z"]}}
