@@ -587,7 +587,7 @@ class PostgresCDCSource:
                 m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
                 behind = max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn)
                 m.lag_bytes.labels(name).set(behind)
-                # ms since the commit of the oldest work not yet confirmed; 0 when caught up
+                # ms since the commit of the last transaction read; 0 when all is confirmed
                 caught_up = behind == 0 and dec.tracker is None and not len(window)
                 m.lag_ms.labels(name).set(
                     0.0 if caught_up or not dec.last_commit_us
