@@ -1,0 +1,425 @@
+"""The batch runtime: Faust with batches at the transport, the producer and the changelog.
+
+Faust's own consume path costs ~450 us per event (event-loop round trips, futures,
+stream and ack machinery), so a plain agent cannot go past a few thousand events/s
+(../shared/DESIGN.md, "Speed"). This module keeps Faust's app, group membership,
+rebalancing, table recovery and commit machinery, and replaces only the hot path:
+
+- ``BatchConsumer._drain_messages`` hands a *batch handler* one list of records per
+  topic-partition per fetch, synchronously, with no per-event await or task;
+- the batch's whole offset range goes into Faust's ack bookkeeping (``_acked``) in one
+  step, so Faust's periodic commit, commit on rebalance and commit on stop keep working
+  and a committed offset never passes a record whose outputs were not produced;
+- outputs leave through one librdkafka producer (``FastProducer``) that is flushed
+  before every offset commit (``BatchConsumer._commit``);
+- with ``processing_guarantee="exactly_once"`` the outputs of a batch go instead into
+  Faust's transactional producer for the source partition, in batched sends, under that
+  producer's lock, so outputs, changelog writes and offsets commit in one transaction.
+
+Topics without a batch handler (table changelogs during recovery, plain Faust agents)
+keep Faust's per-message path unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import faust
+from confluent_kafka import KafkaError, KafkaException, Producer
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from schemas import SinkError
+
+log = logging.getLogger(__name__)
+
+# (topic, key, value, partition or None, headers or None)
+OutRecord = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
+
+
+class Outbox:
+    """What one batch produces, in order: output, DLQ and changelog records.
+
+    A handler appends; the runtime ships the whole list in one go after the handler
+    returns, then acks the batch. Nothing is sent while the handler runs.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[OutRecord] = []
+
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.records.append((topic, key, value, partition, headers))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+# handler(tp, records, outbox): the records of one partition in offset order, each with
+# ``key, value, offset, timestamp`` (ms) and ``headers`` (the topic and partition are
+# ``tp``'s). It must not await; it raises only for bugs (bad data -> DLQ records).
+BatchHandler = Callable[[TP, Sequence[Any], Outbox], None]
+
+_FAST_TOPICS: set[str] = set()
+_original_consumer_record: Any = None
+
+
+def _fast_records_for(topics: Sequence[str]) -> None:
+    """Let aiokafka hand batch topics its decoded C records as they are.
+
+    aiokafka wraps every record in a ``ConsumerRecord`` (~5 us each, most of the cost
+    of a fetch); a batch handler needs only the record's own fields, so for its topics
+    the wrapper is skipped. Other topics (changelogs, plain agents) are untouched.
+    Installed when a ``BatchApp`` registers a handler, never at import time.
+    """
+    global _original_consumer_record
+    from aiokafka.consumer import fetcher as aiokafka_fetcher
+
+    _FAST_TOPICS.update(topics)
+    if _original_consumer_record is not None:
+        return
+    original = _original_consumer_record = aiokafka_fetcher.PartitionRecords._consumer_record
+    fast = _FAST_TOPICS
+
+    def _consumer_record(self: Any, tp: Any, record: Any) -> Any:
+        if tp.topic in fast:
+            return record
+        return original(self, tp, record)
+
+    aiokafka_fetcher.PartitionRecords._consumer_record = _consumer_record  # type: ignore[method-assign]
+
+
+class FastProducer:
+    """One librdkafka producer for all outputs; flushed before every offset commit.
+
+    ``delivery.report.only.error`` keeps the success path free of Python callbacks;
+    a failed delivery is remembered and fails the next ``flush``, so the commit that
+    would have passed it never happens.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        conf: dict[str, Any] = {
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "enable.idempotence": True,
+            "acks": "all",
+            # the Java client's partitioner, so keyed outputs land where Kafka Streams,
+            # Faust (aiokafka) and Debezium consumers expect them
+            "partitioner": "murmur2_random",
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+        }
+        conf.update(config)
+        self._producer = Producer(conf)
+        self._errors: list[str] = []
+        self.produced = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def produce_all(self, records: list[OutRecord]) -> None:
+        """Queue every record without waiting; serves delivery reports when full."""
+        produce = self._producer.produce
+        poll = self._producer.poll
+        for topic, key, value, partition, headers in records:
+            while True:
+                try:
+                    if partition is None:
+                        produce(topic, value, key, headers=headers)
+                    else:
+                        produce(topic, value, key, partition, headers=headers)
+                    break
+                except BufferError:
+                    poll(0.05)  # the local queue is full: let librdkafka send
+        poll(0)
+        self.produced += len(records)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every queued record is acknowledged; raise if any failed."""
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(timeout)
+        while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(max(0.1, deadline - time.monotonic()))
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise SinkError(f"output delivery failed: {errors[:3]} ({len(errors)} in all)")
+        if remaining:
+            raise SinkError(f"output delivery timed out: {remaining} records unacknowledged")
+
+    def close(self) -> None:
+        try:
+            self.flush(30.0)
+        except (SinkError, KafkaException) as exc:
+            log.error("producer close: %s", exc)
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with a batch path for topics that have a handler."""
+
+    #: seconds the batch loop waited for fetched records (a gauge for the metrics)
+    fetch_wait_s: float = 0.0
+
+    def _batch_app(self) -> BatchApp:
+        return cast(BatchApp, self.app)
+
+    async def _fetch(self) -> tuple[Any, int]:
+        records, _ = await self._wait_next_records(1.0)
+        return records, self.app.consumer_generation_id
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901 - one loop, kept flat
+        """Fetch, then per topic-partition: one handler call, one produce, one ack.
+
+        The next fetch is started before the current one is processed, so the consumer
+        thread unpacks records and the broker answers while the handlers run (aiokafka
+        only fetches again from a broker once everything it buffered was taken). Records
+        fetched in an older consumer generation or while the flow was stopped are
+        dropped, as Faust does; the rebalance seeks back to the committed offsets.
+        """
+        app = self._batch_app()
+        handlers = app.batch_handlers
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        pending: asyncio.Future[tuple[Any, int]] | None = None
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                if pending is None:
+                    pending = asyncio.ensure_future(self._fetch())
+                started = time.perf_counter()
+                records, generation = await pending
+                self.fetch_wait_s += time.perf_counter() - started
+                pending = None
+                if not records or self.should_stop:
+                    unset_flag(CONSUMER_FETCHING)
+                    continue
+                if not self.flow_active:
+                    # Faust's own rule: records fetched while the flow is stopped are
+                    # dropped and the consumer goes back to its committed offsets.
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:  # noqa: BLE001 - Faust logs and goes on too
+                        self.log.warning("seek while flow not active failed: %r", exc)
+                    continue
+                pending = asyncio.ensure_future(self._fetch())
+                await asyncio.sleep(0)  # let it hand the fetch to the consumer thread now
+                for tp, batch in records.items():
+                    if not self.flow_active or app.consumer_generation_id != generation:
+                        break  # a rebalance started: Faust drops the rest of the fetch
+                    active = self._get_active_partitions()
+                    if not batch or (tp not in active and tp not in self._buffered_partitions):
+                        continue
+                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    handler = handlers.get(tp.topic)
+                    if handler is None:
+                        await self._deliver_each(tp, batch)
+                        continue
+                    r_offset = read_offset[tp]
+                    if r_offset is not None and batch[0].offset < r_offset:
+                        batch = [rec for rec in batch if rec.offset >= r_offset]
+                        if not batch:
+                            continue
+                    if app.in_transaction:
+                        await self._deliver_batch_in_transaction(tp, batch, handler, r_offset)
+                    else:
+                        outbox = Outbox()
+                        handler(tp, batch, outbox)
+                        app.fast_producer.produce_all(outbox.records)
+                        self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+                    read_offset[tp] = batch[-1].offset
+                    commit_every = self._commit_every
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                unset_flag(CONSUMER_FETCHING)
+                await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver_each(self, tp: TP, batch: Sequence[Any]) -> None:
+        """Faust's per-message path, unchanged, for topics without a batch handler."""
+        read_offset = self._read_offset
+        callback = self.callback
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        for record in batch:
+            message = self._to_message(tp, record)
+            offset = message.offset
+            r_offset = read_offset[tp]
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await self.wait_first(callback(message), self.suspend_flow.wait())
+                read_offset[tp] = offset
+
+    def _ack_range(self, tp: TP, first: int, last: int, r_offset: int | None) -> None:
+        """Mark ``first..last`` acked in one step (and a gap before it left by markers).
+
+        Offsets inside the range that hold no record (transaction markers, compacted
+        records) are acked with it, as Faust's gap tracking would do one by one.
+        """
+        low = first
+        if r_offset is not None and r_offset + 1 < first:
+            low = r_offset + 1
+        committed = self._committed_offset[tp]
+        if committed is not None and low < committed:
+            low = committed
+        acked = self._acked[tp]
+        if acked and acked[-1] >= low:
+            low = acked[-1] + 1
+        if low > last:
+            return
+        acked.extend(range(low, last + 1))
+        self._n_acked += last + 1 - low
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's rule, with a fast path for an ack list that is one unbroken run."""
+        acked = self._acked[tp]
+        # batch partitions append ascending, duplicate-free runs (see ``_ack_range``)
+        if acked and tp.topic in self._batch_app().batch_handlers and not self._gap.get(tp):
+            first, last = acked[0], acked[-1]
+            if last - first == len(acked) - 1:
+                committed = self._committed_offset[tp]
+                if committed and first - committed > 1:
+                    return None
+                acked.clear()
+                return last + 1
+        return cast(int | None, super()._new_offset(tp))
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Flush every queued output first: a commit never passes an unsent output."""
+        try:
+            self._batch_app().fast_producer.flush()
+        except (SinkError, KafkaException) as exc:
+            self.log.error("not committing %r: %s", dict(offsets), exc)
+            await self.crash(exc)
+            return False
+        return cast(bool, await super()._commit(offsets))
+
+    async def _deliver_batch_in_transaction(
+        self, tp: TP, batch: Sequence[Any], handler: BatchHandler, r_offset: int | None
+    ) -> None:
+        """Exactly-once: outputs go into the source partition's transaction, then ack.
+
+        The transaction's lock is held from the first send to the ack, so a commit
+        (which takes the same lock) sees either none or all of this batch.
+        """
+        app = self._batch_app()
+        producer = cast(faust_aiokafka.Producer, app.producer)
+        group = app.assignor.group_for_topic(tp.topic)
+        tid = f"{app.conf.id}-{group}-{tp.partition}"
+        outbox = Outbox()
+        handler(tp, batch, outbox)
+        lock = producer._trn_locks.get(tid)
+        txn = producer._transaction_producers.get(tid)
+        if lock is None or txn is None:
+            raise SinkError(f"no transaction producer for {tid} (partition not assigned?)")
+        async with lock:
+            await _send_batched(txn, outbox.records)
+            self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+
+
+async def _send_batched(producer: Any, records: list[OutRecord]) -> None:
+    """Send records through an AIOKafkaProducer as one batch per topic-partition."""
+    if not records:
+        return
+    by_tp: dict[tuple[str, int], list[OutRecord]] = defaultdict(list)
+    for record in records:
+        topic, key, value, partition, _ = record
+        if partition is None:
+            await producer.client._wait_on_metadata(topic)
+            partition = producer._partition(topic, None, None, None, key, value)
+        by_tp[(topic, cast(int, partition))].append(record)
+    futures = []
+    for (topic, partition), items in by_tp.items():
+        builder = producer.create_batch()
+        for _, key, value, _, headers in items:
+            if builder.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = producer.create_batch()
+                builder.append(timestamp=None, key=key, value=value, headers=headers or [])
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    del futures  # delivery is awaited by the transaction commit
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    """The aiokafka transport with ``BatchConsumer``."""
+
+    Consumer = BatchConsumer
+
+
+class BatchApp(faust.App):
+    """A Faust app that runs batch handlers on its topics (see module docstring)."""
+
+    def __init__(self, id: str, *, producer_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(id, **kwargs)
+        self.batch_handlers: dict[str, BatchHandler] = {}
+        self._producer_config = dict(producer_config or {})
+        self._fast_producer: FastProducer | None = None
+
+    def _new_transport(self) -> Any:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+    @property
+    def fast_producer(self) -> FastProducer:
+        """The librdkafka producer (created on first use, closed when the app stops)."""
+        if self._fast_producer is None:
+            servers = ",".join(
+                f"{url.host}:{url.port or 9092}" for url in self.conf.broker_producer
+            )
+            self._fast_producer = FastProducer(
+                {"bootstrap.servers": servers, **self._producer_config}
+            )
+        return self._fast_producer
+
+    def batch_agent(self, topics: Sequence[faust.TopicT | str], handler: BatchHandler) -> None:
+        """Subscribe ``topics`` and hand each fetched partition batch to ``handler``."""
+        for topic in topics:
+            channel = topic if not isinstance(topic, str) else self.topic(topic)
+            for name in channel.topics:
+                self.batch_handlers[name] = handler
+            _fast_records_for(channel.topics)
+            self.topics.add(channel)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self._fast_producer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._fast_producer.close)
