@@ -459,3 +459,19 @@ def test_json_with_connect_schemas(fresh_db: str, kafka_bootstrap: str, prefix: 
     assert fields["tags"]["items"]["type"] == "string"
     assert value["schema"]["name"] == f"{topic}.Envelope"
     assert msgs[3].value() is None  # the tombstone stays a bare null
+
+
+def test_big_transaction_through_a_small_producer_queue(fresh_db: str, kafka_bootstrap: str,
+                                                        prefix: str) -> None:
+    """A transaction far larger than the producer's queue (bounded memory) passes whole:
+    the source waits for Kafka instead of buffering the transaction."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix, kafka={"queue_max_kbytes": 256})
+    with running(cfg) as source:
+        wait_streaming(source)
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("INSERT INTO t SELECT g, repeat('x', 200) || g FROM generate_series(1, 30000) g")
+        w.wait_confirmed(fresh_db, cfg.slot)
+    got = w.replay_topics(kafka_bootstrap, [f"{prefix}.public.t"])
+    assert len(got["public.t"]) == 30000 and got["public.t"][(777,)]["v"] == "x" * 200 + "777"
