@@ -14,12 +14,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, default=1_000_000, help="workload size (default 1M)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (default 3)")
     parser.add_argument("--only", default="", help="comma-separated system names (raw is always run)")
-    parser.add_argument("--latency-seconds", type=float, default=8.0,
+    parser.add_argument("--latency-seconds", type=float, default=5.0,
                         help="measured seconds per latency run at half the max rate; 0 skips latency")
     parser.add_argument("--faust-events", type=int, default=systems.FAUST_MAX_EVENTS,
                         help="prefix of the workload the naive Faust agent runs on")
-    parser.add_argument("--cdc-changes", type=int, default=200_000,
-                        help="changes per CDC case (capped by --events; default 200k)")
+    parser.add_argument("--cdc-changes", type=int, default=100_000,
+                        help="changes per CDC case (capped by --events; default 100k)")
     parser.add_argument("--extras", default="all",
                         help="other scripts in tests/bench to run: all, none or a comma list of "
                              + ",".join(n for n, _ in extras.EXTRAS))

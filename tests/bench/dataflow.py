@@ -275,11 +275,28 @@ def _w6_teardown(env: Env, scratch: Scratch) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _runtime_w1(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
+    """W1 on the batch runtime without the worker command (see :mod:`tests.bench.df_runtime`)."""
+    spec = pipeline_spec(W1_SPEC, _name(scratch), scratch.input, scratch.output, scratch.dlq)
+    path = env.logdir / f"{scratch.group}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return [sys.executable, "-m", "tests.bench.df_runtime", str(path), scratch.group]
+
+
+def _w1_row() -> System:
+    """Through ``dataflow worker`` when the checkout has it, else on the batch runtime."""
+    label = "DataFlow W1: unwrap + filter + computed field + 5 rules -> sink topic"
+    worker = _needs("worker", "streams._app", "agents._runtime")
+    if worker(None) is None or _missing("agents._runtime", "streams._compile") is not None:  # type: ignore[arg-type]
+        return System("df-w1", f"{label} (dataflow worker)", _worker(W1_SPEC), available=worker)
+    return System("df-w1", f"{label} (agents BatchApp + compiled spec; no dataflow worker in the checkout yet)",
+                  _runtime_w1)
+
+
 def systems() -> list[System]:
     worker = _needs("worker", "streams._app", "agents._runtime")
     return [
-        System("df-w1", "DataFlow W1: unwrap + filter + computed field + 5 rules -> sink topic (dataflow worker)",
-               _worker(W1_SPEC), available=worker),
+        _w1_row(),
         System("df-w2", "DataFlow W2: 1-minute tumbling count + revenue per key (dataflow worker)",
                _worker(W2_SPEC), available=worker, done="committed", latency=False, check=check_w2),
         System("df-w3", "DataFlow W3: unwrap + dedup by LSN (dataflow worker)", _worker(W3_SPEC),
