@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import yaml
 
-from tests.bench.harness import Env, Outputs, Scratch, System, read_outputs
+from tests.bench.harness import Env, Outputs, Scratch, System, compare, read_outputs
 from tests.bench.kafka import Watermarks, read_all
 from tests.bench.workload import (
     MASK64,
@@ -87,18 +87,11 @@ def _name(scratch: Scratch) -> str:
 
 
 def check_w3(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
-    return _compare(read_outputs(env.bootstrap, scratch), Outputs(exp.w3_out, exp.w3_out_sum))
+    return compare(read_outputs(env.bootstrap, scratch), Outputs(exp.w3_out, exp.w3_out_sum))
 
 
 def check_w4(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
-    return _compare(read_outputs(env.bootstrap, scratch, keyed=False), Outputs(exp.w4_out, exp.w4_out_sum))
-
-
-def _compare(got: Outputs, want: Outputs) -> str | None:
-    if got == want:
-        return None
-    return (f"outputs {got.out} (want {want.out}), checksum "
-            f"{'ok' if got.out_sum == want.out_sum else 'differs'}; DLQ {got.dlq} (want {want.dlq})")
+    return compare(read_outputs(env.bootstrap, scratch, keyed=False), Outputs(exp.w4_out, exp.w4_out_sum))
 
 
 def check_w2(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:

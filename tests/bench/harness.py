@@ -104,7 +104,6 @@ class System:
     #: a custom measure of done work and its target, instead of ``done``
     progress: Callable[[Env, Scratch], int] | None = None
     target: Callable[[Expected, Workload], int] | None = None
-    setup: Callable[[Env, Workload, Scratch], None] | None = None
     teardown: Callable[[Env, Scratch], None] | None = None
 
 
@@ -189,8 +188,12 @@ def read_outputs(bootstrap: str, scratch: Scratch, keyed: bool = True) -> Output
 
 def check_w1(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
     """None when the outputs equal W1's reference (count and checksum, output and DLQ)."""
-    got = read_outputs(env.bootstrap, scratch)
-    want = Outputs(exp.w1_out, exp.w1_out_sum, exp.w1_dlq, exp.w1_dlq_sum)
+    return compare(read_outputs(env.bootstrap, scratch),
+                   Outputs(exp.w1_out, exp.w1_out_sum, exp.w1_dlq, exp.w1_dlq_sum))
+
+
+def compare(got: Outputs, want: Outputs) -> str | None:
+    """None when equal, else what differs (the reason a row is FAILED)."""
     if got == want:
         return None
     return (f"outputs {got.out} (want {want.out}), checksum {'ok' if got.out_sum == want.out_sum else 'differs'}; "
@@ -204,8 +207,6 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
     log = env.logdir / f"{tag}.log"
     proc: subprocess.Popen[bytes] | None = None
     try:
-        if system.setup:
-            system.setup(env, wl, scratch)
         proc = _spawn(system.command(env, wl, scratch), log, env.service_env())
         folded = env.logdir / f"{tag}.folded"
         spy = profile.start(proc.pid, folded) if system.name in env.profile else None
@@ -255,8 +256,6 @@ def run_latency(env: Env, system: System, wl: Workload, rate: float, rep: int) -
     procs: list[subprocess.Popen[bytes]] = []
     result_path = env.logdir / f"{tag}.json"
     try:
-        if system.setup:
-            system.setup(env, wl, scratch)
         proc = _spawn(system.command(env, wl, scratch), log, env.service_env())
         procs.append(proc)
         group = Group(env.bootstrap, scratch.group, lat_input, PARTITIONS)
