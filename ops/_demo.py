@@ -78,7 +78,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run_demo(events: int = 10_000, keys: int = 16, timeout: float = 180.0) -> int:
     """Run the smoke demo on the local stack (started if needed); 0 when counts match."""
-    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from ops._stack import Stack
@@ -116,17 +116,22 @@ def run_demo(events: int = 10_000, keys: int = 16, timeout: float = 180.0) -> in
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
 
+        # explicit start offsets: no group coordinator needed (a fresh broker may still be
+        # loading its offsets topic)
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{app_id}-reader",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        consumer.assign([TopicPartition(out_topic, p) for p in range(PARTITIONS)])
+                             "enable.auto.commit": False})
+        consumer.assign([TopicPartition(out_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         seen: dict[str, int] = {}
         updates = 0
         deadline = started + timeout
         try:
             while seen != truth and time.monotonic() < deadline and proc.poll() is None:
                 for msg in consumer.consume(1000, timeout=0.5):
-                    if msg.error() is not None:
-                        raise KafkaException(msg.error())
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        continue  # librdkafka retries transient errors by itself
                     key = (msg.key() or b"").decode()
                     seen[key] = max(seen.get(key, 0), int(msg.value() or b"0"))
                     updates += 1
