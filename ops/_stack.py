@@ -287,6 +287,7 @@ class Kafka(Service):
         if proc.poll() is not None:
             raise StackError(f"Kafka exited with {proc.returncode}; see {log}")
         wait_until(self._ready, 90, "Kafka metadata", log)
+        self._wait_for_coordinator(log)
 
     def _ready(self) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -296,6 +297,29 @@ class Kafka(Service):
         except Exception:
             return False
         return bool(md.brokers)
+
+    def _wait_for_coordinator(self, log: Path) -> None:
+        """Wait until a group coordinator answers (its offsets topic created and loaded).
+
+        A fresh broker answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS for a while;
+        waiting here keeps the first consumer of a new stack from seeing those errors.
+        """
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.env()[self.env_var],
+                             "group.id": "dataflow-stack-ready", "enable.auto.commit": False})
+
+        def answers() -> bool:
+            try:  # fetching committed offsets needs the group coordinator
+                consumer.committed([TopicPartition("dataflow-stack-ready", 0)], timeout=10)
+            except KafkaException:
+                return False
+            return True
+
+        try:
+            wait_until(answers, 90, "Kafka group coordinator", log)
+        finally:
+            consumer.close()
 
     def stop(self) -> None:
         st = self.state.get(self.name)
