@@ -334,6 +334,44 @@ class BatchConsumer(faust_aiokafka.Consumer):
             return False
         return cast(bool, await super()._commit(offsets))
 
+    async def ship(self, tp: TP, outbox: Outbox) -> None:
+        """Send records made outside a batch (timers) for source partition ``tp``.
+
+        At least once: through the fast producer (the next commit flushes it). Exactly
+        once: into ``tp``'s transaction, which is then committed at once with every
+        offset acked so far in it, so timer outputs do not wait for the next input.
+        """
+        app = self._batch_app()
+        if not app.in_transaction:
+            app.fast_producer.produce_all(outbox.records)
+            return
+        tid, lock, txn = self._transaction_for(tp)
+        group = app.assignor.group_for_topic(tp.topic)
+        async with lock:
+            await _send_batched(txn, outbox.records)
+            offsets: dict[TP, int] = {}
+            for other in list(self._acked):
+                if other.partition == tp.partition and (
+                        app.assignor.group_for_topic(other.topic) == group):
+                    offset = self._new_offset(other)
+                    if offset is not None and self._should_commit(other, offset):
+                        offsets[other] = offset
+            if offsets:
+                await txn.send_offsets_to_transaction(offsets, app.conf.id)
+            await txn.commit_transaction()
+            await txn.begin_transaction()
+        self._committed_offset.update(offsets)
+
+    def _transaction_for(self, tp: TP) -> tuple[str, asyncio.Lock, Any]:
+        app = self._batch_app()
+        producer = cast(faust_aiokafka.Producer, app.producer)
+        tid = f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+        lock = producer._trn_locks.get(tid)
+        txn = producer._transaction_producers.get(tid)
+        if lock is None or txn is None:
+            raise SinkError(f"no transaction producer for {tid} (partition not assigned?)")
+        return tid, lock, txn
+
     async def _deliver_batch_in_transaction(
         self, tp: TP, batch: Sequence[Any], handler: BatchHandler, r_offset: int | None
     ) -> None:
@@ -342,16 +380,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         The transaction's lock is held from the first send to the ack, so a commit
         (which takes the same lock) sees either none or all of this batch.
         """
-        app = self._batch_app()
-        producer = cast(faust_aiokafka.Producer, app.producer)
-        group = app.assignor.group_for_topic(tp.topic)
-        tid = f"{app.conf.id}-{group}-{tp.partition}"
+        _, lock, txn = self._transaction_for(tp)
         outbox = Outbox()
         handler(tp, batch, outbox)
-        lock = producer._trn_locks.get(tid)
-        txn = producer._transaction_producers.get(tid)
-        if lock is None or txn is None:
-            raise SinkError(f"no transaction producer for {tid} (partition not assigned?)")
         async with lock:
             await _send_batched(txn, outbox.records)
             self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)

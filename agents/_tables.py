@@ -45,12 +45,12 @@ class BatchTable:
         help: str = "",
         changelog_config: Mapping[str, Any] | None = None,
     ) -> None:
+        # no key/value types: Faust's json serializer for both, as written by ``put``
         self.table = app.Table(
             name,
             partitions=partitions,
-            key_serializer="json",
-            value_serializer="json",
             help=help,
+            recovery_buffer_size=10_000,  # recovery applies the changelog in bigger bulks
             extra_topic_configs=dict(changelog_config or {}),
         )
         self.name = name

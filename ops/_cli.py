@@ -10,6 +10,7 @@ from ops._dlq_cli import dlq_main
 from ops._load_cli import load_main
 from ops._source_cli import source_main
 from ops._stack import stack_main
+from ops._worker_cli import worker_main
 
 Command = Callable[[list[str]], int]
 
@@ -18,6 +19,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "load": (load_main, "run a loader: load SPEC_OR_CONFIG [--sink KIND] (until SIGTERM)"),
     "source": (source_main, "run a CDC source: run FILE (until SIGTERM/SIGINT)"),
     "dlq": (dlq_main, "dead letters: replay | show PIPELINE_OR_SPEC [--stage S] [--to-topic T]"),
+    "worker": (worker_main, "run a pipeline: worker FILE [--store rocksdb://] [--web-port N]"),
     "demo": (demo_main, "smoke run on the local stack: produce -> Faust table -> consume"),
 }
 

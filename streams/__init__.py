@@ -1,5 +1,6 @@
 """The pipeline spec, its compiler into a chain, and (runtime) the Faust app factory."""
 
+from streams._app import Pipeline, WorkerSettings, build_app
 from streams._compile import build_rule, build_transform, compile_chain, decoder_for
 from streams._spec import (
     Aggregation,
@@ -63,6 +64,7 @@ __all__ = [
     "MongoSinkSpec",
     "NotNullRuleSpec",
     "ObjectStoreSinkSpec",
+    "Pipeline",
     "PipelineSpec",
     "PostgresSinkSpec",
     "RangeRuleSpec",
@@ -84,6 +86,8 @@ __all__ = [
     "UniqueRuleSpec",
     "UnwrapSpec",
     "WindowSpec",
+    "WorkerSettings",
+    "build_app",
     "build_rule",
     "build_transform",
     "compile_chain",

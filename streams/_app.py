@@ -1,0 +1,459 @@
+"""The app factory: a pipeline spec -> one Faust app ``dataflow-<pipeline>`` on the batch runtime.
+
+Topology (``build_app``)::
+
+    source topics --decode + transforms + stateless rules (Chain)--> stage 0 operators
+        --(re-key by the next operator's key)--> <app>-<op>-repartition --> stage 1 ...
+        --> re-key (sinks.kafka.key) --> sink topic;  every dead letter --> DLQ topic
+
+Stateful rules (unique, referential) run first, then the stateful operators in spec
+order. An operator keeps state per key, so its input must be partitioned by its key:
+where that changes the stream goes through an internal repartition topic (keyed by the
+JSON of the key value, murmur2 like Kafka's own clients), and the next stage reads it in
+the same consumer group. Reference tables (join, referential) are re-keyed the same way
+through ``<app>-<op>-table`` so table and stream partitions line up (``repartition:
+never`` reads the table topic as it is and trusts its keys).
+
+The source stage decodes with the spec's decoder; internal topics carry the row as JSON
+and the origin of each event in headers, so a dead letter names its source record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from confluent_kafka.admin import AdminClient
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents import (
+    Chain,
+    DeadLetter,
+    Decoder,
+    Event,
+    Unwrap,
+    compile_expr,
+    dlq_records,
+    encode_event,
+)
+from agents._runtime import BatchApp, Outbox
+from agents._stateful import (
+    Dedup,
+    Join,
+    Operator,
+    Referential,
+    TableFeed,
+    WindowAggregate,
+    group_value,
+)
+from agents._tables import BatchTable
+from schemas import ConfigError
+from streams._compile import compile_chain, decoder_for
+from streams._spec import (
+    DedupSpec,
+    JoinSpec,
+    PipelineSpec,
+    ReferentialRuleSpec,
+    UniqueRuleSpec,
+    WindowSpec,
+)
+
+SRC_HEADER = "dataflow.src"
+KEY_HEADER = "dataflow.key"
+
+
+class WorkerSettings(BaseModel):
+    """Runtime settings of a pipeline worker (``DATAFLOW_*`` and ``KAFKA_BOOTSTRAP_SERVERS``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    data_dir: Path = Path(".dataflow/workers")
+    store: str = Field("memory://", pattern=r"^(memory|rocksdb)://$")
+    commit_interval_s: float = Field(1.0, gt=0)
+    max_poll_records: int = Field(50_000, ge=1)
+    fetch_bytes_per_partition: int = Field(4 * 1024 * 1024, ge=1024)
+    replication_factor: int = Field(1, ge=1)
+    web_port: int | None = None      # None: the worker's web server is off
+    log_level: str = "warning"
+    tick_interval_s: float = Field(1.0, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> WorkerSettings:
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        if "KAFKA_BOOTSTRAP_SERVERS" in env:
+            values["kafka_bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        for name in cls.model_fields:
+            key = f"DATAFLOW_{name.upper()}"
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        if "DATAFLOW_HOME" in env and "data_dir" not in values:
+            values["data_dir"] = Path(env["DATAFLOW_HOME"]) / "workers"
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ConfigError(f"worker settings: {exc}") from exc
+
+
+def _partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(timeout=30)
+    out = {}
+    for t in topics:
+        tm = meta.topics.get(t)
+        if tm is None or tm.error is not None or not tm.partitions:
+            raise ConfigError(f"source.topics: topic {t!r} does not exist (create it first)")
+        out[t] = len(tm.partitions)
+    return out
+
+
+def _origin(ev: Event) -> list[tuple[str, bytes]]:
+    headers = [(SRC_HEADER, f"{ev.topic}|{ev.partition}|{ev.offset}|{ev.timestamp_ms}".encode())]
+    if ev.raw_key is not None:
+        headers.append((KEY_HEADER, ev.raw_key))
+    return headers
+
+
+def _decode_internal(records: Sequence[Any], topic: str, partition: int,
+                     dead: list[DeadLetter]) -> list[Event]:
+    """Events back from a repartition topic: row JSON, origin and key from headers."""
+    loads = orjson.loads
+    out = []
+    for r in records:
+        src_t, src_p, src_o, src_ts = topic, partition, r.offset, r.timestamp
+        raw_key = None
+        for name, value in r.headers or ():
+            if name == SRC_HEADER and value:
+                t, p, o, ts = value.decode().rsplit("|", 3)
+                src_t, src_p, src_o, src_ts = t, int(p), int(o), int(ts)
+            elif name == KEY_HEADER:
+                raw_key = value
+        try:
+            key = loads(raw_key) if raw_key is not None else None
+        except orjson.JSONDecodeError:
+            key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
+        row = loads(r.value) if r.value is not None else None
+        out.append(Event(key, row, raw_key, r.value, src_t, src_p, src_o, src_ts))
+    return out
+
+
+class Stage:
+    """One batch handler: its input, its operators, and where its outputs go."""
+
+    def __init__(self, pipeline: Pipeline, topic_names: Sequence[str], ops: Sequence[Operator],
+                 *, first: bool) -> None:
+        self.pipeline = pipeline
+        self.topics = tuple(topic_names)
+        self.ops = tuple(ops)
+        self.first = first
+        self.next_topic: str | None = None
+        self.next_key: Callable[[dict[str, Any]], Any] | None = None
+        self._generation = -1
+
+    def _run_ops(self, partition: int, events: list[Event], outbox: Outbox,
+                 dead: list[DeadLetter], start: int = 0) -> list[Event]:
+        for op in self.ops[start:]:
+            if not events:
+                break
+            events = op.process(partition, events, outbox, dead)
+        return events
+
+    def _emit(self, events: list[Event], outbox: Outbox, dead: list[DeadLetter]) -> None:
+        p = self.pipeline
+        if self.next_topic is not None:
+            assert self.next_key is not None
+            fn, topic, dumps = self.next_key, self.next_topic, orjson.dumps
+            for ev in events:
+                row = ev.value
+                if row is None:
+                    continue  # a tombstone has no key to re-partition by
+                try:
+                    key = dumps(group_value(fn(row)))
+                except Exception as exc:  # noqa: BLE001 - one bad row goes to the DLQ
+                    dead.append(DeadLetter(ev, "repartition", f"key failed: {exc}"))
+                    continue
+                outbox.add(topic, key, p.encode_row(row), None, _origin(ev))
+            return
+        events, failed = p.chain.rekey(events)
+        dead.extend(failed)
+        out_topic = p.spec.output_topic
+        for ev in events:
+            topic, k, v = encode_event(ev, out_topic)
+            outbox.add(topic, k, v)
+
+    def _check_generation(self) -> None:
+        gen = self.pipeline.app.consumer_generation_id
+        if gen != self._generation:
+            self._generation = gen
+            for op in self.ops:
+                reset = getattr(op, "reset", None)
+                if reset is not None:
+                    reset()
+
+    def handle(self, tp: Any, records: Sequence[Any], outbox: Outbox) -> None:
+        """The batch handler the runtime calls (see ``agents._runtime.BatchHandler``)."""
+        self._check_generation()
+        p = self.pipeline
+        topic, partition = tp.topic, tp.partition
+        dead: list[DeadLetter] = []
+        if self.first:
+            msgs = [(r.key, r.value, topic, partition, r.offset, r.timestamp, r.headers)
+                    for r in records]
+            if p.chain_only:
+                out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic)
+                for t, k, v in out:
+                    outbox.add(t, k, v)
+                p.dead_letters(dead, outbox)
+                return
+            events, dead = p.chain.ingest(msgs, p.decoder)
+        else:
+            events = _decode_internal(records, topic, partition, dead)
+        events = self._run_ops(partition, events, outbox, dead)
+        self._emit(events, outbox, dead)
+        p.dead_letters(dead, outbox)
+
+    def tick(self, partition: int, now_ms: int, outbox: Outbox) -> None:
+        """Timers of this stage's operators (idle windows, TTL expiry) for one partition."""
+        self._check_generation()
+        dead: list[DeadLetter] = []
+        for i, op in enumerate(self.ops):
+            out = op.tick(partition, now_ms, outbox)
+            if out:
+                out = self._run_ops(partition, out, outbox, dead, i + 1)
+                self._emit(out, outbox, dead)
+        self.pipeline.dead_letters(dead, outbox)
+
+
+class Pipeline:
+    """A compiled pipeline bound to its app: chain, decoder, stages, table feeds."""
+
+    def __init__(self, spec: PipelineSpec, app: BatchApp, partitions: int,
+                 chain: Chain | None = None) -> None:
+        self.spec = spec
+        self.app = app
+        self.partitions = partitions
+        self.chain = chain if chain is not None else compile_chain(spec)
+        self.decoder: Decoder = decoder_for(spec)
+        self.stages: list[Stage] = []
+        self.chain_only = not (spec.stateful or spec.stateful_rules)
+        self.encode_row = orjson.dumps
+
+    def internal_topic(self, suffix: str) -> Any:
+        return self.app.topic(f"{self.app.conf.id}-{suffix}", partitions=self.partitions,
+                              internal=True, key_serializer="raw", value_serializer="raw")
+
+    def dead_letters(self, dead: list[DeadLetter], outbox: Outbox) -> None:
+        if not dead:
+            return
+        topic = self.spec.dlq_topic
+        for rec in dlq_records(dead, self.spec.name):
+            outbox.add(topic, rec.key, rec.value, None, rec.headers)
+
+
+def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format: str | None,
+                table_key: str | None, fields: Sequence[str] | None, repartition: str) -> TableFeed:
+    """A reference table fed from a (CDC) topic, re-keyed by ``table_key`` unless ``never``."""
+    app, spec = pipeline.app, pipeline.spec
+    table = BatchTable(app, name, partitions=pipeline.partitions,
+                       help=f"reference table {table_topic} for {name}")
+    feed = TableFeed(table, fields)
+    fmt = table_format or spec.source.format
+    decoder = Decoder(fmt, spec.source.key_format)  # type: ignore[arg-type]
+    unwrap = Unwrap(deletes="tombstone", tombstones="keep", metadata=False) if fmt == "debezium" else None
+    key_expr = compile_expr(table_key) if table_key else None
+
+    def table_key_of(ev: Event) -> Any:
+        src = ev.value if ev.value is not None else ev.key if isinstance(ev.key, dict) else None
+        if key_expr is not None:
+            if src is None:
+                raise ValueError("no row or key dict to read the table key from")
+            return key_expr.fn(src)
+        key = ev.key
+        if isinstance(key, dict) and len(key) == 1:
+            return next(iter(key.values()))
+        return key
+
+    def rows(tp: Any, records: Sequence[Any], dead: list[DeadLetter]) -> list[tuple[Any, Any, Event]]:
+        msgs = [(r.key, r.value, tp.topic, tp.partition, r.offset, r.timestamp, r.headers)
+                for r in records]
+        events, bad = decoder.decode(msgs)
+        dead.extend(bad)
+        out = []
+        for ev in events:
+            if unwrap is not None:
+                try:
+                    if not unwrap.step(ev):
+                        continue
+                except Exception as exc:  # noqa: BLE001
+                    dead.append(DeadLetter(ev, f"table:{name}", str(exc)))
+                    continue
+            try:
+                out.append((group_value(table_key_of(ev)), ev.value, ev))
+            except Exception as exc:  # noqa: BLE001
+                dead.append(DeadLetter(ev, f"table:{name}", f"table key failed: {exc}"))
+        return out
+
+    if repartition == "never":
+        def direct(tp: Any, records: Sequence[Any], outbox: Outbox) -> None:
+            dead: list[DeadLetter] = []
+            feed.apply(tp.partition, [(k, row) for k, row, _ in rows(tp, records, dead)], outbox)
+            pipeline.dead_letters(dead, outbox)
+        app.batch_agent([table_topic], direct)
+        return feed
+
+    internal = pipeline.internal_topic(f"{name}-table")
+    internal_name = internal.get_topic_name()
+
+    def rekey(tp: Any, records: Sequence[Any], outbox: Outbox) -> None:
+        dead: list[DeadLetter] = []
+        dumps = orjson.dumps
+        for k, row, ev in rows(tp, records, dead):
+            outbox.add(internal_name, dumps(k), dumps(row) if row is not None else None, None,
+                       _origin(ev))
+        pipeline.dead_letters(dead, outbox)
+
+    def apply(tp: Any, records: Sequence[Any], outbox: Outbox) -> None:
+        loads = orjson.loads
+        feed.apply(tp.partition, [(loads(r.key), loads(r.value) if r.value is not None else None)
+                                  for r in records], outbox)
+
+    app.batch_agent([table_topic], rekey)
+    app.batch_agent([internal], apply)
+    return feed
+
+
+def _operators(pipeline: Pipeline) -> list[Operator]:
+    spec, app = pipeline.spec, pipeline.app
+    ops: list[Operator] = []
+    for r in spec.stateful_rules:
+        assert r.name is not None  # load_spec names every rule
+        if isinstance(r, UniqueRuleSpec):
+            table = BatchTable(app, f"{r.name}-unique", partitions=pipeline.partitions)
+            ops.append(Dedup(table, r.name, key=compile_expr(r.key), ttl_ms=r.ttl, rule=r.name,
+                             action=r.action))
+        elif isinstance(r, ReferentialRuleSpec):
+            feed = _table_feed(pipeline, f"{r.name}-ref", table_topic=r.table_topic,
+                               table_format=r.table_format, table_key=r.table_key, fields=(),
+                               repartition="auto")
+            ops.append(Referential(feed, r.name, key=compile_expr(r.key), action=r.action))
+    for s in spec.stateful:
+        assert s.name is not None  # load_spec names every operator
+        if isinstance(s, WindowSpec):
+            table = BatchTable(app, f"{s.name}-window", partitions=pipeline.partitions)
+            ops.append(WindowAggregate(
+                table, s.name, size_ms=s.size, hop_ms=s.hop,
+                group_by=compile_expr(s.group_by) if s.group_by else None,
+                key_field=s.output_key_field,
+                aggregations=[(a.output, a.fn, a.field) for a in s.aggregations],
+                time_field=s.time_field, allowed_lateness_ms=s.allowed_lateness,
+                idle_close_ms=s.idle_close))
+        elif isinstance(s, JoinSpec):
+            feed = _table_feed(pipeline, s.name, table_topic=s.table_topic,
+                               table_format=s.table_format, table_key=s.table_key,
+                               fields=s.fields, repartition=s.repartition)
+            join = Join(feed, s.name, key=compile_expr(s.key), prefix=s.prefix, how=s.how)
+            if s.repartition == "never":
+                join.partition_key = None
+            ops.append(join)
+        elif isinstance(s, DedupSpec):
+            table = BatchTable(app, f"{s.name}-dedup", partitions=pipeline.partitions)
+            ops.append(Dedup(table, s.name, key=compile_expr(s.key), ttl_ms=s.ttl))
+    return ops
+
+
+_NULL_KEY = compile_expr("null")
+
+
+def _plan(pipeline: Pipeline, ops: list[Operator]) -> None:
+    """Cut the operators into stages wherever the partitioning key changes."""
+    spec = pipeline.spec
+    stages = [Stage(pipeline, list(spec.source.topics or ()), [], first=True)]
+    channels: list[Sequence[Any]] = [list(spec.source.topics or ())]
+    current: str | None = None   # the source key: unknown to us
+    pending: list[Operator] = []
+    for op in ops:
+        if isinstance(op, Join) and op.partition_key is None:
+            pending.append(op)   # repartition: never (co-partitioned by contract)
+            continue
+        key = op.partition_key or _NULL_KEY
+        if key.source != current:
+            topic = pipeline.internal_topic(f"{op.name}-repartition")
+            name = topic.get_topic_name()
+            stages[-1].ops = tuple(pending)
+            stages[-1].next_topic, stages[-1].next_key = name, key.fn
+            stages.append(Stage(pipeline, [name], [], first=False))
+            channels.append([topic])
+            current = key.source
+            pending = []
+        pending.append(op)
+    stages[-1].ops = tuple(pending)
+    for stage, chans in zip(stages, channels, strict=True):
+        pipeline.app.batch_agent(chans, stage.handle)
+    pipeline.stages = stages
+
+
+def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> BatchApp:
+    """The Faust app ``dataflow-<pipeline>`` for ``spec`` on the batch runtime."""
+    settings = settings or WorkerSettings.from_env()
+    if not spec.source.topics:
+        raise ConfigError("source.pattern: the worker needs source.topics (a list of topics)")
+    counts = _partitions(settings.kafka_bootstrap_servers, spec.source.topics)
+    partitions = max(counts.values())
+    app_id = f"dataflow-{spec.name}"
+    data_dir = settings.data_dir / app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    web: dict[str, Any] = {"web_enabled": False}
+    if settings.web_port is not None:
+        web = {"web_enabled": True, "web_host": "127.0.0.1", "web_port": settings.web_port,
+               "web_bind": "127.0.0.1"}
+    app = BatchApp(
+        app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store=settings.store,
+        datadir=str(data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=spec.processing_guarantee,
+        consumer_auto_offset_reset=spec.source.start,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=200_000,
+        broker_max_poll_records=settings.max_poll_records,
+        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
+        table_standby_replicas=0,
+        autodiscover=False,
+        **web,
+    )
+    pipeline = Pipeline(spec, app, partitions)
+    _plan(pipeline, _operators(pipeline))
+    app.pipeline = pipeline  # type: ignore[attr-defined]
+    _install_ticks(app, pipeline, settings.tick_interval_s)
+    return app
+
+
+def _install_ticks(app: BatchApp, pipeline: Pipeline, interval: float) -> None:
+    """A timer that runs the operators' timers for each assigned partition of each stage."""
+    stages = [s for s in pipeline.stages if any(
+        type(op).tick is not Operator.tick for op in s.ops)]
+    if not stages:
+        return
+
+    @app.timer(interval)
+    async def _tick() -> None:
+        if app.rebalancing or cast(Any, app.tables).recovery.in_recovery:
+            return
+        now_ms = int(time.time() * 1000)
+        consumer: Any = app.consumer
+        assigned = consumer.assignment()
+        for stage in stages:
+            for tp in sorted(assigned):
+                if tp.topic != stage.topics[0]:
+                    continue
+                outbox = Outbox()
+                stage.tick(tp.partition, now_ms, outbox)
+                if outbox.records:
+                    await consumer.ship(tp, outbox)

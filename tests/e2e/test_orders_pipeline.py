@@ -1,0 +1,126 @@
+"""The example pipeline (examples/orders_pipeline.yaml) on real Kafka, as a worker process.
+
+Known Debezium input -> exact window rows on the sink topic, and the exact DLQ contents
+for known bad records: malformed JSON, a wrong type, each rule failing, a late event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from tests.pipeline_support import ROOT, debezium, produce, read_topic, worker, write_spec
+from tests.support import wait_for
+
+T0 = 1_767_225_600_000  # a minute boundary
+
+
+def order(oid: int, cid: Any, amount: Any, qty: Any, *, status: str = "paid",
+          currency: str = "EUR", ts: int = 0, op: str = "c") -> tuple[bytes, bytes]:
+    row = {"id": oid, "customer_id": cid, "amount": amount, "quantity": qty, "status": status,
+           "currency": currency, "created_at": T0 + ts}
+    if op == "d":
+        return orjson.dumps({"id": oid}), debezium("d", None, before=row, ts_ms=T0 + ts)
+    return orjson.dumps({"id": oid}), debezium(op, row, ts_ms=T0 + ts)
+
+
+def customer(cid: int, name: str, country: str) -> tuple[bytes, bytes]:
+    row = {"id": cid, "name": name, "country": country}
+    return orjson.dumps({"id": cid}), debezium("r", row, ts_ms=T0, table="customers")
+
+
+GOOD = [
+    order(1, 1, 10.0, 2, ts=1_000),                      # window 1, customer 1: 20.0
+    order(2, 1, 5.5, 1, status="shipped", ts=5_000),     # window 1, customer 1: 5.5
+    order(3, 2, 7.25, 4, ts=10_000),                     # window 1, customer 2: 29.0
+    order(4, 1, 3.0, 3, ts=61_000),                      # window 2, customer 1: 9.0
+    order(5, 2, 100.0, 1, status="new", ts=12_000),      # filtered out (not paid)
+    order(1, 1, 10.0, 2, ts=13_000, op="d"),             # a delete: dropped by unwrap
+]
+BAD = {
+    "malformed": (b'{"id": 90}', b'{"before": null, "after": {"id": 90,'),
+    "wrong_type": order(91, 1, "12.50", 2, ts=2_000),    # amount as a string
+    "has_ids": order(92, None, 1.0, 1, ts=2_000),
+    "amount_is_number": order(93, 1, 1.0, 2.5, ts=2_000),
+    "amount_positive": order(94, 1, -4.0, 1, ts=2_000),
+    "known_currency": order(95, 1, 1.0, 1, currency="JPY", ts=2_000),
+    "sane_quantity": order(96, 1, 1.0, 5000, ts=2_000),
+}
+EXPECTED_STAGES = {
+    "malformed": "decode",
+    "wrong_type": "rule:amount_is_number",
+    "has_ids": "rule:has_ids",
+    "amount_is_number": "rule:amount_is_number",
+    "amount_positive": "rule:amount_positive",
+    "known_currency": "rule:known_currency",
+    "sane_quantity": "rule:sane_quantity",
+}
+
+
+def _window(cid: int, start: int, revenue: float, orders: int, largest: float) -> dict[str, Any]:
+    return {"customer_id": cid, "window_start": T0 + start, "window_end": T0 + start + 60_000,
+            "revenue": revenue, "orders": orders, "largest_order": largest}
+
+
+EXPECTED_OUT = sorted([
+    _window(1, 0, 25.5, 2, 20.0),
+    _window(2, 0, 29.0, 1, 29.0),
+    _window(1, 60_000, 9.0, 1, 9.0),
+], key=lambda r: (r["window_start"], r["customer_id"]))
+
+
+def example_spec(tmp_path: Path, unique: str, make_topic: Any, **changes: Any) -> tuple[Path, dict[str, Any]]:
+    """The example spec on fresh topics, with a short idle close so the test ends soon."""
+    doc = yaml.safe_load((ROOT / "examples" / "orders_pipeline.yaml").read_text())
+    orders = make_topic(f"shop-{unique}.public.orders", partitions=2)
+    customers = make_topic(f"shop-{unique}.public.customers", partitions=2)
+    out = make_topic(f"orders-{unique}-out", partitions=2)
+    dlq = make_topic(f"orders-{unique}-dlq", partitions=2)
+    doc["name"] = f"orders-{unique}"
+    doc["source"]["topics"] = [orders]
+    doc["stateful"][0]["table_topic"] = customers
+    doc["stateful"][1]["idle_close"] = "2s"
+    doc["sinks"]["kafka"]["topic"] = out
+    doc["dlq"]["topic"] = dlq
+    doc.update(changes)
+    return write_spec(tmp_path / "orders.yaml", doc), doc
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_orders_example_exact_output_and_dlq(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    spec_path, doc = example_spec(tmp_path, unique, make_topic)
+    orders, out, dlq = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"], doc["dlq"]["topic"]
+    produce(kafka_bootstrap, doc["stateful"][0]["table_topic"],
+            [customer(1, "Ada", "UK"), customer(2, "Bo", "SE")])
+    produce(kafka_bootstrap, orders, GOOD + list(BAD.values()))
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    with worker(spec_path, env=env, log=tmp_path / "worker.log") as proc:
+        rows = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
+            read_topic(kafka_bootstrap, out)), 90, "3 window rows on the sink topic")
+        # a late event: window 1 of customer 1 closed (idle) -> DLQ, stage window:late
+        late = order(97, 1, 2.0, 1, ts=3_000)
+        produce(kafka_bootstrap, orders, [late])
+        dead = wait_for(lambda: (lambda r: r if len(r) >= len(BAD) + 1 else None)(
+            read_topic(kafka_bootstrap, dlq)), 60, "every bad record on the DLQ")
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        rows = read_topic(kafka_bootstrap, out)
+    got = sorted((orjson.loads(v) for _, v, _ in rows), key=lambda r: (r["window_start"], r["customer_id"]))
+    assert got == EXPECTED_OUT
+    assert {orjson.loads(k)["customer_id"] for k, _, _ in rows} == {1, 2}
+    by_value = {v: (k, h) for k, v, h in dead}
+    assert len(dead) == len(BAD) + 1
+    for name, (key, value) in BAD.items():
+        assert value in by_value, name
+        k, headers = by_value[value]
+        assert k == key  # original bytes, untouched
+        assert headers["dataflow.stage"].decode() == EXPECTED_STAGES[name], (name, headers)
+        assert headers["dataflow.pipeline"].decode() == doc["name"]
+        assert headers["dataflow.topic"].decode() == orders
+    late_dead = [h for _, v, h in dead if h["dataflow.stage"] == b"window:late"]
+    assert len(late_dead) == 1 and late_dead[0]["dataflow.topic"].decode() == orders

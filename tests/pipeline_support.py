@@ -1,0 +1,137 @@
+"""Helpers for pipeline tests: Debezium events, producing, reading topics, worker processes.
+
+Workers run as real ``dataflow worker`` subprocesses in their own process group, bounded
+by ``timeout -s KILL`` and SIGKILLed in ``finally`` (Faust can hang on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def debezium(op: str, row: dict[str, Any] | None, *, before: dict[str, Any] | None = None,
+             ts_ms: int = 0, table: str = "orders", lsn: int = 0) -> bytes:
+    """A Debezium JSON change event (no schema envelope)."""
+    return orjson.dumps({
+        "before": before, "after": row, "op": op, "ts_ms": ts_ms,
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public",
+                   "table": table, "ts_ms": ts_ms, "snapshot": "false", "lsn": lsn,
+                   "txId": lsn},
+    })
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+            partition: int | None = None) -> int:
+    """Produce ``(key, value)`` pairs (murmur2 like the Java client) and flush."""
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                         "enable.idempotence": True, "linger.ms": 20})
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(topic, value, key)
+                else:
+                    producer.produce(topic, value, key, partition)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+    assert producer.flush(60) == 0
+    return n
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
+    try:
+        meta = c.list_topics(topic, timeout=30).topics[topic]
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in meta.partitions}
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, *, committed_only: bool = True,
+               timeout: float = 30.0) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    """Every record of ``topic`` up to its current end (read_committed by default)."""
+    ends = {p: e for p, e in end_offsets(bootstrap, topic).items() if e > 0}
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}",
+                  "enable.auto.commit": False,
+                  "isolation.level": "read_committed" if committed_only else "read_uncommitted"})
+    out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    continue
+                out.append((m.key(), m.value(), dict(m.headers() or [])))
+                if m.offset() + 1 >= ends[m.partition()]:
+                    done.add(m.partition())
+            for p in ends:  # transaction markers: the position passes the end with no record
+                if p not in done:
+                    pos = c.position([TopicPartition(topic, p)])[0].offset
+                    if pos >= ends[p]:
+                        done.add(p)
+    finally:
+        c.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+        res = c.committed([TopicPartition(topic, p) for p in parts], timeout=30)
+        return {tp.partition: tp.offset for tp in res}
+    finally:
+        c.close()
+
+
+def write_spec(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@contextmanager
+def worker(spec_path: Path, *, bound_s: int = 600, env: dict[str, str] | None = None,
+           log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``dataflow worker`` subprocess; SIGKILLed (whole group) when the block ends."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["timeout", "-s", "KILL", str(bound_s), sys.executable, "-m", "ops", "worker",
+         str(spec_path)],
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        kill(proc)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker's whole process group (the ``timeout`` wrapper and Python)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
