@@ -170,8 +170,26 @@ class FastProducer:
             log.error("producer close: %s", exc)
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Always Faust's own partition assignor (not round robin when there are no tables).
+
+    It co-partitions topics with equal partition counts (a repartition topic and the
+    tables it feeds) and names the transaction groups that exactly-once needs
+    (``group_for_topic``); Faust falls back to round robin for apps without tables.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        self._assignor = self.app.assignor
+        consumer._partition_assignment_strategy = [self.app.assignor]
+        return consumer
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a batch path for topics that have a handler."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     #: seconds the batch loop waited for fetched records (a gauge for the metrics)
     fetch_wait_s: float = 0.0
