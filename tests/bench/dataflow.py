@@ -74,9 +74,11 @@ def _safe(tag: str) -> str:
 
 def _worker(base: dict[str, Any]) -> Callable[[Env, Workload, Scratch], list[str]]:
     def command(env: Env, wl: Workload, scratch: Scratch) -> list[str]:
-        spec = pipeline_spec(base, _name(scratch), scratch.input, scratch.output, scratch.dlq)
+        name = _name(scratch)
+        spec = pipeline_spec(base, name, scratch.input, scratch.output, scratch.dlq)
         path = env.logdir / f"{scratch.group}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        scratch.group = f"dataflow-{name}"  # the worker's app id is its consumer group
         return [sys.executable, "-m", "ops", "worker", str(path)]
     return command
 
@@ -91,7 +93,17 @@ def check_w3(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | N
 
 
 def check_w4(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
-    return compare(read_outputs(env.bootstrap, scratch, keyed=False), Outputs(exp.w4_out, exp.w4_out_sum))
+    problem = compare(read_outputs(env.bootstrap, scratch, keyed=False), Outputs(exp.w4_out, exp.w4_out_sum))
+    if problem is None:
+        return None
+    unmatched = 0
+
+    def count(msg: Any) -> None:
+        nonlocal unmatched
+        unmatched += b'"customer_name"' not in (msg.value() or b"")
+
+    read_all(env.bootstrap, scratch.output, count)
+    return f"{problem}; {unmatched} rows without their customer"
 
 
 def check_w2(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:
@@ -291,7 +303,8 @@ def systems() -> list[System]:
     return [
         _w1_row(),
         System("df-w2", "DataFlow W2: 1-minute tumbling count + revenue per key (dataflow worker)",
-               _worker(W2_SPEC), available=worker, done="committed", latency=False, check=check_w2),
+               _worker(W2_SPEC), available=worker, done="committed", latency=False, check=check_w2,
+               linger=True),
         System("df-w3", "DataFlow W3: unwrap + dedup by LSN (dataflow worker)", _worker(W3_SPEC),
                available=worker, expect=lambda e: (e.w3_out, 0), check=check_w3),
         System("df-w4", "DataFlow W4: unwrap + stream-table join with customers (dataflow worker)",

@@ -75,6 +75,7 @@ class Outputs:
     out_sum: int = 0
     dlq: int = 0
     dlq_sum: int = 0
+    sample: str = field(default="", compare=False)   # one output, to show when it differs
 
 
 @dataclass
@@ -98,6 +99,8 @@ class System:
     done: str = "outputs"                  # "outputs" (W1-shaped) or "committed"
     max_events: int | None = None          # slow systems run on a prefix of the workload
     latency: bool = True
+    #: keep the system running while its work is checked (windows close on a timer)
+    linger: bool = False
     available: Callable[[Env], str | None] = lambda env: None
     expect: Callable[[Expected], tuple[int, int]] = lambda e: (e.w1_out, e.w1_dlq)
     check: Callable[[Env, Workload, Scratch, Expected], str | None] | None = None
@@ -138,26 +141,30 @@ def _watch(env: Env, system: System, wl: Workload, scratch: Scratch,
         if system.progress is not None:
             custom = system.progress
 
-            def progress() -> int:
-                return custom(env, scratch)
+            def progress() -> tuple[int, bool]:
+                n = custom(env, scratch)
+                return n, n >= target
         elif system.done == "committed":
-            progress = group.committed
+            def progress() -> tuple[int, bool]:
+                return group.drained(marks, target)
         else:
-            def progress() -> int:
-                return marks.total(topics)
+            def progress() -> tuple[int, bool]:
+                n = marks.total(topics)
+                return n, n >= target
         return _wait_done(wl, proc, target, progress, t0, cpu0, spawned)
     finally:
         marks.close()
 
 
-def _wait_done(wl: Workload, proc: subprocess.Popen[bytes], target: int, progress: Callable[[], int],
-               t0: float, cpu0: float, spawned: float) -> Watch:
+def _wait_done(wl: Workload, proc: subprocess.Popen[bytes], target: int,
+               progress: Callable[[], tuple[int, bool]], t0: float, cpu0: float, spawned: float) -> Watch:
+    """Poll ``progress`` (work done, finished?) until finished, an exit or a stall."""
     last_n, last_t = -1, t0
     stall = max(60.0, wl.events / 2000)
     while True:
-        n = progress()
+        n, finished = progress()
         now = time.monotonic()
-        if n >= target:
+        if finished:
             cpu = tree_cpu_s(proc.pid) - cpu0
             rss = tree_peak_rss_mb(proc.pid)
             return Watch(True, "", now - t0, cpu, rss, n, t0 - spawned)
@@ -177,6 +184,8 @@ def read_outputs(bootstrap: str, scratch: Scratch, keyed: bool = True) -> Output
     def on_out(msg: Any) -> None:
         key = msg.key() if keyed else None
         res.out_sum = (res.out_sum + record_digest(key, orjson.loads(msg.value()))) & MASK64
+        if not res.sample:
+            res.sample = (msg.value() or b"")[:400].decode(errors="replace")
 
     def on_dlq(msg: Any) -> None:
         res.dlq_sum = (res.dlq_sum + record_digest(msg.key(), orjson.loads(msg.value()))) & MASK64
@@ -197,7 +206,8 @@ def compare(got: Outputs, want: Outputs) -> str | None:
     if got == want:
         return None
     return (f"outputs {got.out} (want {want.out}), checksum {'ok' if got.out_sum == want.out_sum else 'differs'}; "
-            f"DLQ {got.dlq} (want {want.dlq}), checksum {'ok' if got.dlq_sum == want.dlq_sum else 'differs'}")
+            f"DLQ {got.dlq} (want {want.dlq}), checksum {'ok' if got.dlq_sum == want.dlq_sum else 'differs'}"
+            + (f"; an output: {got.sample}" if got.out_sum != want.out_sum and got.sample else ""))
 
 
 def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) -> dict[str, Any]:
@@ -216,6 +226,9 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
         else:
             target = out + dlq if system.done == "outputs" else wl.events
         watch = _watch(env, system, wl, scratch, proc, target)
+        check = None
+        if watch.ok and system.linger:
+            check = (system.check or check_w1)(env, wl, scratch, exp)
         kill(proc)
         row: dict[str, Any] = {"rep": rep, "events": wl.events, "log": str(log)}
         if spy is not None:
@@ -225,7 +238,8 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
         if not watch.ok:
             row.update(ok=False, reason=watch.reason + f" (log: {log})")
             return row
-        check = (system.check or check_w1)(env, wl, scratch, exp)
+        if not system.linger:
+            check = (system.check or check_w1)(env, wl, scratch, exp)
         row.update(
             ok=check is None, reason=check or "", wall_s=round(watch.wall_s, 3),
             cpu_s=round(watch.cpu_s, 2), rss_mb=round(watch.rss_mb, 1),

@@ -16,6 +16,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -78,6 +79,10 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+#: topics a Faust group is assigned but never commits (tables replay their changelogs)
+_NOT_CONSUMED = ("-changelog", "__assignor-__leader")
+
+
 class Group:
     """A consumer group seen through the admin API."""
 
@@ -100,15 +105,38 @@ class Group:
         }
         return len(held) == self.partitions
 
-    def committed(self) -> int:
-        req = ConsumerGroupTopicPartitions(
-            self.group, [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        )
+    def drained(self, marks: Any, source_end: int) -> tuple[int, bool]:
+        """(offsets committed on every topic the group reads, whether all are at the end).
+
+        A pipeline with stateful stages reads its own repartition topics in the same
+        group, so the input being committed is not the end of the work: every topic the
+        group is assigned must be committed up to its current end too.
+        """
+        try:
+            desc = self.admin.describe_consumer_groups([self.group])[self.group].result(timeout=5)
+        except Exception:
+            return 0, False
+        tps = {(tp.topic, tp.partition) for m in desc.members if m.assignment is not None
+               for tp in m.assignment.topic_partitions
+               if not tp.topic.endswith(_NOT_CONSUMED)}
+        if not tps:
+            return 0, False
+        req = ConsumerGroupTopicPartitions(self.group, [TopicPartition(t, p) for t, p in sorted(tps)])
         try:
             res = self.admin.list_consumer_group_offsets([req])[self.group].result(timeout=5)
         except Exception:
-            return 0
-        return sum(max(0, tp.offset) for tp in res.topic_partitions)
+            return 0, False
+        done = 0
+        lag = 0
+        source = 0
+        ends = {t: marks.ends(t) for t in {t for t, _ in tps}}
+        for tp in res.topic_partitions:
+            committed = max(0, tp.offset)
+            done += committed
+            if tp.topic == self.topic:
+                source += committed
+            lag += max(0, ends[tp.topic].get(tp.partition, 0) - committed)
+        return done, source >= source_end and lag == 0
 
     def delete(self) -> None:
         try:
