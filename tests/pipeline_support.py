@@ -113,12 +113,20 @@ def write_spec(path: Path, doc: dict[str, Any]) -> Path:
 def worker(spec_path: Path, *, bound_s: int = 600, env: dict[str, str] | None = None,
            log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A ``dataflow worker`` subprocess; SIGKILLed (whole group) when the block ends."""
+    with python_process(["-m", "ops", "worker", str(spec_path)], bound_s=bound_s, env=env,
+                        log=log) as proc:
+        yield proc
+
+
+@contextmanager
+def python_process(args: list[str], *, bound_s: int = 600, env: dict[str, str] | None = None,
+                   log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``python ARGS`` bounded by ``timeout -s KILL``; its group SIGKILLed when the block ends."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        ["timeout", "-s", "KILL", str(bound_s), sys.executable, "-m", "ops", "worker",
-         str(spec_path)],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        ["timeout", "-s", "KILL", str(bound_s), sys.executable, *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=out,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         yield proc
