@@ -13,7 +13,15 @@ import orjson
 import pytest
 import yaml
 
-from tests.pipeline_support import ROOT, debezium, produce, read_topic, worker, write_spec
+from tests.pipeline_support import (
+    ROOT,
+    committed,
+    debezium,
+    produce,
+    read_topic,
+    worker,
+    write_spec,
+)
 from tests.support import wait_for
 
 T0 = 1_767_225_600_000  # a minute boundary
@@ -124,3 +132,67 @@ def test_orders_example_exact_output_and_dlq(
         assert headers["dataflow.topic"].decode() == orders
     late_dead = [h for _, v, h in dead if h["dataflow.stage"] == b"window:late"]
     assert len(late_dead) == 1 and late_dead[0]["dataflow.topic"].decode() == orders
+
+
+def _many_orders(n: int) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """``n`` paid orders of 7 customers over ~n*37 ms of event time, and their window rows."""
+    records = []
+    windows: dict[tuple[int, int], dict[str, Any]] = {}
+    for i in range(n):
+        cid, ts = i % 7 + 1, i * 37
+        amount, qty = float(i % 13 + 1), i % 5 + 1
+        records.append(order(1000 + i, cid, amount, qty, ts=ts))
+        revenue = round(amount * qty, 2)
+        start = ts - ts % 60_000
+        w = windows.setdefault((cid, start), _window(cid, start, 0, 0, 0))
+        w["revenue"] += revenue
+        w["orders"] += 1
+        w["largest_order"] = max(w["largest_order"], revenue)
+    rows = sorted(windows.values(), key=lambda r: (r["window_start"], r["customer_id"]))
+    for r in rows:
+        r["revenue"] = round(r["revenue"], 10)
+    return records, rows
+
+
+def _window_rows(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    rows = [orjson.loads(v) for _, v, _ in read_topic(bootstrap, topic)]
+    for r in rows:
+        r["revenue"] = round(r["revenue"], 10)
+    return sorted(rows, key=lambda r: (r["window_start"], r["customer_id"]))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_orders_sigkill_exactly_once_then_two_workers_same_result(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    """SIGKILL mid-stream + restart (exactly_once): the window rows are exactly the
+    expected ones; then two workers of the same pipeline on the same input (a second
+    consumer group) give the same rows as one."""
+    records, expected = _many_orders(6_000)
+    spec_path, doc = example_spec(tmp_path, unique, make_topic)
+    doc["stateful"][1]["allowed_lateness"] = "1h"   # nothing is late: all close by idle
+    write_spec(spec_path, doc)
+    orders, out = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"]
+    produce(kafka_bootstrap, orders, records)
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "DATAFLOW_MAX_POLL_RECORDS": "300", "DATAFLOW_COMMIT_INTERVAL_S": "0.3"}
+    group = f"dataflow-{doc['name']}"
+    with worker(spec_path, env=env, log=tmp_path / "w1.log"):
+        wait_for(lambda: sum(max(0, o) for o in committed(kafka_bootstrap, group, orders).values())
+                 >= 1_000, 120, "some input committed")
+    at_kill = sum(max(0, o) for o in committed(kafka_bootstrap, group, orders).values())
+    assert at_kill < len(records), "the first worker finished before it was killed"
+    with worker(spec_path, env=env, log=tmp_path / "w2.log"):
+        got = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
+            _window_rows(kafka_bootstrap, out)), 180, "every window row after the restart")
+    assert got == expected
+
+    # the same pipeline under another name (a fresh group and tables), run by two workers
+    doc2 = dict(doc, name=f"two-{unique}")
+    out2 = make_topic(f"orders-{unique}-out2", partitions=2)
+    doc2["sinks"] = {"kafka": {"topic": out2}}
+    spec2 = write_spec(tmp_path / "two.yaml", doc2)
+    with worker(spec2, env=env, log=tmp_path / "a.log"), worker(spec2, env=env, log=tmp_path / "b.log"):
+        got2 = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
+            _window_rows(kafka_bootstrap, out2)), 180, "every window row from two workers")
+    assert got2 == expected
