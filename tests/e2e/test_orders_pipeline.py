@@ -100,14 +100,16 @@ def example_spec(tmp_path: Path, unique: str, make_topic: Any, **changes: Any) -
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_orders_example_exact_output_and_dlq(
-        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+        store: str, kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
     spec_path, doc = example_spec(tmp_path, unique, make_topic)
     orders, out, dlq = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"], doc["dlq"]["topic"]
     produce(kafka_bootstrap, doc["stateful"][0]["table_topic"],
             [customer(1, "Ada", "UK"), customer(2, "Bo", "SE")])
     produce(kafka_bootstrap, orders, GOOD + list(BAD.values()))
-    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "DATAFLOW_STORE": store}
     with worker(spec_path, env=env, log=tmp_path / "worker.log") as proc:
         rows = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
             read_topic(kafka_bootstrap, out)), 90, "3 window rows on the sink topic")
