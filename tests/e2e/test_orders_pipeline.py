@@ -198,3 +198,44 @@ def test_orders_sigkill_exactly_once_then_two_workers_same_result(
         got2 = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
             _window_rows(kafka_bootstrap, out2)), 180, "every window row from two workers")
     assert got2 == expected
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_join_enriches_orders_through_the_repartition_topic(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    orders = make_topic(f"shop-{unique}.public.orders", partitions=2)
+    customers = make_topic(f"shop-{unique}.public.customers", partitions=3)
+    out = make_topic(f"join-{unique}-out", partitions=2)
+    doc = {
+        "name": f"join-{unique}", "source": {"topics": [orders], "format": "debezium"},
+        "transforms": [{"type": "unwrap", "metadata": False}],
+        "stateful": [{"type": "join", "name": "customers", "table_topic": customers,
+                      "table_format": "debezium", "key": "customer_id",
+                      "fields": ["name", "country"], "prefix": "customer_"}],
+        "sinks": {"kafka": {"topic": out}}, "dlq": {"topic": make_topic(f"join-{unique}-dlq")},
+        "processing_guarantee": "at_least_once",
+    }
+    spec = write_spec(tmp_path / "join.yaml", doc)
+    gone = (orjson.dumps({"id": 3}), debezium("d", None, before={"id": 3, "name": "Cy"},
+                                                 table="customers"))
+    produce(kafka_bootstrap, customers, [customer(1, "Ada", "UK"), customer(2, "Bo", "SE"),
+                                         customer(3, "Cy", "FR"), gone])
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    changelog = f"dataflow-{doc['name']}-customers-changelog"
+    with worker(spec, env=env, log=tmp_path / "worker.log"):
+        wait_for(lambda: len(read_topic(kafka_bootstrap, changelog)) >= 3, 90,
+                 "the customers table materialized")
+        produce(kafka_bootstrap, orders, [order(i, i % 4, 1.0, 1, ts=i) for i in range(1, 9)])
+        rows = wait_for(lambda: (lambda r: r if len(r) >= 8 else None)(
+            read_topic(kafka_bootstrap, out)), 90, "8 joined orders")
+    got = {orjson.loads(k)["id"]: orjson.loads(v) for k, v, _ in rows}
+    names = {1: ("Ada", "UK"), 2: ("Bo", "SE")}
+    for oid, row in got.items():
+        cid = oid % 4
+        if cid in names:
+            assert (row["customer_name"], row["customer_country"]) == names[cid], row
+        else:
+            assert "customer_name" not in row, row  # customer 3 was deleted; 0 never existed
+        assert row["customer_id"] == cid and row["id"] == oid
+    assert sorted(got) == list(range(1, 9))
