@@ -50,10 +50,13 @@ class Outbox:
     returns, then acks the batch. Nothing is sent while the handler runs.
     """
 
-    __slots__ = ("records",)
+    __slots__ = ("records", "plain")
 
     def __init__(self) -> None:
         self.records: list[OutRecord] = []
+        #: ``(topic, key, value)`` records (default partitioning, no headers), shipped
+        #: after ``records``; a handler may extend it with a ready list in one step
+        self.plain: list[tuple[str, bytes | None, bytes | None]] = []
 
     def add(
         self,
@@ -66,7 +69,11 @@ class Outbox:
         self.records.append((topic, key, value, partition, headers))
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) + len(self.plain)
+
+    def all_records(self) -> list[OutRecord]:
+        """Every record as ``(topic, key, value, partition, headers)``."""
+        return self.records + [(t, k, v, None, None) for t, k, v in self.plain]
 
 
 # handler(tp, records, outbox): the records of one partition in offset order, each with
@@ -134,11 +141,11 @@ class FastProducer:
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def produce_all(self, records: list[OutRecord]) -> None:
+    def produce_all(self, outbox: Outbox) -> None:
         """Queue every record without waiting; serves delivery reports when full."""
         produce = self._producer.produce
         poll = self._producer.poll
-        for topic, key, value, partition, headers in records:
+        for topic, key, value, partition, headers in outbox.records:
             while True:
                 try:
                     if partition is None:
@@ -148,8 +155,15 @@ class FastProducer:
                     break
                 except BufferError:
                     poll(0.05)  # the local queue is full: let librdkafka send
+        for topic, key, value in outbox.plain:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    poll(0.05)
         poll(0)
-        self.produced += len(records)
+        self.produced += len(outbox)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every queued record is acknowledged; raise if any failed."""
@@ -261,7 +275,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     else:
                         outbox = Outbox()
                         handler(tp, batch, outbox)
-                        app.fast_producer.produce_all(outbox.records)
+                        app.fast_producer.produce_all(outbox)
                         self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
                     read_offset[tp] = batch[-1].offset
                     commit_every = self._commit_every
@@ -361,12 +375,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """
         app = self._batch_app()
         if not app.in_transaction:
-            app.fast_producer.produce_all(outbox.records)
+            app.fast_producer.produce_all(outbox)
             return
         tid, lock, txn = self._transaction_for(tp)
         group = app.assignor.group_for_topic(tp.topic)
         async with lock:
-            await _send_batched(txn, outbox.records)
+            await _send_batched(txn, outbox.all_records())
             offsets: dict[TP, int] = {}
             for other in list(self._acked):
                 if other.partition == tp.partition and (
@@ -402,7 +416,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         outbox = Outbox()
         handler(tp, batch, outbox)
         async with lock:
-            await _send_batched(txn, outbox.records)
+            await _send_batched(txn, outbox.all_records())
             self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
 
 

@@ -182,9 +182,7 @@ class Stage:
         events, failed = p.chain.rekey(events)
         dead.extend(failed)
         out_topic = p.spec.output_topic
-        for ev in events:
-            topic, k, v = encode_event(ev, out_topic)
-            outbox.add(topic, k, v)
+        outbox.plain.extend([encode_event(ev, out_topic) for ev in events])
 
     def _check_generation(self) -> None:
         gen = self.pipeline.app.consumer_generation_id
@@ -206,8 +204,7 @@ class Stage:
                     for r in records]
             if p.chain_only:
                 out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic)
-                for t, k, v in out:
-                    outbox.add(t, k, v)
+                outbox.plain.extend(out)
                 p.dead_letters(dead, outbox)
                 return
             events, dead = p.chain.ingest(msgs, p.decoder)
