@@ -29,6 +29,17 @@ from agents._quality import (
     TypeRule,
     quality_metrics,
 )
+from agents._runtime import BatchApp, BatchHandler, FastProducer, Outbox
+from agents._stateful import (
+    Dedup,
+    Join,
+    Operator,
+    Referential,
+    TableFeed,
+    WindowAggregate,
+    group_value,
+)
+from agents._tables import BatchTable
 from agents._transforms import (
     CAST_TYPES,
     Cast,
@@ -96,4 +107,16 @@ __all__ = [
     "encode_outputs",
     "quality_metrics",
     "replay_dlq",
+    "BatchApp",
+    "BatchHandler",
+    "BatchTable",
+    "Dedup",
+    "FastProducer",
+    "Join",
+    "Operator",
+    "Outbox",
+    "Referential",
+    "TableFeed",
+    "WindowAggregate",
+    "group_value",
 ]

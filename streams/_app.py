@@ -31,26 +31,25 @@ from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import (
+    BatchApp,
+    BatchTable,
     Chain,
     DeadLetter,
     Decoder,
+    Dedup,
     Event,
+    Join,
+    Operator,
+    Outbox,
+    Referential,
+    TableFeed,
     Unwrap,
+    WindowAggregate,
     compile_expr,
     dlq_records,
     encode_event,
-)
-from agents._runtime import BatchApp, Outbox
-from agents._stateful import (
-    Dedup,
-    Join,
-    Operator,
-    Referential,
-    TableFeed,
-    WindowAggregate,
     group_value,
 )
-from agents._tables import BatchTable
 from schemas import ConfigError
 from streams._compile import compile_chain, decoder_for
 from streams._spec import (
