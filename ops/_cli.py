@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "source": (source_main, "run a CDC source: run FILE (until SIGTERM/SIGINT)"),
     "dlq": (dlq_main, "dead letters: replay | show PIPELINE_OR_SPEC [--stage S] [--to-topic T]"),
     "worker": (worker_main, "run a pipeline: worker FILE [--store rocksdb://] [--web-port N]"),
-    "demo": (demo_main, "smoke run on the local stack: produce -> Faust table -> consume"),
+    "demo": (demo_main, "end-to-end run on the local stack: CDC -> pipeline -> Postgres + Parquet"),
 }
 
 

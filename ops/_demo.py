@@ -1,178 +1,498 @@
-"""``dataflow demo``: a bounded smoke run on the local stack.
+"""``dataflow demo``: the end-to-end run on the local stack, bounded and self-cleaning.
 
-produce -> a Faust worker (subprocess) counting events by key in a Table with a changelog
--> consume its count updates, then a short report. The worker is always killed and the
-demo's topics deleted, so the demo can run any number of times against a shared broker.
-``run_demo()`` is the single entry point; the end-to-end CDC -> pipeline -> sinks demo will
-replace its body once those pieces land.
+A fresh Postgres database (customers, orders) -> ``dataflow source run`` (CDC) -> Kafka ->
+``dataflow worker`` running examples/demo_pipeline.yaml (unwrap, cast, drop cancelled
+orders, add tax, quality rules quarantining bad rows to the DLQ) -> ``dataflow load`` twice:
+into a Postgres table and into Parquet files. Then inserts, updates, deletes and two bad
+rows on the source, a wait until the target equals what the source implies, and a short
+report. Every name carries a run id, and the processes, slot, database, topics, groups
+and files are removed at the end, so the demo can run any number of times on a shared
+stack. ``run_demo()`` is the single entry point.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from schemas import DataFlowError, StackError
+import orjson
+import yaml
 
-PARTITIONS = 4
+from schemas import DataFlowError
 
-_WORKER = "import sys; from ops._demo import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "examples" / "demo_pipeline.yaml"
+PARTITIONS = 2
+ALLOWED_STATUS = ("new", "paid", "shipped", "cancelled")   # the spec's known_status rule
+TAX = 1.2                                                   # the spec's tax map
+
+_SCHEMA = """
+CREATE TABLE customers (
+    id bigint PRIMARY KEY, name text NOT NULL, country text, signed_up timestamptz NOT NULL
+);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY, customer_id bigint REFERENCES customers, amount numeric(10, 2),
+    status text NOT NULL, note text, created_at timestamptz NOT NULL, meta jsonb
+);
+ALTER TABLE orders REPLICA IDENTITY FULL;   -- deletes carry the whole row through the rules
+INSERT INTO customers VALUES
+    (1, 'Ada', 'GB', '2026-01-05 09:00:00+00'),
+    (2, 'Linus', 'FI', '2026-02-11 12:30:00+00'),
+    (3, 'Grace', 'US', '2026-03-20 18:45:00+00');
+INSERT INTO orders VALUES
+    (1, 1, 19.99, 'paid', 'first order', '2026-11-01 10:00:00+00', '{"items": 2}'),
+    (2, 2, 5.00, 'new', NULL, '2026-11-01 11:00:00+00', NULL),
+    (3, 3, 42.50, 'shipped', 'express', '2026-11-02 08:15:00+00', '{"items": 1, "gift": true}');
+"""
+
+#: the changes made once the snapshot is in Kafka: (what, SQL), one transaction each
+CHANGES: tuple[tuple[str, str], ...] = (
+    ("insert order 4", "INSERT INTO orders VALUES (4, 1, 10.00, 'new', NULL, "
+                       "'2026-11-03 09:00:00+00', '{\"items\": 1}')"),
+    ("insert order 5 (cancelled: filtered out)",
+     "INSERT INTO orders VALUES (5, 2, 7.25, 'cancelled', NULL, '2026-11-03 09:05:00+00', NULL)"),
+    ("update order 2 (paid, new amount)", "UPDATE orders SET status = 'paid', amount = 6.00 WHERE id = 2"),
+    ("update order 4 (note, meta)",
+     "UPDATE orders SET note = 'gift wrap', meta = '{\"items\": 1, \"wrap\": true}' WHERE id = 4"),
+    ("delete order 3", "DELETE FROM orders WHERE id = 3"),
+    ("insert order 6", "INSERT INTO orders VALUES (6, 3, 100.00, 'paid', 'bulk', "
+                       "'2026-11-04 14:00:00+00', '{\"items\": 10}')"),
+    ("insert order 7 (bad: negative amount)",
+     "INSERT INTO orders VALUES (7, 1, -3.00, 'paid', 'refund typed as order', "
+     "'2026-11-04 15:00:00+00', NULL)"),
+    ("insert order 8 (bad: unknown status)",
+     "INSERT INTO orders VALUES (8, 2, 12.00, 'lost', NULL, '2026-11-04 16:00:00+00', NULL)"),
+    ("update order 1 (amount)", "UPDATE orders SET amount = 21.00 WHERE id = 1"),
+    ("update customer 2 (country)", "UPDATE customers SET country = 'SE' WHERE id = 2"),
+)
+
+#: the columns compared between the source's implied rows and the target table
+COLUMNS = ("id", "customer_id", "amount", "amount_with_tax", "status", "note", "created_at", "meta")
 
 
-def worker_main(argv: list[str]) -> int:
-    """The Faust worker: ``<bootstrap> <app id> <input topic> <output topic> <datadir>``.
+@dataclass
+class _Run:
+    """Every name of one demo run (all carry the run id) and its processes."""
 
-    Faust is imported here, never at module import: its package parses argv and sets
-    environment variables on import.
-    """
-    import faust
+    env: dict[str, str]
+    stack_home: Path
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    bootstrap, app_id, in_name, out_name, datadir = argv
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=datadir,
-        web_enabled=False,
-        topic_partitions=PARTITIONS,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-    )
-    source = app.topic(in_name, key_type=bytes, value_type=bytes, partitions=PARTITIONS)
-    sink = app.topic(out_name, key_type=bytes, value_type=bytes, partitions=PARTITIONS)
-    counts = app.Table("counts", default=int, partitions=PARTITIONS)
+    def __post_init__(self) -> None:
+        self.bootstrap = self.env["KAFKA_BOOTSTRAP_SERVERS"]
+        self.admin_dsn = self.env["DATAFLOW_PG_DSN"]
+        self.db = f"dataflow_demo_{self.run}"
+        self.name = f"demo_{self.run}"                   # pipeline; Faust app dataflow-<name>
+        self.prefix = f"demo{self.run}"                  # CDC topics <prefix>.public.<table>
+        self.slot = f"dataflow_demo_{self.run}"
+        self.orders_topic = f"{self.prefix}.public.orders"
+        self.customers_topic = f"{self.prefix}.public.customers"
+        self.out_topic = f"dataflow.{self.name}.out"
+        self.dlq_topic = f"dataflow.{self.name}.dlq"
+        self.home = self.stack_home / "demo" / self.run
+        self.lake = self.home / "lake"
+        self.target_table = "orders_clean"
 
-    @app.agent(source)
-    async def count(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            key = event.key.decode()
-            counts[key] += 1
-            await sink.send(key=event.key, value=str(counts[key]).encode())
+    @property
+    def dsn(self) -> str:
+        from psycopg.conninfo import make_conninfo
 
-    faust.Worker(app, loglevel="WARNING").execute_from_commandline()
-    return 0
+        return make_conninfo(self.admin_dsn, dbname=self.db)
+
+    @property
+    def groups(self) -> dict[str, str]:
+        app = f"dataflow-{self.name}"
+        return {"worker": app, "postgres": f"{app}-load-postgres",
+                "objectstore": f"{app}-load-objectstore"}
+
+    def log(self, what: str) -> Path:
+        return self.home / f"{what}.log"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker's process group; SIGKILL it when Faust hangs on shutdown."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+# -- steps -------------------------------------------------------------------------------
+
+
+def _create_database(r: _Run) -> None:
+    import psycopg
+
+    with psycopg.connect(r.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{r.db}"')
+    with psycopg.connect(r.dsn, autocommit=True) as conn:
+        conn.execute(_SCHEMA)
+
+
+def _write_files(r: _Run) -> tuple[Path, Path]:
+    """The source config and the run's copy of the demo spec (names made unique)."""
+    r.home.mkdir(parents=True, exist_ok=True)
+    source = r.home / "source.yaml"
+    source.write_text(yaml.safe_dump({"source": {
+        "type": "postgres", "topic_prefix": r.prefix, "dsn": r.dsn,
+        "table_include": [r"public\.(customers|orders)"], "snapshot_mode": "initial",
+        "slot_name": r.slot, "publication_name": r.slot,
+        # not the default lz4: the worker's aiokafka reads lz4 only with the lz4 package
+        "kafka": {"bootstrap_servers": r.bootstrap, "topic_partitions": PARTITIONS,
+                  "compression": "gzip"},
+    }}, sort_keys=False))
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["name"] = r.name
+    spec["source"]["topics"] = [r.orders_topic]
+    spec["sinks"]["kafka"]["topic"] = r.out_topic
+    spec["sinks"]["postgres"]["table"] = r.target_table
+    spec["sinks"]["postgres"]["dsn"] = r.dsn
+    spec["sinks"]["objectstore"]["url"] = f"file://{r.lake}"
+    spec["dlq"]["topic"] = r.dlq_topic
+    spec_path = r.home / "pipeline.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return source, spec_path
+
+
+def _start(r: _Run, what: str, args: list[str], bound_s: int) -> None:
+    """``python -m ops ARGS`` in its own process group, bounded by ``timeout -s KILL``."""
+    with open(r.log(what), "ab") as out:
+        r.procs[what] = subprocess.Popen(
+            ["timeout", "-s", "KILL", str(bound_s), sys.executable, "-m", "ops", *args],
+            cwd=ROOT, env={**os.environ, **r.env, "PYTHONPATH": str(ROOT),
+                           "DATAFLOW_DATA_DIR": str(r.home / "workers")},
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` (Faust can hang on SIGTERM)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         if proc.poll() is not None:
-            return
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
-            proc.wait(grace)
+            proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
+    try:  # the group may outlive its leader (timeout's child)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
-def run_demo(events: int = 10_000, keys: int = 16, timeout: float = 180.0) -> int:
-    """Run the smoke demo on the local stack (started if needed); 0 when counts match."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic
+def _apply_changes(r: _Run) -> None:
+    import psycopg
+
+    with psycopg.connect(r.dsn, autocommit=True) as conn:
+        for _, sql in CHANGES:
+            conn.execute(sql)
+
+
+# -- reading state -----------------------------------------------------------------------
+
+
+def _end_offsets(r: _Run, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": f"dataflow-demo-{r.run}-probe"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions}
+    finally:
+        c.close()
+
+
+def _caught_up(r: _Run, group: str, topic: str) -> bool:
+    """``group`` has committed the end of every non-empty partition of ``topic``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = {p: e for p, e in _end_offsets(r, topic).items() if e > 0}
+    if not ends:
+        return False
+    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        done = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+        return all(tp.offset >= ends[tp.partition] for tp in done)
+    finally:
+        c.close()
+
+
+def _read_all(r: _Run, topic: str) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    """Every record of ``topic`` up to its current end (explicit offsets, no group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = {p: e for p, e in _end_offsets(r, topic).items() if e > 0}
+    out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
+    if not ends:
+        return out
+    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": f"dataflow-demo-{r.run}-reader",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        left = dict(ends)
+        deadline = time.monotonic() + 30
+        while left and time.monotonic() < deadline:
+            for m in c.consume(500, 0.5):
+                if m.error() is not None:
+                    continue   # librdkafka retries transient errors by itself
+                out.append((m.key(), m.value(), dict(m.headers() or [])))
+                if m.offset() + 1 >= left.get(m.partition(), 0):
+                    left.pop(m.partition(), None)
+    finally:
+        c.close()
+    return out
+
+
+def expected_rows(r: _Run) -> list[dict[str, Any]]:
+    """What the source implies for the target: the pipeline's rules applied to its rows."""
+    import psycopg
+
+    with psycopg.connect(r.dsn) as conn:
+        rows = conn.execute("SELECT id, customer_id, amount, status, note, created_at, meta "
+                            "FROM orders ORDER BY id").fetchall()
+    out = []
+    for id_, cid, amount, status, note, created_at, meta in rows:
+        if status == "cancelled" or amount is None or amount <= 0 or status not in ALLOWED_STATUS:
+            continue
+        out.append({"id": id_, "customer_id": cid, "amount": float(amount),
+                    "amount_with_tax": round(float(amount) * TAX, 2), "status": status,
+                    "note": note, "created_at": created_at, "meta": meta})
+    return out
+
+
+def _row(values: dict[str, Any]) -> dict[str, Any]:
+    """A target or Parquet row in the source's types: the CDC source sends numeric as text,
+    timestamptz as ISO-8601 text and jsonb as JSON text (as Debezium does)."""
+    row: dict[str, Any] = {k: values.get(k) for k in COLUMNS}
+    for k in ("amount", "amount_with_tax"):
+        row[k] = None if row[k] is None else float(row[k])
+    if isinstance(row["created_at"], str):
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+    if isinstance(row["meta"], str):
+        row["meta"] = orjson.loads(row["meta"])
+    return row
+
+
+def target_rows(r: _Run) -> list[dict[str, Any]]:
+    import psycopg
+
+    cols = ", ".join(COLUMNS)
+    try:
+        with psycopg.connect(r.dsn) as conn:
+            rows = conn.execute(f"SELECT {cols} FROM {r.target_table} ORDER BY id").fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []
+    return [_row(dict(zip(COLUMNS, row, strict=True))) for row in rows]
+
+
+def _parquet(r: _Run) -> tuple[list[str], list[dict[str, Any]]]:
+    """The Parquet files written and the table they rebuild (changes in offset order)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(r.lake.rglob("*.parquet")) if r.lake.exists() else []
+    changes: list[dict[str, Any]] = []
+    for f in files:
+        changes.extend(pq.read_table(f).to_pylist())
+    table: dict[Any, dict[str, Any]] = {}
+    for c in sorted(changes, key=lambda c: (c["__partition"], c["__offset"])):
+        if c["__deleted"]:
+            table.pop(c["id"], None)
+        else:
+            table[c["id"]] = _row(c)
+    return [str(f.relative_to(r.lake)) for f in files], [table[k] for k in sorted(table)]
+
+
+def _dlq(r: _Run) -> list[dict[str, Any]]:
+    out = []
+    for key, value, headers in _read_all(r, r.dlq_topic):
+        row = orjson.loads(value) if value else {}
+        after = row.get("after") or {}
+        out.append({"key": orjson.loads(key) if key else None, "id": after.get("id"),
+                    "stage": headers.get("dataflow.stage", b"").decode(),
+                    "error": headers.get("dataflow.error", b"").decode()})
+    return sorted(out, key=lambda d: (d["id"] or 0, d["stage"]))
+
+
+def _wait(check: Callable[[], bool], deadline: float, r: _Run) -> bool:
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        dead = [w for w, p in r.procs.items() if p.poll() is not None]
+        if dead:
+            raise DataFlowError(f"demo: {', '.join(dead)} exited early (see {r.log(dead[0])})")
+        time.sleep(0.5)
+    return False
+
+
+# -- cleanup -----------------------------------------------------------------------------
+
+
+def _cleanup(r: _Run) -> None:
+    """Processes, then the slot and database, then topics and groups; never raises."""
+    import psycopg
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    for what in ("worker", "postgres", "objectstore", "source"):
+        if what in r.procs:
+            _stop(r.procs[what], 10.0 if what == "source" else 3.0)
+    try:
+        with psycopg.connect(r.admin_dsn, autocommit=True) as conn:
+            for _ in range(20):   # the slot stays active for a moment after its reader died
+                row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                                   (r.slot,)).fetchone()
+                if row is None:
+                    break
+                if row[0] is not None:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                    time.sleep(0.5)
+                    continue
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (r.slot,))
+                break
+            conn.execute(f'DROP DATABASE IF EXISTS "{r.db}" WITH (FORCE)')
+    except psycopg.Error as exc:
+        print(f"dataflow demo: cleanup of {r.db}/{r.slot} failed: {exc}", file=sys.stderr)
+    admin = AdminClient({"bootstrap.servers": r.bootstrap})
+    try:
+        topics = [t for t in admin.list_topics(timeout=10).topics if r.run in t]
+        if topics:
+            for fut in admin.delete_topics(topics, operation_timeout=30).values():
+                try:
+                    fut.result(timeout=30)
+                except KafkaException:
+                    pass
+        groups = [*r.groups.values(), f"dataflow-demo-{r.run}-probe", f"dataflow-demo-{r.run}-reader"]
+        for fut in admin.delete_consumer_groups(groups, request_timeout=10).values():
+            try:
+                fut.result(timeout=15)
+            except KafkaException:
+                pass   # a group that never committed
+    except KafkaException as exc:
+        print(f"dataflow demo: cleanup of topics failed: {exc}", file=sys.stderr)
+    shutil.rmtree(r.home, ignore_errors=True)
+
+
+# -- the demo ----------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
+    """Run the end-to-end demo on the local stack (started if needed); 0 when the target
+    equals what the source implies, the bad rows are in the DLQ and the Parquet files
+    rebuild the same table."""
+    from confluent_kafka import KafkaException
+    from psycopg import Error as PgError
 
     from ops._stack import Stack
 
     started = time.monotonic()
-    bootstrap = Stack().up()["KAFKA_BOOTSTRAP_SERVERS"]
-    run = uuid.uuid4().hex[:8]
-    app_id = f"dataflow-demo-{run}"
-    in_topic, out_topic = f"dataflow.demo.{run}.in", f"dataflow.demo.{run}.out"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    workdir = Path(tempfile.mkdtemp(prefix="dataflow-demo-"))
-    proc: subprocess.Popen[bytes] | None = None
+    stack = Stack()
+    r = _Run(env=stack.up(), stack_home=stack.home)
+    print(f"dataflow demo (run {r.run}): Postgres CDC -> Kafka -> pipeline -> Postgres + Parquet")
+    result: dict[str, Any] = {"run": r.run, "home": str(r.home), "ok": False}
     try:
-        for fut in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in (in_topic, out_topic)],
-                                       operation_timeout=30).values():
-            fut.result(timeout=30)
-
-        truth: Counter[str] = Counter()
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                             "linger.ms": 20})
-        for i in range(events):
-            key = f"user-{i % keys:02d}"
-            truth[key] += 1
-            producer.produce(in_topic, key=key.encode(), value=b'{"n":%d}' % i)
-            if i % 1000 == 0:
-                producer.poll(0)
-        if producer.flush(30):
-            raise StackError(f"demo: could not produce to {in_topic}")
-
-        log = workdir / "worker.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER, bootstrap, app_id, in_topic, out_topic,
-                 str(workdir / "faust")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-
-        # explicit start offsets: no group coordinator needed (a fresh broker may still be
-        # loading its offsets topic)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{app_id}-reader",
-                             "enable.auto.commit": False})
-        consumer.assign([TopicPartition(out_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        seen: dict[str, int] = {}
-        updates = 0
+        _create_database(r)
+        source_cfg, spec = _write_files(r)
+        print(f"  source db  {r.db}: customers (3 rows), orders (3 rows, REPLICA IDENTITY FULL)")
+        bound = int(timeout) + 120
+        _start(r, "source", ["source", "run", str(source_cfg)], bound)
         deadline = started + timeout
-        try:
-            while seen != truth and time.monotonic() < deadline and proc.poll() is None:
-                for msg in consumer.consume(1000, timeout=0.5):
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise KafkaException(err)
-                        continue  # librdkafka retries transient errors by itself
-                    key = (msg.key() or b"").decode()
-                    seen[key] = max(seen.get(key, 0), int(msg.value() or b"0"))
-                    updates += 1
-        finally:
-            consumer.close()
+        if not _wait(lambda: sum(_end_offsets(r, r.orders_topic).values()) >= 3
+                     and sum(_end_offsets(r, r.customers_topic).values()) >= 3, deadline, r):
+            raise DataFlowError(f"demo: the snapshot did not reach Kafka within {timeout:.0f} s")
+        _start(r, "worker", ["worker", str(spec)], bound)
+        _start(r, "postgres", ["load", str(spec), "--sink", "postgres"], bound)
+        _start(r, "objectstore", ["load", str(spec), "--sink", "objectstore"], bound)
+        _apply_changes(r)
+        print(f"  changes    {len(CHANGES)} transactions: " + "; ".join(w for w, _ in CHANGES))
+
+        want = expected_rows(r)
+        groups = r.groups
+
+        def done() -> bool:
+            return (target_rows(r) == want
+                    and _caught_up(r, groups["worker"], r.orders_topic)
+                    and _caught_up(r, groups["postgres"], r.out_topic)
+                    and _caught_up(r, groups["objectstore"], r.out_topic)
+                    and len(_dlq(r)) >= 2)
+
+        ok = _wait(done, deadline, r)
+        files, rebuilt = _parquet(r)
+        got = target_rows(r)
+        dlq = _dlq(r)
+        events = {t: sum(_end_offsets(r, t).values()) for t in (r.customers_topic, r.orders_topic)}
         took = time.monotonic() - started
-        ok = seen == dict(truth)
-        matching = sum(1 for k, n in truth.items() if seen.get(k) == n)
-        print("dataflow demo (smoke): produce -> Faust agent with a table -> consume")
-        print(f"  kafka      {bootstrap}")
-        print(f"  produced   {events} events over {keys} keys into {in_topic} ({PARTITIONS} partitions)")
-        print(f"  worker     Faust app {app_id}: table 'counts', changelog {app_id}-counts-changelog")
-        print(f"  consumed   {updates} count updates from {out_topic}")
-        print(f"  result     {matching}/{len(truth)} keys match the produced counts")
+        result.update(events=events, out_records=sum(_end_offsets(r, r.out_topic).values()),
+                      expected=want, target=got, dlq=dlq, parquet_files=files,
+                      parquet_table=rebuilt, elapsed_s=round(took, 1))
+        print(f"  captured   {sum(events.values())} change events "
+              f"({', '.join(f'{t}: {n}' for t, n in events.items())})")
+        print(f"  pipeline   {r.name}: unwrap -> cast -> drop cancelled -> tax -> rules; "
+              f"{result['out_records']} records on {r.out_topic}")
+        print(f"  target     {len(got)} rows in {r.db}.public.{r.target_table} "
+              f"(source implies {len(want)}):")
+        for row in got:
+            print("               " + ", ".join(f"{k}={_show(row[k])}" for k in COLUMNS))
+        print(f"  dlq        {len(dlq)} records on {r.dlq_topic}:")
+        for d in dlq:
+            print(f"               order {d['id']}: {d['stage']}: {d['error']}")
+        print(f"  parquet    {len(files)} file(s) under {r.lake} (removed at the end), "
+              f"rebuilding {len(rebuilt)} rows: {', '.join(files)}")
         print(f"  took       {took:.1f} s")
+        ok = ok and got == want and rebuilt == want and len(dlq) == 2
+        result["ok"] = ok
         if not ok:
-            why = "worker exited" if proc.poll() is not None else f"not done within {timeout:.0f} s"
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            print(f"FAILED ({why}); worker log tail:\n{tail}", file=sys.stderr)
+            why = ("the target differs from the source" if got != want else
+                   "the Parquet files differ from the target" if rebuilt != want else
+                   f"{len(dlq)} DLQ records, expected 2")
+            print(f"FAILED: {why} after {took:.0f} s (timeout {timeout:.0f} s)", file=sys.stderr)
+            for what in r.procs:
+                print(f"--- {what} log tail:\n{_tail(r.log(what))}", file=sys.stderr)
             return 1
         print("OK")
         return 0
-    except (DataFlowError, KafkaException) as exc:
-        print(f"dataflow demo: {exc}", file=sys.stderr)
+    except (DataFlowError, KafkaException, PgError, OSError) as exc:
+        result["error"] = str(exc)
+        print(f"FAILED: dataflow demo: {exc}", file=sys.stderr)
+        for what in r.procs:
+            print(f"--- {what} log tail:\n{_tail(r.log(what))}", file=sys.stderr)
         return 1
     finally:
-        if proc is not None:
-            _stop(proc)
-        internal = [in_topic, out_topic, f"{app_id}-counts-changelog",
-                    f"{app_id}-__assignor-__leader"]
-        for fut in admin.delete_topics(internal, operation_timeout=30).values():
-            try:
-                fut.result(timeout=30)
-            except KafkaException:
-                pass  # a topic Faust never created
-        shutil.rmtree(workdir, ignore_errors=True)
+        _cleanup(r)
+        if report is not None:
+            report.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 
 
 def demo_main(argv: list[str]) -> int:
-    """``dataflow demo [events]``."""
-    if argv and not argv[0].isdigit():
-        print("usage: dataflow demo [events]", file=sys.stderr)
-        return 2
-    return run_demo(events=int(argv[0])) if argv else run_demo()
+    """``dataflow demo [--timeout SECONDS] [--report FILE]``."""
+    parser = argparse.ArgumentParser(prog="dataflow demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="how long the target may take to match the source (default 120)")
+    parser.add_argument("--report", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    return run_demo(timeout=args.timeout, report=args.report)
