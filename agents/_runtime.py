@@ -207,6 +207,25 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     #: seconds the batch loop waited for fetched records (a gauge for the metrics)
     fetch_wait_s: float = 0.0
+    _txn_batch_lock: asyncio.Lock | None = None
+
+    def _batch_lock(self) -> asyncio.Lock:
+        """Exactly once: a commit and a batch being sent never interleave.
+
+        Faust computes the offsets to commit before it takes a transaction's lock; a
+        batch half sent at that moment would land in the transaction without its
+        offsets (and be repeated after a crash). Batches, timer shipments and commits
+        all take this lock first, then the transaction's.
+        """
+        if self._txn_batch_lock is None:
+            self._txn_batch_lock = asyncio.Lock()
+        return self._txn_batch_lock
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        if not self.app.in_transaction:
+            return cast(bool, await super()._commit_tps(tps, start_new_transaction))
+        async with self._batch_lock():
+            return cast(bool, await super()._commit_tps(tps, start_new_transaction))
 
     def _batch_app(self) -> BatchApp:
         return cast(BatchApp, self.app)
@@ -379,7 +398,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             return
         tid, lock, txn = self._transaction_for(tp)
         group = app.assignor.group_for_topic(tp.topic)
-        async with lock:
+        async with self._batch_lock(), lock:
             await _send_batched(txn, outbox.all_records())
             offsets: dict[TP, int] = {}
             for other in list(self._acked):
@@ -409,13 +428,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
     ) -> None:
         """Exactly-once: outputs go into the source partition's transaction, then ack.
 
-        The transaction's lock is held from the first send to the ack, so a commit
-        (which takes the same lock) sees either none or all of this batch.
+        The batch lock and the transaction's lock are held from the first send to the
+        ack, so a commit (which takes the batch lock before it computes offsets) sees
+        either none or all of this batch.
         """
         _, lock, txn = self._transaction_for(tp)
         outbox = Outbox()
         handler(tp, batch, outbox)
-        async with lock:
+        async with self._batch_lock(), lock:
             await _send_batched(txn, outbox.all_records())
             self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
 
