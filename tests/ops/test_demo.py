@@ -20,9 +20,14 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+CUSTOMERS = {1: ("Ada", "GB"), 2: ("Linus", "FI"), 3: ("Grace", "US")}
+
+
 def _order(id_: int, cid: int, amount: float, status: str, note: str | None, created_at: str,
            meta: Any) -> dict[str, Any]:
-    return {"id": id_, "customer_id": cid, "amount": amount,
+    name, country = CUSTOMERS[cid]
+    return {"id": id_, "customer_id": cid, "customer_name": name, "customer_country": country,
+            "amount": amount,
             "amount_with_tax": round(amount * 1.2, 2), "status": status, "note": note,
             "created_at": created_at, "meta": meta}
 
@@ -56,8 +61,8 @@ def test_demo_loads_exactly_what_the_source_implies_and_cleans_up(
     assert report["parquet_table"] == TARGET          # the files rebuild the same table
     assert report["parquet_files"]
     assert report["dlq"] == DLQ
-    # 3 snapshot rows each; orders: 9 changes + 1 tombstone; customers: 1 update
-    assert report["events"] == {f"demo{run}.public.customers": 4, f"demo{run}.public.orders": 13}
+    # 3 snapshot rows each; orders: 9 changes + 1 tombstone after the delete
+    assert report["events"] == {f"demo{run}.public.customers": 3, f"demo{run}.public.orders": 13}
     # 3 snapshot + 7 changes (the cancelled and the two bad rows are not output)
     assert report["out_records"] == 10 - 1
     assert "order 7: rule:amount_positive" in proc.stdout
