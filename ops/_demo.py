@@ -334,7 +334,7 @@ def _wait(check: Callable[[], bool], deadline: float, r: _Run) -> bool:
             return True
         dead = [w for w, p in r.procs.items() if p.poll() is not None]
         if dead:
-            raise DataFlowError(f"demo: {', '.join(dead)} exited early (see {r.log(dead[0])})")
+            raise DataFlowError(f"{', '.join(dead)} exited early (see {r.log(dead[0])})")
         time.sleep(0.5)
     return False
 
@@ -428,7 +428,7 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
         deadline = started + timeout
         if not _wait(lambda: sum(_end_offsets(r, r.orders_topic).values()) >= 3
                      and sum(_end_offsets(r, r.customers_topic).values()) >= 3, deadline, r):
-            raise DataFlowError(f"demo: the snapshot did not reach Kafka within {timeout:.0f} s")
+            raise DataFlowError(f"the snapshot did not reach Kafka within {timeout:.0f} s")
         _start(r, "worker", ["worker", str(spec)], bound)
         _start(r, "postgres", ["load", str(spec), "--sink", "postgres"], bound)
         _start(r, "objectstore", ["load", str(spec), "--sink", "objectstore"], bound)
@@ -438,7 +438,7 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
         table_topic = f"{r.groups['worker']}-customers-table"
         if not _wait(lambda: _caught_up(r, r.groups["worker"], r.customers_topic)
                      and _caught_up(r, r.groups["worker"], table_topic), deadline, r):
-            raise DataFlowError(f"demo: the worker did not load the customers table within {timeout:.0f} s")
+            raise DataFlowError(f"the worker did not load the customers table within {timeout:.0f} s")
         _apply_changes(r)
         print(f"  changes    {len(CHANGES)} transactions: " + "; ".join(w for w, _ in CHANGES))
 
