@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
                         help="measured seconds per latency run at half the max rate; 0 skips latency")
     parser.add_argument("--faust-events", type=int, default=systems.FAUST_MAX_EVENTS,
                         help="prefix of the workload the naive Faust agent runs on")
+    parser.add_argument("--stateful-events", type=int, default=systems.dataflow.SLOW_MAX_EVENTS,
+                        help="prefix of the workload DataFlow W2-W6 run on (default 300k)")
     parser.add_argument("--cdc-changes", type=int, default=100_000,
                         help="changes per CDC case (capped by --events; default 100k)")
     parser.add_argument("--extras", default="all",
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     extra_names = ([n for n, _ in extras.EXTRAS] if args.extras == "all"
                    else [] if args.extras == "none" else args.extras.split(","))
-    chosen = systems.systems(faust_max=args.faust_events)
+    chosen = systems.systems(faust_max=args.faust_events, slow_max=args.stateful_events)
     cdc_names = [name for name, _, _ in cdc_rows.CASES]
     with_cdc = True
     if args.only:

@@ -347,7 +347,14 @@ def bench_system(env: Env, system: System) -> dict[str, Any]:
         row["status"] = f"not available: {reason}"
         print(f"[bench] {system.name}: {row['status']}", flush=True)
         return row
-    wl = Workload(events)
+    started = time.monotonic()
+    try:
+        return _bench_system(env, system, row, Workload(events))
+    finally:
+        row["elapsed_s"] = round(time.monotonic() - started, 1)
+
+
+def _bench_system(env: Env, system: System, row: dict[str, Any], wl: Workload) -> dict[str, Any]:
     ensure_topic(env.bootstrap, wl)
     exp = load_expected(wl)
     runs = []

@@ -35,7 +35,8 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         status = row.get("status", "")
         if status != "ok":
-            lines.append(f"| {row['system']} | {row['events']:,} | {status} | | | | | | | | | | |")
+            short = status if len(status) <= 200 else status[:200] + "... (see latest.json)"
+            lines.append(f"| {row['system']} | {row['events']:,} | {short} | | | | | | | | | | |")
             continue
         offered = f"{row['offered_eps']:,.0f}" if row.get("offered_eps") else "-"
         lines.append(

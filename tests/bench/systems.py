@@ -14,11 +14,11 @@ from tests.bench.harness import System, peer_command
 FAUST_MAX_EVENTS = 50_000  # ~2k events/s: a 50k prefix keeps the run inside its budget
 
 
-def systems(faust_max: int = FAUST_MAX_EVENTS) -> list[System]:
+def systems(faust_max: int = FAUST_MAX_EVENTS, slow_max: int = dataflow.SLOW_MAX_EVENTS) -> list[System]:
     return [
         System("raw", "raw confluent-kafka loop (consume 1000, orjson, batched produce)", peer_command("raw")),
         System("faust", "Faust agent, one event at a time, await topic.send", peer_command("faust"),
                max_events=faust_max),
         System("quix", "Quix Streams dataframe (apply, filter, to_topic)", peer_command("quix")),
-        *dataflow.systems(),
+        *dataflow.systems(slow_max),
     ]
