@@ -9,6 +9,7 @@ in the checkout is reported as not available.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -51,8 +52,17 @@ def run_extra(env: Env, name: str, limit: float) -> dict[str, Any]:
                 pass
     print(f"[bench] extra {name}: {status} in {time.monotonic() - started:.0f}s", flush=True)
     return {"name": name, "status": status, "elapsed_s": round(time.monotonic() - started, 1),
-            "output": [ln for ln in output if not ln.startswith("%")][-60:], "json": parsed,
+            "output": [_plain(ln) for ln in output if not ln.startswith("%") and _plain(ln).strip()][-60:],
+            "json": parsed,
             "log": str(log.relative_to(ROOT)) if log.is_relative_to(ROOT) else str(log)}
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\[\?25[lh]")
+
+
+def _plain(line: str) -> str:
+    """A log line without terminal escapes (Faust's spinner writes some)."""
+    return _ESCAPES.sub("", line).replace(" OK ^", "").rstrip()
 
 
 def extras(names: list[str]) -> list[Any]:
