@@ -18,7 +18,8 @@ def _ratio(row: dict[str, Any], key: str) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any], with_extras: bool = True) -> str:
+    """The run as Markdown; ``with_extras=False`` leaves out the other scripts' output."""
     m = report["machine"]
     w = report["workload"]
     lines = [
@@ -50,7 +51,7 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         lines.append(f"- **{row['system']}**: {row['label']}")
     lines.append("")
-    for extra in report.get("extras", []):
+    for extra in report.get("extras", []) if with_extras else []:
         lines.append(f"**{extra['name']}** (tests/bench/{extra['name']}.py): {extra['status']}")
         if extra.get("output"):
             lines += ["", "```", *extra["output"], "```"]
