@@ -289,15 +289,17 @@ def _row(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def target_rows(r: _Run) -> list[dict[str, Any]]:
+    """The loaded rows; a column the loader has not added yet (it adds them as the first
+    row carrying them arrives) reads as null."""
     import psycopg
+    from psycopg.rows import dict_row
 
-    cols = ", ".join(COLUMNS)
     try:
-        with psycopg.connect(r.dsn) as conn:
-            rows = conn.execute(f"SELECT {cols} FROM {r.target_table} ORDER BY id").fetchall()
+        with psycopg.connect(r.dsn, row_factory=dict_row) as conn:
+            rows = conn.execute(f"SELECT * FROM {r.target_table} ORDER BY id").fetchall()
     except psycopg.errors.UndefinedTable:
         return []
-    return [_row(dict(zip(COLUMNS, row, strict=True))) for row in rows]
+    return [_row(row) for row in rows]
 
 
 def _parquet(r: _Run) -> tuple[list[str], list[dict[str, Any]]]:
@@ -318,14 +320,16 @@ def _parquet(r: _Run) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _dlq(r: _Run) -> list[dict[str, Any]]:
-    out = []
+    """The DLQ records, one per source record (an at-least-once retry may write one twice)."""
+    out: dict[tuple[bytes, ...], dict[str, Any]] = {}
     for key, value, headers in _read_all(r, r.dlq_topic):
+        origin = tuple(headers.get(f"dataflow.{h}", b"") for h in ("topic", "partition", "offset"))
         row = orjson.loads(value) if value else {}
         after = row.get("after") or {}
-        out.append({"key": orjson.loads(key) if key else None, "id": after.get("id"),
-                    "stage": headers.get("dataflow.stage", b"").decode(),
-                    "error": headers.get("dataflow.error", b"").decode()})
-    return sorted(out, key=lambda d: (d["id"] or 0, d["stage"]))
+        out[origin] = {"key": orjson.loads(key) if key else None, "id": after.get("id"),
+                       "stage": headers.get("dataflow.stage", b"").decode(),
+                       "error": headers.get("dataflow.error", b"").decode()}
+    return sorted(out.values(), key=lambda d: (d["id"] or 0, d["stage"]))
 
 
 def _wait(check: Callable[[], bool], deadline: float, r: _Run) -> bool:
