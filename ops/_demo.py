@@ -2,7 +2,8 @@
 
 A fresh Postgres database (customers, orders) -> ``dataflow source run`` (CDC) -> Kafka ->
 ``dataflow worker`` running examples/demo_pipeline.yaml (unwrap, cast, drop cancelled
-orders, add tax, quality rules quarantining bad rows to the DLQ) -> ``dataflow load`` twice:
+orders, add tax, quality rules quarantining bad rows to the DLQ, join with the customers
+table) -> ``dataflow load`` twice:
 into a Postgres table and into Parquet files. Then inserts, updates, deletes and two bad
 rows on the source, a wait until the target equals what the source implies, and a short
 report. Every name carries a run id, and the processes, slot, database, topics, groups
@@ -420,7 +421,11 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
 
     started = time.monotonic()
     stack = Stack()
-    r = _Run(env=stack.up(), stack_home=stack.home)
+    try:
+        r = _Run(env=stack.up(), stack_home=stack.home)
+    except DataFlowError as exc:
+        print(f"FAILED: dataflow demo: the local stack did not start: {exc}", file=sys.stderr)
+        return 1
     print(f"dataflow demo (run {r.run}): Postgres CDC -> Kafka -> pipeline -> Postgres + Parquet")
     result: dict[str, Any] = {"run": r.run, "home": str(r.home), "ok": False}
     try:
