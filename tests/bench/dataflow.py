@@ -103,7 +103,7 @@ def check_w4(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | N
         unmatched += b'"customer_name"' not in (msg.value() or b"")
 
     read_all(env.bootstrap, scratch.output, count)
-    return f"{problem}; {unmatched} rows without their customer"
+    return f"{unmatched} rows without their customer (joined before the table was loaded?); {problem}"
 
 
 def check_w2(env: Env, wl: Workload, scratch: Scratch, exp: Expected) -> str | None:

@@ -339,55 +339,68 @@ def spread(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bench_system(env: Env, system: System) -> dict[str, Any]:
-    events = min(env.events, system.max_events or env.events)
-    row: dict[str, Any] = {"system": system.name, "label": system.label, "events": events}
-    reason = system.available(env)
-    if reason:
-        row["status"] = f"not available: {reason}"
-        print(f"[bench] {system.name}: {row['status']}", flush=True)
-        return row
-    started = time.monotonic()
-    try:
-        return _bench_system(env, system, row, Workload(events))
-    finally:
-        row["elapsed_s"] = round(time.monotonic() - started, 1)
+def bench_systems(env: Env, systems: list[System]) -> list[dict[str, Any]]:
+    """Throughput reps round-robin over the systems, then latency reps the same way.
 
-
-def _bench_system(env: Env, system: System, row: dict[str, Any], wl: Workload) -> dict[str, Any]:
-    ensure_topic(env.bootstrap, wl)
-    exp = load_expected(wl)
-    runs = []
+    Interleaving puts every system's repetitions, the raw loop's included, across the
+    whole run, so a burst of load from elsewhere on a shared machine falls on all of them
+    rather than on one system's three repetitions in a row.
+    """
+    rows: list[dict[str, Any]] = []
+    active: list[tuple[System, dict[str, Any], Workload, Expected]] = []
+    for system in systems:
+        events = min(env.events, system.max_events or env.events)
+        row: dict[str, Any] = {"system": system.name, "label": system.label, "events": events,
+                               "runs": [], "elapsed_s": 0.0}
+        rows.append(row)
+        reason = system.available(env)
+        if reason:
+            row["status"] = f"not available: {reason}"
+            print(f"[bench] {system.name}: {row['status']}", flush=True)
+            continue
+        wl = Workload(events)
+        ensure_topic(env.bootstrap, wl)
+        active.append((system, row, wl, load_expected(wl)))
     for rep in range(env.reps):
-        run = run_once(env, system, wl, exp, rep)
-        runs.append(run)
-        figure = f"{run['events_per_s']:,.0f} events/s" if run.get("ok") else run["reason"]
-        print(f"[bench] {system.name} rep {rep + 1}/{env.reps}: {figure}", flush=True)
-        if not run.get("ok"):
-            break
-    row["runs"] = runs
-    good = [r for r in runs if r.get("ok")]
-    if len(good) < len(runs) or not good:
-        row["status"] = "FAILED: " + next(r["reason"] for r in runs if not r.get("ok"))
-        return row
-    row["status"] = "ok"
-    for key in ("events_per_s", "events_per_cpu_s", "rss_mb", "wall_s", "cpu_s"):
-        row[key] = spread([r[key] for r in good if r.get(key) is not None])
-    if system.latency and env.latency_s > 0:
-        rate = 0.5 * row["events_per_s"]["median"]
-        lats = []
-        for rep in range(env.reps):
-            lat = run_latency(env, system, wl, rate, rep)
-            lats.append(lat)
-            figure = (f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {rate:,.0f}/s"
+        for system, row, wl, exp in active:
+            if any(not r.get("ok") for r in row["runs"]):
+                continue  # FAILED once: no more repetitions
+            started = time.monotonic()
+            run = run_once(env, system, wl, exp, rep)
+            row["elapsed_s"] += time.monotonic() - started
+            row["runs"].append(run)
+            figure = f"{run['events_per_s']:,.0f} events/s" if run.get("ok") else run["reason"]
+            print(f"[bench] {system.name} rep {rep + 1}/{env.reps}: {figure}", flush=True)
+    for _system, row, _wl, _exp in active:
+        runs = row["runs"]
+        if not runs or any(not r.get("ok") for r in runs):
+            row["status"] = "FAILED: " + next((r["reason"] for r in runs if not r.get("ok")), "no run")
+            continue
+        row["status"] = "ok"
+        for key in ("events_per_s", "events_per_cpu_s", "rss_mb", "wall_s", "cpu_s"):
+            row[key] = spread([r[key] for r in runs if r.get(key) is not None])
+    timed = [(s, r, w) for s, r, w, _ in active if s.latency and r["status"] == "ok"]
+    if env.latency_s <= 0:
+        timed = []
+    for _system, row, _wl in timed:
+        row["offered_eps"] = 0.5 * row["events_per_s"]["median"]
+        row["latency_runs"] = []
+    for rep in range(env.reps):
+        for system, row, wl in timed:
+            started = time.monotonic()
+            lat = run_latency(env, system, wl, row["offered_eps"], rep)
+            row["elapsed_s"] += time.monotonic() - started
+            row["latency_runs"].append(lat)
+            figure = (f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {row['offered_eps']:,.0f}/s"
                       if lat.get("ok") else lat["reason"])
             print(f"[bench] {system.name} latency rep {rep + 1}: {figure}", flush=True)
-        row["latency_runs"] = lats
-        ok_lats = [x for x in lats if x.get("ok")]
-        row["offered_eps"] = rate
+    for _system, row, _wl in timed:
+        ok_lats = [x for x in row["latency_runs"] if x.get("ok")]
         row["p50_ms"] = spread([x["p50_ms"] for x in ok_lats])
         row["p99_ms"] = spread([x["p99_ms"] for x in ok_lats])
-    return row
+    for row in rows:
+        row["elapsed_s"] = round(row["elapsed_s"], 1)
+    return rows
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -429,8 +442,7 @@ def main(env: Env, systems: list[System], extras: list[RowMaker], more_rows: lis
         "events": env.events, "reps": env.reps, "latency_s": env.latency_s,
         "workload": _describe(Workload(env.events)), "rows": [], "extras": [],
     }
-    for system in systems:
-        report["rows"].append(bench_system(env, system))
+    report["rows"] = bench_systems(env, systems)
     for make_rows in more_rows or []:
         report["rows"] += make_rows(env)
     add_ratios(report["rows"])
