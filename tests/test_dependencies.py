@@ -97,3 +97,11 @@ def test_tests_import_only_declared_dependencies() -> None:
     runtime, extras = _declared()
     allowed = _closure(runtime + extras)
     assert _undeclared(ROOT / "tests", allowed) == []
+
+
+@pytest.mark.unit
+def test_faust_transport_reads_every_codec_the_cdc_source_writes() -> None:
+    """The CDC source compresses with lz4 by default; Faust's aiokafka must decode it."""
+    from aiokafka import codec
+
+    assert codec.has_lz4() and codec.has_snappy() and codec.has_zstd() and codec.has_gzip()
