@@ -167,6 +167,9 @@ class Loader:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "max.poll.interval.ms": 900_000,   # a target outage is waited out, not a rebalance
+            # a SIGKILLed loader's partitions move on after 10 s, not the 45 s default
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             **self.settings.consumer,
         }

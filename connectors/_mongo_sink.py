@@ -27,41 +27,35 @@ ops after the last reported error are sent again (the guard makes that harmless)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import pymongo
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from connectors._sink import (
-    Backoff,
     BatchingSink,
     Rejected,
+    RetrySettings,
     SinkRecord,
     latest_per_key,
-    sink_metrics,
+    retry_transient,
 )
-from schemas import SinkBackpressure, SinkError
+from schemas import SinkError
 
 _CHUNK = 1000
 _DUP_KEY = 11000
 
 
-class MongoSinkSettings(BaseModel):
+class MongoSinkSettings(RetrySettings):
     """Where and how a MongoDB loader writes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     uri: SecretStr
     database: str = Field(min_length=1)
     collection: str = Field(min_length=1)
     key_fields: tuple[str, ...] = ()          # default: the event key's fields
     server_timeout_ms: int = 5000
-    retry_attempts: int = 6
-    retry_max_delay: float = 5.0
-    retry_after: float = 2.0
 
 
 class MongoSink(BatchingSink):
@@ -75,7 +69,6 @@ class MongoSink(BatchingSink):
         self.name = name or f"{settings.database}.{settings.collection}"
         self._client: pymongo.MongoClient[dict[str, Any]] | None = None
         self._keys = settings.key_fields
-        self._backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
 
     def _db(self) -> Any:
         if self._client is None:
@@ -106,19 +99,13 @@ class MongoSink(BatchingSink):
         if not self._keys:
             self._keys = tuple(batch[0].key)
         rows = latest_per_key(batch, self._keys)
-        last: BaseException | None = None
-        for delay in [0.0, *self._backoff.delays()]:
-            if delay:
-                sink_metrics().retries.labels(self.kind, self.name).inc()
-                time.sleep(delay)
-            try:
-                return self._write_once(rows)
-            except ConnectionFailure as exc:
-                last = exc
-            except PyMongoError as exc:
-                raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
-        raise SinkBackpressure(f"sink mongodb {self.name}: target unavailable ({last})",
-                               retry_after=self.settings.retry_after) from last
+        try:
+            return retry_transient(self, self.settings, lambda: self._write_once(rows),
+                                   (ConnectionFailure,))
+        except ConnectionFailure:
+            raise
+        except PyMongoError as exc:
+            raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
 
     def _write_once(self, rows: list[SinkRecord]) -> list[Rejected]:
         db = self._db()

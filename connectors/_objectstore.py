@@ -27,8 +27,9 @@ import datetime as dt
 import io
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -38,18 +39,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from connectors._sink import Backoff, Rejected, SinkRecord, sink_metrics
+from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, sink_metrics
 from schemas import ConfigError, SinkBackpressure, SinkError
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
 
 
-class ObjectStoreSinkSettings(BaseModel):
+class ObjectStoreSinkSettings(RetrySettings):
     """Where files go and when they roll."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(min_length=1)          # file:///dir, /dir, s3://bucket/prefix, gs://..., az://...
     endpoint_url: str | None = None         # S3-compatible endpoint (moto, MinIO, ...)
@@ -62,8 +61,6 @@ class ObjectStoreSinkSettings(BaseModel):
     max_interval: float = 60.0              # record-time span of one roll, seconds
     max_open: float | None = None           # wall-clock bound on buffering (default: max_interval)
     options: dict[str, str] = Field(default_factory=dict)  # passed to the store (credentials, region)
-    retry_attempts: int = 5
-    retry_after: float = 2.0
 
 
 def open_store(settings: ObjectStoreSinkSettings) -> ObjectStore:
@@ -115,7 +112,6 @@ class ObjectStoreSink:
         self.store = store if store is not None else open_store(settings)
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._ready: list[list[SinkRecord]] = []   # rolls waiting for the next flush
-        self._backoff = Backoff(attempts=settings.retry_attempts)
         self.files_written = 0
 
     # -- the sink contract -------------------------------------------------------------
@@ -202,27 +198,19 @@ class ObjectStoreSink:
             name = f"{stem}{recs[-1].offset:020d}.{ext}"
             path = f"{folder}/{name}" if folder else name
             data = self._encode(recs)
-            self._retrying(lambda p=path, d=data: obstore.put(self.store, p, d))
-            for old in self._retrying(lambda f=folder, st=stem: _list_paths(self.store, f, st)):
+            self._retrying(partial(obstore.put, self.store, path, data))
+            for old in self._retrying(partial(_list_paths, self.store, folder, stem)):
                 if old != path:
-                    self._retrying(lambda o=old: obstore.delete(self.store, o))
+                    self._retrying(partial(obstore.delete, self.store, old))
             self.files_written += 1
 
-    def _retrying(self, op: Any) -> Any:
-        last: Exception | None = None
-        for delay in [0.0, *self._backoff.delays()]:
-            if delay:
-                sink_metrics().retries.labels(self.kind, self.name).inc()
-                time.sleep(delay)
-            try:
-                return op()
-            except (OSError, ConnectionError) as exc:   # obstore raises OSError subclasses
-                last = exc
-            except Exception as exc:
-                sink_metrics().errors.labels(self.kind, self.name).inc()
-                raise SinkError(f"sink objectstore {self.name}: {exc}") from exc
-        raise SinkBackpressure(f"sink objectstore {self.name}: store unavailable ({last})",
-                               retry_after=self.settings.retry_after) from last
+    def _retrying(self, op: Callable[[], T]) -> T:
+        try:   # obstore raises OSError subclasses for I/O and network trouble
+            return retry_transient(self, self.settings, op, (OSError, ConnectionError))
+        except SinkBackpressure:
+            raise
+        except Exception as exc:
+            raise SinkError(f"sink objectstore {self.name}: {exc}") from exc
 
     def _encode(self, recs: Sequence[SinkRecord]) -> bytes:
         rows = [_row(r) for r in recs]

@@ -29,33 +29,30 @@ import datetime as dt
 import decimal
 import hashlib
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from connectors._sink import (
-    Backoff,
     BatchingSink,
     Rejected,
+    RetrySettings,
     SinkRecord,
     latest_per_key,
-    sink_metrics,
+    retry_transient,
 )
-from schemas import SinkBackpressure, SinkError
+from schemas import SinkError
 
 _DELETE_FLAG = "__df_delete"
 _STAGE = "_df_stage"
 
 
-class PostgresSinkSettings(BaseModel):
+class PostgresSinkSettings(RetrySettings):
     """Where and how a Postgres loader writes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     dsn: SecretStr
     table: str = Field(min_length=1)
@@ -66,9 +63,6 @@ class PostgresSinkSettings(BaseModel):
     evolve: bool = True                     # ADD COLUMN for fields the table lacks
     column_types: dict[str, str] = Field(default_factory=dict)  # SQL types for created columns
     connect_timeout: int = 5
-    retry_attempts: int = 6
-    retry_max_delay: float = 5.0
-    retry_after: float = 2.0                # what SinkBackpressure asks the loader to wait
 
     @field_validator("column_types")
     @classmethod
@@ -150,7 +144,6 @@ class PostgresSink(BatchingSink):
         self._conn: psycopg.Connection[Any] | None = None
         self._columns: dict[str, str] = {}  # target column -> SQL type; {} = not loaded
         self._keys: tuple[str, ...] = settings.key_fields
-        self._backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
         self._target = sql.Identifier(settings.db_schema, settings.table)
         self._tomb = sql.Identifier(settings.db_schema, _short_ident(settings.table, "__tombstones"))
         self._ver = sql.Identifier(settings.version_column)
@@ -182,19 +175,8 @@ class PostgresSink(BatchingSink):
     # -- the batch ---------------------------------------------------------------------
 
     def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
-        last: BaseException | None = None
-        for delay in [0.0, *self._backoff.delays()]:
-            if delay:
-                sink_metrics().retries.labels(self.kind, self.name).inc()
-                time.sleep(delay)
-            try:
-                return self._write_once(batch)
-            except _Retryable as exc:
-                last = exc.__cause__ or exc
-                self._drop_connection()
-        raise SinkBackpressure(
-            f"sink postgres {self.name}: target unavailable ({last})",
-            retry_after=self.settings.retry_after) from last
+        return retry_transient(self, self.settings, lambda: self._write_once(batch), (_Retryable,),
+                               on_retry=self._drop_connection)
 
     def _write_once(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
         try:

@@ -13,12 +13,13 @@ records and flushes again (the loader keeps them), so no record is held in two p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ConfigDict
 
 from schemas import SinkBackpressure
 
@@ -145,6 +146,40 @@ class Backoff:
         for _ in range(self.attempts):
             yield delay
             delay = min(delay * 2, self.maximum)
+
+
+class RetrySettings(BaseModel):
+    """How long a sink retries a target that went away before answering backpressure."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    retry_attempts: int = 6
+    retry_max_delay: float = 5.0
+    retry_after: float = 2.0                # what SinkBackpressure asks the loader to wait
+
+
+T = TypeVar("T")
+
+
+def retry_transient(sink: Any, settings: RetrySettings, op: Callable[[], T],
+                    transient: tuple[type[BaseException], ...],
+                    on_retry: Callable[[], None] | None = None) -> T:
+    """Run ``op``; on a ``transient`` error retry with exponential backoff (counted in the
+    retries metric), then raise ``SinkBackpressure`` carrying ``settings.retry_after``."""
+    backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
+    last: BaseException | None = None
+    for delay in [0.0, *backoff.delays()]:
+        if delay:
+            sink_metrics().retries.labels(sink.kind, sink.name).inc()
+            time.sleep(delay)
+        try:
+            return op()
+        except transient as exc:
+            last = exc.__cause__ or exc
+            if on_retry is not None:
+                on_retry()
+    raise SinkBackpressure(f"sink {sink.kind} {sink.name}: target unavailable ({last})",
+                           retry_after=settings.retry_after) from last
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,10 @@ def test_postgres_loader_exact_under_sigkill_and_target_outage(
 
         def outage() -> None:
             target.stop()
-            workload.run(800)        # changes pile up while the target is away
-            time.sleep(30)
+            stopped = time.monotonic()
+            while time.monotonic() - stopped < 30:   # changes pile up while the target is away
+                workload.run(100)
+                time.sleep(1)
             target.start()
 
         try:
