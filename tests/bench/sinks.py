@@ -140,7 +140,7 @@ def measure(kind: str, rows: int = 50_000, batch: int = 5000,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.sinks", description=__doc__)
     parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--mongo-rows", type=int, default=20_000,
+    parser.add_argument("--mongo-rows", type=int, default=5_000,
                         help="FerretDB on SQLite is far slower than the others")
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--only", default=",".join(SINKS))

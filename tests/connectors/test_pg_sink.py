@@ -162,3 +162,25 @@ def test_composite_key_and_existing_primary_key(fresh_db: str) -> None:
         assert rows(fresh_db, "lines") == [(1, 1, "a", 1), (2, 1, "c", 3)]
     finally:
         sink.close()
+
+
+def test_target_away_answers_backpressure_then_writes_the_same_batch() -> None:
+    from schemas import SinkBackpressure
+    from tests.e2e.loader_support import private_postgres
+
+    with private_postgres() as target:
+        dsn = target.env()["DATAFLOW_PG_DSN"]
+        sink = make(dsn, retry_attempts=1, retry_max_delay=0.1, retry_after=0.5)
+        try:
+            write(sink, rec(1, 1, name="a"))
+            target.stop()
+            batch = [rec(1, 2, name="b"), rec(2, 3, name="c")]
+            sink.add(batch)
+            with pytest.raises(SinkBackpressure, match="target unavailable") as info:
+                sink.flush()
+            assert info.value.retry_after == 0.5
+            target.start()
+            assert write(sink, *batch) == []       # the loader re-adds the same records
+            assert rows(dsn) == [(1, "b", 2), (2, "c", 3)]
+        finally:
+            sink.close()
