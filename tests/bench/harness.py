@@ -253,8 +253,17 @@ def run_once(env: Env, system: System, wl: Workload, exp: Expected, rep: int) ->
             kill(proc)
         if system.teardown:
             system.teardown(env, scratch)
-        delete_topics(env.bootstrap, [scratch.output, scratch.dlq])
-        Group(env.bootstrap, scratch.group, scratch.input, PARTITIONS).delete()
+        _cleanup(env, scratch, [scratch.output, scratch.dlq])
+
+
+def _cleanup(env: Env, scratch: Scratch, topics: list[str]) -> None:
+    """Delete the run's topics, the ones its system made (``<group>-...``: repartition,
+    changelog, assignor topics) and its consumer group."""
+    from confluent_kafka.admin import AdminClient
+
+    listed = AdminClient({"bootstrap.servers": env.bootstrap}).list_topics(timeout=30).topics
+    delete_topics(env.bootstrap, topics + [t for t in listed if t.startswith(f"{scratch.group}-")])
+    Group(env.bootstrap, scratch.group, scratch.input, PARTITIONS).delete()
 
 
 # --- a latency run -----------------------------------------------------------------
@@ -306,8 +315,7 @@ def run_latency(env: Env, system: System, wl: Workload, rate: float, rep: int) -
                 kill(p)
         if system.teardown:
             system.teardown(env, scratch)
-        delete_topics(env.bootstrap, [lat_input, scratch.output, scratch.dlq])
-        Group(env.bootstrap, scratch.group, lat_input, PARTITIONS).delete()
+        _cleanup(env, scratch, [lat_input, scratch.output, scratch.dlq])
 
 
 def _probe(env: Env, scratch: Scratch, wl: Workload) -> bool:
