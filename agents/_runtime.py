@@ -123,7 +123,7 @@ class FastProducer:
             "linger.ms": 5,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
+            "queue.buffering.max.kbytes": 262_144,
             "enable.idempotence": True,
             "acks": "all",
             # the Java client's partitioner, so keyed outputs land where Kafka Streams,

@@ -65,13 +65,19 @@ def _run(mode: str, guarantee: str, bootstrap: str, make_topic: Any, unique: str
 
 @pytest.mark.integration
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-@pytest.mark.parametrize("mode", ["batch", "plain"])
+@pytest.mark.parametrize(("mode", "guarantee"), [
+    ("batch", "exactly_once"), ("batch", "at_least_once"), ("plain", "at_least_once")])
 def test_table_recovers_after_sigkill(
         mode: str, guarantee: str, kafka_bootstrap: str, make_topic: Any, unique: str,
         tmp_path: Path) -> None:
     """``batch``: the DataFlow batch runtime, on the 50,000 events of the acceptance point;
     ``plain``: a classic Faust agent (``table[key] += 1`` per event, no DataFlow code on
-    the path) on 10,000 (at ~1-2k events/s it needs ~160 s per case for 50,000)."""
+    the path) on 10,000 (at ~1-2k events/s it needs ~160 s per case for 50,000).
+
+    A plain agent is not run with exactly_once: Faust 0.15 picks a send's transaction by
+    the *destination* partition, so an output can commit apart from its input offset; a
+    run here counted one key 201 times out of 200 after the SIGKILL. The batch runtime
+    sends everything of a batch in its *source* partition's transaction.
+    """
     _run(mode, guarantee, kafka_bootstrap, make_topic, unique, tmp_path,
          N if mode == "batch" else 10_000)
