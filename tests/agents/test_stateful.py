@@ -11,10 +11,19 @@ from typing import Any
 import orjson
 import pytest
 
-from agents import DeadLetter, Event, compile_expr
-from agents._runtime import BatchApp, Outbox
-from agents._stateful import Dedup, Join, Referential, TableFeed, WindowAggregate
-from agents._tables import BatchTable
+from agents import (
+    BatchApp,
+    BatchTable,
+    DeadLetter,
+    Dedup,
+    Event,
+    Join,
+    Outbox,
+    Referential,
+    TableFeed,
+    WindowAggregate,
+    compile_expr,
+)
 
 pytestmark = pytest.mark.unit
 
