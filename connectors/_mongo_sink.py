@@ -44,7 +44,8 @@ from connectors._sink import (
 )
 from schemas import SinkError
 
-_CHUNK = 1000
+_CHUNK = 1000   # ids per find, documents per insert
+_OPS = 100      # update/delete ops per command: each one short, well inside socket timeouts
 _DUP_KEY = 11000
 
 
@@ -75,7 +76,7 @@ class MongoSink(BatchingSink):
             ms = self.settings.server_timeout_ms
             self._client = pymongo.MongoClient(
                 self.settings.uri.get_secret_value(), serverSelectionTimeoutMS=ms,
-                connectTimeoutMS=ms, socketTimeoutMS=max(ms, 30_000), retryWrites=False)
+                connectTimeoutMS=ms, socketTimeoutMS=max(ms, 120_000), retryWrites=False)
         return self._client[self.settings.database]
 
     def close(self) -> None:
@@ -170,8 +171,9 @@ class MongoSink(BatchingSink):
         """Send ``ops`` unordered in chunks; the ids (``id()``) of records that went through.
         Inserts that hit a duplicate key go to ``dups``."""
         ok: set[int] = set()
-        for start in range(0, len(ops), _CHUNK):
-            self._send(db, verb, coll, ops[start:start + _CHUNK], recs[start:start + _CHUNK],
+        size = _CHUNK if verb == "insert" else _OPS
+        for start in range(0, len(ops), size):
+            self._send(db, verb, coll, ops[start:start + size], recs[start:start + size],
                        rejected, ok, dups if dups is not None else [])
         return ok
 

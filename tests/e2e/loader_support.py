@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from connectors import KafkaSettings, PostgresCDCConfig, PostgresCDCSource
-from ops._stack import Postgres, StackState
+from ops._stack import FerretDB, Postgres, StackState, cache_dir, default_home
 
 COLUMNS = ("id", "name", "qty", "price", "active", "meta")
 
@@ -112,6 +112,28 @@ def private_postgres() -> Iterator[Postgres]:
         yield pg
     finally:
         pg.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_ferretdb() -> Iterator[FerretDB]:
+    """A private FerretDB (the cached binary, its own data folder and port), so a test
+    can stop it and is not slowed by whatever else the shared one is doing."""
+    home = Path(tempfile.mkdtemp(prefix="df-mongo-", dir="/tmp"))
+    saved = os.environ.get("DATAFLOW_CACHE")
+    os.environ["DATAFLOW_CACHE"] = str(cache_dir(default_home()))   # reuse the built binary
+    try:
+        server = FerretDB(home, StackState.load(home / "stack" / "state.json"))
+        server.start()
+    finally:
+        if saved is None:
+            os.environ.pop("DATAFLOW_CACHE", None)
+        else:
+            os.environ["DATAFLOW_CACHE"] = saved
+    try:
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 
