@@ -46,6 +46,27 @@ def _chaos(workload: ChangeWorkload, loader: LoaderProcess, rounds: int, seed: i
         loader.restart()
 
 
+def _outage(stop: Any, start: Any, workload: ChangeWorkload, changes: int, log: Path,
+            ready: Any) -> None:
+    """Stop the target once the loader is up and caught up, keep changes coming until the
+    loader has met the outage (at least 30 s, at most 120 s), then start the target again.
+
+    Waiting for the loader first keeps the outage meaningful on a slow, loaded machine,
+    where a freshly started loader may still be importing when a fixed-time outage ends.
+    """
+    wait_for(ready, 180, "the loader to catch up before the outage")
+    stop()
+    stopped = time.monotonic()
+    while True:   # changes pile up while the target is away
+        workload.run(changes)
+        time.sleep(1)
+        elapsed = time.monotonic() - stopped
+        met = log.exists() and "target unavailable" in log.read_text()
+        if elapsed >= 30 and (met or elapsed >= 120):
+            break
+    start()
+
+
 def test_postgres_loader_exact_under_sigkill_and_target_outage(
         fresh_db: str, kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     workload = ChangeWorkload(fresh_db, seed=11)
@@ -63,12 +84,8 @@ def test_postgres_loader_exact_under_sigkill_and_target_outage(
         loader.start()
 
         def outage() -> None:
-            target.stop()
-            stopped = time.monotonic()
-            while time.monotonic() - stopped < 30:   # changes pile up while the target is away
-                workload.run(100)
-                time.sleep(1)
-            target.start()
+            _outage(target.stop, target.start, workload, 100, tmp_path / "loader.log",
+                    lambda: caught_up(kafka_bootstrap, group, topic))
 
         try:
             _chaos(workload, loader, rounds=6, seed=3, outage=outage)
@@ -107,12 +124,8 @@ def test_mongodb_loader_documents_equal_rows_under_sigkill_and_target_outage(
             return [tuple(_parquet_value(d.get(c), c) for c in COLUMNS) for d in found]
 
         def outage() -> None:
-            server.stop()
-            stopped = time.monotonic()
-            while time.monotonic() - stopped < 30:   # changes pile up while the target is away
-                workload.run(40)
-                time.sleep(1)
-            server.start()
+            _outage(server.stop, server.start, workload, 40, tmp_path / "loader.log",
+                    lambda: caught_up(kafka_bootstrap, group, topic))
 
         try:
             _chaos(workload, loader, rounds=6, seed=4, outage=outage, changes=200)
