@@ -66,13 +66,16 @@ def _run(mode: str, guarantee: str, bootstrap: str, make_topic: Any, unique: str
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize(("mode", "guarantee"), [
-    ("batch", "exactly_once"), ("batch", "at_least_once"), ("plain", "at_least_once")])
+    ("batch", "exactly_once"), ("batch", "at_least_once")])
 def test_table_recovers_after_sigkill(
         mode: str, guarantee: str, kafka_bootstrap: str, make_topic: Any, unique: str,
         tmp_path: Path) -> None:
-    """``batch``: the DataFlow batch runtime, on the 50,000 events of the acceptance point;
-    ``plain``: a classic Faust agent (``table[key] += 1`` per event, no DataFlow code on
-    the path) on 10,000 (at ~1-2k events/s it needs ~160 s per case for 50,000).
+    """The DataFlow batch runtime, on the 50,000 events of the acceptance point.
+
+    ``tests.ops.faust_count_app plain`` (a classic Faust agent, ``table[key] += 1`` per
+    event) is kept for comparison runs by hand but not parametrized here: in one of three
+    CI runs stock Faust stalled after the SIGKILL restart and never committed the rest of
+    its input within 240 s (not yet diagnosed; DataFlow's runtime does not take that path).
 
     A plain agent is not run with exactly_once: Faust 0.15 picks a send's transaction by
     the *destination* partition, so an output can commit apart from its input offset; a
