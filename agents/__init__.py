@@ -12,7 +12,16 @@ from agents._decode import (
 )
 from agents._dlq import DlqReader, DlqRecord, ReplayResult, dlq_record, dlq_records, replay_dlq
 from agents._event import DeadLetter, Event
-from agents._expr import FUNCTIONS, Expr, ExprError, UnknownNameError, compile_expr
+from agents._expr import (
+    FUNCTIONS,
+    Expr,
+    ExprError,
+    Limits,
+    UnknownNameError,
+    ValueTooLarge,
+    compile_expr,
+    compile_regex,
+)
 from agents._loader import Loader, LoaderSettings, RecordMapper
 from agents._quality import (
     TYPE_NAMES,
@@ -79,6 +88,7 @@ __all__ = [
     "Flatten",
     "Hash",
     "JsonSchemaRule",
+    "Limits",
     "Loader",
     "LoaderSettings",
     "Mask",
@@ -98,7 +108,9 @@ __all__ = [
     "TypeRule",
     "UnknownNameError",
     "Unwrap",
+    "ValueTooLarge",
     "compile_expr",
+    "compile_regex",
     "dlq_record",
     "dlq_records",
     "encode_event",

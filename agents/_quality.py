@@ -17,8 +17,8 @@ row against ~52 us for ``jsonschema``'s ``is_valid`` on the same 4-property sche
 
 from __future__ import annotations
 
+import inspect
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
@@ -26,10 +26,11 @@ from typing import Any, ClassVar, Literal
 import fastavro
 import fastjsonschema
 from fastavro.validation import ValidationError as AvroValidationError
+from fastjsonschema.draft07 import CodeGeneratorDraft07
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from agents._event import DeadLetter, Event
-from agents._expr import Expr
+from agents._expr import Expr, compile_regex
 from agents._transforms import describe
 from schemas import ConfigError
 
@@ -246,9 +247,9 @@ class RegexRule(Rule):
     ) -> None:
         super().__init__(name, action)
         try:
-            rx = re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"rule {name}: bad regular expression {pattern!r}: {exc}") from exc
+            rx = compile_regex(pattern)
+        except ConfigError as exc:
+            raise ConfigError(f"rule {name}: {pattern!r}: {exc}") from None
         self.field, self.pattern = field, pattern
         match = self._match = rx.fullmatch if full else rx.search
 
@@ -314,6 +315,59 @@ class ExprRule(Rule):
         return None if ok else f"expression {self.expr.source!r} is false"
 
 
+class _NoRemoteRefs(dict[str, Any]):
+    """fastjsonschema's ``handlers`` for every URI scheme: a ``$ref`` that is not local
+    (``#...``) is refused instead of fetched (an http or file URL in a spec would
+    otherwise be read when the spec compiles)."""
+
+    def __contains__(self, scheme: object) -> bool:
+        return True
+
+    def __getitem__(self, scheme: str) -> Callable[[str], Any]:
+        def refuse(uri: str) -> Any:
+            raise fastjsonschema.JsonSchemaDefinitionException(
+                f"$ref {uri!r} is not local: only '#...' refs are allowed")
+        return refuse
+
+
+#: fastjsonschema keys its built-in format regexes ``<format>_re_pattern``
+_FORMAT_KEYS = {f"{name}_re_pattern" for name in CodeGeneratorDraft07.FORMAT_REGEXS}
+
+
+def _is_email(value: str) -> bool:
+    """fastjsonschema's ``email`` format without its regex, which is quadratic in the
+    length of a value full of dots: one ``@``, a local part that does not start or end
+    with a dot nor hold ``..``, a dot inside the domain."""
+    local, at, domain = value.partition("@")
+    return (bool(at) and bool(local) and not local.startswith(".") and not local.endswith(".")
+            and ".." not in local and "@" not in domain and "." in domain[1:-1])
+
+
+def compile_json_schema(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A fastjsonschema validator for ``schema`` whose ``pattern`` and
+    ``patternProperties`` regexes run on RE2 (linear time), with no remote ``$ref``.
+
+    Raises ``ConfigError`` for a schema that does not compile, a non-local ``$ref`` or a
+    pattern RE2 cannot compile.
+    """
+    try:
+        validate = fastjsonschema.compile(dict(schema), handlers=_NoRemoteRefs(),
+                                          formats={"email": _is_email})
+    except Exception as exc:  # noqa: BLE001 - fastjsonschema raises re.error, TypeError, ...
+        raise ConfigError(f"invalid JSON Schema: {describe(exc)}") from None
+    # the generated validator looks its regexes up in this dict at every call
+    patterns = getattr(inspect.unwrap(validate), "__globals__", {}).get("REGEX_PATTERNS")
+    if not isinstance(patterns, dict):
+        raise ConfigError("invalid JSON Schema: this fastjsonschema keeps no REGEX_PATTERNS")
+    for key in list(patterns):
+        if key not in _FORMAT_KEYS:
+            try:
+                patterns[key] = compile_regex(key)
+            except ConfigError as exc:
+                raise ConfigError(f"invalid JSON Schema: pattern {key!r}: {exc}") from None
+    return validate
+
+
 class JsonSchemaRule(Rule):
     """The row validates against a JSON Schema (compiled once with fastjsonschema)."""
 
@@ -322,9 +376,9 @@ class JsonSchemaRule(Rule):
     def __init__(self, name: str, schema: Mapping[str, Any], action: Action = "quarantine"):
         super().__init__(name, action)
         try:
-            self._validate = fastjsonschema.compile(dict(schema))
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
-            raise ConfigError(f"rule {name}: invalid JSON Schema: {exc}") from exc
+            self._validate = compile_json_schema(schema)
+        except ConfigError as exc:
+            raise ConfigError(f"rule {name}: {exc}") from None
 
     def reason(self, row: Row) -> str | None:
         try:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from agents import ExprError, UnknownNameError, compile_expr
+from agents import (
+    Chain,
+    Compute,
+    Event,
+    ExprError,
+    Filter,
+    Limits,
+    UnknownNameError,
+    ValueTooLarge,
+    compile_expr,
+)
 from schemas import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -132,9 +142,10 @@ def test_missing_field_reads_as_none_and_names_are_fields_not_builtins() -> None
     ("text", "row", "message"),
     [
         ("2 ** n", {"n": 10**6}, "exponent"),
-        ("name * n", {"name": "ab", "n": 10**7}, "repetition"),
-        ("tags * n", {"tags": [1, 2], "n": 10**7}, "repetition"),
-        ("replace(replace(replace(s, 'a', s), 'a', s), 'a', s)", {"s": "a" * 200}, "replace()"),
+        ("name * n", {"name": "ab", "n": 10**7}, "* would build a value larger than"),
+        ("tags * n", {"tags": [1, 2], "n": 10**7}, "* would build a value larger than"),
+        ("replace(replace(replace(s, 'a', s), 'a', s), 'a', s)", {"s": "a" * 200},
+         "replace() would build a value larger than"),
         ("amount > 1", {"amount": None}, "not supported"),
     ],
 )
@@ -154,3 +165,108 @@ def test_compiled_once_into_a_plain_function() -> None:
     assert expr.fields == ("amount", "status")
     # no builtins reach the function
     assert expr.fn.__globals__["__builtins__"] == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "row"),
+    [
+        ("id % 4", {"id": "%999999999d"}),   # printf formatting would build 1 GB
+        ("'%s%s' % tags", {"tags": ("a", "b")}),
+        ("id % n", {"id": b"%d", "n": 4}),
+    ],
+)
+def test_percent_is_the_remainder_of_numbers_only(text: str, row: dict) -> None:
+    with pytest.raises(TypeError) as info:
+        compile_expr(text)(row)
+    left = type(row.get("id", "")).__name__
+    right = type(row.get("n", row.get("tags", 4))).__name__
+    assert str(info.value) == f"% needs two numbers, got {left} % {right}"
+    assert compile_expr("amount % 4")({"amount": 10.5}) == 2.5
+
+
+SMALL = Limits(max_value_size=1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "what"),
+    [
+        ("s + s", {"s": "x" * 600}, "+"),
+        ("s + '-' + s", {"s": "x" * 600}, "+"),
+        ("tags + tags", {"tags": list(range(600))}, "+"),
+        ("tags + tags", {"tags": [["ab"] * 300]}, "+"),            # nested items count
+        ("big * 10000", {"big": "ab"}, "*"),                        # a small literal too
+        ("10000 * big", {"big": "ab"}, "*"),
+        ("[s] * 3", {"s": "x" * 400}, "*"),
+        ("[s, s, s]", {"s": "x" * 400}, "a list literal"),
+        ("len([[s, s], [s, s]])", {"s": "x" * 300}, "a list literal"),
+        ("str(tags)", {"tags": ["ab"] * 400}, "str()"),
+        ("str(b)", {"b": b"\x00" * 400}, "str()"),                  # repr is 4x the bytes
+        ("lower(tags)", {"tags": ["ab"] * 400}, "str()"),
+        ("sha256(tags)", {"tags": ["ab"] * 400}, "str()"),
+        ("matches(tags, 'x')", {"tags": ["ab"] * 400}, "str()"),
+        ("upper(s)", {"s": "\u00df" * 600}, "upper()"),              # one ß is SS
+        ("replace(s, 'a', 'aaaa')", {"s": "a" * 400}, "replace()"),
+        ("replace(s, '', '-')", {"s": "a" * 600}, "replace()"),
+    ],
+)
+def test_every_value_an_expression_builds_is_bounded(text: str, row: dict, what: str) -> None:
+    fn = compile_expr(text, limits=SMALL)
+    with pytest.raises(ValueTooLarge) as info:
+        fn(row)
+    assert str(info.value) == f"{what} would build a value larger than 1000 (DATAFLOW_MAX_VALUE_SIZE)"
+    assert isinstance(info.value, ValueError)
+
+
+def test_values_under_the_bound_are_built() -> None:
+    row = {"s": "x" * 400, "tags": ["ab"] * 10}
+    assert compile_expr("s + s", limits=SMALL)(row) == "x" * 800
+    assert compile_expr("len([s, s])", limits=SMALL)(row) == 2
+    assert compile_expr("len(str(tags))", limits=SMALL)(row) == len(str(row["tags"]))
+    assert compile_expr("upper(s)", limits=SMALL)(row) == "X" * 400
+
+
+def test_limits_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Limits() == Limits(max_value_size=1 << 20, max_expr_length=4000,
+                              max_spec_bytes=1 << 20, max_spec_depth=64, max_spec_aliases=10)
+    assert Limits.from_env({"DATAFLOW_MAX_VALUE_SIZE": "100"}).max_value_size == 100
+    with pytest.raises(ConfigError, match="limits: "):
+        Limits.from_env({"DATAFLOW_MAX_VALUE_SIZE": "many"})
+    monkeypatch.setenv("DATAFLOW_MAX_VALUE_SIZE", "10")
+    with pytest.raises(ValueTooLarge, match="larger than 10 "):
+        compile_expr("s + s")({"s": "x" * 6})
+    monkeypatch.setenv("DATAFLOW_MAX_EXPR_LENGTH", "5")
+    with pytest.raises(ExprError, match="longer than 5 characters"):
+        compile_expr("a + b + c")
+
+
+def test_matches_runs_on_re2_in_linear_time() -> None:
+    # (a+)+$ backtracks for minutes on 31 characters with Python's re; RE2 does not
+    assert compile_expr("matches(s, '(a+)+$')")({"s": "a" * 100_000 + "!"}) is False
+    assert compile_expr("matches(s, '(a+)+$')")({"s": "aaa"}) is True
+    with pytest.raises(ExprError) as info:
+        compile_expr(r"matches(s, '(a)\\1')")
+    assert ("bad regular expression for RE2 (no backreferences or lookaround): "
+            "invalid escape sequence: \\1") in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["1" + " + 1" * 150, "-" * 3999 + "1", "not " * 999 + "x"])
+def test_deep_expressions_are_refused_not_a_recursion_crash(text: str) -> None:
+    with pytest.raises(ExprError) as info:
+        compile_expr(text)
+    assert str(info.value).endswith(": nested deeper than 100")
+
+
+def test_a_poison_value_is_one_dead_letter_and_the_batch_goes_on() -> None:
+    chain = Chain([Compute({"dup": compile_expr("s + s", limits=SMALL)}, "dup"),
+                   Filter(compile_expr("id % 4 >= 0"), "mod")])
+    rows = [{"id": 1, "s": "a"}, {"id": 2, "s": "x" * 600}, {"id": "%999999999d", "s": ""},
+            {"id": 3, "s": "b"}]
+    events = [Event(None, row, None, b"{}", "in", 0, i, 0) for i, row in enumerate(rows)]
+    out, dead = chain.process(events)
+    assert [e.value["id"] for e in out if e.value] == [1, 3]
+    assert [(d.event.offset, d.stage, d.error) for d in dead] == [
+        (1, "transform:dup", "map dup: field 'dup' = 's + s' failed: ValueTooLarge: + would "
+                             "build a value larger than 1000 (DATAFLOW_MAX_VALUE_SIZE)"),
+        (2, "transform:mod", "filter mod: expression 'id % 4 >= 0' failed: TypeError: % needs "
+                             "two numbers, got str % int"),
+    ]

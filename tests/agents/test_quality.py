@@ -169,3 +169,51 @@ def test_decimals_are_numbers() -> None:
     assert rng.passes({"a": Decimal("5")}) and not rng.passes({"a": Decimal("-1")})
     assert rng.reason({"a": Decimal("-1")}) == "field 'a' = Decimal('-1') is outside [0, 10]"
     assert RangeRule("r", "a", max=1.5).reason({"a": 2}) == "field 'a' = 2, must be <= 1.5"
+
+
+CATASTROPHIC = "(a+)+$"        # 129 s on 31 characters with a backtracking engine
+HOSTILE = "a" * 100_000 + "!"
+
+
+def test_regex_rule_runs_on_re2_and_refuses_what_re2_cannot_run() -> None:
+    rx = RegexRule("rx", "s", CATASTROPHIC, full=False)
+    assert verdicts(rx, {"s": HOSTILE}, {"s": "aaa"}) == [
+        f"field 's' = {HOSTILE!r:.60} does not match '(a+)+$'", None]
+    assert RegexRule("full", "s", "a+").reason({"s": "aab"}) == (
+        "field 's' = 'aab' does not match 'a+'")
+    with pytest.raises(ConfigError) as info:
+        RegexRule("backref", "s", r"(a)\1")
+    assert str(info.value) == ("rule backref: '(a)\\\\1': bad regular expression for RE2 (no "
+                               "backreferences or lookaround): invalid escape sequence: \\1")
+
+
+def test_json_schema_patterns_run_on_re2() -> None:
+    js = JsonSchemaRule("js", {"type": "object",
+                               "properties": {"s": {"type": "string", "pattern": CATASTROPHIC},
+                                              "e": {"type": "string", "format": "email"}},
+                               "patternProperties": {"^x_": {"type": "integer"}}})
+    assert verdicts(js, {"s": "aa"}, {"s": HOSTILE}, {"x_a": "no"}, {"e": "." * 100_000},
+                    {"e": "a.b@c.org"}) == [
+        None, "schema: data.s must match pattern (a+)+$", "schema: data.x_a must be integer",
+        "schema: data.e must be email", None]
+    with pytest.raises(ConfigError) as info:
+        JsonSchemaRule("bad", {"patternProperties": {"(": {}}})
+    assert str(info.value).startswith("rule bad: invalid JSON Schema: error: missing ), ")
+    with pytest.raises(ConfigError) as info:
+        JsonSchemaRule("look", {"properties": {"s": {"pattern": "(?=a)"}}})
+    assert str(info.value) == ("rule look: invalid JSON Schema: pattern '(?=a)': bad regular "
+                               "expression for RE2 (no backreferences or lookaround): invalid "
+                               "perl operator: (?=")
+
+
+@pytest.mark.parametrize("ref", ["http://127.0.0.1:9/x.json", "file:///etc/passwd",
+                                 "other.json#/a", "ftp://127.0.0.1/s.json"])
+def test_json_schema_never_fetches_a_remote_ref(ref: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        JsonSchemaRule("ref", {"properties": {"a": {"$ref": ref}}})
+    assert str(info.value) == (f"rule ref: invalid JSON Schema: JsonSchemaDefinitionException: "
+                               f"$ref {ref.split('#')[0]!r} is not local: only '#...' refs are "
+                               f"allowed")
+    local = JsonSchemaRule("local", {"definitions": {"n": {"type": "integer"}},
+                                     "properties": {"a": {"$ref": "#/definitions/n"}}})
+    assert local.reason({"a": "x"}) == "schema: data.a must be integer"
