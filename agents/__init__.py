@@ -36,6 +36,7 @@ from agents._quality import (
     RequiredRule,
     Rule,
     TypeRule,
+    compile_json_schema,
     quality_metrics,
 )
 from agents._runtime import BatchApp, BatchHandler, FastProducer, Outbox
@@ -110,6 +111,7 @@ __all__ = [
     "Unwrap",
     "ValueTooLarge",
     "compile_expr",
+    "compile_json_schema",
     "compile_regex",
     "dlq_record",
     "dlq_records",

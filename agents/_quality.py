@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
@@ -353,6 +354,9 @@ def compile_json_schema(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
     try:
         validate = fastjsonschema.compile(dict(schema), handlers=_NoRemoteRefs(),
                                           formats={"email": _is_email})
+    except re.error as exc:
+        raise ConfigError(f"invalid JSON Schema: bad regular expression {exc.pattern!r}: "
+                          f"{exc}") from None
     except Exception as exc:  # noqa: BLE001 - fastjsonschema raises re.error, TypeError, ...
         raise ConfigError(f"invalid JSON Schema: {describe(exc)}") from None
     # the generated validator looks its regexes up in this dict at every call

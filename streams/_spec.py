@@ -13,10 +13,17 @@ the ``quality`` rules after the transform named by ``quality_after`` (default: a
 last; ``unique`` and ``referential`` need tables and run in the runtime) -> ``stateful``
 operators in order -> ``sinks.kafka.topic``; every failure goes to ``dlq.topic``. Durations are written ``500ms``, ``30s``, ``1m``, ``2h``, ``1d``
 (or a number of seconds) and stored as integer milliseconds.
+
+A spec may come from anyone allowed to submit one, so loading it is bounded before any
+Python object is built (``agents.Limits``): its size in bytes, its nesting depth, its
+YAML aliases (an alias bomb expands exponentially), integers too long for ``int()``;
+regexes must compile on RE2, JSON Schemas may not ``$ref`` anything outside themselves,
+and a pipeline may not write (DLQ, output, routes) to a topic it reads.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -38,7 +45,15 @@ from pydantic import (
     model_validator,
 )
 
-from agents import CAST_TYPES, TYPE_NAMES, ExprError, compile_expr
+from agents import (
+    CAST_TYPES,
+    TYPE_NAMES,
+    ExprError,
+    Limits,
+    compile_expr,
+    compile_json_schema,
+    compile_regex,
+)
 from schemas import ConfigError
 
 # ------------------------------------------------------------------ building blocks
@@ -70,8 +85,8 @@ def _duration_ms(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 30s, 1m, 2h, 1d")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("expected a duration >= 0")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"expected a finite duration >= 0, got {value!r}")
         return int(value * 1000)
     if isinstance(value, str):
         m = _DURATION.match(value)
@@ -149,9 +164,9 @@ class SourceSpec(_Model):
             raise _FieldError("topics", "expected at least one topic")
         if self.pattern is not None:
             try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise _FieldError("pattern", f"bad regular expression: {exc}") from None
+                compile_regex(self.pattern)
+            except ConfigError as exc:
+                raise _FieldError("pattern", str(exc)) from None
         if self.format == "avro" and not self.schema_registry_url:
             raise _FieldError("schema_registry_url", "required for format avro")
         return self
@@ -332,9 +347,9 @@ class RegexRuleSpec(_Rule):
     @model_validator(mode="after")
     def _pattern(self) -> RegexRuleSpec:
         try:
-            re.compile(self.pattern)
-        except re.error as exc:
-            raise _FieldError("pattern", f"bad regular expression: {exc}") from None
+            compile_regex(self.pattern)
+        except ConfigError as exc:
+            raise _FieldError("pattern", str(exc)) from None
         return self
 
 
@@ -364,6 +379,11 @@ class SchemaRuleSpec(_Rule):
     def _one(self) -> SchemaRuleSpec:
         if (self.json_schema is None) == (self.avro_schema is None):
             raise _FieldError("json_schema", "give exactly one of 'json_schema' or 'avro_schema'")
+        if self.json_schema is not None:
+            try:  # compiled here so a bad pattern or a remote $ref is a spec error
+                compile_json_schema(self.json_schema)
+            except ConfigError as exc:
+                raise _FieldError("json_schema", str(exc)) from None
         return self
 
 
@@ -972,46 +992,163 @@ def _semantic_errors(spec: PipelineSpec) -> list[str]:
     fields.transforms(spec)
     fields.stateful(spec)
     fields.expr("sinks.kafka.key", spec.sinks.kafka.key)
+    errors.extend(_topic_errors(spec))
     return errors
+
+
+def _topic_errors(spec: PipelineSpec) -> list[str]:
+    """A pipeline that writes to a topic it reads would read its own records again (a
+    dead letter failing again forever, an output feeding itself)."""
+    targets = [("dlq.topic", spec.dlq_topic), ("sinks.kafka.topic", spec.output_topic)]
+    for i, t in enumerate(spec.transforms):
+        if isinstance(t, RouteSpec):
+            targets += [(f"transforms[{i}].routes[{j}].topic", case.topic)
+                        for j, case in enumerate(t.routes)]
+            if t.default is not None:
+                targets.append((f"transforms[{i}].default", t.default))
+    if spec.source.topics is not None:
+        sources = set(spec.source.topics)
+        reads = [(path, topic) for path, topic in targets if topic in sources]
+    else:
+        rx = compile_regex(spec.source.pattern or "")
+        reads = [(path, topic) for path, topic in targets if rx.fullmatch(topic) is not None]
+    return [f"{path}: {topic!r} is a source topic of this pipeline (it would read its own "
+            f"records again)" for path, topic in reads]
 
 
 # ------------------------------------------------------------------ loading
 
 
-def _parse(text: str) -> Any:
+_MAX_INT_DIGITS = 4300  # Python's int() refuses longer decimal strings (ValueError)
+_MAX_INT_BITS = int(_MAX_INT_DIGITS * math.log2(10))
+
+
+class _Refused(Exception):
+    """A spec document over one of the bounds, at ``path``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        shown = path if len(path) <= 120 else path[:120] + "..."
+        super().__init__(f"{shown or '(spec)'}: {reason}")
+
+
+def _depth_error(limits: Limits) -> str:
+    return f"nested deeper than {limits.max_spec_depth} (DATAFLOW_MAX_SPEC_DEPTH)"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that checks the bounds while it composes the node graph, so an
+    alias bomb, deep nesting or a huge integer is refused before any object is built."""
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.aliases = 0
+        self.depth = 0                 # mappings and lists open around the current node
+        self.steps: list[str] = []     # the path to the current node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if isinstance(index, int):
+            step = f"[{index}]"
+        elif isinstance(index, yaml.ScalarNode):
+            step = f".{index.value}"
+        else:
+            step = ""  # the document, or a mapping key
+        path = ("".join(self.steps) + step).lstrip(".")
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > self.limits.max_spec_aliases:
+                raise _Refused(path, f"more than {self.limits.max_spec_aliases} YAML aliases "
+                                     f"(DATAFLOW_MAX_SPEC_ALIASES)")
+            return super().compose_node(parent, index)
+        opens = int(self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        self.depth += opens
+        if self.depth > self.limits.max_spec_depth:
+            raise _Refused(path, _depth_error(self.limits))
+        self.steps.append(step)
+        node = super().compose_node(parent, index)
+        if (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int"
+                and len(node.value) > _MAX_INT_DIGITS):
+            raise _Refused(path, f"integer with more than {_MAX_INT_DIGITS} digits")
+        self.steps.pop()
+        self.depth -= opens
+        return node
+
+
+def _check_shape(data: Any, limits: Limits) -> None:
+    """The YAML bounds for JSON and mappings: nesting depth and integer size."""
+    todo: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while todo:
+        value, path, depth = todo.pop()
+        if depth > limits.max_spec_depth and isinstance(value, dict | list | tuple):
+            raise _Refused(path, _depth_error(limits))
+        if isinstance(value, dict):
+            todo.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            todo.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+            raise _Refused(path, f"integer with more than {_MAX_INT_DIGITS} digits")
+
+
+def _parse(text: str, limits: Limits) -> Any:
+    if len(text) > limits.max_spec_bytes or len(text.encode(errors="replace")) > (
+            limits.max_spec_bytes):
+        raise SpecError([f"(spec): larger than {limits.max_spec_bytes} bytes "
+                         f"(DATAFLOW_MAX_SPEC_BYTES)"])
     stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise SpecError([f"(spec): not valid JSON: {exc}"]) from exc
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, col {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([f"(spec): not valid YAML: {where}{problem}"]) from exc
+        if stripped.startswith("{"):
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise SpecError([f"(spec): not valid JSON: {exc}"]) from exc
+            _check_shape(data, limits)
+            return data
+        loader = _BoundedLoader(text, limits)
+        try:
+            return loader.get_single_data()
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, col {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError([f"(spec): not valid YAML: {where}{problem}"]) from exc
+        finally:
+            loader.dispose()
+    except _Refused as exc:
+        raise SpecError([str(exc)]) from None
 
 
-def load_spec(source: str | Path | Mapping[str, Any]) -> PipelineSpec:
-    """Load and check a spec from a file path, YAML/JSON text, or a mapping.
+def _read(path: Path, limits: Limits) -> str:
+    try:
+        if path.stat().st_size > limits.max_spec_bytes:
+            raise SpecError([f"(spec): {path} is larger than {limits.max_spec_bytes} bytes "
+                             f"(DATAFLOW_MAX_SPEC_BYTES)"])
+        return path.read_text()
+    except OSError as exc:
+        raise SpecError([f"(spec): cannot read {path}: {exc.strerror}"]) from exc
+
+
+def load_spec(
+    source: str | Path | Mapping[str, Any], limits: Limits | None = None,
+) -> PipelineSpec:
+    """Load and check a spec from a file path, YAML/JSON text, or a mapping, within
+    ``limits`` (default :meth:`agents.Limits.from_env`).
 
     Raises :class:`SpecError` (a ``schemas.ConfigError``) listing every problem found.
     """
+    limits = Limits.from_env() if limits is None else limits
     if isinstance(source, Mapping):
         data: Any = dict(source)
+        try:
+            _check_shape(data, limits)
+        except _Refused as exc:
+            raise SpecError([str(exc)]) from None
     else:
         if isinstance(source, Path) or ("\n" not in source and source.strip().endswith(
                 (".yaml", ".yml", ".json"))):
-            path = Path(source)
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise SpecError([f"(spec): cannot read {path}: {exc.strerror}"]) from exc
+            text = _read(Path(source), limits)
         else:
             text = source
-        data = _parse(text)
+        data = _parse(text, limits)
     if not isinstance(data, dict):
         raise SpecError([f"(spec): expected a mapping at the top, got {type(data).__name__}"])
     try:

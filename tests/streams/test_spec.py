@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import yaml
 
-from agents import Event
+from agents import Event, Limits
 from schemas import ConfigError
 from streams import (
     JoinSpec,
@@ -272,3 +272,143 @@ def test_duplicate_names_and_text_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     assert errors_of(str(missing))[0].startswith(f"(spec): cannot read {missing}")
     assert errors_of({"source": {"topics": ["a"]}}) == ["name: required field missing"]
+
+
+# ------------------------------------------------------------------ hostile specs
+
+HEAD = "name: p\nsource: {topics: [in]}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands() -> None:
+    levels = "".join(f"  {c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
+                     for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    bomb = HEAD + "x:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels
+    bomb += "quality: [{type: allowed, field: f, values: *i}]\n"   # 9^9 items once expanded
+    assert errors_of(bomb) == ["x.c[1]: more than 10 YAML aliases (DATAFLOW_MAX_SPEC_ALIASES)"]
+    few = HEAD + "x: &v [a, b]\nquality: [{type: allowed, field: f, values: *v}]\n"
+    assert errors_of(few) == ["x: unknown field (expected one of name, description, source, "
+                              "transforms, quality, quality_after, stateful, sinks, dlq, "
+                              "parallelism, processing_guarantee, schedule)"]
+    with pytest.raises(SpecError) as info:
+        load_spec(HEAD + "description: &d x\nquality_after: *d\n", Limits(max_spec_aliases=0))
+    assert info.value.errors == ["quality_after: more than 0 YAML aliases "
+                                 "(DATAFLOW_MAX_SPEC_ALIASES)"]
+
+
+@pytest.mark.parametrize("form", ["yaml", "json", "mapping"])
+def test_deep_nesting_is_refused_with_its_path(form: str) -> None:
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    doc = {**MINIMAL, "quality": [{"type": "allowed", "field": "f", "values": deep}]}
+    spec: Any = doc
+    if form == "json":
+        spec = '{"name": "p", "source": {"topics": ["in"]}, "quality": [{"type": "allowed", ' \
+               '"field": "f", "values": ' + "[" * 500 + '"x"' + "]" * 500 + "}]}"
+    elif form == "yaml":
+        spec = HEAD + "quality: [{type: allowed, field: f, values: " + "[" * 5000 + "x" + \
+            "]" * 5000 + "}]\n"
+    errors = errors_of(spec)
+    assert len(errors) == 1
+    assert errors[0].startswith("quality[0].values[0][0][0]")
+    assert errors[0].endswith("...: nested deeper than 64 (DATAFLOW_MAX_SPEC_DEPTH)")
+
+
+def test_size_and_depth_bounds_follow_the_limits(tmp_path: Path) -> None:
+    text = HEAD + "description: " + "x" * 2000 + "\n"
+    assert load_spec(text).description == "x" * 2000
+    small = Limits(max_spec_bytes=1000, max_spec_depth=3)
+    with pytest.raises(SpecError) as info:
+        load_spec(text, small)
+    assert info.value.errors == ["(spec): larger than 1000 bytes (DATAFLOW_MAX_SPEC_BYTES)"]
+    big = tmp_path / "big.yaml"
+    big.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(big, small)
+    assert info.value.errors == [f"(spec): {big} is larger than 1000 bytes "
+                                 f"(DATAFLOW_MAX_SPEC_BYTES)"]
+    with pytest.raises(SpecError) as info:
+        load_spec(HEAD + "sinks: {kafka: {topic: {a: b}}}\n", small)
+    assert info.value.errors == ["sinks.kafka.topic: nested deeper than 3 "
+                                 "(DATAFLOW_MAX_SPEC_DEPTH)"]
+
+
+@pytest.mark.parametrize("form", ["yaml", "json", "mapping"])
+def test_huge_integers_are_a_spec_error(form: str) -> None:
+    digits = "9" * 5000
+    spec: Any = {**MINIMAL, "parallelism": int("9" * 4000) * 10**1000}
+    if form == "yaml":
+        spec = HEAD + f"parallelism: {digits}\n"
+    elif form == "json":  # orjson reads it as a float and refuses the infinity itself
+        spec = '{"name": "p", "source": {"topics": ["in"]}, "parallelism": ' + digits + "}"
+    errors = errors_of(spec)
+    expected = ("(spec): not valid JSON: number is infinity when parsed as double: line 1 "
+                "column 60 (char 59)" if form == "json" else
+                "parallelism: integer with more than 4300 digits")
+    assert errors == [expected]
+
+
+def test_long_and_deep_expressions_are_spec_errors() -> None:
+    long = "1" + " + 1" * 1200
+    deep = "1" + "+1" * 1999
+    errors = errors_of({**MINIMAL, "transforms": [{"type": "filter", "expr": long},
+                                                  {"type": "filter", "expr": deep}]})
+    assert errors == [
+        f"transforms[0].expr: expression {long[:40] + '...'!r}: longer than 4000 characters",
+        f"transforms[1].expr: expression {deep!r}: nested deeper than 100"]
+
+
+def test_infinite_durations_are_spec_errors() -> None:
+    assert errors_of(HEAD + "stateful: [{type: dedup, key: id, ttl: .inf}]\n") == [
+        "stateful[0].ttl: expected a finite duration >= 0, got inf"]
+
+
+def test_regexes_must_compile_on_re2() -> None:
+    reason = ("bad regular expression for RE2 (no backreferences or lookaround): invalid "
+              "perl operator: (?<=")
+    assert errors_of({"name": "p", "source": {"pattern": "(?<=x)shop"}}) == [
+        f"source.pattern: {reason}"]
+    assert errors_of({**MINIMAL, "quality": [
+        {"type": "regex", "field": "f", "pattern": "(?<=a)b"}]}) == [f"quality[0].pattern: {reason}"]
+    assert errors_of({**MINIMAL, "transforms": [
+        {"type": "filter", "expr": "matches(f, '(?<=a)b')"}]}) == [
+        f"transforms[0].expr: expression \"matches(f, '(?<=a)b')\" at col 11: {reason}"]
+
+
+def test_json_schema_rules_compile_at_load_without_fetching() -> None:
+    def rule(schema: dict[str, Any]) -> dict[str, Any]:
+        return {**MINIMAL, "quality": [{"type": "schema", "json_schema": schema}]}
+
+    assert errors_of(rule({"patternProperties": {"(": {}}})) == [
+        "quality[0].json_schema: invalid JSON Schema: bad regular expression '(': missing ), "
+        "unterminated subpattern at position 0"]
+    for ref in ("http://127.0.0.1:9/evil.json", "file:///etc/passwd"):
+        assert errors_of(rule({"properties": {"a": {"$ref": ref}}})) == [
+            f"quality[0].json_schema: invalid JSON Schema: JsonSchemaDefinitionException: $ref "
+            f"{ref!r} is not local: only '#...' refs are allowed"]
+    assert load_spec(rule({"definitions": {"n": {"type": "integer"}},
+                           "properties": {"a": {"$ref": "#/definitions/n"}}}))
+
+
+def test_a_pipeline_may_not_write_to_what_it_reads() -> None:
+    doc = {"name": "p", "source": {"topics": ["in", "in2"]}, "dlq": {"topic": "in"},
+           "sinks": {"kafka": {"topic": "in2"}},
+           "transforms": [{"type": "route", "routes": [{"when": "a > 1", "topic": "in"}],
+                           "default": "in2"}]}
+    own = "is a source topic of this pipeline (it would read its own records again)"
+    assert errors_of(doc) == [f"dlq.topic: 'in' {own}", f"sinks.kafka.topic: 'in2' {own}",
+                              f"transforms[0].routes[0].topic: 'in' {own}",
+                              f"transforms[0].default: 'in2' {own}"]
+    assert errors_of({"name": "p", "source": {"pattern": r"shop\..*"},
+                      "dlq": {"topic": "shop.dlq"}}) == [f"dlq.topic: 'shop.dlq' {own}"]
+    assert load_spec({"name": "p", "source": {"pattern": r"shop\..*"}, "dlq": {"topic": "dlq"}})
+
+
+def test_spec_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATAFLOW_MAX_SPEC_BYTES", "40")
+    assert errors_of(HEAD + "description: long enough\n") == [
+        "(spec): larger than 40 bytes (DATAFLOW_MAX_SPEC_BYTES)"]
+    monkeypatch.setenv("DATAFLOW_MAX_SPEC_BYTES", "1000")
+    monkeypatch.setenv("DATAFLOW_MAX_SPEC_DEPTH", "2")
+    assert errors_of("name: p\nsinks: {kafka: {topic: out}}\n") == [
+        "sinks.kafka: nested deeper than 2 (DATAFLOW_MAX_SPEC_DEPTH)"]
