@@ -107,8 +107,11 @@ class RecordMapper:
                 return None  # truncate ('t') and messages carry no row
             deleted = op == "d"
             row = value.get("before") if deleted else value.get("after")
+            if row is not None and not isinstance(row, dict):
+                raise ValueError(f"change event row is a {type(row).__name__}, not a record")
             if s.version_field is not None:
-                src = value.get("source") or {}
+                src = value.get("source")
+                src = src if isinstance(src, dict) else {}
                 version = (row or {}).get(s.version_field)
                 if version is None and s.version_field in _LSN_NAMES:
                     version = src.get("lsn")

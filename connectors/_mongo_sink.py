@@ -14,8 +14,14 @@ sub-document for a composite key) and ``_version``. Per batch (newest record per
 As in Postgres, a deleted document leaves a tombstone (``<collection>__tombstones``) so a
 replayed older upsert cannot bring it back. A duplicate-key error on an upsert means
 another writer got a newer version in first (the filter missed, the insert collided):
-the record is stale and skipped. Any other write error is narrowed down by halves to
-the one record that caused it, which is rejected with the server's message.
+the record is stale and skipped. Any other write error, and a command the driver cannot
+encode (a NUL byte in a field name, an integer beyond 8 bytes, a document or command over
+the 16 MB BSON limit), is narrowed down by halves to the one record that caused it,
+which is rejected with the server's or driver's message. Write errors and command
+failures that say the server is busy or changing primaries are retried like a lost
+connection, then answered with ``SinkBackpressure``. Refused before any write: a key
+field that is an object or array or an integer beyond 8 bytes, and a data field that
+the sink would overwrite (``_version``, or an ``_id`` other than the key).
 
 Plain inserts for new ids matter on FerretDB (SQLite), where an upsert that inserts
 costs ~5-10 ms and a batched insert ~0.1 ms per document. The ops are sent as raw
@@ -31,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pymongo
+from bson.errors import InvalidDocument
 from pydantic import Field, SecretStr
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
@@ -47,6 +54,15 @@ from schemas import SinkError
 _CHUNK = 1000   # ids per find, documents per insert
 _OPS = 100      # update/delete ops per command: each one short, well inside socket timeouts
 _DUP_KEY = 11000
+#: server codes that mean "try again" (as pymongo's retryable writes): not the record's fault
+_TRANSIENT_CODES = frozenset({6, 7, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+_INT64 = range(-(2**63), 2**63)
+#: what the driver raises when it cannot encode a command; one record is enough to cause it
+_UNENCODABLE = (InvalidDocument, OverflowError)
+
+
+class _Retryable(Exception):
+    """The server asked to try again; the whole batch is retried (repeats are harmless)."""
 
 
 class MongoSinkSettings(RetrySettings):
@@ -99,14 +115,33 @@ class MongoSink(BatchingSink):
     def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
         if not self._keys:
             self._keys = tuple(batch[0].key)
-        rows = latest_per_key(batch, self._keys)
+        rows, rejected = latest_per_key(self, batch, self._keys)
+        keep = []
+        for rec in rows:
+            why = self._refusal(rec)
+            if why is None:
+                keep.append(rec)
+            else:
+                rejected.append(self.refuse(rec, why))
         try:
-            return retry_transient(self, self.settings, lambda: self._write_once(rows),
-                                   (ConnectionFailure,))
+            return rejected + retry_transient(self, self.settings, lambda: self._write_once(keep),
+                                              (ConnectionFailure, _Retryable))
         except ConnectionFailure:
             raise
         except PyMongoError as exc:
             raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
+
+    def _refusal(self, rec: SinkRecord) -> str | None:
+        """Why the sink cannot store ``rec`` as it is (None: it can try)."""
+        for k in self._keys:
+            v = rec.key.get(k)
+            if v.__class__ is int and v not in _INT64:
+                return f"key field {k!r} = {v} does not fit MongoDB's 8-byte integers"
+        v = rec.value
+        if v is not None and ("_version" in v or ("_id" in v and v["_id"] != self.doc_id(rec))):
+            return ("field '_version' or '_id' is the sink's own (the version and the key go "
+                    "there; rename it upstream)")
+        return None
 
     def _write_once(self, rows: list[SinkRecord]) -> list[Rejected]:
         db = self._db()
@@ -188,11 +223,17 @@ class MongoSink(BatchingSink):
             try:
                 reply = db.command(verb, coll, **{field: ops, "ordered": False})
             except OperationFailure as exc:
+                if exc.code in _TRANSIENT_CODES:
+                    raise _Retryable(str(exc)) from exc
                 raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
+            except _UNENCODABLE as exc:   # client-side: refused before anything was sent
+                reply = {"writeErrors": [{"index": 0, "code": None, "errmsg": str(exc)}]}
             errors = sorted(reply.get("writeErrors") or [], key=lambda e: e["index"])
             if not errors:
                 ok.update(id(r) for r in recs)
                 return
+            if transient := [e for e in errors if e.get("code") in _TRANSIENT_CODES]:
+                raise _Retryable(str(transient[0].get("errmsg", transient[0])))
             if any(e.get("code") != _DUP_KEY or verb == "delete" for e in errors):
                 if len(ops) == 1:
                     rejected.append(Rejected(recs[0], f"sink mongodb {self.name}: "

@@ -17,10 +17,22 @@ tombstone keeps the delete's version for exactly the keys that are currently del
 (it is pruned when a newer upsert lands), and the target table itself holds only live
 rows plus one version column, so it can be compared with the source table as it is.
 
-A batch the target refuses (constraint violation, a value its type rejects) is split in
-halves until the refused rows are alone; they come back as ``Rejected`` with the
-target's own message and everything else is written. A target that goes away is retried
-with backoff, then answered with ``SinkBackpressure``: the loader keeps the batch.
+Rows the target cannot hold are told apart from a target that is down:
+
+- refused before any write (cheap checks on what the batch has anyway): a key field that
+  is missing, null, an object or an array; a field name Postgres would truncate (over 63
+  bytes; two fields could then collide), that is empty or holds a NUL byte, or that is
+  one of the sink's own columns (the version column, the stage's ``__df_delete`` flag);
+- refused by the target or the driver: the batch (columns it adds included) is split in
+  halves until the refused rows are alone. Row errors are SQLSTATE classes 21
+  (cardinality), 22 (data: a value its column rejects), 23 (constraints) and 54 (program
+  limits: more than 1600 columns, a row or index entry too big), psycopg's client-side
+  ``DataError`` (a NUL byte in text) and values orjson cannot encode (nested too deep).
+
+Refused rows come back as ``Rejected`` with the target's own message and everything else
+is written. A target that goes away (connection errors, class 08, 53, serialization
+failures) is retried with backoff, then answered with ``SinkBackpressure``: the loader
+keeps the batch. Any other error is a ``SinkError`` for the whole batch.
 """
 
 from __future__ import annotations
@@ -91,9 +103,20 @@ def _is_retryable(exc: psycopg.Error) -> bool:
     return state in _RETRY_SQLSTATES or state.startswith("08")
 
 
-def _is_row_error(exc: psycopg.Error) -> bool:
-    """Errors a single row can cause: bad values (class 22) and constraints (class 23)."""
-    return (exc.sqlstate or "")[:2] in ("22", "23")
+class _Unwritable(Exception):
+    """A value of one row that cannot be encoded for COPY (a row error, like class 22)."""
+
+
+_ROW_SQLSTATE_CLASSES = ("21", "22", "23", "54")
+_MAX_IDENT_BYTES = 63   # NAMEDATALEN - 1: Postgres truncates longer identifiers
+
+
+def _is_row_error(exc: Exception) -> bool:
+    """Errors a single row can cause (see the module docstring): classes 21, 22, 23, 54,
+    a client-side ``DataError`` (no SQLSTATE: psycopg refused a value) and ``_Unwritable``."""
+    if isinstance(exc, _Unwritable | psycopg.DataError):
+        return True
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _ROW_SQLSTATE_CLASSES
 
 
 def infer_sql_type(value: Any) -> str:
@@ -197,18 +220,20 @@ class PostgresSink(BatchingSink):
                 self._drop_connection()
 
     def _bisect(self, conn: psycopg.Connection[Any], rows: list[SinkRecord]) -> list[Rejected]:
-        """Write ``rows`` in one transaction; on a row error, split until it is isolated."""
+        """Add the columns ``rows`` need, write them in one transaction; on a row error,
+        split until it is isolated."""
         if not rows:
             return []
         try:
+            self._ensure_schema(conn, rows)
             self._apply(conn, rows)
             return []
-        except psycopg.Error as exc:
+        except (psycopg.Error, _Unwritable) as exc:
             if not _is_row_error(exc):
                 raise
             conn.rollback()
             if len(rows) == 1:
-                return [Rejected(rows[0], f"sink postgres {self.name}: {_message(exc)}")]
+                return [self.refuse(rows[0], _message(exc))]
         mid = len(rows) // 2
         return self._bisect(conn, rows[:mid]) + self._bisect(conn, rows[mid:])
 
@@ -216,22 +241,39 @@ class PostgresSink(BatchingSink):
 
     def _prepare(self, conn: psycopg.Connection[Any],
                  batch: Sequence[SinkRecord]) -> tuple[list[Rejected], list[SinkRecord]]:
-        """Resolve keys, create/evolve the table, and drop records the table cannot hold."""
+        """Resolve keys and drop records the table cannot hold (see the module docstring);
+        the table is created and evolved per write, in :meth:`_bisect`."""
         if not self._keys:
             self._keys = self._primary_key(conn) or tuple(batch[0].key)
         keys = self._keys
         rejected: list[Rejected] = []
         good: list[SinkRecord] = []
+        names: set[str] = set()
         for rec in batch:
             row = rec.value if rec.value is not None else rec.key
-            if any(row.get(k, rec.key.get(k)) is None for k in keys):
-                rejected.append(Rejected(rec, f"sink postgres {self.name}: key field(s) "
-                                              f"{', '.join(keys)} missing or null"))
+            kv = [row.get(k, rec.key.get(k)) for k in keys]
+            if any(v is None or isinstance(v, dict | list) for v in kv):
+                rejected.append(self.refuse(rec, f"key field(s) {', '.join(keys)} missing, null, "
+                                                 "an object or an array"))
             else:
                 good.append(rec)
-        rows = latest_per_key(good, keys)
-        self._ensure_schema(conn, rows)
-        if not self.settings.evolve:
+                names.update(row)
+        rows, refused = latest_per_key(self, good, keys)
+        rejected += refused
+        bad = {n: why for n in names if (why := self._bad_name(n))}   # once per distinct name
+        if bad:
+            keep = []
+            for rec in rows:
+                hit = [n for n in (rec.value or rec.key) if n in bad]
+                if hit:
+                    rejected.append(self.refuse(rec, "; ".join(f"field {n[:80]!r}{'...' * (len(n) > 80)} "
+                                                               f"{bad[n]}" for n in hit)))
+                else:
+                    keep.append(rec)
+            rows = keep
+        if not self._columns:
+            self._columns = self._load_columns(conn)
+        if not self.settings.evolve and self._columns:
             keep = []
             for rec in rows:
                 extra = [f for f, v in (rec.value or {}).items()
@@ -243,6 +285,20 @@ class PostgresSink(BatchingSink):
                     keep.append(rec)
             rows = keep
         return rejected, rows
+
+    def _bad_name(self, name: str) -> str | None:
+        """Why a field name cannot be a column of this table (None: it can)."""
+        if name in (_DELETE_FLAG, self.settings.version_column):
+            return "is a column of the sink's own (rename it upstream)"
+        if not name:
+            return "is empty"
+        if "\x00" in name:
+            return "holds a NUL byte"
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > _MAX_IDENT_BYTES:
+            return (f"is {size} bytes; Postgres keeps {_MAX_IDENT_BYTES} bytes of a column name "
+                    "and would truncate it")
+        return None
 
     def _primary_key(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
         cur = conn.execute(
@@ -286,10 +342,11 @@ class PostgresSink(BatchingSink):
             missing = [f for f in wanted if f not in self._columns] if self.settings.evolve else []
             if ver not in self._columns:  # the guard's own column is always added
                 missing.append(ver)
-            for f in missing:
-                typ = "bigint" if f == ver else (types.get(f) or infer_sql_type(wanted[f]))
-                stmts.append(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    self._target, sql.Identifier(f), sql.SQL(typ)))
+            adds = [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                sql.Identifier(f), sql.SQL("bigint" if f == ver else (types.get(f) or infer_sql_type(wanted[f]))))
+                for f in missing]
+            if adds:
+                stmts.append(sql.SQL("ALTER TABLE {} {}").format(self._target, sql.SQL(", ").join(adds)))
         if stmts or not self._tomb_ready:
             for stmt in stmts:
                 conn.execute(stmt)
@@ -313,8 +370,10 @@ class PostgresSink(BatchingSink):
 
     def _apply(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> None:
         ver = self.settings.version_column
-        cols = [c for c in self._columns if c != ver and any(
-            c in (r.value or r.key) for r in rows)]
+        present: set[str] = set()
+        for r in rows:
+            present.update(r.value or r.key)
+        cols = [c for c in self._columns if c != ver and c in present]
         for k in self._keys:
             if k not in cols:
                 cols.append(k)
@@ -337,10 +396,13 @@ class PostgresSink(BatchingSink):
                 stage, col_list, self._ver, ident(_DELETE_FLAG), self._target))
             with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
                     stage, sql.SQL(", ").join(map(ident, stage_cols)))) as copy:
-                for rec in rows:
-                    row = rec.value if rec.value is not None else rec.key
-                    copy.write_row([_copy_value(row.get(c)) for c in cols]
-                                   + [rec.version, rec.value is None])
+                try:
+                    for rec in rows:
+                        row = rec.value if rec.value is not None else rec.key
+                        copy.write_row([_copy_value(row.get(c)) for c in cols]
+                                       + [rec.version, rec.value is None])
+                except orjson.JSONEncodeError as exc:
+                    raise _Unwritable(f"a value cannot be encoded as JSON ({exc})") from exc
             conn.execute(sql.SQL(
                 "DELETE FROM {t} AS t USING {s} AS s WHERE s.{d} AND {m} "
                 "AND (t.{v} IS NULL OR t.{v} < s.{v})").format(
@@ -363,7 +425,9 @@ class PostgresSink(BatchingSink):
                 b=self._tomb, s=stage, d=ident(_DELETE_FLAG), m=key_match("b", "s"), v=self._ver))
 
 
-def _message(exc: psycopg.Error) -> str:
+def _message(exc: Exception) -> str:
+    if not isinstance(exc, psycopg.Error):
+        return str(exc)
     diag = exc.diag
     text = diag.message_primary or str(exc).strip()
     if diag.message_detail:

@@ -111,6 +111,10 @@ class BatchingSink:
         """Make ``batch`` durable in the target; return the rows it refused."""
         raise NotImplementedError  # each concrete sink implements it
 
+    def refuse(self, record: SinkRecord, reason: str) -> Rejected:
+        """``record`` refused by this sink: the reason, prefixed with the sink's kind and name."""
+        return Rejected(record, f"sink {self.kind} {self.name}: {reason}")
+
     def pending_from(self) -> dict[tuple[str, int], int]:
         return {}
 
@@ -122,15 +126,24 @@ class BatchingSink:
         self._batch = []
 
 
-def latest_per_key(batch: Sequence[SinkRecord], key_fields: Sequence[str]) -> list[SinkRecord]:
-    """The newest record of each key (ties: the later one), so a batch touches a key once."""
+def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
+                   key_fields: Sequence[str]) -> tuple[list[SinkRecord], list[Rejected]]:
+    """The newest record of each key (ties: the later one), so a batch touches a key once,
+    and the records refused because a key field holds an object or array (no key can)."""
     newest: dict[tuple[Any, ...], SinkRecord] = {}
+    refused: list[Rejected] = []
     for rec in batch:
         k = tuple(rec.key.get(f) for f in key_fields)
-        old = newest.get(k)
+        try:
+            old = newest.get(k)
+        except TypeError:  # unhashable: a dict or list in the key
+            bad = [f for f in key_fields if isinstance(rec.key.get(f), dict | list)]
+            refused.append(sink.refuse(rec, f"key field(s) {', '.join(map(repr, bad))} hold an "
+                                            "object or array; a key field must be a scalar"))
+            continue
         if old is None or rec.version >= old.version:
             newest[k] = rec
-    return list(newest.values())
+    return list(newest.values()), refused
 
 
 @dataclass(frozen=True)
