@@ -79,14 +79,30 @@ class PostgresSinkSettings(RetrySettings):
     @field_validator("column_types")
     @classmethod
     def _plain_types(cls, v: dict[str, str]) -> dict[str, str]:
-        """Types are spliced into DDL, so only plain type names are accepted."""
+        """Types are spliced into DDL, so only Postgres type names from one small grammar
+        are accepted (``text DEFAULT f()`` would run ``f`` in the target)."""
+        out: dict[str, str] = {}
         for col, typ in v.items():
-            if not _TYPE_RE.fullmatch(typ):
-                raise ValueError(f"column_types.{col}: {typ!r} is not a plain SQL type name")
-        return v
+            plain = " ".join(str(typ).split())
+            if not _PG_TYPE.fullmatch(plain):
+                raise ValueError(f"column_types.{col}: {typ!r} is not a Postgres type name "
+                                 f"(e.g. text, bigint, numeric(38,10), varchar(20), "
+                                 f"timestamptz, jsonb, text[])")
+            out[col] = plain
+        return out
 
 
-_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(, *\d+)?\))?( *\[\])?")
+_PG_TYPE = re.compile(
+    r"(?:smallint|integer|int|int2|int4|int8|bigint|real|float4|float8|double precision"
+    r"|boolean|bool|text|bytea|date|timestamptz|timetz|interval|json|jsonb|uuid|inet|cidr"
+    r"|macaddr|money|xml|tsvector"
+    r"|(?:numeric|decimal)(?:\(\d{1,4}(?:, ?\d{1,4})?\))?"
+    r"|(?:varchar|character varying|char|character|bit|bit varying|varbit)(?:\(\d{1,8}\))?"
+    r"|(?:timestamp|time)(?:\([0-6]\))?(?: with(?:out)? time zone)?"
+    r"|float(?:\(\d{1,2}\))?)"
+    r"(?:\[\])*",
+    re.IGNORECASE,
+)
 
 
 class _Retryable(Exception):
