@@ -9,23 +9,44 @@ Each fetched batch goes through :meth:`Loader.commit`, the one place that orders
 steps: the sink makes the batch durable, then refused rows reach the DLQ, then offsets
 are committed (never past what the sink still buffers). A crash anywhere in between
 re-reads the batch, and the sinks' version guards make the repeat harmless.
+
+The sink writes in a thread of its own while the loader watches it, so a write never
+hangs silently and a stop request is honoured mid-batch:
+
+- no command of the write completed for the sink's ``write_timeout`` (``Sink.last_progress``):
+  an error naming the target's state (``Sink.target_state()``) is logged and counted
+  (``dataflow_sink_write_errors{reason="timeout"}``, ``dataflow_loader_stalled`` = 1
+  until a write succeeds), the write is aborted (``Sink.abort()``), and once it has ended
+  the batch is retried after ``retry_after`` like any backpressure;
+- SIGTERM/SIGINT (``stop``): the write is aborted, given a moment to end, then left
+  behind; nothing of the batch is committed and the loader returns.
+
+The loader's lifecycle is an explicit state machine (``LoaderState``, transitions
+checked in ``_to``, each logged; FAILED on any escaping error)::
+
+    STARTING -> RUNNING <-> BACKPRESSURE               (target away, batch kept)
+                RUNNING  -> STALLED -> BACKPRESSURE    (no progress for write_timeout)
+                any -> STOPPING -> STOPPED;   any -> FAILED
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents._decode import Decoder
 from agents._dlq import dlq_records
 from agents._event import DeadLetter, Event
-from connectors import Rejected, Sink, SinkRecord
+from connectors import Rejected, Sink, SinkRecord, sink_metrics
 from schemas import SinkBackpressure, SinkError, SourceError
 
 log = logging.getLogger(__name__)
@@ -33,8 +54,48 @@ log = logging.getLogger(__name__)
 _LSN_NAMES = ("__lsn", "lsn")
 
 
+_TICK = 0.2          # how often the watchdog looks at a write in flight, seconds
+_STOP_GRACE = 2.0    # after a stop request, how long an aborted write may take to end
+
+
 class _Stopped(Exception):
-    """Asked to stop while the target was away; the uncommitted batch is simply dropped."""
+    """Asked to stop mid-batch or while the target was away; the uncommitted batch is
+    simply dropped (read again by the next loader)."""
+
+
+class LoaderState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKPRESSURE = "backpressure"   # the target is away: the batch waits ``retry_after``
+    STALLED = "stalled"             # a write made no progress for ``write_timeout``
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_S = LoaderState
+_TRANSITIONS: dict[LoaderState, frozenset[LoaderState]] = {
+    _S.STARTING: frozenset({_S.RUNNING, _S.BACKPRESSURE, _S.STALLED}),
+    _S.RUNNING: frozenset({_S.BACKPRESSURE, _S.STALLED}),
+    _S.BACKPRESSURE: frozenset({_S.RUNNING, _S.STALLED}),
+    _S.STALLED: frozenset({_S.RUNNING, _S.BACKPRESSURE}),
+    _S.STOPPING: frozenset({_S.STOPPED}),
+    _S.STOPPED: frozenset(),
+    _S.FAILED: frozenset(),
+}
+_ANYTIME = frozenset({_S.STOPPING, _S.FAILED})   # from every state but the final ones
+
+
+@dataclass(frozen=True)
+class LoaderStatus:
+    """What ``Loader.status()`` reports: the state, since when, why, and the counts."""
+
+    state: LoaderState
+    since: float                   # time.time() of the transition
+    reason: str
+    written: int
+    rejected: int
+    seconds_since_progress: float  # of the write in flight; 0 when none runs
 
 
 class LoaderSettings(BaseModel):
@@ -56,6 +117,7 @@ class LoaderSettings(BaseModel):
     keep_metadata: bool = False             # keep ``__op``/``__lsn``/... columns in rows
     format: Literal["json", "debezium"] = "json"
     consumer: dict[str, str | int] = Field(default_factory=dict)
+    metrics_port: int | None = None         # serve Prometheus /metrics on 127.0.0.1:port
 
 
 def _payload(obj: Any) -> Any:
@@ -160,6 +222,35 @@ class Loader:
         self._stop = threading.Event()
         self._consumed: dict[tuple[str, int], int] = {}   # next offset read, per partition
         self._committed: dict[tuple[str, int], int] = {}
+        self.state = LoaderState.STARTING
+        self._since = time.time()
+        self._reason = ""
+        self._writer: threading.Thread | None = None      # the write in flight, if any
+        self._write_started = 0.0
+
+    # -- the state machine -------------------------------------------------------------
+
+    def _to(self, state: LoaderState, reason: str = "") -> None:
+        """The one place a transition happens: checked, logged, and kept for ``status()``."""
+        old = self.state
+        if state is old:
+            return
+        if old in (_S.STOPPED, _S.FAILED) or (
+                state not in _ANYTIME and state not in _TRANSITIONS[old]):
+            raise RuntimeError(f"loader {self.settings.group_id}: no transition {old.value} -> {state.value}")
+        self.state, self._since, self._reason = state, time.time(), reason
+        level = {_S.STALLED: logging.ERROR, _S.FAILED: logging.ERROR,
+                 _S.BACKPRESSURE: logging.WARNING}.get(state, logging.INFO)
+        log.log(level, "loader %s: %s -> %s%s", self.settings.group_id, old.value, state.value,
+                f": {reason}" if reason else "")
+
+    def status(self) -> LoaderStatus:
+        writer = self._writer
+        idle = 0.0
+        if writer is not None and writer.is_alive():
+            idle = time.monotonic() - max(self.sink.last_progress, self._write_started)
+        return LoaderStatus(self.state, self._since, self._reason, self.written, self.rejected,
+                            idle)
 
     # -- Kafka clients -----------------------------------------------------------------
 
@@ -196,9 +287,12 @@ class Loader:
             on_batch: Callable[[int], None] | None = None) -> None:
         """Load until ``stop`` is set (or nothing arrived for ``idle_exit`` seconds)."""
         stop = self._stop = stop or threading.Event()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, addr="127.0.0.1")
         consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(list(self.settings.topics), on_revoke=self._on_revoke)
         idle_since = time.monotonic()
+        self._to(_S.RUNNING)
         try:
             while not stop.is_set():
                 msgs = consumer.consume(self.settings.batch_size, self.settings.flush_interval)
@@ -213,14 +307,23 @@ class Loader:
                 elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
             self.commit([], [], {}, final=True)
+            self._to(_S.STOPPING, "stop requested" if stop.is_set() else "idle")
         except _Stopped:
-            log.warning("loader %s: stopped while the target was away", self.settings.group_id)
+            self._to(_S.STOPPING, "stop requested mid-batch; nothing of the batch committed")
+        except BaseException as exc:
+            self._to(_S.FAILED, str(exc))
+            raise
         finally:
             consumer.close()
             self._consumer = None
             if self._producer is not None:
                 self._producer.flush(30)
-            self.sink.close()
+            if self._writer is not None and self._writer.is_alive():
+                log.warning("loader %s: the aborted write is left behind (the process exit ends "
+                            "it; its batch is read again)", self.settings.group_id)
+            else:
+                self.sink.close()
+        self._to(_S.STOPPED)
 
     @staticmethod
     def _is_error(msg: Message) -> bool:
@@ -262,13 +365,19 @@ class Loader:
         while True:
             sink.add(records)
             try:
-                rejected = sink.flush(final=final)
+                rejected = self._flush_watched(final)
                 break
             except SinkBackpressure as bp:
-                log.warning("loader %s: %s; retrying in %.1fs", self.settings.group_id, bp,
-                            bp.retry_after)
+                if self.state is not _S.STALLED:
+                    sink_metrics().write_errors.labels(sink.kind, sink.name, "unavailable").inc()
+                self._to(_S.BACKPRESSURE, f"{bp}; retrying in {bp.retry_after:.1f}s")
                 if self._stop.wait(bp.retry_after):
                     raise _Stopped from bp  # nothing committed: the batch is read again
+            except SinkError:
+                sink_metrics().write_errors.labels(sink.kind, sink.name, "error").inc()
+                raise
+        sink_metrics().stalled.labels(sink.kind, sink.name).set(0)
+        self._to(_S.RUNNING)
         self.written += len(records) - len(rejected)
         dead = dead + self._dead_letters(rejected)
         if dead:
@@ -285,6 +394,59 @@ class Loader:
             except KafkaException as exc:
                 # lost the partitions to a rebalance: the new owner re-reads; repeats are harmless
                 log.warning("loader %s: offset commit failed: %s", self.settings.group_id, exc)
+
+    def _flush_watched(self, final: bool) -> list[Rejected]:
+        """``sink.flush`` in a writer thread, watched (see the module docstring)."""
+        sink = self.sink
+        timeout = sink.retry.write_timeout
+        metrics = sink_metrics()
+        since_progress = metrics.since_progress.labels(sink.kind, sink.name)
+        outcome: list[Any] = []
+
+        def write() -> None:
+            try:
+                outcome.append(sink.flush(final=final))
+            except BaseException as exc:  # noqa: BLE001 - handed to the loader's thread
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write, name="dataflow-loader-write", daemon=True)
+        self._write_started = time.monotonic()
+        self._writer = writer
+        writer.start()
+        stall: str | None = None
+        said_at = 0.0
+        try:
+            while writer.is_alive():
+                writer.join(_TICK)
+                now = time.monotonic()
+                idle = now - max(sink.last_progress, self._write_started)
+                since_progress.set(idle)
+                if self._stop.is_set() and writer.is_alive():
+                    sink.abort()
+                    writer.join(_STOP_GRACE)
+                    raise _Stopped
+                if idle > timeout and stall is None and writer.is_alive():
+                    stall = (f"sink {sink.kind} {sink.name}: no progress for {idle:.0f}s "
+                             f"(write_timeout {timeout:g}s); target: {sink.target_state()}")
+                    metrics.write_errors.labels(sink.kind, sink.name, "timeout").inc()
+                    metrics.stalled.labels(sink.kind, sink.name).set(1)
+                    self._to(_S.STALLED, stall)
+                    sink.abort()
+                    said_at = now
+                elif stall is not None and now - said_at > timeout and writer.is_alive():
+                    log.error("loader %s: the aborted write is still blocked after %.0fs; "
+                              "target: %s", self.settings.group_id, idle, sink.target_state())
+                    said_at = now
+        finally:
+            since_progress.set(0)
+        self._writer = None
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            if stall is not None:   # aborted: whatever it ended with, the batch is retried
+                raise SinkBackpressure(stall, retry_after=sink.retry.retry_after) from result
+            raise result
+        rejected: list[Rejected] = result
+        return rejected
 
     def _dead_letters(self, rejected: Iterable[Rejected]) -> list[DeadLetter]:
         out = []

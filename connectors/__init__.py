@@ -5,9 +5,9 @@ from connectors._objectstore import ObjectStoreSink, ObjectStoreSinkSettings, op
 from connectors._pg_cdc import PostgresCDCSource, SlotDropped
 from connectors._pg_config import KafkaSettings, PostgresCDCConfig
 from connectors._pg_sink import PostgresSink, PostgresSinkSettings
-from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
+from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord, sink_metrics
 
 __all__: list[str] = [
     "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",
-    "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
+    "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store", "sink_metrics",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped"]

@@ -24,17 +24,34 @@ field that is an object or array or an integer beyond 8 bytes, and a data field 
 the sink would overwrite (``_version``, or an ``_id`` other than the key).
 
 Plain inserts for new ids matter on FerretDB (SQLite), where an upsert that inserts
-costs ~5-10 ms and a batched insert ~0.1 ms per document. The ops are sent as raw
-unordered ``insert``/``update``/``delete`` commands (what ``bulk_write``
-sends): FerretDB omits ``nModified`` from a reply with write errors, which pymongo's
+costs ~5-10 ms and a batched insert ~0.1 ms per document. FerretDB v1 on SQLite also
+reads the whole collection for every filter other than a lone string or ObjectId
+``_id`` (an integer key, or ``_id`` plus the version guard, is never pushed down), so a
+per-document update or delete costs a full scan: ~100 us per stored document, 0.5 s per
+op at 5k documents. ``strategy`` (default ``auto``: ``per_batch`` on FerretDB,
+``per_document`` on MongoDB) picks how writes are grouped:
+
+- ``per_document``: the guarded per-document ``update``/``delete`` ops above;
+- ``per_batch``: a constant number of scans per batch: one ``delete {_id: {$in: ...}}``
+  for the documents the batch deletes or replaces, then a bulk insert of the new
+  versions (likewise for tombstones). The version guard is the per-batch read of
+  ``_version``; a replaced document is briefly absent, and a crash between the delete and
+  the insert leaves it absent until the batch is read again (its offsets are not
+  committed). A concurrent writer of the same key (only a loader paused beyond the
+  consumer session timeout) can slip between the read and the delete; a replacement the
+  server refuses leaves the key absent (the record goes to the DLQ).
+
+The ops are sent as raw unordered ``insert``/``update``/``delete`` commands (what
+``bulk_write`` sends): FerretDB omits ``nModified`` from a reply with write errors, which pymongo's
 ``bulk_write`` cannot merge, and it stops at the first error even when unordered, so the
 ops after the last reported error are sent again (the guard makes that harmless).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pymongo
 from bson.errors import InvalidDocument
@@ -51,7 +68,8 @@ from connectors._sink import (
 )
 from schemas import SinkError
 
-_CHUNK = 1000   # ids per find, documents per insert
+_CHUNK = 1000   # documents per insert
+_IDS = 10_000   # ids per find and per ``$in`` delete: one collection scan each on FerretDB
 _OPS = 100      # update/delete ops per command: each one short, well inside socket timeouts
 _DUP_KEY = 11000
 #: server codes that mean "try again" (as pymongo's retryable writes): not the record's fault
@@ -73,6 +91,8 @@ class MongoSinkSettings(RetrySettings):
     collection: str = Field(min_length=1)
     key_fields: tuple[str, ...] = ()          # default: the event key's fields
     server_timeout_ms: int = 5000
+    #: how writes are grouped (see the module docstring); auto: per_batch on FerretDB
+    strategy: Literal["auto", "per_document", "per_batch"] = "auto"
 
 
 class MongoSink(BatchingSink):
@@ -86,14 +106,50 @@ class MongoSink(BatchingSink):
         self.name = name or f"{settings.database}.{settings.collection}"
         self._client: pymongo.MongoClient[dict[str, Any]] | None = None
         self._keys = settings.key_fields
+        self._mode: bool | None = None    # per_batch? (decided on the first write)
 
     def _db(self) -> Any:
         if self._client is None:
             ms = self.settings.server_timeout_ms
             self._client = pymongo.MongoClient(
                 self.settings.uri.get_secret_value(), serverSelectionTimeoutMS=ms,
-                connectTimeoutMS=ms, socketTimeoutMS=max(ms, 120_000), retryWrites=False)
+                connectTimeoutMS=ms, retryWrites=False,
+                # a command that takes longer made no progress for write_timeout: the
+                # loader aborts the write then, and the socket ends the command too
+                socketTimeoutMS=max(ms, int(self.settings.write_timeout * 1000)))
         return self._client[self.settings.database]
+
+    def _per_batch(self, db: Any) -> bool:
+        if self._mode is None:
+            mode = self.settings.strategy
+            if mode == "auto":
+                info = db.client.admin.command("buildInfo")
+                mode = "per_batch" if "ferretdbVersion" in info else "per_document"
+            self._mode = mode == "per_batch"
+        return self._mode
+
+    def target_state(self) -> str:
+        """Whether the server answers ``ping`` and a ``listCollections`` on the database
+        (FerretDB can wedge per database), each within 2 s, on a client of its own."""
+        ms = 2000
+        try:
+            probe: pymongo.MongoClient[dict[str, Any]]
+            with pymongo.MongoClient(self.settings.uri.get_secret_value(), serverSelectionTimeoutMS=ms,
+                                     connectTimeoutMS=ms, socketTimeoutMS=ms) as probe:
+                start = time.perf_counter()
+                probe.admin.command("ping")
+                ping = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+                try:
+                    probe[self.settings.database].command("listCollections", nameOnly=True)
+                except PyMongoError as exc:
+                    return (f"mongodb answers ping in {ping:.0f} ms but not listCollections on "
+                            f"{self.settings.database!r} within 2s ({exc})")
+                listed = (time.perf_counter() - start) * 1000
+                return (f"mongodb answers ping in {ping:.0f} ms and listCollections in "
+                        f"{listed:.0f} ms; the write's command is still running")
+        except PyMongoError as exc:
+            return f"mongodb does not answer ping within 2s ({exc})"
 
     def close(self) -> None:
         super().close()
@@ -161,9 +217,20 @@ class MongoSink(BatchingSink):
             elif (t := tombs.get(_hashable(id_))) is None or t < rec.version:
                 upserts.append((id_, rec))  # noqa: SIM114 - same test, other list
         rejected: list[Rejected] = []
+        present = [(i, r) for i, r in deletes if _hashable(i) in current]
+        if self._per_batch(db):   # replace = delete then insert: a few scans per batch
+            self._delete_ids(db, self.tombstones, [i for i, _ in deletes if _hashable(i) in tombs])
+            self._put(db, self.tombstones, [(i, r, {"_id": i, "_version": r.version})
+                                            for i, r in deletes], {}, rejected)
+            self._delete_ids(db, coll, [i for i, _ in present]
+                             + [i for i, _ in upserts if _hashable(i) in current])
+            ok_upserts = self._put(db, coll, [(i, r, {**(r.value or {}), "_id": i, "_version": r.version})
+                                              for i, r in upserts], {}, rejected)
+            self._delete_ids(db, self.tombstones, [i for i, r in upserts
+                                                   if id(r) in ok_upserts and _hashable(i) in tombs])
+            return rejected
         self._put(db, self.tombstones, [(i, r, {"_id": i, "_version": r.version}) for i, r in deletes],
                   tombs, rejected)
-        present = [(i, r) for i, r in deletes if _hashable(i) in current]
         self._run(db, "delete", coll, [
             {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 1} for i, r in present],
             [r for _, r in present], rejected)
@@ -174,6 +241,24 @@ class MongoSink(BatchingSink):
             {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 0} for i, r in written],
             [r for _, r in written], rejected)
         return rejected
+
+    def _delete_ids(self, db: Any, coll: str, ids: list[Any]) -> None:
+        """Delete the documents with these ids: one ``$in`` delete per ``_IDS`` ids (the
+        guard was checked when the batch's versions were read)."""
+        for start in range(0, len(ids), _IDS):
+            try:
+                reply = db.command("delete", coll, deletes=[
+                    {"q": {"_id": {"$in": ids[start:start + _IDS]}}, "limit": 0}], ordered=False)
+            except OperationFailure as exc:
+                if exc.code in _TRANSIENT_CODES:
+                    raise _Retryable(str(exc)) from exc
+                raise SinkError(f"sink mongodb {self.name}: {exc}") from exc
+            self.progress()
+            if errors := reply.get("writeErrors"):
+                if any(e.get("code") in _TRANSIENT_CODES for e in errors):
+                    raise _Retryable(str(errors[0].get("errmsg", errors[0])))
+                raise SinkError(f"sink mongodb {self.name}: delete from {coll}: "
+                                f"{errors[0].get('errmsg', errors[0])}")
 
     def _put(self, db: Any, coll: str, items: list[tuple[Any, SinkRecord, dict[str, Any]]],
              existing: dict[Any, int], rejected: list[Rejected]) -> set[int]:
@@ -194,10 +279,11 @@ class MongoSink(BatchingSink):
 
     def _versions(self, db: Any, coll: str, ids: list[Any]) -> dict[Any, int]:
         out: dict[Any, int] = {}
-        for i in range(0, len(ids), _CHUNK):
-            for doc in db[coll].find({"_id": {"$in": ids[i:i + _CHUNK]}}, {"_version": 1}):
+        for i in range(0, len(ids), _IDS):
+            for doc in db[coll].find({"_id": {"$in": ids[i:i + _IDS]}}, {"_version": 1}):
                 if doc.get("_version") is not None:
                     out[_hashable(doc["_id"])] = int(doc["_version"])
+            self.progress()
         return out
 
     def _run(self, db: Any, verb: str, coll: str, ops: list[dict[str, Any]],
@@ -222,6 +308,7 @@ class MongoSink(BatchingSink):
         while ops:
             try:
                 reply = db.command(verb, coll, **{field: ops, "ordered": False})
+                self.progress()
             except OperationFailure as exc:
                 if exc.code in _TRANSIENT_CODES:
                     raise _Retryable(str(exc)) from exc

@@ -113,6 +113,7 @@ class ObjectStoreSink:
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._ready: list[list[SinkRecord]] = []   # rolls waiting for the next flush
         self.files_written = 0
+        self.last_progress = time.monotonic()
 
     # -- the sink contract -------------------------------------------------------------
 
@@ -145,11 +146,13 @@ class ObjectStoreSink:
             if final or now - self._buffers[tp].opened >= limit:
                 self._roll(tp)
         metrics = sink_metrics()
+        self.last_progress = time.monotonic()
         while self._ready:
             roll = self._ready[0]
             start = time.perf_counter()
             self._write_roll(roll)
             self._ready.pop(0)
+            self.last_progress = time.monotonic()
             metrics.latency.labels(self.kind, self.name).observe(time.perf_counter() - start)
             metrics.batch_size.labels(self.kind, self.name).observe(len(roll))
             metrics.rows.labels(self.kind, self.name).inc(len(roll))
@@ -170,6 +173,16 @@ class ObjectStoreSink:
         for tp in gone:
             self._buffers.pop(tp, None)
         self._ready = [r for r in self._ready if (r[0].topic, r[0].partition) not in gone]
+
+    @property
+    def retry(self) -> RetrySettings:
+        return self.settings
+
+    def abort(self) -> None:
+        """Uploads time out on their own (the store's client); nothing to interrupt."""
+
+    def target_state(self) -> str:
+        return f"{self.files_written} files written; {len(self._ready)} rolls waiting to upload"
 
     def close(self) -> None:
         self._buffers.clear()

@@ -29,6 +29,11 @@ Rows the target cannot hold are told apart from a target that is down:
   limits: more than 1600 columns, a row or index entry too big), psycopg's client-side
   ``DataError`` (a NUL byte in text) and values orjson cannot encode (nested too deep).
 
+A write blocked in the target (a lock held by another session, a paused server) is
+interrupted by ``abort()``: a cancel request, then the socket shut, so the transaction
+never commits; ``target_state()`` reads the sink's backend from ``pg_stat_activity`` on
+a second short connection (state, wait event, the sessions blocking it).
+
 Refused rows come back as ``Rejected`` with the target's own message and everything else
 is written. A target that goes away (connection errors, class 08, 53, serialization
 failures) is retried with backoff, then answered with ``SinkBackpressure``: the loader
@@ -40,7 +45,9 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import os
 import re
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -187,6 +194,7 @@ class PostgresSink(BatchingSink):
         self._tomb = sql.Identifier(settings.db_schema, _short_ident(settings.table, "__tombstones"))
         self._ver = sql.Identifier(settings.version_column)
         self._tomb_ready = False
+        self._backend_pid: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -195,6 +203,7 @@ class PostgresSink(BatchingSink):
             self._conn = psycopg.connect(
                 self.settings.dsn.get_secret_value(), autocommit=False,
                 connect_timeout=self.settings.connect_timeout, application_name="dataflow-sink")
+            self._backend_pid = self._conn.info.backend_pid
             self._columns = {}
         return self._conn
 
@@ -210,6 +219,50 @@ class PostgresSink(BatchingSink):
     def close(self) -> None:
         super().close()
         self._drop_connection()
+
+    def abort(self) -> None:
+        """Cancel the statement in flight, then shut the socket (a backend that cannot act
+        on the cancel, paused or unreachable, leaves the write blocked otherwise). The
+        writer's thread sees an error and its transaction never commits."""
+        super().abort()
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.cancel_safe(timeout=2.0)
+        except (psycopg.Error, OSError):
+            pass
+        try:
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (psycopg.Error, OSError):
+            pass
+
+    def target_state(self) -> str:
+        """The sink's backend as ``pg_stat_activity`` shows it, and who blocks it."""
+        pid = self._backend_pid
+        try:
+            with psycopg.connect(self.settings.dsn.get_secret_value(), autocommit=True,
+                                 connect_timeout=3, options="-c statement_timeout=3000",
+                                 application_name="dataflow-sink-probe") as probe:
+                row = probe.execute(
+                    "SELECT state, wait_event_type, wait_event, "
+                    "extract(epoch FROM now() - query_start)::int, pg_blocking_pids(pid), "
+                    "left(query, 100) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row is None:
+                    return f"postgres answers; the sink's backend {pid} is gone"
+                state, wtype, wait, secs, blockers, query = row
+                text = f"backend {pid} {state} for {secs}s"
+                if wtype:
+                    text += f", waiting on {wtype}:{wait}"
+                text += f" in {query!r}"
+                for bpid, bstate, bquery in probe.execute(
+                        "SELECT pid, state, left(query, 100) FROM pg_stat_activity "
+                        "WHERE pid = ANY(%s)", (blockers,)).fetchall():
+                    text += f"; blocked by backend {bpid} ({bstate}: {bquery!r})"
+                return text
+        except psycopg.Error as exc:
+            return f"postgres does not answer a probe within 3s ({_message(exc)})"
 
     # -- the batch ---------------------------------------------------------------------
 
@@ -243,6 +296,7 @@ class PostgresSink(BatchingSink):
         try:
             self._ensure_schema(conn, rows)
             self._apply(conn, rows)
+            self.progress()
             return []
         except (psycopg.Error, _Unwritable) as exc:
             if not _is_row_error(exc):

@@ -8,6 +8,13 @@ A loader (agents) turns events into ``SinkRecord`` values, ``add``s them and cal
 ``BatchingSink`` holds the batch; subclasses implement only ``write(batch)``. The batch
 is cleared in a ``finally``: after ``SinkBackpressure`` the caller re-adds the same
 records and flushes again (the loader keeps them), so no record is held in two places.
+
+A write must never hang silently: a sink moves ``last_progress`` forward whenever a
+command or statement of the write completes, ``abort()`` (called from another thread)
+makes a write in flight fail soon, and ``target_state()`` says in a line, within a few
+seconds, what the target is doing. The loader watches the first, calls the second when
+nothing moved for its ``write_timeout`` or when asked to stop, and puts the third in
+the error.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ConfigDict
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import SinkBackpressure
 
@@ -54,6 +61,7 @@ class Sink(Protocol):
     """What a loader drives. ``flush`` makes every added record durable (or rejected)."""
 
     name: str
+    kind: str
 
     def add(self, records: Iterable[SinkRecord]) -> None: ...
 
@@ -69,6 +77,22 @@ class Sink(Protocol):
         """Forget buffered records of partitions this loader no longer owns."""
         ...
 
+    #: ``time.monotonic()`` when the running write last completed a command (or began)
+    last_progress: float
+
+    @property
+    def retry(self) -> RetrySettings:
+        """Retry, backpressure and ``write_timeout`` settings of this sink."""
+        ...
+
+    def abort(self) -> None:
+        """Make the write in flight (in another thread) fail soon; nothing is committed."""
+        ...
+
+    def target_state(self) -> str:
+        """What the target is doing, in one line, found out within a few seconds."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -80,14 +104,35 @@ class BatchingSink:
 
     def __init__(self) -> None:
         self._batch: list[SinkRecord] = []
+        self.last_progress = time.monotonic()
+        self.aborted = False
 
     def add(self, records: Iterable[SinkRecord]) -> None:
         self._batch.extend(records)
+
+    def progress(self) -> None:
+        """A command of the running write completed (see the module docstring)."""
+        self.last_progress = time.monotonic()
+
+    def abort(self) -> None:
+        """Interrupt a write in flight: no more retries (see ``retry_transient``); sinks
+        whose writes can block also break the blocked call."""
+        self.aborted = True
+
+    def target_state(self) -> str:
+        return "no state reported"
+
+    @property
+    def retry(self) -> RetrySettings:
+        settings = getattr(self, "settings", None)
+        return settings if isinstance(settings, RetrySettings) else RetrySettings()
 
     def flush(self, final: bool = False) -> list[Rejected]:
         if not self._batch:
             return []
         batch = self._batch
+        self.progress()
+        self.aborted = False
         metrics = sink_metrics()
         start = time.perf_counter()
         try:
@@ -169,6 +214,9 @@ class RetrySettings(BaseModel):
     retry_attempts: int = 6
     retry_max_delay: float = 5.0
     retry_after: float = 2.0                # what SinkBackpressure asks the loader to wait
+    #: a write with no command completed for this long is aborted as an error, then
+    #: retried after ``retry_after`` (the loader's watchdog; see ``Sink.abort``)
+    write_timeout: float = Field(default=60.0, gt=0)
 
 
 T = TypeVar("T")
@@ -178,10 +226,13 @@ def retry_transient(sink: Any, settings: RetrySettings, op: Callable[[], T],
                     transient: tuple[type[BaseException], ...],
                     on_retry: Callable[[], None] | None = None) -> T:
     """Run ``op``; on a ``transient`` error retry with exponential backoff (counted in the
-    retries metric), then raise ``SinkBackpressure`` carrying ``settings.retry_after``."""
+    retries metric), then raise ``SinkBackpressure`` carrying ``settings.retry_after``.
+    A sink that was aborted (``sink.aborted``) is not retried."""
     backoff = Backoff(maximum=settings.retry_max_delay, attempts=settings.retry_attempts)
     last: BaseException | None = None
     for delay in [0.0, *backoff.delays()]:
+        if getattr(sink, "aborted", False) and last is not None:
+            break
         if delay:
             sink_metrics().retries.labels(sink.kind, sink.name).inc()
             time.sleep(delay)
@@ -204,6 +255,9 @@ class _SinkMetrics:
     backpressure: Counter
     batch_size: Histogram
     latency: Histogram
+    write_errors: Counter
+    stalled: Gauge
+    since_progress: Gauge
 
 
 @lru_cache(maxsize=1)
@@ -219,4 +273,13 @@ def sink_metrics() -> _SinkMetrics:
         batch_size=Histogram("dataflow_sink_batch_size", "Records per flush", labels,
                              buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000)),
         latency=Histogram("dataflow_sink_flush_seconds", "Flush latency", labels),
+        write_errors=Counter("dataflow_sink_write_errors",
+                             "Failed writes by reason: timeout (no progress for write_timeout), "
+                             "unavailable (backpressure), error", (*labels, "reason")),
+        stalled=Gauge("dataflow_loader_stalled",
+                      "1 from a write that made no progress for write_timeout until a write "
+                      "succeeds", labels),
+        since_progress=Gauge("dataflow_sink_seconds_since_progress",
+                             "Seconds since the running write last completed a command "
+                             "(0 when no write runs)", labels),
     )

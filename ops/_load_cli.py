@@ -123,6 +123,8 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--sink", choices=SINK_KINDS)
     parser.add_argument("--idle-exit", type=float, default=None,
                         help="stop after this many seconds without new records")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT (loader.metrics_port)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -134,6 +136,8 @@ def load_main(argv: list[str]) -> int:
     except (OSError, yaml.YAMLError, ValidationError, DataFlowError) as exc:
         print(f"dataflow load: {exc}", file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
