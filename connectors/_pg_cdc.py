@@ -146,7 +146,7 @@ class PostgresCDCSource:
     def run(self, max_retries: int | None = None) -> None:
         """Run until ``stop()``; retries transient failures from the last confirmed LSN."""
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port)
+            self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         delay = 1.0
         attempts = 0
         while not self._stop.is_set():

@@ -15,10 +15,22 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from schemas import ConfigError
+from schemas import ConfigError, redact
 
 SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_dsn(dsn: str, where: str) -> None:
+    """A DSN libpq cannot parse is a config error at start (its password redacted), not a
+    driver error when the first connection is made."""
+    from psycopg import ProgrammingError, conninfo
+
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        raise ConfigError(f"{where}: not a valid Postgres connection string: "
+                          f"{redact(str(exc))}") from None
 
 
 class KafkaSettings(BaseModel):
@@ -80,6 +92,8 @@ class PostgresCDCConfig(BaseModel):
     state_topic: str = "_dataflow.sources"
     heartbeat_topic: str = ""
     metrics_port: int | None = None
+    # the address /metrics listens on: loopback only unless set (e.g. "0.0.0.0" for all)
+    metrics_host: str = "127.0.0.1"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("topic_prefix")
@@ -157,6 +171,7 @@ class PostgresCDCConfig(BaseModel):
             raise ConfigError(f"{where}: {path}: {first['msg']}") from exc
         if not cfg.dsn.get_secret_value():
             raise ConfigError(f"{where}: dsn: not set (nor DATAFLOW_PG_DSN)")
+        check_dsn(cfg.dsn.get_secret_value(), f"{where}: dsn")
         if not cfg.kafka.bootstrap_servers:
             raise ConfigError(f"{where}: kafka.bootstrap_servers: not set (nor KAFKA_BOOTSTRAP_SERVERS)")
         for name, label in ((cfg.slot, "slot_name"), (cfg.publication, "publication_name")):

@@ -39,8 +39,9 @@ class CDCMetrics:
             found = cls._by_registry[id(reg)] = cls(reg)
         return found
 
-    def serve(self, port: int) -> None:
-        """Expose ``/metrics`` on ``port`` (once per process)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose ``/metrics`` on ``host:port`` (once per process); loopback unless the
+        source's ``metrics_host`` says otherwise."""
         if not self._served:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
             self._served = True

@@ -8,7 +8,8 @@ into a Postgres table and into Parquet files. Then inserts, updates, deletes and
 rows on the source, a wait until the target equals what the source implies, and a short
 report. Every name carries a run id, and the processes, slot, database, topics, groups
 and files are removed at the end, so the demo can run any number of times on a shared
-stack. ``run_demo()`` is the single entry point.
+stack. The run's files hold DSNs: they live in a private folder (0700) and are written
+0600. ``run_demo()`` is the single entry point.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Any
 import orjson
 import yaml
 
-from schemas import DataFlowError
+from ops._console import error
+from schemas import DataFlowError, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "examples" / "demo_pipeline.yaml"
@@ -134,11 +136,26 @@ def _create_database(r: _Run) -> None:
         conn.execute(_SCHEMA)
 
 
+def _private_dir(path: Path) -> None:
+    """``path`` and its parent (the demo runs' folder) readable by their owner only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (path.parent, path):
+        folder.chmod(0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` (it holds DSNs) to a file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def _write_files(r: _Run) -> tuple[Path, Path]:
     """The source config and the run's copy of the demo spec (names made unique)."""
-    r.home.mkdir(parents=True, exist_ok=True)
+    _private_dir(r.home)
     source = r.home / "source.yaml"
-    source.write_text(yaml.safe_dump({"source": {
+    _write_private(source, yaml.safe_dump({"source": {
         "type": "postgres", "topic_prefix": r.prefix, "dsn": r.dsn,
         "table_include": [r"public\.(customers|orders)"], "snapshot_mode": "initial",
         "slot_name": r.slot, "publication_name": r.slot,
@@ -156,13 +173,14 @@ def _write_files(r: _Run) -> tuple[Path, Path]:
     spec["dlq"]["topic"] = r.dlq_topic
     spec["stateful"][0]["table_topic"] = r.customers_topic
     spec_path = r.home / "pipeline.yaml"
-    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _write_private(spec_path, yaml.safe_dump(spec, sort_keys=False))
     return source, spec_path
 
 
 def _start(r: _Run, what: str, args: list[str], bound_s: int) -> None:
     """``python -m ops ARGS`` in its own process group, bounded by ``timeout -s KILL``."""
-    with open(r.log(what), "ab") as out:
+    fd = os.open(r.log(what), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
         r.procs[what] = subprocess.Popen(
             ["timeout", "-s", "KILL", str(bound_s), sys.executable, "-m", "ops", *args],
             cwd=ROOT, env={**os.environ, **r.env, "PYTHONPATH": str(ROOT),
@@ -371,7 +389,7 @@ def _cleanup(r: _Run) -> None:
                 break
             conn.execute(f'DROP DATABASE IF EXISTS "{r.db}" WITH (FORCE)')
     except psycopg.Error as exc:
-        print(f"dataflow demo: cleanup of {r.db}/{r.slot} failed: {exc}", file=sys.stderr)
+        error(f"dataflow demo: cleanup of {r.db}/{r.slot} failed", exc)
     admin = AdminClient({"bootstrap.servers": r.bootstrap})
     try:
         topics = [t for t in admin.list_topics(timeout=10).topics if r.run in t]
@@ -388,7 +406,7 @@ def _cleanup(r: _Run) -> None:
             except KafkaException:
                 pass   # a group that never committed
     except KafkaException as exc:
-        print(f"dataflow demo: cleanup of topics failed: {exc}", file=sys.stderr)
+        error("dataflow demo: cleanup of topics failed", exc)
     shutil.rmtree(r.home, ignore_errors=True)
 
 
@@ -424,7 +442,7 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
     try:
         r = _Run(env=stack.up(), stack_home=stack.home)
     except DataFlowError as exc:
-        print(f"FAILED: dataflow demo: the local stack did not start: {exc}", file=sys.stderr)
+        error("FAILED: dataflow demo: the local stack did not start", exc)
         return 1
     print(f"dataflow demo (run {r.run}): Postgres CDC -> Kafka -> pipeline -> Postgres + Parquet")
     result: dict[str, Any] = {"run": r.run, "home": str(r.home), "ok": False}
@@ -493,15 +511,15 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
                    f"{len(dlq)} DLQ records, expected 2")
             print(f"FAILED: {why} after {took:.0f} s (timeout {timeout:.0f} s)", file=sys.stderr)
             for what in r.procs:
-                print(f"--- {what} log tail:\n{_tail(r.log(what))}", file=sys.stderr)
+                print(f"--- {what} log tail:\n{redact(_tail(r.log(what)))}", file=sys.stderr)
             return 1
         print("OK")
         return 0
     except (DataFlowError, KafkaException, PgError, OSError) as exc:
-        result["error"] = str(exc)
-        print(f"FAILED: dataflow demo: {exc}", file=sys.stderr)
+        result["error"] = redact(str(exc))
+        error("FAILED: dataflow demo", exc)
         for what in r.procs:
-            print(f"--- {what} log tail:\n{_tail(r.log(what))}", file=sys.stderr)
+            print(f"--- {what} log tail:\n{redact(_tail(r.log(what)))}", file=sys.stderr)
         return 1
     finally:
         _cleanup(r)

@@ -8,22 +8,21 @@ config with two sections::
     sink:   {kind: postgres, table: orders, ...}                        # the sink's settings
 
 Connection strings default to ``DATAFLOW_PG_DSN``, ``DATAFLOW_MONGO_URI``,
-``DATAFLOW_S3_ENDPOINT`` and ``KAFKA_BOOTSTRAP_SERVERS``.
+``DATAFLOW_S3_ENDPOINT`` and ``KAFKA_BOOTSTRAP_SERVERS``. A bad setting is reported as
+``section.field: reason`` (exit 2) without the values, so no password is shown.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agents import Loader, LoaderSettings
 from connectors import (
@@ -35,10 +34,25 @@ from connectors import (
     PostgresSinkSettings,
     Sink,
 )
+from connectors._pg_config import check_dsn
+from ops._console import error, setup_logging
 from schemas import ConfigError, DataFlowError
 from streams import PipelineSpec, load_spec
 
 SINK_KINDS = ("postgres", "mongodb", "objectstore")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], options: dict[str, Any], where: str) -> M:
+    """``model`` from ``options``; errors name each bad field, never its value."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join([where, *(str(x) for x in e['loc'])])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False))
+        raise ConfigError(problems) from None
 
 
 def _env(name: str) -> str:
@@ -48,22 +62,24 @@ def _env(name: str) -> str:
     return value
 
 
-def build_sink(kind: str, options: dict[str, Any]) -> Sink:
-    """A sink of ``kind`` from its settings (connection defaults from the environment)."""
+def build_sink(kind: str, options: dict[str, Any], where: str = "sink") -> Sink:
+    """A sink of ``kind`` from its settings (connection defaults from the environment);
+    errors name the field as ``<where>.<field>``."""
     options = dict(options)
     if kind == "postgres":
         if "dsn" not in options:
             options["dsn"] = _env("DATAFLOW_PG_DSN")
-        return PostgresSink(PostgresSinkSettings.model_validate(options))
+        check_dsn(str(options["dsn"]), f"{where}.dsn")
+        return PostgresSink(_validate(PostgresSinkSettings, options, where))
     if kind == "mongodb":
         if "uri" not in options:
             options["uri"] = _env("DATAFLOW_MONGO_URI")
-        return MongoSink(MongoSinkSettings.model_validate(options))
+        return MongoSink(_validate(MongoSinkSettings, options, where))
     if kind == "objectstore":
         if str(options.get("url", "")).startswith("s3://"):
             options.setdefault("endpoint_url", os.environ.get("DATAFLOW_S3_ENDPOINT"))
-        return ObjectStoreSink(ObjectStoreSinkSettings.model_validate(options))
-    raise ConfigError(f"sink.kind: expected one of {', '.join(SINK_KINDS)}, got {kind!r}")
+        return ObjectStoreSink(_validate(ObjectStoreSinkSettings, options, where))
+    raise ConfigError(f"{where}.kind: expected one of {', '.join(SINK_KINDS)}, got {kind!r}")
 
 
 def from_spec(spec: PipelineSpec, kind: str | None) -> tuple[LoaderSettings, Sink]:
@@ -104,7 +120,7 @@ def from_spec(spec: PipelineSpec, kind: str | None) -> tuple[LoaderSettings, Sin
                 "max_interval": section.max_interval / 1000}
         if section.endpoint_url:
             opts["endpoint_url"] = section.endpoint_url
-    return loader, build_sink(kind, opts)
+    return loader, build_sink(kind, opts, f"sinks.{kind}")
 
 
 def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
@@ -113,7 +129,7 @@ def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
     loader.setdefault("bootstrap_servers", os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
     sink = dict(doc.get("sink") or {})
     kind = sink.pop("kind", None)
-    return LoaderSettings.model_validate(loader), build_sink(str(kind), sink)
+    return _validate(LoaderSettings, loader, "loader"), build_sink(str(kind), sink)
 
 
 def load_main(argv: list[str]) -> int:
@@ -126,7 +142,7 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics on 127.0.0.1:PORT (loader.metrics_port)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         doc = yaml.safe_load(args.file.read_text())
         if isinstance(doc, dict) and "loader" in doc and "sink" in doc:
@@ -134,7 +150,7 @@ def load_main(argv: list[str]) -> int:
         else:
             settings, sink = from_spec(load_spec(args.file), args.sink)
     except (OSError, yaml.YAMLError, ValidationError, DataFlowError) as exc:
-        print(f"dataflow load: {exc}", file=sys.stderr)
+        error(f"dataflow load: {args.file}", exc)
         return 2
     if args.metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": args.metrics_port})
@@ -145,7 +161,7 @@ def load_main(argv: list[str]) -> int:
     try:
         loader.run(stop, idle_exit=args.idle_exit)
     except DataFlowError as exc:
-        print(f"dataflow load: {exc}", file=sys.stderr)
+        error("dataflow load", exc)
         return 1
     print(f"dataflow load: wrote {loader.written} rows, {loader.rejected} to the DLQ")
     return 0

@@ -13,6 +13,7 @@ import sys
 from types import FrameType
 
 from connectors import PostgresCDCConfig, PostgresCDCSource
+from ops._console import error, setup_logging
 from schemas import DataFlowError
 
 USAGE = "usage: dataflow source run FILE   (YAML or JSON source settings)"
@@ -23,11 +24,11 @@ def source_main(args: list[str]) -> int:
     if len(args) != 2 or args[0] != "run":
         print(USAGE, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         source = PostgresCDCSource(PostgresCDCConfig.load(args[1]))
     except DataFlowError as exc:
-        print(f"dataflow source: {exc}", file=sys.stderr)
+        error("dataflow source", exc)
         return 2
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -39,6 +40,6 @@ def source_main(args: list[str]) -> int:
     try:
         source.run()
     except DataFlowError as exc:
-        print(f"dataflow source: {exc}", file=sys.stderr)
+        error("dataflow source", exc)
         return 1
     return 0

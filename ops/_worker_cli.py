@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from schemas import ConfigError
+from ops._console import error
+from schemas import ConfigError, redact
 from streams import SpecError, WorkerSettings, build_app, load_spec
 
 
@@ -30,10 +31,10 @@ def worker_main(argv: list[str]) -> int:
     except SpecError as exc:
         print(f"{args.file}: invalid pipeline spec, the worker does not start:", file=sys.stderr)
         for err in exc.errors:
-            print(f"  {err}", file=sys.stderr)
+            print(f"  {redact(str(err))}", file=sys.stderr)
         return 2
     except (ConfigError, OSError) as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+        error(args.file, exc)
         return 2
     if args.check:
         print(f"{args.file}: pipeline {spec.name!r} is valid")
@@ -46,7 +47,7 @@ def worker_main(argv: list[str]) -> int:
             settings = settings.model_copy(update=overrides)
         app = build_app(spec, settings)
     except ConfigError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
+        error(args.file, exc)
         return 2
     import faust
 

@@ -1,4 +1,5 @@
-"""Schemas, serde and the root error type (the leaf package: imports nothing of DataFlow)."""
+"""Schemas, serde, the root error type and secret redaction (the leaf package: imports
+nothing of DataFlow)."""
 
 from schemas._debezium import (
     UNAVAILABLE_VALUE,
@@ -21,6 +22,7 @@ from schemas._errors import (
     SourceError,
     StackError,
 )
+from schemas._redact import redact
 
 __all__ = [
     "UNAVAILABLE_VALUE",
@@ -40,4 +42,5 @@ __all__ = [
     "SinkError",
     "SourceError",
     "StackError",
+    "redact",
 ]

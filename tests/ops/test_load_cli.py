@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from connectors import ObjectStoreSink, PostgresSink
 from ops._load_cli import from_config, from_spec, load_main
@@ -57,3 +61,25 @@ def test_several_sinks_need_a_choice_and_config_form_works(
                                    "sink": {"kind": "oracle"}}))
     assert load_main([str(bad)]) == 2
     assert "sink.kind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sink, field", [
+    # a missing setting: pydantic would quote the whole section, DSN included
+    ({"kind": "postgres", "dsn": "postgresql://loader:Pw-s3cret-42@127.0.0.1:5432/shop",
+      "tabel": "orders"}, "sink.table: Field required"),
+    # a DSN libpq cannot parse: libpq quotes it back
+    ({"kind": "postgres", "dsn": "postgresql//loader:Pw-s3cret-42@127.0.0.1:5432/shop",
+      "table": "orders"}, "sink.dsn: not a valid Postgres connection string"),
+    ({"kind": "mongodb", "uri": "mongodb://loader:Pw-s3cret-42@127.0.0.1:27017/",
+      "database": "shop"}, "sink.collection: Field required"),
+])
+def test_a_config_error_names_the_field_and_never_the_password(
+        tmp_path: Path, sink: dict[str, str], field: str) -> None:
+    bad = tmp_path / "loader.yaml"
+    bad.write_text(yaml.safe_dump({"loader": {"topics": ["t"], "group_id": "g"}, "sink": sink}))
+    proc = subprocess.run([sys.executable, "-m", "ops", "load", str(bad)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert proc.returncode == 2
+    assert f"dataflow load: {bad}: " in proc.stderr and field in proc.stderr
+    assert "Pw-s3cret-42" not in proc.stdout + proc.stderr
