@@ -8,14 +8,18 @@ timestamp, epoch ms) and ``dataflow.failed_at`` (when it failed, epoch ms). The 
 record's own headers follow, so a replay gives them back.
 
 Replay reads the DLQ topic from a cursor (a consumer group per DLQ topic and stage
-filter, committed only after the producer flushed), up to the end it saw when it started,
-and re-produces key, value and original headers to the original topic (or ``to_topic``).
-A second replay therefore only re-injects records that failed again after the first.
+filter), up to the end it saw when it started, and re-produces key, value and original
+headers to the original topic when it is one of the pipeline's source topics (or to
+``to_topic``); a header naming any other topic is refused. The cursor moves past each
+record once it is delivered (committed after the producer flushed) or reported, so a
+second replay only re-injects records that failed again after the first, and one record
+the target refuses does not make later runs send the ones before it again.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from agents._decode import encode_json, encode_key
 from agents._event import DeadLetter
-from schemas import SinkError, SourceError
+from schemas import ConfigError, SourceError
 
 HEADER_PREFIX = "dataflow."
 MAX_ERROR_BYTES = 4096
@@ -86,14 +90,37 @@ def header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, 
 # ------------------------------------------------------------------ reading and replay
 
 
+class ReplayProblem(NamedTuple):
+    """A DLQ record a replay did not write: its DLQ position, its target, the reason."""
+
+    partition: int
+    offset: int
+    topic: str
+    reason: str
+
+
 @dataclass
 class ReplayResult:
-    """What a replay did: records read, re-produced (per target topic) and skipped."""
+    """What a replay did: records read, delivered (per target topic), skipped (another
+    stage), refused (a header naming a topic that is not a target), undeliverable (the
+    target refused that record), and why it stopped early, if it did."""
 
     read: int = 0
     replayed: int = 0
     skipped: int = 0
     by_topic: dict[str, int] = field(default_factory=dict)
+    refused: list[ReplayProblem] = field(default_factory=list)
+    undeliverable: list[ReplayProblem] = field(default_factory=list)
+    error: str | None = None
+
+    def count(self, topic: str) -> None:
+        self.replayed += 1
+        self.by_topic[topic] = self.by_topic.get(topic, 0) + 1
+
+    @property
+    def complete(self) -> bool:
+        """Every record of the chosen stages was delivered."""
+        return not (self.refused or self.undeliverable or self.error)
 
 
 def stage_matches(stage: str, wanted: str | None) -> bool:
@@ -178,72 +205,205 @@ class DlqReader:
             self.consumer.commit(offsets=offsets, asynchronous=False)
 
 
+_BATCH = 500  # records between two flush-and-commit points of a replay
+
+# errors that belong to one record: it is tried alone (a batch holding one too-large record
+# fails as a whole), and if it fails alone it is reported and passed; any other error
+# (a target unreachable, not authorized, ...) stops the replay
+_RECORD_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG,
+    KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_TIMESTAMP,
+})
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class _Targets:
+    """Where a replay may write: ``to_topic`` for every record, otherwise the record's
+    ``dataflow.topic`` header only when it names one of the pipeline's source topics (or
+    matches its source pattern). The header is data anyone who can write to the DLQ
+    controls, so it never chooses a topic by itself."""
+
+    def __init__(self, topics: Iterable[str], pattern: str | None, to_topic: str | None,
+                 dlq_topic: str) -> None:
+        self.topics = frozenset(topics)
+        self.pattern = re.compile(pattern) if pattern else None
+        self.to_topic = to_topic
+        if to_topic is not None and to_topic == dlq_topic:
+            raise ConfigError(f"replay: to_topic {to_topic!r} is the DLQ topic itself")
+        if to_topic is None and not self.topics and self.pattern is None:
+            raise ConfigError("replay: no target: give the pipeline's source topics (its spec) "
+                              "or to_topic")
+
+    def resolve(self, origin: str | None) -> tuple[str, str | None]:
+        """(the topic to write, None) or (the header's topic, why it is refused)."""
+        if self.to_topic is not None:
+            return self.to_topic, None
+        if not origin:
+            return "", "no dataflow.topic header"
+        if origin in self.topics or (self.pattern is not None and _TOPIC_NAME.fullmatch(origin)
+                                     and self.pattern.fullmatch(origin)):
+            return origin, None
+        allowed = ", ".join(sorted(self.topics)) or f"/{self.pattern.pattern if self.pattern else ''}/"
+        return origin, f"not a source topic of the pipeline ({allowed}); --to-topic chooses one"
+
+
+@dataclass(eq=False)
+class _Out:
+    """One record on its way from the DLQ to its target, and what became of it."""
+
+    partition: int
+    offset: int
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    delivered: bool = False
+    error: KafkaError | None = None
+
+    def settle(self, err: KafkaError | None, _msg: Message | None = None) -> None:
+        self.delivered, self.error = err is None, err
+
+    @property
+    def record_error(self) -> bool:
+        return self.error is not None and self.error.code() in _RECORD_ERRORS
+
+
+class _Cursor:
+    """Per DLQ partition, the records read since the last commit in offset order: handled
+    without producing (``None``: another stage, refused) or on their way (``_Out``)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[tuple[int, _Out | None]]] = {}
+
+    def add(self, partition: int, offset: int, out: _Out | None = None) -> None:
+        self.entries.setdefault(partition, []).append((offset, out))
+
+    def outs(self) -> list[_Out]:
+        return [o for entries in self.entries.values() for _, o in entries if o is not None]
+
+    def handled(self) -> dict[int, int]:
+        """``{partition: last offset}`` up to the first record neither delivered nor
+        reported undeliverable; what follows it stays unread for the next replay."""
+        last: dict[int, int] = {}
+        for partition, entries in self.entries.items():
+            for offset, out in entries:
+                if out is not None and not out.delivered and not out.record_error:
+                    break
+                last[partition] = offset
+        self.entries.clear()
+        return last
+
+
 def replay_dlq(
-    bootstrap: str, dlq_topic: str, *, stage: str | None = None, to_topic: str | None = None,
+    bootstrap: str, dlq_topic: str, *, source_topics: Iterable[str] = (),
+    source_pattern: str | None = None, to_topic: str | None = None, stage: str | None = None,
     from_start: bool = False, dry_run: bool = False, group: str | None = None,
     timeout: float = 30.0, config: dict[str, Any] | None = None,
 ) -> ReplayResult:
-    """Re-produce DLQ records (original key, value, headers) to their source topic.
+    """Re-produce DLQ records (original key, value, headers) to the pipeline's source topics.
 
-    ``stage`` filters (exact stage, glob such as ``rule:*``, or a bare rule name);
-    ``to_topic`` overrides the target; ``from_start`` ignores the cursor; ``dry_run``
-    counts without producing or moving the cursor.
+    A record goes back to the topic its ``dataflow.topic`` header names only when that is
+    one of ``source_topics`` (or matches ``source_pattern``); ``to_topic`` sends every
+    record there instead. A header naming any other topic is refused: reported, never
+    written. ``stage`` filters (exact stage, glob such as ``rule:*``, or a bare rule name);
+    ``from_start`` ignores the cursor; ``dry_run`` counts without producing or moving it.
+
+    The cursor moves past every record handled: delivered (acknowledged by Kafka),
+    refused, of another stage, or undeliverable (the target refused that one record even
+    alone, e.g. over its ``max.message.bytes``: reported with the reason, left on the DLQ).
+    Any other failure stops the replay with the cursor at the first record not delivered,
+    so the next run resumes there and nothing before it is sent twice.
     """
+    targets = _Targets(source_topics, source_pattern, to_topic, dlq_topic)
     group = group or f"dataflow-dlq-replay.{dlq_topic}" + (f".{stage}" if stage else "")
     result = ReplayResult()
     producer = None if dry_run else Producer({
         "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
         "linger.ms": 20, **(config or {}),
     })
-    failures: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    last: dict[int, int] = {}
+    cursor = _Cursor()
     with DlqReader(bootstrap, dlq_topic, group, from_start, timeout) as reader:
-        for msg in reader.messages():
-            result.read += 1
-            last[msg.partition()] = msg.offset()
-            raw_headers = msg.headers() or []
-            info = header_map(raw_headers)
-            target = to_topic or info.get("topic")
-            if not stage_matches(info.get("stage", ""), stage) or not target:
-                result.skipped += 1
-                continue
-            result.replayed += 1
-            result.by_topic[target] = result.by_topic.get(target, 0) + 1
-            if producer is None:
-                continue
-            headers = [(k, v) for k, v in raw_headers if not k.startswith(HEADER_PREFIX)]
-            headers.append(("dataflow.replayed_from",
-                            f"{dlq_topic}/{msg.partition()}/{msg.offset()}".encode()))
-            _produce(producer, target, msg.key(), msg.value(), headers, delivered)
-            if result.read % 10_000 == 0:
-                _flush(producer, failures, timeout)
-                reader.commit(last)
-        if producer is not None and last:
-            _flush(producer, failures, timeout)
-            reader.commit(last)
+        try:
+            for msg in reader.messages():
+                result.read += 1
+                p, off = msg.partition(), msg.offset()
+                raw_headers = msg.headers() or []
+                info = header_map(raw_headers)
+                if not stage_matches(info.get("stage", ""), stage):
+                    result.skipped += 1
+                    cursor.add(p, off)
+                    continue
+                target, refused = targets.resolve(info.get("topic"))
+                if refused is not None:
+                    result.refused.append(ReplayProblem(p, off, target, refused))
+                    cursor.add(p, off)
+                    continue
+                if producer is None:
+                    result.count(target)
+                    continue
+                headers = [(k, v) for k, v in raw_headers if not k.startswith(HEADER_PREFIX)]
+                headers.append(("dataflow.replayed_from", f"{dlq_topic}/{p}/{off}".encode()))
+                out = _Out(p, off, target, msg.key(), msg.value(), headers)
+                cursor.add(p, off, out)
+                _produce(producer, out)
+                if result.read % _BATCH == 0 and not _settle(producer, cursor, reader, result,
+                                                             timeout):
+                    break
+        finally:  # also when reading failed: what was delivered is not sent again
+            if producer is not None:
+                _settle(producer, cursor, reader, result, timeout)
     return result
 
 
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]], delivered: Any) -> None:
+def _produce(producer: Producer, out: _Out) -> None:
+    """Hand one record to the producer; a record it refuses at once is settled with the error."""
     while True:
         try:
-            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+            producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers,
+                             on_delivery=out.settle)
             producer.poll(0)
             return
         except BufferError:  # the local queue is full: let deliveries drain, then retry
             producer.poll(0.5)
         except KafkaException as exc:
-            raise SinkError(f"replay to {topic!r}: {exc}") from exc
+            out.settle(exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError)
+                       else KafkaError(KafkaError._FAIL, str(exc)))
+            return
 
 
-def _flush(producer: Producer, failures: list[str], timeout: float) -> None:
-    """Replay commits its cursor only after this: every record delivered, none failed."""
-    left = producer.flush(timeout)
-    if left or failures:
-        raise SinkError(f"replay: {left} records not delivered; errors: {failures[:3]}")
+def _settle(producer: Producer, cursor: _Cursor, reader: DlqReader, result: ReplayResult,
+            timeout: float) -> bool:
+    """The commit point of a replay, in this order:
+
+    1. flush the producer: every record is acknowledged or failed;
+    2. try each record that failed with an error of its own again, alone;
+    3. count what was delivered, report what is undeliverable;
+    4. commit the cursor past the handled records of each partition, up to the first
+       record that is neither (a target unreachable, a flush timed out);
+    5. tell the caller whether to go on (False: such a record stopped the replay).
+    """
+    producer.flush(timeout)
+    outs = cursor.outs()
+    for out in outs:
+        if out.record_error:
+            out.error = None
+            _produce(producer, out)
+            producer.flush(timeout)
+    stopped: _Out | None = None
+    for out in outs:
+        if out.delivered:
+            result.count(out.topic)
+        elif out.record_error:
+            result.undeliverable.append(ReplayProblem(out.partition, out.offset, out.topic,
+                                                      str(out.error)))
+        elif stopped is None:
+            stopped = out
+    reader.commit(cursor.handled())
+    if stopped is not None:
+        why = str(stopped.error) if stopped.error is not None else (
+            f"not acknowledged within {timeout:.0f} s")
+        result.error = (f"replay to {stopped.topic!r} stopped at {reader.topic}/"
+                        f"{stopped.partition}/{stopped.offset}: {why}; the next replay "
+                        f"starts there")
+    return stopped is None

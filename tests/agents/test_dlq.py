@@ -147,7 +147,7 @@ def test_dead_letters_round_trip_through_kafka_and_replay(
 
     # the CLI: everything of stage rule:* back to its source topic, then show the DLQ
     assert dlq_main(["replay", pipeline, "--stage", "rule:*", "--bootstrap", kafka_bootstrap,
-                     "--dry-run"]) == 1  # no such DLQ topic for a bare pipeline name
+                     "--dry-run"]) == 1  # a bare pipeline name names no source topics
     spec = f"name: {pipeline}\nsource: {{topics: [{src}]}}\ndlq: {{topic: {dlq}}}\n"
     spec_path = str(tmp_path / "spec.yaml")
     Path(spec_path).write_text(spec)
@@ -164,3 +164,25 @@ def test_dead_letters_round_trip_through_kafka_and_replay(
     assert dlq_main(["show", spec_path, "--bootstrap", kafka_bootstrap, "--stage", "decode"]) == 0
     shown = capsys.readouterr().out
     assert "decode" in shown and f"{src}/0/1" in shown and "1 record(s) shown" in shown
+
+
+@pytest.mark.unit
+def test_replay_targets_are_the_source_topics_or_to_topic() -> None:
+    from agents._dlq import _Targets
+    from schemas import ConfigError
+
+    listed = _Targets(["orders", "customers"], None, None, "dlq")
+    assert listed.resolve("orders") == ("orders", None)
+    topic, why = listed.resolve("payments")
+    assert topic == "payments" and why is not None and "customers, orders" in why
+    assert listed.resolve(None)[1] == "no dataflow.topic header"
+    matched = _Targets([], r"shop\.public\..*", None, "dlq")
+    assert matched.resolve("shop.public.orders") == ("shop.public.orders", None)
+    assert matched.resolve("shop.private.keys")[1] is not None
+    assert matched.resolve("shop.public.x y")[1] is not None  # not a topic name
+    chosen = _Targets(["orders"], None, "orders.retry", "dlq")
+    assert chosen.resolve("anything") == ("orders.retry", None)
+    with pytest.raises(ConfigError, match="no target"):
+        _Targets([], None, None, "dlq")
+    with pytest.raises(ConfigError, match="the DLQ topic itself"):
+        _Targets(["orders"], None, "dlq", "dlq")
