@@ -105,3 +105,17 @@ def test_faust_transport_reads_every_codec_the_cdc_source_writes() -> None:
     from aiokafka import codec
 
     assert codec.has_lz4() and codec.has_snappy() and codec.has_zstd() and codec.has_gzip()
+
+
+def test_the_venv_holds_the_pinned_versions() -> None:
+    """The pins (e.g. Faust and aiokafka, whose private names the runtime uses) say what was
+    tested; the venv must hold versions inside them, and a setuptools that can build the
+    project (``build-system.requires``; ``make setup`` upgrades it)."""
+    from packaging.requirements import Requirement
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = [Requirement(r) for r in (*doc["project"]["dependencies"],
+                                       *doc["build-system"]["requires"])]
+    outside = [f"{r.name} {metadata.version(r.name)} is not {r.specifier}" for r in wanted
+               if not r.specifier.contains(metadata.version(r.name), prereleases=True)]
+    assert outside == []
