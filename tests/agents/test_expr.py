@@ -142,6 +142,7 @@ def test_missing_field_reads_as_none_and_names_are_fields_not_builtins() -> None
     ("text", "row", "message"),
     [
         ("2 ** n", {"n": 10**6}, "exponent"),
+        ("n ** 2", {"n": 2**5000}, "base of ** is too large"),
         ("name * n", {"name": "ab", "n": 10**7}, "* would build a value larger than"),
         ("tags * n", {"tags": [1, 2], "n": 10**7}, "* would build a value larger than"),
         ("replace(replace(replace(s, 'a', s), 'a', s), 'a', s)", {"s": "a" * 200},

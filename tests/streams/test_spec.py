@@ -412,3 +412,6 @@ def test_spec_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DATAFLOW_MAX_SPEC_DEPTH", "2")
     assert errors_of("name: p\nsinks: {kafka: {topic: out}}\n") == [
         "sinks.kafka: nested deeper than 2 (DATAFLOW_MAX_SPEC_DEPTH)"]
+    monkeypatch.setenv("DATAFLOW_MAX_SPEC_ALIASES", "1")
+    assert errors_of("name: &n p\ndescription: *n\nquality_after: *n\n") == [
+        "quality_after: more than 1 YAML aliases (DATAFLOW_MAX_SPEC_ALIASES)"]
