@@ -126,6 +126,7 @@ def compile_regex(pattern: str) -> Any:
 
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_NUMBERS = (int, float, Decimal)
 _SIZED = (*_CONTAINERS, str, bytes, bytearray)
 
 
@@ -161,7 +162,10 @@ def _pow(base: Any, exp: Any) -> Any:
 
 def _mod(a: Any, b: Any) -> Any:
     """``%`` is the remainder of numbers; on a string it would be printf formatting."""
-    numbers = isinstance(a, int | float | Decimal) and isinstance(b, int | float | Decimal)
+    ta, tb = a.__class__, b.__class__
+    if (ta is int or ta is float) and (tb is int or tb is float):  # the usual case, fast
+        return a % b
+    numbers = isinstance(a, _NUMBERS) and isinstance(b, _NUMBERS)
     if numbers:
         return a % b
     raise TypeError(f"% needs two numbers, got {type(a).__name__} % {type(b).__name__}")
@@ -210,6 +214,10 @@ def _bounded(limit: int) -> dict[str, Callable[..., Any]]:
         ta, tb = a.__class__, b.__class__
         if (ta is int or ta is float) and (tb is int or tb is float):  # the usual case, fast
             return a + b
+        if ta is str and tb is str:
+            if len(a) + len(b) > limit:
+                raise too_large("+")
+            return a + b
         if _size(a, limit) + _size(b, limit) > limit:
             raise too_large("+")
         return a + b
@@ -230,11 +238,15 @@ def _bounded(limit: int) -> dict[str, Callable[..., Any]]:
         return value
 
     def to_str(value: Any = "", *args: Any) -> str:
-        if value.__class__ is str and not args:
+        cls = value.__class__
+        if cls is str and not args:
             return value  # type: ignore[no-any-return]
-        if _size(value, limit) > limit:
-            raise too_large("str()")
-        text = str(value, *args)
+        if cls is int or cls is float or cls is bool:
+            text = str(value)
+        else:
+            if _size(value, limit) > limit:
+                raise too_large("str()")
+            text = str(value, *args)
         if len(text) > limit:
             raise too_large("str()")
         return text
