@@ -23,6 +23,7 @@ from agents._event import DeadLetter, Event
 from agents._expr import Expr
 from agents._quality import QualityChecks
 from agents._transforms import Transform, describe
+from schemas import SerdeError
 
 Record = tuple[str, bytes | None, bytes | None]
 
@@ -187,7 +188,10 @@ class Chain:
                 except Exception as exc:  # noqa: BLE001
                     dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
                     continue
-            append(encode_event(ev, topic))
+            try:
+                append(encode_event(ev, topic))
+            except SerdeError as exc:   # e.g. nested deeper than JSON is written
+                dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
         decoder.decoded += n - bad
         self._settle(n, out, dead, checked, kept)
         return out, dead

@@ -216,7 +216,7 @@ def encode_json(value: Any) -> bytes:
     except (orjson.JSONEncodeError, TypeError):
         try:
             return orjson.dumps(_sanitize(value), default=_default)
-        except (orjson.JSONEncodeError, TypeError) as exc:
+        except (orjson.JSONEncodeError, TypeError, RecursionError) as exc:  # nested too deep
             raise SerdeError(f"cannot encode value as JSON: {describe(exc)}") from exc
 
 

@@ -174,11 +174,13 @@ class BatchingSink:
 def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
                    key_fields: Sequence[str]) -> tuple[list[SinkRecord], list[Rejected]]:
     """The newest record of each key (ties: the later one), so a batch touches a key once,
-    and the records refused because a key field holds an object or array (no key can)."""
+    and the records refused because a key field holds an object or array (no key can).
+    Keys compare with their types: ``true`` and ``1`` are one key in Python, not in a table
+    (two records the target sees as one key meet in the target, which sorts them out)."""
     newest: dict[tuple[Any, ...], SinkRecord] = {}
     refused: list[Rejected] = []
     for rec in batch:
-        k = tuple(rec.key.get(f) for f in key_fields)
+        k = tuple((v, v.__class__) for v in map(rec.key.get, key_fields))
         try:
             old = newest.get(k)
         except TypeError:  # unhashable: a dict or list in the key

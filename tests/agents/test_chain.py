@@ -152,3 +152,14 @@ def test_rules_can_run_between_transforms() -> None:
     assert len(records) == 1
     assert [(d.stage, d.event.offset) for d in dead] == [("rule:types", 1), ("rule:types", 2)]
     assert early.checks.checked == 3 and early.checks.clean == 1
+
+
+def test_an_output_json_cannot_hold_is_a_dead_letter() -> None:
+    """Nested deeper than orjson writes (255..1024 levels, which it still reads)."""
+    deep = b'{"id": 2, "tree": ' + b"[" * 600 + b"]" * 600 + b"}"
+    msgs = [(b'{"id": 1}', b'{"id": 1}', "in", 0, 0, 0), (b'{"id": 2}', deep, "in", 0, 1, 0),
+            (b'{"id": 3}', b'{"id": 3}', "in", 0, 2, 0)]
+    records, dead = Chain([]).run(msgs, Decoder("json"), "out")
+    assert [v for _, _, v in records] == [b'{"id":1}', b'{"id":3}']
+    assert [(d.stage, d.event.offset, d.event.raw_value) for d in dead] == [("sink:kafka", 1, deep)]
+    assert "cannot encode value as JSON" in dead[0].error

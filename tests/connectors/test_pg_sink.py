@@ -104,6 +104,49 @@ def test_rejected_rows_come_back_with_target_error(fresh_db: str) -> None:
         sink.close()
 
 
+def test_keys_compare_with_their_types(fresh_db: str) -> None:
+    """``true`` is ``1`` to Python: the record keyed ``true`` must not replace the one keyed
+    ``1``. Keys 1 and "1" are one row to a bigint column: the target sees them together
+    (cardinality violation), the batch is split, and the newer version wins."""
+    sink = make(fresh_db)
+    try:
+        write(sink, rec(0, 1, name="first"))
+        rejected = write(sink, rec(1, 2, name="one"), rec(True, 3, name="true"))
+        assert [r.record.key["id"] for r in rejected] == [True]
+        assert "invalid input syntax for type bigint" in rejected[0].error
+        assert write(sink, rec(5, 4, name="int"), rec("5", 5, name="str")) == []
+        assert rows(fresh_db) == [(0, "first", 1), (1, "one", 2), (5, "str", 5)]
+    finally:
+        sink.close()
+
+
+def test_missing_key_and_out_of_range_value_are_rejected(fresh_db: str) -> None:
+    sink = make(fresh_db)
+    try:
+        rejected = write(sink, rec(1, 1, qty=1), SinkRecord(key={}, value={"qty": 2}, version=2),
+                         rec(3, 3, qty=10**30), rec(4, 4, qty=4))
+        errors = {r.record.version: r.error for r in rejected}
+        assert "key field(s) id missing, null, an object or an array" in errors[2]
+        assert 'is out of range for type bigint' in errors[3]
+        assert [r[0] for r in rows(fresh_db)] == [1, 4]
+    finally:
+        sink.close()
+
+
+def test_row_over_the_page_size_is_rejected(fresh_db: str) -> None:
+    """1100 bigint columns are under the 1600-column limit but not in one 8 kB heap row."""
+    sink = make(fresh_db)
+    try:
+        rejected = write(sink, rec(1, 1, name="a"), rec(2, 2, **{f"c{i}": i for i in range(1100)}),
+                         rec(3, 3, name="c"))
+        assert [r.record.key["id"] for r in rejected] == [2]
+        assert "row is too big" in rejected[0].error
+        with psycopg.connect(fresh_db) as conn:
+            assert conn.execute("SELECT id FROM items ORDER BY id").fetchall() == [(1,), (3,)]
+    finally:
+        sink.close()
+
+
 def test_add_column_evolution(fresh_db: str) -> None:
     sink = make(fresh_db)
     try:
