@@ -63,6 +63,20 @@ def test_offsets_as_versions_and_tombstones_delete() -> None:
     assert records == []
 
 
+@pytest.mark.unit
+def test_change_events_whose_row_or_source_is_not_a_record() -> None:
+    records, dead = mapper(version_field="__lsn").map([
+        ev({"op": "c", "after": "text", "source": {"lsn": 1}}, {"id": 1}),
+        ev({"op": "c", "after": [1], "source": {"lsn": 2}}, {"id": 2}),
+        ev({"op": "c", "after": {"id": 3}, "source": "text"}, {"id": 3}),
+        ev({"op": "c", "after": {"id": 4, "__lsn": 9}, "source": 5}, {"id": 4}),
+    ])
+    assert [(r.key, r.version) for r in records] == [({"id": 4}, 9)]
+    assert [d.error for d in dead] == ["change event row is a str, not a record",
+                                       "change event row is a list, not a record",
+                                       "no version: field '__lsn' is missing"]
+
+
 class _FailingSink(BatchingSink):
     """A sink whose target refuses every batch with a bug-class error."""
 

@@ -104,6 +104,18 @@ def test_refused_document_is_rejected_with_target_error(mongo_uri: str, mongo_db
         sink.close()
 
 
+def test_document_over_16mb_is_rejected_by_the_driver(mongo_uri: str, mongo_db: tuple[str, Any]) -> None:
+    name, db = mongo_db
+    sink = make(mongo_uri, name)
+    try:
+        rejected = write(sink, rec(1, 1, n="a"), rec(2, 2, s="x" * (17 * 1024 * 1024)), rec(3, 3, n="c"))
+        assert [r.record.key["id"] for r in rejected] == [2]
+        assert "BSON document too large" in rejected[0].error
+        assert [d["_id"] for d in docs(db)] == [1, 3]
+    finally:
+        sink.close()
+
+
 def test_unavailable_target_answers_backpressure(mongo_uri: str) -> None:
     from schemas import SinkBackpressure
 

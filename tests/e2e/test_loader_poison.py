@@ -35,6 +35,9 @@ PG_CASES: list[Case] = [
      "key field(s) id missing, null, an object or an array"),
     ("array in a key field", {"id": [2]}, {"id": [2], "name": "x"},
      "key field(s) id missing, null, an object or an array"),
+    ("null key field", {"id": None}, {"id": None, "name": "x"},
+     "key field(s) id missing, null, an object or an array"),
+    ("empty field name", {"id": 10}, {"id": 10, "": 1}, "field '' is empty"),
     ("field named like the stage's delete flag", {"id": 3}, {"id": 3, "__df_delete": True},
      "field '__df_delete' is a column of the sink's own"),
     ("field named like the version column", {"id": 4}, {"id": 4, "__version": 1},
@@ -52,6 +55,8 @@ PG_CASES: list[Case] = [
 
 MONGO_CASES: list[Case] = [
     ("object in a key field", {"id": {"n": 1}}, {"id": {"n": 1}, "name": "x"},
+     "key field(s) 'id' hold an object or array"),
+    ("array in a key field", {"id": [8]}, {"id": [8], "name": "x"},
      "key field(s) 'id' hold an object or array"),
     ("field named like the version field", {"id": 2}, {"id": 2, "_version": 1},
      "field '_version' or '_id' is the sink's own"),
