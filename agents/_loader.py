@@ -44,7 +44,7 @@ from prometheus_client import start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents._decode import Decoder
-from agents._dlq import dlq_records
+from agents._dlq import DlqRecord, dlq_records
 from agents._event import DeadLetter, Event
 from connectors import Rejected, Sink, SinkRecord, sink_metrics
 from schemas import SinkBackpressure, SinkError, SourceError
@@ -52,6 +52,9 @@ from schemas import SinkBackpressure, SinkError, SourceError
 log = logging.getLogger(__name__)
 
 _LSN_NAMES = ("__lsn", "lsn")
+#: a DLQ record over the producer's or the DLQ topic's message size: it goes without its value
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+                        KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 _TICK = 0.2          # how often the watchdog looks at a write in flight, seconds
@@ -204,6 +207,17 @@ class RecordMapper:
         return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
                           partition=ev.partition, offset=ev.offset,
                           timestamp_ms=ev.timestamp_ms, origin=ev)
+
+
+def _without_value(rec: DlqRecord) -> DlqRecord:
+    """``rec`` without its value, the error header saying so and where the original is."""
+    size = len(rec.value or b"")
+    headers = dict(rec.headers)
+    where = (f"{headers.get('dataflow.topic', b'').decode()}[{headers.get('dataflow.partition', b'').decode()}]"
+             f"@{headers.get('dataflow.offset', b'').decode()}")
+    note = f"; the value ({size} bytes) is not kept: over the DLQ's message size (the original: {where})"
+    return rec._replace(value=None, headers=[
+        (k, v + note.encode() if k == "dataflow.error" else v) for k, v in rec.headers])
 
 
 class Loader:
@@ -466,8 +480,39 @@ class Loader:
                 log.error("loader %s: dropped %s:%d@%d: %s", self.settings.group_id,
                           d.event.topic, d.event.partition, d.event.offset, d.error)
             return
+        too_large = self._send_dlq(topic, dlq_records(dead, self.settings.pipeline))
+        if too_large:   # the key, the reason and where the original is; not the value
+            if self._send_dlq(topic, [_without_value(rec) for rec in too_large]):
+                raise SinkError(f"loader {self.settings.group_id}: DLQ {topic} refuses even "
+                                "dead letters without their values as too large")
+
+    def _send_dlq(self, topic: str, records: list[DlqRecord]) -> list[DlqRecord]:
+        """Produce ``records`` and flush; the ones refused as too large come back, any
+        other failure raises (nothing is committed then: the batch is read again)."""
         producer = self._dlq_producer()
-        for rec in dlq_records(dead, self.settings.pipeline):
-            producer.produce(topic, rec.value, rec.key, headers=rec.headers)
-        if producer.flush(60) > 0:
-            raise SinkError(f"loader {self.settings.group_id}: DLQ {topic} did not take the dead letters")
+        too_large: list[DlqRecord] = []
+        failed: list[KafkaError] = []
+
+        def report(rec: DlqRecord, err: KafkaError | None) -> None:
+            if err is None:
+                return
+            if err.code() in _TOO_LARGE:
+                too_large.append(rec)
+            else:
+                failed.append(err)
+
+        for rec in records:
+            while True:
+                try:
+                    producer.produce(topic, rec.value, rec.key, headers=rec.headers,
+                                     on_delivery=lambda err, _msg, rec=rec: report(rec, err))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as exc:   # refused before it was queued
+                    report(rec, exc.args[0])
+                    break
+        if producer.flush(60) > 0 or failed:
+            why = f" ({failed[0].str()})" if failed else ""
+            raise SinkError(f"loader {self.settings.group_id}: DLQ {topic} did not take the dead letters{why}")
+        return too_large

@@ -16,6 +16,7 @@ import orjson
 import psycopg
 import pymongo
 import pytest
+from confluent_kafka import Producer
 
 from tests.e2e.loader_support import LoaderProcess, caught_up, write_config
 from tests.pipeline_support import committed, end_offsets, produce, read_topic
@@ -185,3 +186,39 @@ def test_mongodb_batch_over_the_16mb_command_limit_lands(
         loader.kill()
         client.drop_database(db)
         client.close()
+
+
+def test_refused_row_too_large_for_the_dlq_is_kept_there_without_its_value(
+        kafka_bootstrap: str, make_topic: Any, fresh_db: str, unique: str, tmp_path: Path) -> None:
+    """A 1.5 MB record (its topic allows 4 MB) that Postgres refuses: the DLQ record with its
+    bytes would be over the DLQ's 1 MB message size, so it goes there with key and reason
+    (and where the original is) but without the value; the loader goes on."""
+    topic = make_topic("huge-pg", config={"max.message.bytes": str(4 * 1024 * 1024)})
+    dlq, group = make_topic("huge-pg-dlq"), f"huge-pg-{unique}"
+    poison_key = orjson.dumps({"id": 2})
+    poison = orjson.dumps({"id": 2, "name": "a\x00" + "b" * 1_500_000})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 4 * 1024 * 1024})
+    for key, value in [(orjson.dumps({"id": 1}), orjson.dumps({"id": 1, "name": "a"})),
+                       (poison_key, poison),
+                       (orjson.dumps({"id": 3}), orjson.dumps({"id": 3, "name": "c"}))]:
+        producer.produce(topic, value, key)
+    assert producer.flush(30) == 0
+    cfg = write_config(tmp_path / "load.yaml",
+                       {"bootstrap_servers": kafka_bootstrap, "topics": [topic], "group_id": group,
+                        "dlq_topic": dlq, "flush_interval": 0.2},
+                       {"kind": "postgres", "dsn": fresh_db, "table": "items"})
+    loader = LoaderProcess(cfg, tmp_path / "loader.log")
+    loader.start()
+    try:
+        wait_for(lambda: caught_up(kafka_bootstrap, group, topic), 180, "the loader to commit the topic")
+        assert loader.alive(), (tmp_path / "loader.log").read_text()[-3000:]
+        with psycopg.connect(fresh_db) as conn:
+            assert conn.execute("SELECT id FROM items ORDER BY id").fetchall() == [(1,), (3,)]
+        dead = read_topic(kafka_bootstrap, dlq)
+        assert [(k, v) for k, v, _ in dead] == [(poison_key, None)]
+        headers = dead[0][2]
+        error = headers["dataflow.error"].decode()
+        assert "cannot contain NUL" in error and f"value ({len(poison)} bytes) is not kept" in error
+        assert (headers["dataflow.topic"].decode(), headers["dataflow.offset"]) == (topic, b"1")
+    finally:
+        loader.kill()
