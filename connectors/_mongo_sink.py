@@ -144,12 +144,12 @@ class MongoSink(BatchingSink):
                     probe[self.settings.database].command("listCollections", nameOnly=True)
                 except PyMongoError as exc:
                     return (f"mongodb answers ping in {ping:.0f} ms but not listCollections on "
-                            f"{self.settings.database!r} within 2s ({exc})")
+                            f"{self.settings.database!r} within 2s ({_short(exc)})")
                 listed = (time.perf_counter() - start) * 1000
                 return (f"mongodb answers ping in {ping:.0f} ms and listCollections in "
                         f"{listed:.0f} ms; the write's command is still running")
         except PyMongoError as exc:
-            return f"mongodb does not answer ping within 2s ({exc})"
+            return f"mongodb does not answer ping within 2s ({_short(exc)})"
 
     def close(self) -> None:
         super().close()
@@ -338,6 +338,11 @@ class MongoSink(BatchingSink):
             done = errors[-1]["index"] + 1
             ok.update(id(recs[i]) for i in range(done) if i not in failed)
             ops, recs = ops[done:], recs[done:]
+
+
+def _short(exc: BaseException) -> str:
+    """pymongo's error without the topology description it appends."""
+    return str(exc).split(", Timeout:")[0].split(", Topology Description:")[0][:200]
 
 
 def _hashable(value: Any) -> Any:
