@@ -30,11 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from agents._offsets import ack_range, next_offset
 from schemas import SinkError
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,104 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     (``group_for_topic``); Faust falls back to round robin for apps without tables.
     """
 
+    #: seeks to the committed offsets so far, and that count when records were last
+    #: taken from aiokafka: both change only in this thread, so records taken before a
+    #: seek carry an older count than the seek's, whatever the main loop interleaves
+    seeks = 0
+    taken_at = 0
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         self._assignor = self.app.assignor
         consumer._partition_assignment_strategy = [self.app.assignor]
         return consumer
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
+
+    _lock: asyncio.Lock | None = None
+
+    def _fetch_lock(self) -> asyncio.Lock:
+        """A seek and a fetch never overlap (both run on this thread's loop)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _seek_to_committed(self) -> Mapping[TP, int]:
+        async with self._fetch_lock():
+            try:
+                return cast(Mapping[TP, int], await self._ensure_consumer().seek_to_committed())
+            finally:
+                self.seeks += 1
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """The end of each changelog partition as recovery must read it.
+
+        Faust takes, with transactions, aiokafka's cached last stable offset, which is
+        None for a partition not fetched yet: recovery then reads nothing and the table
+        stays empty. And a transactional changelog ends with commit markers that hold
+        no record, so recovery would wait for an offset that never comes. The end is
+        therefore one past the last record a ``read_committed`` reader sees.
+        """
+        if not self.consumer.in_transaction:
+            return cast(Mapping[TP, int], await super()._highwaters(partitions))
+        servers = ",".join(f"{u.host}:{u.port or 9092}" for u in self.app.conf.broker_consumer)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, committed_ends, servers, list(partitions))
+
+    async def _fetch_records(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._fetch_lock():
+            try:
+                return await super()._fetch_records(*args, **kwargs)
+            finally:
+                self.taken_at = self.seeks
+
+
+def committed_ends(servers: str, partitions: Sequence[TP]) -> dict[TP, int]:
+    """Per partition, one past its last record visible to ``read_committed`` (blocking)."""
+    probe = Consumer({"bootstrap.servers": servers, "group.id": "dataflow-probe",
+                      "enable.auto.commit": False, "isolation.level": "read_committed",
+                      "enable.partition.eof": True})
+    out: dict[TP, int] = {}
+    try:
+        for tp in partitions:
+            low, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                    timeout=30, cached=False)
+            end, step = low, 64
+            while True:
+                start = max(low, high - step)
+                probe.assign([TopicPartition(tp.topic, tp.partition, start)])
+                last = None
+                while True:
+                    msg = probe.poll(5.0)
+                    if msg is None:
+                        raise SinkError(f"{tp.topic}[{tp.partition}]: no end of partition "
+                                        f"seen reading from offset {start}")
+                    if msg.error() is None:
+                        last = msg.offset()
+                    elif msg.error().code() == KafkaError._PARTITION_EOF:
+                        break
+                    else:
+                        raise SinkError(f"{tp.topic}[{tp.partition}]: {msg.error()}")
+                probe.unassign()
+                if last is not None:
+                    end = last + 1
+                    break
+                if start == low:
+                    break
+                step *= 8
+            out[tp] = end
+    finally:
+        probe.close()
+    return out
+
 
 class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a batch path for topics that have a handler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -221,18 +311,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._txn_batch_lock = asyncio.Lock()
         return self._txn_batch_lock
 
-    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
-        if not self.app.in_transaction:
-            return cast(bool, await super()._commit_tps(tps, start_new_transaction))
-        async with self._batch_lock():
-            return cast(bool, await super()._commit_tps(tps, start_new_transaction))
-
     def _batch_app(self) -> BatchApp:
         return cast(BatchApp, self.app)
 
+    def _epoch(self) -> int:
+        """Seeks so far (counted in the consumer thread, in order with its fetches)."""
+        return cast(_ConsumerThread, self._thread).seeks
+
     async def _fetch(self) -> tuple[Any, int]:
+        """Records of one fetch, with the seek count at the moment they were taken."""
         records, _ = await self._wait_next_records(1.0)
-        return records, self.app.consumer_generation_id
+        return records, cast(_ConsumerThread, self._thread).taken_at
 
     async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901 - one loop, kept flat
         """Fetch, then per topic-partition: one handler call, one produce, one ack.
@@ -245,22 +334,29 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """
         app = self._batch_app()
         handlers = app.batch_handlers
+        gates = app.batch_gates
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        read_offset = self._read_offset
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
         pending: asyncio.Future[tuple[Any, int]] | None = None
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
+                if self._deferred:
+                    await self._run_deferred()
                 if pending is None:
                     pending = asyncio.ensure_future(self._fetch())
                 started = time.perf_counter()
-                records, generation = await pending
+                records, epoch = await pending
                 self.fetch_wait_s += time.perf_counter() - started
                 pending = None
                 if not records or self.should_stop:
+                    unset_flag(CONSUMER_FETCHING)
+                    continue
+                if epoch != self._epoch():
+                    # taken before the last seek (every assignment ends with one): from
+                    # the old positions, which the seek replaced; they are read again
                     unset_flag(CONSUMER_FETCHING)
                     continue
                 if not self.flow_active:
@@ -274,7 +370,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 pending = asyncio.ensure_future(self._fetch())
                 await asyncio.sleep(0)  # let it hand the fetch to the consumer thread now
                 for tp, batch in records.items():
-                    if not self.flow_active or app.consumer_generation_id != generation:
+                    if not self.flow_active or self._epoch() != epoch:
                         break  # a rebalance started: Faust drops the rest of the fetch
                     active = self._get_active_partitions()
                     if not batch or (tp not in active and tp not in self._buffered_partitions):
@@ -284,23 +380,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     if handler is None:
                         await self._deliver_each(tp, batch)
                         continue
-                    r_offset = read_offset[tp]
-                    if r_offset is not None and batch[0].offset < r_offset:
-                        batch = [rec for rec in batch if rec.offset >= r_offset]
-                        if not batch:
-                            continue
-                    if app.in_transaction:
-                        await self._deliver_batch_in_transaction(tp, batch, handler, r_offset)
-                    else:
-                        outbox = Outbox()
-                        handler(tp, batch, outbox)
-                        app.fast_producer.produce_all(outbox)
-                        self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
-                    read_offset[tp] = batch[-1].offset
-                    commit_every = self._commit_every
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
+                    gate = gates.get(tp.topic)
+                    if gate is not None and (tp in self._deferred or not gate(tp)):
+                        # not yet: keep the batch (after any held before it, in offset
+                        # order), fetch no more of the partition
+                        held = self._deferred.get(tp)
+                        if held is not None and held[0] == epoch:
+                            held[1].append(batch)
+                        else:
+                            self._deferred[tp] = (epoch, [batch])
+                        self.pause_partitions([TP(tp.topic, tp.partition)])
+                        continue
+                    await self._process(tp, batch, handler)
                 unset_flag(CONSUMER_FETCHING)
                 await asyncio.sleep(0)
         except self.consumer_stopped_errors:
@@ -320,6 +411,51 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if pending is not None and not pending.done():
                 pending.cancel()
             unset_flag(CONSUMER_FETCHING)
+
+    async def _process(self, tp: TP, batch: Sequence[Any], handler: BatchHandler) -> None:
+        """One partition's batch: handler, outputs, ack (in its transaction if exactly once)."""
+        app = self._batch_app()
+        read_offset = self._read_offset
+        r_offset = read_offset[tp]
+        if r_offset is not None and batch[0].offset < r_offset:
+            batch = [rec for rec in batch if rec.offset >= r_offset]
+            if not batch:
+                return
+        if app.in_transaction:
+            await self._deliver_batch_in_transaction(tp, batch, handler, r_offset)
+        else:
+            outbox = Outbox()
+            handler(tp, batch, outbox)
+            app.fast_producer.produce_all(outbox)
+            self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+        read_offset[tp] = batch[-1].offset
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+    #: batches held back by a closed gate, with the epoch they were fetched in
+    _deferred: dict[TP, tuple[int, list[Sequence[Any]]]]
+
+    async def _run_deferred(self) -> None:
+        """Process the held-back batches whose gate opened, and fetch their partitions again.
+
+        A batch from an older epoch is dropped: the seek after the rebalance reads it
+        again (and Faust's recovery resumes every partition it assigns).
+        """
+        app = self._batch_app()
+        for tp, (epoch, batches) in list(self._deferred.items()):
+            if epoch != self._epoch() or not self.flow_active:
+                del self._deferred[tp]
+                continue
+            if not app.batch_gates[tp.topic](tp):
+                continue
+            del self._deferred[tp]
+            for batch in batches:
+                if epoch != self._epoch():
+                    break
+                await self._process(tp, batch, app.batch_handlers[tp.topic])
+            self.resume_partitions([TP(tp.topic, tp.partition)])
 
     async def _deliver_each(self, tp: TP, batch: Sequence[Any]) -> None:
         """Faust's per-message path, unchanged, for topics without a batch handler."""
@@ -342,38 +478,51 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 read_offset[tp] = offset
 
     def _ack_range(self, tp: TP, first: int, last: int, r_offset: int | None) -> None:
-        """Mark ``first..last`` acked in one step (and a gap before it left by markers).
-
-        Offsets inside the range that hold no record (transaction markers, compacted
-        records) are acked with it, as Faust's gap tracking would do one by one.
-        """
-        low = first
-        if r_offset is not None and r_offset + 1 < first:
-            low = r_offset + 1
-        committed = self._committed_offset[tp]
-        if committed is not None and low < committed:
-            low = committed
-        acked = self._acked[tp]
-        if acked and acked[-1] >= low:
-            low = acked[-1] + 1
-        if low > last:
-            return
-        acked.extend(range(low, last + 1))
-        self._n_acked += last + 1 - low
+        """Mark ``first..last`` acked in one step (and the hole before it, see ``ack_range``)."""
+        self._n_acked += ack_range(self._acked[tp], first, last, r_offset,
+                                   self._committed_offset[tp])
 
     def _new_offset(self, tp: TP) -> int | None:
-        """Faust's rule, with a fast path for an ack list that is one unbroken run."""
+        """Faust's rule, with a fast path for a batch partition's unbroken run of acks."""
         acked = self._acked[tp]
-        # batch partitions append ascending, duplicate-free runs (see ``_ack_range``)
         if acked and tp.topic in self._batch_app().batch_handlers and not self._gap.get(tp):
-            first, last = acked[0], acked[-1]
-            if last - first == len(acked) - 1:
-                committed = self._committed_offset[tp]
-                if committed and first - committed > 1:
-                    return None
-                acked.clear()
-                return last + 1
+            offset = next_offset(acked, self._committed_offset[tp])
+            if offset is not None or not acked:
+                return offset
         return cast(int | None, super()._new_offset(tp))
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        """The commit order, in one place (periodic commits, commits on revoke and on stop).
+
+        1. Take the batch lock: no batch is between its first output and its ack, so
+           what is acked is exactly what was sent.
+        2. Commit every partition with pending acks (also those acked while waiting).
+        3. Each partition's offset is the end of its unbroken run of acks from the
+           committed offset (``next_offset``).
+        4. At least once: flush the producer (every output acknowledged by Kafka), then
+           commit the offsets (``_commit``). Exactly once: per transaction (consumer
+           group topic group, partition) send the offsets to it and commit it, so its
+           outputs, DLQ records and changelog writes become visible with its offsets;
+           then begin the next one.
+        5. Remember the committed offsets (Faust's ``_commit_offsets``).
+        """
+        async with self._batch_lock():
+            pending = [tp for tp, acked in self._acked.items() if acked]
+            return cast(bool, await super()._commit_tps(pending, start_new_transaction))
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Commit every processed batch before Faust forgets the acks of ``revoked``.
+
+        Faust drops its ack bookkeeping first and commits after, so the work done since
+        the last commit would stay in the open transaction of a partition this worker
+        keeps, and be done again from the committed offset (doubled state and outputs).
+        The flow stops first: the batch in flight finishes (it holds the batch lock
+        from its handler to its ack) and no new one starts.
+        """
+        if self.assignment():
+            self.stop_flow()
+            await self._commit_tps(revoked, start_new_transaction=True)
+        await super().on_partitions_revoked(revoked)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         """Flush every queued output first: a commit never passes an unsent output."""
@@ -390,7 +539,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
         At least once: through the fast producer (the next commit flushes it). Exactly
         once: into ``tp``'s transaction, which is then committed at once with every
-        offset acked so far in it, so timer outputs do not wait for the next input.
+        offset acked so far in it (the same steps as ``_commit_tps``), so timer outputs
+        do not wait for the next input.
         """
         app = self._batch_app()
         if not app.in_transaction:
@@ -401,12 +551,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
         async with self._batch_lock(), lock:
             await _send_batched(txn, outbox.all_records())
             offsets: dict[TP, int] = {}
-            for other in list(self._acked):
-                if other.partition == tp.partition and (
-                        app.assignor.group_for_topic(other.topic) == group):
-                    offset = self._new_offset(other)
-                    if offset is not None and self._should_commit(other, offset):
-                        offsets[other] = offset
+            for other, acked in list(self._acked.items()):
+                if not acked or other.partition != tp.partition or (
+                        app.assignor.group_for_topic(other.topic) != group):
+                    continue
+                offset = self._new_offset(other)
+                if offset is None:
+                    # its outputs are in this transaction: committing it without their
+                    # offsets would make them visible and then done again after a crash
+                    raise SinkError(f"exactly once: acks of {other} do not follow its "
+                                    f"committed offset {self._committed_offset[other]}")
+                if self._should_commit(other, offset):
+                    offsets[other] = offset
             if offsets:
                 await txn.send_offsets_to_transaction(offsets, app.conf.id)
             await txn.commit_transaction()
@@ -475,6 +631,8 @@ class BatchApp(faust.App):
     def __init__(self, id: str, *, producer_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(id, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        #: topic -> gate(tp): False holds the partition's batches back (see ``batch_agent``)
+        self.batch_gates: dict[str, Callable[[TP], bool]] = {}
         self._producer_config = dict(producer_config or {})
         self._fast_producer: FastProducer | None = None
 
@@ -493,12 +651,19 @@ class BatchApp(faust.App):
             )
         return self._fast_producer
 
-    def batch_agent(self, topics: Sequence[faust.TopicT | str], handler: BatchHandler) -> None:
-        """Subscribe ``topics`` and hand each fetched partition batch to ``handler``."""
+    def batch_agent(self, topics: Sequence[faust.TopicT | str], handler: BatchHandler,
+                    gate: Callable[[TP], bool] | None = None) -> None:
+        """Subscribe ``topics`` and hand each fetched partition batch to ``handler``.
+
+        With ``gate``, a partition's batches wait (held, the partition paused) until
+        ``gate(tp)`` is true, e.g. until a reference table is loaded.
+        """
         for topic in topics:
             channel = topic if not isinstance(topic, str) else self.topic(topic)
             for name in channel.topics:
                 self.batch_handlers[name] = handler
+                if gate is not None:
+                    self.batch_gates[name] = gate
             _fast_records_for(channel.topics)
             self.topics.add(channel)
 

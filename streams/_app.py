@@ -20,13 +20,16 @@ and the origin of each event in headers, so a dead letter names its source recor
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,6 +83,8 @@ class WorkerSettings(BaseModel):
     web_port: int | None = None      # None: the worker's web server is off
     log_level: str = "warning"
     tick_interval_s: float = Field(1.0, gt=0)
+    #: a worker that stops heartbeating (SIGKILL) loses its partitions after this long
+    session_timeout_s: float = Field(10.0, ge=6)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> WorkerSettings:
@@ -229,7 +234,7 @@ class Pipeline:
     """A compiled pipeline bound to its app: chain, decoder, stages, table feeds."""
 
     def __init__(self, spec: PipelineSpec, app: BatchApp, partitions: int,
-                 chain: Chain | None = None) -> None:
+                 chain: Chain | None = None, bootstrap: str = "127.0.0.1:9092") -> None:
         self.spec = spec
         self.app = app
         self.partitions = partitions
@@ -238,6 +243,8 @@ class Pipeline:
         self.stages: list[Stage] = []
         self.chain_only = not (spec.stateful or spec.stateful_rules)
         self.encode_row = orjson.dumps
+        self.bootstrap = bootstrap
+        self.table_gates: dict[TableFeed, TableGate] = {}
 
     def internal_topic(self, suffix: str) -> Any:
         return self.app.topic(f"{self.app.conf.id}-{suffix}", partitions=self.partitions,
@@ -249,6 +256,90 @@ class Pipeline:
         topic = self.spec.dlq_topic
         for rec in dlq_records(dead, self.spec.name):
             outbox.add(topic, rec.key, rec.value, None, rec.headers)
+
+
+class TableGate:
+    """Holds a stage back until its reference tables hold what their topics held at start.
+
+    A join (or referential rule) that runs before its table is loaded misses rows that
+    were in the table topic long before the events. Phase 1: the group's committed
+    offsets on the table topic reach the end offsets seen at the first check (the re-key
+    stage wrote every row to the internal table topic). Phase 2, per partition: the
+    committed offset on the internal table topic reaches its end offset seen after
+    phase 1 (the table partition holds every row). With ``repartition: never`` the
+    stream and the table topic are co-partitioned: phase 1 per partition only. Checked
+    by a timer off the event loop; a partition once ready stays ready (the table is
+    then in its changelog and recovered with it).
+    """
+
+    def __init__(self, bootstrap: str, group: str, table_topic: str,
+                 internal_topic: str | None) -> None:
+        self._conf = {"bootstrap.servers": bootstrap, "group.id": group,
+                      "enable.auto.commit": False, "isolation.level": "read_committed",
+                      "enable.partition.eof": True}
+        self.table_topic, self.internal_topic = table_topic, internal_topic
+        self.ready: set[int] = set()
+        self.done = False
+        self._targets: dict[str, dict[int, int]] = {}
+        self._client: Any = None
+
+    def __call__(self, partition: int) -> bool:
+        return self.done or partition in self.ready
+
+    def _ends(self, topic: str) -> dict[int, int]:
+        meta = self._client.list_topics(topic, timeout=10).topics[topic]
+        return {p: self._client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions}
+
+    def _caught_up(self, topic: str, targets: dict[int, int]) -> set[int]:
+        """Partitions whose committed offset reached ``targets`` (markers aside)."""
+        client = self._client
+        done = set()
+        for tp in client.committed([TopicPartition(topic, p) for p in targets], timeout=10):
+            end = targets[tp.partition]
+            pos = tp.offset
+            if pos < 0:
+                pos = client.get_watermark_offsets(tp, timeout=10)[0]
+            if pos >= end:
+                done.add(tp.partition)
+                continue
+            # the offsets left may hold transaction markers or aborted records only:
+            # read on from ``pos`` until a record or the end of the partition
+            client.assign([TopicPartition(topic, tp.partition, pos)])
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                msg = client.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is None or err.code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= end:
+                        done.add(tp.partition)
+                    break
+            client.unassign()
+        return done
+
+    def check(self) -> None:
+        """One round of checks (blocking: run it in an executor)."""
+        if self.done:
+            return
+        if self._client is None:
+            self._client = Consumer(self._conf)
+        table = self._targets.setdefault("table", self._ends(self.table_topic))
+        if self.internal_topic is None:
+            self.ready |= self._caught_up(self.table_topic, table)
+            self.done = self.ready >= set(table)
+        elif "internal" not in self._targets:
+            if self._caught_up(self.table_topic, table) >= set(table):
+                self._targets["internal"] = self._ends(self.internal_topic)
+        else:
+            internal = self._targets["internal"]
+            self.ready |= self._caught_up(self.internal_topic,
+                                          {p: e for p, e in internal.items() if p not in self.ready})
+            self.done = self.ready >= set(internal)
+        if self.done:
+            self._client.close()
+            self._client = None
 
 
 def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format: str | None,
@@ -300,6 +391,7 @@ def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format
             feed.apply(tp.partition, [(k, row) for k, row, _ in rows(tp, records, dead)], outbox)
             pipeline.dead_letters(dead, outbox)
         app.batch_agent([table_topic], direct)
+        pipeline.table_gates[feed] = TableGate(pipeline.bootstrap, app.conf.id, table_topic, None)
         return feed
 
     internal = pipeline.internal_topic(f"{name}-table")
@@ -320,6 +412,8 @@ def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format
 
     app.batch_agent([table_topic], rekey)
     app.batch_agent([internal], apply)
+    pipeline.table_gates[feed] = TableGate(pipeline.bootstrap, app.conf.id, table_topic,
+                                           internal_name)
     return feed
 
 
@@ -389,8 +483,30 @@ def _plan(pipeline: Pipeline, ops: list[Operator]) -> None:
         pending.append(op)
     stages[-1].ops = tuple(pending)
     for stage, chans in zip(stages, channels, strict=True):
-        pipeline.app.batch_agent(chans, stage.handle)
+        gates = [pipeline.table_gates[op.feed] for op in stage.ops
+                 if isinstance(op, Join | Referential)]
+        pipeline.app.batch_agent(chans, stage.handle, _all_ready(gates) if gates else None)
     pipeline.stages = stages
+
+
+def _all_ready(gates: Sequence[TableGate]) -> Callable[[Any], bool]:
+    def ready(tp: Any) -> bool:
+        return all(gate(tp.partition) for gate in gates)
+    return ready
+
+
+def _install_gates(app: BatchApp, pipeline: Pipeline) -> None:
+    """A timer that checks the table gates (off the event loop) until all are open."""
+    gates = list(pipeline.table_gates.values())
+    if not gates:
+        return
+
+    @app.timer(0.5)
+    async def _check_gates() -> None:
+        loop = asyncio.get_running_loop()
+        for gate in gates:
+            if not gate.done:
+                await loop.run_in_executor(None, gate.check)
 
 
 def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> BatchApp:
@@ -402,6 +518,10 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     partitions = max(counts.values())
     app_id = f"dataflow-{spec.name}"
     data_dir = settings.data_dir / app_id
+    if spec.processing_guarantee == "exactly_once" and settings.store == "rocksdb://":
+        # tables on disk may hold writes of transactions a crash aborted: exactly once
+        # rebuilds them from the changelog (read_committed) instead
+        shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     web: dict[str, Any] = {"web_enabled": False}
     if settings.web_port is not None:
@@ -417,6 +537,8 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
         processing_guarantee=spec.processing_guarantee,
         consumer_auto_offset_reset=spec.source.start,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         broker_commit_every=200_000,
         broker_max_poll_records=settings.max_poll_records,
         consumer_max_fetch_size=settings.fetch_bytes_per_partition,
@@ -424,10 +546,11 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
         autodiscover=False,
         **web,
     )
-    pipeline = Pipeline(spec, app, partitions)
+    pipeline = Pipeline(spec, app, partitions, bootstrap=settings.kafka_bootstrap_servers)
     _plan(pipeline, _operators(pipeline))
     app.pipeline = pipeline  # type: ignore[attr-defined]
     _install_ticks(app, pipeline, settings.tick_interval_s)
+    _install_gates(app, pipeline)
     return app
 
 
