@@ -10,7 +10,9 @@ because that is not the record's fault and the batch should be retried.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -230,8 +232,29 @@ def encode_key(key: Any) -> bytes | None:
     return encode_json(key)
 
 
+@functools.cache
+def max_record_bytes() -> int:
+    """The largest output record (key + value bytes), ``DATAFLOW_MAX_RECORD_BYTES``.
+
+    Under the broker's default ``max.message.bytes`` (1 MiB) with room for headers: a
+    larger record would be refused by Kafka and stop the worker at every restart.
+    """
+    return int(os.environ.get("DATAFLOW_MAX_RECORD_BYTES") or 1_000_000)
+
+
+def check_record_size(key: bytes | None, value: bytes | None) -> None:
+    """Raise ``SerdeError`` for a record over ``max_record_bytes`` (a dead letter)."""
+    size = (len(key) if key else 0) + (len(value) if value else 0)
+    if size > max_record_bytes():
+        raise SerdeError(f"output record of {size} bytes is larger than {max_record_bytes()} "
+                         f"bytes (DATAFLOW_MAX_RECORD_BYTES); Kafka would refuse it")
+
+
 def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, bytes | None]:
-    """``(topic, key, value)`` of one event; topic = ``event.route`` or the default."""
+    """``(topic, key, value)`` of one event; topic = ``event.route`` or the default.
+
+    Raises ``SerdeError`` for a value JSON cannot hold or a record over the size bound.
+    """
     key = ev.key
     if key is None:
         kb = None
@@ -250,6 +273,8 @@ def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, byte
             vb = orjson.dumps(value, default=_default)  # non-str keys, big ints: slow path
         except (orjson.JSONEncodeError, TypeError):
             vb = encode_json(value)
+    if (vb is not None and len(vb) > 65_536) or (kb is not None and len(kb) > 65_536):
+        check_record_size(kb, vb)
     return (ev.route or default_topic, kb, vb)
 
 

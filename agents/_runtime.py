@@ -119,12 +119,19 @@ class FastProducer:
     would have passed it never happens.
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    #: errors of one record (the rest of the batch is fine): it goes to the DLQ
+    RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                               KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG})
+
+    def __init__(self, config: Mapping[str, Any],
+                 dead_letter: Callable[[str, bytes | None, bytes | None, str], OutRecord]
+                 | None = None) -> None:
         conf: dict[str, Any] = {
             "linger.ms": 5,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 262_144,
+            "message.max.bytes": 1_048_576,
             "enable.idempotence": True,
             "acks": "all",
             # the Java client's partitioner, so keyed outputs land where Kafka Streams,
@@ -136,41 +143,94 @@ class FastProducer:
         conf.update(config)
         self._producer = Producer(conf)
         self._errors: list[str] = []
+        #: records Kafka refused one by one, as DLQ records (sent before the next commit)
+        self._dead: list[OutRecord] = []
+        self._alone: list[OutRecord] = []
+        self._dead_letter = dead_letter
         self.produced = 0
 
+    def _refused(self, topic: str, key: bytes | None, value: bytes | None, reason: str) -> bool:
+        if self._dead_letter is None:
+            return False
+        self._dead.append(self._dead_letter(topic, key, value, f"kafka refused the record: "
+                                                               f"{reason}"))
+        return True
+
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        if err is None:
+            return
+        if err.code() in self.RECORD_ERRORS and self._dead_letter is not None:
+            # the broker refuses a whole batch for one record: each is tried alone
+            self._alone.append((msg.topic(), msg.key(), msg.value(), msg.partition(),
+                                msg.headers()))
+            return
+        self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def _send_alone(self, record: OutRecord, timeout: float) -> None:
+        """Send one record by itself; Kafka refusing it again makes it a dead letter."""
+        topic, key, value, partition, headers = record
+        refusal: list[str] = []
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                refusal.append(err.str())
+
+        self._producer.produce(topic, value, key, partition, headers=headers,
+                               on_delivery=delivered)
+        if self._producer.flush(timeout):
+            raise SinkError(f"output delivery timed out resending a record to {topic}")
+        if refusal:
+            self._refused(topic, key, value, refusal[0])
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 partition: int | None, headers: list[tuple[str, bytes]] | None) -> None:
+        produce = self._producer.produce
+        while True:
+            try:
+                if partition is None:
+                    produce(topic, value, key, headers=headers)
+                else:
+                    produce(topic, value, key, partition, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: let librdkafka send
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (isinstance(err, KafkaError) and err.code() in self.RECORD_ERRORS
+                        and self._refused(topic, key, value, err.str())):
+                    raise
+                return
 
     def produce_all(self, outbox: Outbox) -> None:
         """Queue every record without waiting; serves delivery reports when full."""
         produce = self._producer.produce
         poll = self._producer.poll
         for topic, key, value, partition, headers in outbox.records:
-            while True:
-                try:
-                    if partition is None:
-                        produce(topic, value, key, headers=headers)
-                    else:
-                        produce(topic, value, key, partition, headers=headers)
-                    break
-                except BufferError:
-                    poll(0.05)  # the local queue is full: let librdkafka send
+            self._produce(topic, key, value, partition, headers)
         for topic, key, value in outbox.plain:
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    poll(0.05)
+            try:
+                produce(topic, value, key)
+            except (BufferError, KafkaException):
+                self._produce(topic, key, value, None, None)
         poll(0)
         self.produced += len(outbox)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every queued record is acknowledged; raise if any failed."""
+        """Wait until every queued record is acknowledged; raise if any failed.
+
+        Records Kafka refused one by one go to the DLQ first (and are waited for too).
+        """
         deadline = time.monotonic() + timeout
         remaining = self._producer.flush(timeout)
         while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(max(0.1, deadline - time.monotonic()))
+        while (self._dead or self._alone) and not remaining:
+            alone, self._alone = self._alone, []
+            for record in alone:
+                self._send_alone(record, max(1.0, deadline - time.monotonic()))
+            dead, self._dead = self._dead, []
+            for topic, key, value, partition, headers in dead:
+                self._produce(topic, key, value, partition, headers)
             remaining = self._producer.flush(max(0.1, deadline - time.monotonic()))
         if self._errors:
             errors, self._errors = self._errors, []
@@ -635,6 +695,9 @@ class BatchApp(faust.App):
         self.batch_gates: dict[str, Callable[[TP], bool]] = {}
         self._producer_config = dict(producer_config or {})
         self._fast_producer: FastProducer | None = None
+        #: builds the DLQ record for an output Kafka refused (set by the pipeline)
+        self.refused_record: Callable[[str, bytes | None, bytes | None, str], OutRecord] | None
+        self.refused_record = None
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
@@ -647,7 +710,7 @@ class BatchApp(faust.App):
                 f"{url.host}:{url.port or 9092}" for url in self.conf.broker_producer
             )
             self._fast_producer = FastProducer(
-                {"bootstrap.servers": servers, **self._producer_config}
+                {"bootstrap.servers": servers, **self._producer_config}, self.refused_record
             )
         return self._fast_producer
 

@@ -48,12 +48,14 @@ from agents import (
     TableFeed,
     Unwrap,
     WindowAggregate,
+    check_record_size,
     compile_expr,
+    dlq_record,
     dlq_records,
     encode_event,
     group_value,
 )
-from schemas import ConfigError
+from schemas import ConfigError, SerdeError
 from streams._compile import compile_chain, decoder_for
 from streams._spec import (
     DedupSpec,
@@ -181,12 +183,24 @@ class Stage:
                 except Exception as exc:  # noqa: BLE001 - one bad row goes to the DLQ
                     dead.append(DeadLetter(ev, "repartition", f"key failed: {exc}"))
                     continue
-                outbox.add(topic, key, p.encode_row(row), None, _origin(ev))
+                value = p.encode_row(row)
+                if len(value) > 65_536:
+                    try:
+                        check_record_size(key, value)
+                    except SerdeError as exc:
+                        dead.append(DeadLetter(ev, "repartition", str(exc)))
+                        continue
+                outbox.add(topic, key, value, None, _origin(ev))
             return
         events, failed = p.chain.rekey(events)
         dead.extend(failed)
         out_topic = p.spec.output_topic
-        outbox.plain.extend([encode_event(ev, out_topic) for ev in events])
+        plain = outbox.plain
+        for ev in events:
+            try:
+                plain.append(encode_event(ev, out_topic))
+            except SerdeError as exc:  # e.g. over DATAFLOW_MAX_RECORD_BYTES
+                dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
 
     def _check_generation(self) -> None:
         gen = self.pipeline.app.consumer_generation_id
@@ -249,6 +263,16 @@ class Pipeline:
     def internal_topic(self, suffix: str) -> Any:
         return self.app.topic(f"{self.app.conf.id}-{suffix}", partitions=self.partitions,
                               internal=True, key_serializer="raw", value_serializer="raw")
+
+    def refused(self, topic: str, key: bytes | None, value: bytes | None,
+                reason: str) -> tuple[str, bytes | None, bytes | None, None, list[tuple[str, bytes]]]:
+        """The DLQ record of an output Kafka refused on its own (stage ``sink:kafka``)."""
+        if value is not None and len(value) > 512 * 1024:
+            reason += f" (its {len(value)}-byte value is not kept here)"
+            value = None
+        ev = Event(None, None, key, value, topic, -1, -1, int(time.time() * 1000))
+        rec = dlq_record(DeadLetter(ev, "sink:kafka", reason), self.spec.name)
+        return (self.spec.dlq_topic, rec.key, rec.value, None, rec.headers)
 
     def dead_letters(self, dead: list[DeadLetter], outbox: Outbox) -> None:
         if not dead:
@@ -547,6 +571,7 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
         **web,
     )
     pipeline = Pipeline(spec, app, partitions, bootstrap=settings.kafka_bootstrap_servers)
+    app.refused_record = pipeline.refused
     _plan(pipeline, _operators(pipeline))
     app.pipeline = pipeline  # type: ignore[attr-defined]
     _install_ticks(app, pipeline, settings.tick_interval_s)
