@@ -36,7 +36,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from agents._offsets import ack_range, next_offset
-from schemas import SinkError
+from agents._seam import missing
+from schemas import ConfigError, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -689,6 +690,10 @@ class BatchApp(faust.App):
     """A Faust app that runs batch handlers on its topics (see module docstring)."""
 
     def __init__(self, id: str, *, producer_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        gone = missing()
+        if gone:
+            raise ConfigError(f"the installed Faust/aiokafka lack names the runtime needs: "
+                              f"{gone} (install the versions pinned in pyproject.toml)")
         super().__init__(id, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
         #: topic -> gate(tp): False holds the partition's batches back (see ``batch_agent``)
