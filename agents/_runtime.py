@@ -433,24 +433,27 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 for tp, batch in records.items():
                     if not self.flow_active or self._epoch() != epoch:
                         break  # a rebalance started: Faust drops the rest of the fetch
-                    active = self._get_active_partitions()
-                    if not batch or (tp not in active and tp not in self._buffered_partitions):
-                        continue
-                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    handler = handlers.get(tp.topic)
-                    if handler is None:
-                        await self._deliver_each(tp, batch)
+                    if not batch:
                         continue
                     gate = gates.get(tp.topic)
                     if gate is not None and (tp in self._deferred or not gate(tp)):
                         # not yet: keep the batch (after any held before it, in offset
-                        # order), fetch no more of the partition
+                        # order; a fetch made before the pause still holds some), and
+                        # fetch no more of the partition
                         held = self._deferred.get(tp)
                         if held is not None and held[0] == epoch:
                             held[1].append(batch)
                         else:
                             self._deferred[tp] = (epoch, [batch])
                         self.pause_partitions([TP(tp.topic, tp.partition)])
+                        continue
+                    active = self._get_active_partitions()
+                    if tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    handler = handlers.get(tp.topic)
+                    if handler is None:
+                        await self._deliver_each(tp, batch)
                         continue
                     await self._process(tp, batch, handler)
                 unset_flag(CONSUMER_FETCHING)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,11 +56,19 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """End offsets; retried while a new topic's leaders are still being elected."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
     try:
-        meta = c.list_topics(topic, timeout=30).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                for p in meta.partitions}
+        for attempt in range(10):
+            try:
+                meta = c.list_topics(topic, timeout=30).topics[topic]
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                        for p in meta.partitions}
+            except KafkaException:
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         c.close()
 

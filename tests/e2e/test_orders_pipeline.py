@@ -175,13 +175,15 @@ def test_orders_sigkill_exactly_once_then_two_workers_same_result(
     doc["stateful"][1]["allowed_lateness"] = "1h"   # nothing is late: all close by idle
     write_spec(spec_path, doc)
     orders, out = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"]
-    produce(kafka_bootstrap, orders, records)
+    half = len(records) // 2
+    produce(kafka_bootstrap, orders, records[:half])  # the rest arrives after the kill
     env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "DATAFLOW_MAX_POLL_RECORDS": "300", "DATAFLOW_COMMIT_INTERVAL_S": "0.3"}
     group = f"dataflow-{doc['name']}"
     with worker(spec_path, env=env, log=tmp_path / "w1.log"):
         wait_for(lambda: sum(max(0, o) for o in committed(kafka_bootstrap, group, orders).values())
                  >= 1_000, 120, "some input committed")
+    produce(kafka_bootstrap, orders, records[half:])
     at_kill = sum(max(0, o) for o in committed(kafka_bootstrap, group, orders).values())
     assert at_kill < len(records), "the first worker finished before it was killed"
     with worker(spec_path, env=env, log=tmp_path / "w2.log"):
