@@ -278,9 +278,28 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return self._lock
 
     async def _seek_to_committed(self) -> Mapping[TP, int]:
+        """Every stream partition back to its committed offset, *also* without one.
+
+        aiokafka leaves a partition with no committed offset (or offset 0) where it is,
+        so records fetched and dropped since (a stale fetch, a held batch) would never be
+        read again; such a partition goes back to where the reset policy starts it.
+        """
         async with self._fetch_lock():
             try:
-                return cast(Mapping[TP, int], await self._ensure_consumer().seek_to_committed())
+                consumer = self._ensure_consumer()
+                committed = await consumer.seek_to_committed()
+                unset = [tp for tp, offset in committed.items()
+                         if not offset and not self.consumer._is_changelog_tp(tp)]
+                for tp in unset:
+                    if committed[tp] == 0:
+                        consumer.seek(tp, 0)
+                if any(committed[tp] != 0 for tp in unset):
+                    rest = [tp for tp in unset if committed[tp] != 0]
+                    if self.app.conf.consumer_auto_offset_reset == "latest":
+                        await consumer.seek_to_end(*rest)
+                    else:
+                        await consumer.seek_to_beginning(*rest)
+                return cast(Mapping[TP, int], committed)
             finally:
                 self.seeks += 1
 

@@ -21,7 +21,7 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_new_offset", "_commit_tps", "_commit", "_should_commit", "_add_gap",
         "_get_active_partitions", "_wait_next_records", "_drain_messages",
         "perform_seek", "pause_partitions", "resume_partitions", "on_partitions_revoked",
-        "stop_flow",
+        "stop_flow", "_is_changelog_tp",
     ),
     "faust.transport.drivers.aiokafka:Consumer": ("_new_consumer_thread", "_to_message",
                                                   "_thread"),
