@@ -339,6 +339,11 @@ class Loader:
                 self.sink.close()
         self._to(_S.STOPPED)
 
+    @property
+    def write_left_behind(self) -> bool:
+        """A write aborted at a stop request is still blocked on the target."""
+        return self._writer is not None and self._writer.is_alive()
+
     @staticmethod
     def _is_error(msg: Message) -> bool:
         err = msg.error()
