@@ -1,36 +1,176 @@
-"""The ``dataflow`` command line: one table of subcommands, each a small function."""
+"""The ``dataflow`` command line, on click.
+
+A command is one decorated function in this module (``@cli.command()``, or
+``@<group>.command()`` under a group): click parses and checks the arguments (``--help``
+on every level exits 0, bad usage exits 2 with a usage line), and the body hands them to
+the implementation, imported inside the function so that ``dataflow --help`` or
+``dataflow stack env`` does not load Faust. A body returns the exit code.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from pathlib import Path
 
-from ops._demo import demo_main
-from ops._dlq_cli import dlq_main
-from ops._load_cli import load_main
-from ops._source_cli import source_main
-from ops._stack import stack_main
-from ops._worker_cli import worker_main
+import click
 
-Command = Callable[[list[str]], int]
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-COMMANDS: dict[str, tuple[Command, str]] = {
-    "stack": (stack_main, "local services: up | down | status | env"),
-    "load": (load_main, "run a loader: load SPEC_OR_CONFIG [--sink KIND] (until SIGTERM)"),
-    "source": (source_main, "run a CDC source: run FILE (until SIGTERM/SIGINT)"),
-    "dlq": (dlq_main, "dead letters: replay | show PIPELINE_OR_SPEC [--stage S] [--to-topic T]"),
-    "worker": (worker_main, "run a pipeline: worker FILE [--store rocksdb://] [--web-port N]"),
-    "demo": (demo_main, "end-to-end run on the local stack: CDC -> pipeline -> Postgres + Parquet"),
-}
+
+@click.group(context_settings=_CONTEXT)
+def cli() -> None:
+    """DataFlow: Kafka-native streaming ETL (CDC -> pipelines -> databases and object storage)."""
+
+
+# -- local stack ---------------------------------------------------------------------------
+
+
+@cli.group()
+def stack() -> None:
+    """Local services (Kafka, Postgres, S3, MongoDB wire) on 127.0.0.1 under DATAFLOW_HOME."""
+
+
+def _stack_command(name: str, help_: str) -> None:
+    def run() -> int:
+        from ops._stack import stack_command
+
+        return stack_command(name)
+
+    stack.command(name, help=help_)(run)
+
+
+for _name, _help in (
+    ("up", "Start the services that are not running; print their addresses."),
+    ("down", "Stop every service this stack started."),
+    ("status", "Show each service: running, stopped or external."),
+    ("env", 'Print `export VAR=...` lines: eval "$(dataflow stack env)".'),
+):
+    _stack_command(_name, _help)
+
+
+# -- data path processes -------------------------------------------------------------------
+
+
+@cli.group()
+def source() -> None:
+    """CDC sources."""
+
+
+@source.command("run")
+@click.argument("file", type=_FILE)
+def source_run(file: Path) -> int:
+    """Run a CDC source from FILE (YAML or JSON source settings) until SIGTERM/SIGINT."""
+    from ops._source_cli import run_source
+
+    return run_source(file)
+
+
+@cli.command()
+@click.argument("file", type=_FILE)
+@click.option("--store", type=click.Choice(["memory://", "rocksdb://"]), default=None,
+              help="table store (default: DATAFLOW_STORE or memory://)")
+@click.option("--web-port", type=int, default=None,
+              help="serve Faust's web views on 127.0.0.1:PORT (default: off)")
+@click.option("--log-level", default=None, help="Faust's log level")
+@click.option("--check", is_flag=True, help="validate the spec and exit")
+def worker(file: Path, store: str | None, web_port: int | None, log_level: str | None,
+           check: bool) -> int:
+    """Run the pipeline spec FILE as a Faust worker (a bad spec: every error, exit 2)."""
+    from ops._worker_cli import run_worker
+
+    return run_worker(file, store=store, web_port=web_port, log_level=log_level, check=check)
+
+
+@cli.command()
+@click.argument("file", type=_FILE)
+@click.option("--sink", type=click.Choice(["postgres", "mongodb", "objectstore"]), default=None,
+              help="which of the spec's sinks (needed when it has several)")
+@click.option("--idle-exit", type=float, default=None,
+              help="stop after this many seconds without new records")
+@click.option("--metrics-port", type=int, default=None,
+              help="serve Prometheus /metrics on 127.0.0.1:PORT (loader.metrics_port)")
+def load(file: Path, sink: str | None, idle_exit: float | None, metrics_port: int | None) -> int:
+    """Run one loader from a pipeline spec or a loader config FILE until SIGTERM/SIGINT."""
+    from ops._load_cli import run_load
+
+    return run_load(file, sink=sink, idle_exit=idle_exit, metrics_port=metrics_port)
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: look at them and replay them."""
+
+
+def _dlq_options(fn: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed((
+        click.argument("target", metavar="PIPELINE_OR_SPEC"),
+        click.option("--stage", default=None, help="only this stage: 'rule:amount_positive', "
+                     "a glob such as 'rule:*', or a rule name"),
+        click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default: "
+                     "KAFKA_BOOTSTRAP_SERVERS or the local stack)"),
+        click.option("--timeout", type=float, default=60.0, show_default=True),
+    )):
+        fn = option(fn)
+    return fn
+
+
+@dlq.command("replay")
+@_dlq_options
+@click.option("--to-topic", default=None, help="produce every record here (default: back to "
+              "its source topic, when that is one of the spec's source topics)")
+@click.option("--all", "from_start", is_flag=True,
+              help="start from the beginning of the DLQ, not from the last replay")
+@click.option("--dry-run", is_flag=True, help="count, produce nothing")
+def dlq_replay(target: str, stage: str | None, bootstrap: str | None, timeout: float,
+               to_topic: str | None, from_start: bool, dry_run: bool) -> int:
+    """Re-produce dead letters of PIPELINE_OR_SPEC (a name or a spec file) to its source topics."""
+    from ops._dlq_cli import replay
+
+    return replay(target, stage=stage, bootstrap=bootstrap, timeout=timeout, to_topic=to_topic,
+                  from_start=from_start, dry_run=dry_run)
+
+
+@dlq.command("show")
+@_dlq_options
+@click.option("--limit", type=int, default=100, show_default=True)
+def dlq_show(target: str, stage: str | None, bootstrap: str | None, timeout: float,
+             limit: int) -> int:
+    """List dead letters of PIPELINE_OR_SPEC: stage, source position, error."""
+    from ops._dlq_cli import show
+
+    return show(target, stage=stage, bootstrap=bootstrap, timeout=timeout, limit=limit)
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="how long the target may take to match the source")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the results as JSON here")
+def demo(timeout: float, report: Path | None) -> int:
+    """End-to-end run on the local stack: CDC -> pipeline -> Postgres + Parquet."""
+    from ops._demo import run_demo
+
+    return run_demo(timeout=timeout, report=report)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dataflow`` console script."""
+    """Entry point of the ``dataflow`` console script: the exit code of the command."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help") or args[0] not in COMMANDS:
-        print("usage: dataflow <command> [args]\n\ncommands:")
-        for name, (_, help_) in COMMANDS.items():
-            print(f"  {name:<10} {help_}")
-        return 0 if args and args[0] in ("-h", "--help", "help") else 2
-    fn, _ = COMMANDS[args[0]]
-    return fn(args[1:])
+    try:
+        rv = cli.main(args, prog_name="dataflow", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return rv if isinstance(rv, int) else 0

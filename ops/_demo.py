@@ -14,7 +14,6 @@ stack. The run's files hold DSNs: they live in a private folder (0700) and are w
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -526,12 +525,3 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
         if report is not None:
             report.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 
-
-def demo_main(argv: list[str]) -> int:
-    """``dataflow demo [--timeout SECONDS] [--report FILE]``."""
-    parser = argparse.ArgumentParser(prog="dataflow demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="how long the target may take to match the source (default 120)")
-    parser.add_argument("--report", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    return run_demo(timeout=args.timeout, report=args.report)

@@ -8,7 +8,6 @@ target could not take, and exits 1 when there was any (0: everything delivered).
 
 from __future__ import annotations
 
-import argparse
 import os
 import uuid
 from pathlib import Path
@@ -29,17 +28,26 @@ def _dlq_topic(target: str, spec: PipelineSpec | None) -> str:
     return spec.dlq_topic if spec is not None else f"dataflow.{target}.dlq"
 
 
-def _replay(args: argparse.Namespace, spec: PipelineSpec | None, topic: str,
-            bootstrap: str) -> int:
-    if spec is None and args.to_topic is None:
-        raise ConfigError(f"{args.target!r} is not a spec file, so the pipeline's source topics "
-                          "are unknown: give the spec file or --to-topic")
-    source = spec.source if spec is not None else None
-    result = replay_dlq(
-        bootstrap, topic, source_topics=(source.topics or ()) if source else (),
-        source_pattern=source.pattern if source else None, to_topic=args.to_topic,
-        stage=args.stage, from_start=args.all, dry_run=args.dry_run, timeout=args.timeout)
-    _report(topic, result, args.dry_run)
+def replay(target: str, *, stage: str | None = None, bootstrap: str | None = None,
+           timeout: float = 60.0, to_topic: str | None = None, from_start: bool = False,
+           dry_run: bool = False) -> int:
+    """Replay the dead letters of ``target`` (a pipeline name or a spec file); 0 when
+    every record was delivered, 1 when one was refused or undeliverable."""
+    try:
+        spec = _spec(target)
+        if spec is None and to_topic is None:
+            raise ConfigError(f"{target!r} is not a spec file, so the pipeline's source topics "
+                              "are unknown: give the spec file or --to-topic")
+        topic = _dlq_topic(target, spec)
+        source = spec.source if spec is not None else None
+        result = replay_dlq(
+            _bootstrap(bootstrap), topic, source_topics=(source.topics or ()) if source else (),
+            source_pattern=source.pattern if source else None, to_topic=to_topic,
+            stage=stage, from_start=from_start, dry_run=dry_run, timeout=timeout)
+    except DataFlowError as exc:
+        error("dataflow dlq replay", exc)
+        return 1
+    _report(topic, result, dry_run)
     return 0 if result.complete else 1
 
 
@@ -68,52 +76,27 @@ def _bootstrap(given: str | None) -> str:
     return Stack().env()["KAFKA_BOOTSTRAP_SERVERS"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dataflow dlq", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (("replay", "re-produce dead letters to the spec's source topics"),
-                        ("show", "list dead letters (stage, source position, error)")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("target", metavar="PIPELINE_OR_SPEC",
-                       help="pipeline name or spec file (its dlq.topic)")
-        s.add_argument("--stage", help="only this stage: 'rule:amount_positive', a glob "
-                       "such as 'rule:*', or a rule name")
-        s.add_argument("--bootstrap", help="Kafka bootstrap servers (default: "
-                       "KAFKA_BOOTSTRAP_SERVERS or the local stack)")
-        s.add_argument("--timeout", type=float, default=60.0)
-    replay = sub.choices["replay"]
-    replay.add_argument("--to-topic", help="produce every record here (default: back to its "
-                        "source topic, when that is one of the spec's source topics)")
-    replay.add_argument("--all", action="store_true",
-                        help="start from the beginning of the DLQ, not from the last replay")
-    replay.add_argument("--dry-run", action="store_true", help="count, produce nothing")
-    sub.choices["show"].add_argument("--limit", type=int, default=100)
-    return p
-
-
-def dlq_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def show(target: str, *, stage: str | None = None, bootstrap: str | None = None,
+         timeout: float = 60.0, limit: int = 100) -> int:
+    """Print up to ``limit`` dead letters of ``target`` (stage, source position, error)."""
     try:
-        spec = _spec(args.target)
-        topic = _dlq_topic(args.target, spec)
-        bootstrap = _bootstrap(args.bootstrap)
-        if args.cmd == "replay":
-            return _replay(args, spec, topic, bootstrap)
+        topic = _dlq_topic(target, _spec(target))
         shown = 0
         group = f"dataflow-dlq-show.{uuid.uuid4().hex[:8]}"  # never committed
-        with DlqReader(bootstrap, topic, group, from_start=True, timeout=args.timeout) as reader:
+        with DlqReader(_bootstrap(bootstrap), topic, group, from_start=True,
+                       timeout=timeout) as reader:
             for msg in reader.messages():
                 info = header_map(msg.headers())
-                if not stage_matches(info.get("stage", ""), args.stage):
+                if not stage_matches(info.get("stage", ""), stage):
                     continue
                 print(f"{msg.partition()}/{msg.offset()}  {info.get('stage', '?'):<24} "
                       f"{info.get('topic')}/{info.get('partition')}/{info.get('offset')}  "
                       f"{info.get('error', '')}")
                 shown += 1
-                if shown >= args.limit:
+                if shown >= limit:
                     break
-        print(f"{shown} record(s) shown from {topic}")
-        return 0
     except DataFlowError as exc:
-        error(f"dataflow dlq {args.cmd}", exc)
+        error("dataflow dlq show", exc)
         return 1
+    print(f"{shown} record(s) shown from {topic}")
+    return 0

@@ -14,7 +14,6 @@ Connection strings default to ``DATAFLOW_PG_DSN``, ``DATAFLOW_MONGO_URI``,
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -134,34 +133,28 @@ def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
     return _validate(LoaderSettings, loader, "loader"), build_sink(str(kind), sink)
 
 
-def load_main(argv: list[str]) -> int:
-    """``dataflow load FILE [--sink KIND] [--idle-exit SECONDS]``."""
-    parser = argparse.ArgumentParser(prog="dataflow load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--sink", choices=SINK_KINDS)
-    parser.add_argument("--idle-exit", type=float, default=None,
-                        help="stop after this many seconds without new records")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics on 127.0.0.1:PORT (loader.metrics_port)")
-    args = parser.parse_args(argv)
+def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = None,
+             metrics_port: int | None = None) -> int:
+    """Run the loader ``file`` describes until SIGTERM/SIGINT (or ``idle_exit`` seconds
+    without records); 2 for a bad file."""
     setup_logging(fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        doc = yaml.safe_load(args.file.read_text())
+        doc = yaml.safe_load(file.read_text())
         if isinstance(doc, dict) and "loader" in doc and "sink" in doc:
-            settings, sink = from_config(doc)
+            settings, target = from_config(doc)
         else:
-            settings, sink = from_spec(load_spec(args.file), args.sink)
+            settings, target = from_spec(load_spec(file), sink)
     except (OSError, yaml.YAMLError, ValidationError, DataFlowError) as exc:
-        error(f"dataflow load: {args.file}", exc)
+        error(f"dataflow load: {file}", exc)
         return 2
-    if args.metrics_port is not None:
-        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loader = Loader(settings, sink)
+    loader = Loader(settings, target)
     try:
-        loader.run(stop, idle_exit=args.idle_exit)
+        loader.run(stop, idle_exit=idle_exit)
     except DataFlowError as exc:
         error("dataflow load", exc)
         return 1

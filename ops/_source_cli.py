@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
+from pathlib import Path
 from types import FrameType
 
 from connectors import PostgresCDCConfig, PostgresCDCSource
 from ops._console import error, setup_logging
 from schemas import DataFlowError
 
-USAGE = "usage: dataflow source run FILE   (YAML or JSON source settings)"
 
-
-def source_main(args: list[str]) -> int:
-    """Dispatch ``source`` subcommands."""
-    if len(args) != 2 or args[0] != "run":
-        print(USAGE, file=sys.stderr)
-        return 2
+def run_source(file: Path) -> int:
+    """Run the source that ``file`` configures; 2 when the settings are bad."""
     setup_logging()
     try:
-        source = PostgresCDCSource(PostgresCDCConfig.load(args[1]))
+        source = PostgresCDCSource(PostgresCDCConfig.load(file))
     except DataFlowError as exc:
         error("dataflow source", exc)
         return 2

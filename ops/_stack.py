@@ -680,13 +680,9 @@ class Stack:
         return env
 
 
-def stack_main(argv: list[str]) -> int:
-    """``dataflow stack up|down|status|env``."""
-    if not argv or argv[0] not in ("up", "down", "status", "env"):
-        print("usage: dataflow stack up|down|status|env", file=sys.stderr)
-        return 2
+def stack_command(cmd: str) -> int:
+    """``dataflow stack up|down|status|env`` on the stack under ``DATAFLOW_HOME``."""
     stack = Stack()
-    cmd = argv[0]
     try:
         if cmd == "up":
             env = stack.up()

@@ -26,7 +26,7 @@ from agents import (
     dlq_records,
     replay_dlq,
 )
-from ops._dlq_cli import dlq_main
+from ops import main
 from tests.agents import debezium_samples as dz
 
 
@@ -146,13 +146,13 @@ def test_dead_letters_round_trip_through_kafka_and_replay(
     assert m.headers()[-1][0] == "dataflow.replayed_from"
 
     # the CLI: everything of stage rule:* back to its source topic, then show the DLQ
-    assert dlq_main(["replay", pipeline, "--stage", "rule:*", "--bootstrap", kafka_bootstrap,
-                     "--dry-run"]) == 1  # a bare pipeline name names no source topics
+    assert main(["dlq", "replay", pipeline, "--stage", "rule:*", "--bootstrap",
+                 kafka_bootstrap, "--dry-run"]) == 1  # a bare pipeline name names no source topics
     spec = f"name: {pipeline}\nsource: {{topics: [{src}]}}\ndlq: {{topic: {dlq}}}\n"
     spec_path = str(tmp_path / "spec.yaml")
     Path(spec_path).write_text(spec)
-    assert dlq_main(["replay", spec_path, "--stage", "rule:*", "--bootstrap",
-                     kafka_bootstrap]) == 0
+    assert main(["dlq", "replay", spec_path, "--stage", "rule:*", "--bootstrap",
+                 kafka_bootstrap]) == 0
     assert "read 3, replayed 2, skipped 1" in capsys.readouterr().out
     back = _consume_all(kafka_bootstrap, src, len(inputs) + 2)
     replayed = back[len(inputs):]
@@ -161,7 +161,7 @@ def test_dead_letters_round_trip_through_kafka_and_replay(
     typed = next(r for r in replayed if r.key() == inputs[3][0])
     assert typed.headers()[0] == ("trace", b"typed")  # original headers come back
 
-    assert dlq_main(["show", spec_path, "--bootstrap", kafka_bootstrap, "--stage", "decode"]) == 0
+    assert main(["dlq", "show", spec_path, "--bootstrap", kafka_bootstrap, "--stage", "decode"]) == 0
     shown = capsys.readouterr().out
     assert "decode" in shown and f"{src}/0/1" in shown and "1 record(s) shown" in shown
 

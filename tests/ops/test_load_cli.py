@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from connectors import ObjectStoreSink, PostgresSink
-from ops._load_cli import from_config, from_spec, load_main
+from ops import main
+from ops._load_cli import from_config, from_spec
 from streams import load_spec
 
 pytestmark = pytest.mark.unit
@@ -51,7 +52,7 @@ def test_several_sinks_need_a_choice_and_config_form_works(
     import yaml
 
     spec_file.write_text(yaml.safe_dump(SPEC))
-    assert load_main([str(spec_file)]) == 2
+    assert main(["load", str(spec_file)]) == 2
     assert "pick one with --sink" in capsys.readouterr().err
     loader, sink = from_config({"loader": {"topics": ["t"], "group_id": "g"},
                                 "sink": {"kind": "objectstore", "url": str(tmp_path / "out")}})
@@ -59,7 +60,7 @@ def test_several_sinks_need_a_choice_and_config_form_works(
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"loader": {"topics": ["t"], "group_id": "g"},
                                    "sink": {"kind": "oracle"}}))
-    assert load_main([str(bad)]) == 2
+    assert main(["load", str(bad)]) == 2
     assert "sink.kind" in capsys.readouterr().err
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ops._cli import COMMANDS
+from ops._cli import cli
 from tests.pipeline_support import ROOT
 
 BAD = """
@@ -42,7 +42,7 @@ def test_bad_spec_names_every_bad_field_and_the_worker_does_not_start(tmp_path: 
 
 @pytest.mark.unit
 def test_worker_is_a_cli_command_and_check_validates_only(tmp_path: Path) -> None:
-    assert "worker" in COMMANDS
+    assert "worker" in cli.commands
     spec = tmp_path / "ok.yaml"
     spec.write_text("name: ok\nsource: {topics: [t], format: json}\n")
     proc = subprocess.run([sys.executable, "-m", "ops", "worker", str(spec), "--check"], cwd=ROOT,
