@@ -1,8 +1,9 @@
 """The local stack: real services on loopback, in private folders, with no Docker.
 
 Each service is a small class with ``start``/``stop``/``alive``/``env``. A service whose
-environment variable is already set (e.g. ``KAFKA_BOOTSTRAP_SERVERS``) is external: the
-stack starts nothing for it and passes the given value through. State (ports, pids) is
+environment variable is already set (e.g. ``KAFKA_BOOTSTRAP_SERVERS``) to another address
+than the stack's own is external: the stack starts nothing for it and passes the given
+value through. State (ports, pids) is
 kept in ``<home>/stack/state.json`` so ``up`` twice is harmless and ``down`` finds every
 process it started, even after a crash left a stale pid file behind.
 """
@@ -184,7 +185,23 @@ class Service(ABC):
 
     @property
     def external(self) -> str | None:
-        return os.environ.get(self.env_var) or None
+        """The address of a service this stack did not start, from the environment.
+
+        After ``eval "$(dataflow stack env)"`` the variable holds this stack's own address:
+        that service is still ours (``down`` stops it, ``up`` restarts it) unless our
+        process is gone and someone else now answers on that port.
+        """
+        given = os.environ.get(self.env_var) or None
+        if given is None or self.is_own(given):
+            return None
+        return given
+
+    def is_own(self, address: str) -> bool:
+        """True when ``address`` is the one this stack recorded for its own service."""
+        recorded = self.state.data.get(self.name)
+        if not recorded or address != self.env()[self.env_var]:
+            return False
+        return self.alive() or not port_open(recorded.get("port", 0))
 
     @abstractmethod
     def alive(self) -> bool:
@@ -654,12 +671,17 @@ class Stack:
                 svc.start()
         return self.env()
 
-    def down(self) -> None:
+    def down(self) -> list[str]:
+        """Stop every service this stack started, whatever the environment says (each
+        ``stop`` touches only processes of this home); the names of those that ran."""
+        stopped: list[str] = []
         with locked(self.lock_path):
             self._reload()
             for svc in reversed(self.services):
-                if not svc.external:
-                    svc.stop()
+                if svc.alive():
+                    stopped.append(svc.name)
+                svc.stop()
+        return stopped[::-1]
 
     def status(self) -> dict[str, str]:
         out = {}
@@ -689,8 +711,9 @@ def stack_command(cmd: str) -> int:
             for k, v in env.items():
                 print(f"{k}={v}")
         elif cmd == "down":
-            stack.down()
-            print("stack down")
+            stopped = stack.down()
+            print(f"stack down: stopped {', '.join(stopped)}" if stopped
+                  else "stack down: none of its services was running")
         elif cmd == "status":
             for name, st in stack.status().items():
                 print(f"{name}: {st}")

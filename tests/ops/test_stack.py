@@ -231,6 +231,37 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
+@pytest.mark.integration
+def test_down_after_eval_of_env_stops_the_stacks_own_service(private_home: Path) -> None:
+    """``eval "$(dataflow stack env)"`` exports the stack's own addresses; ``down`` and
+    ``status`` still take them for its own services. Only S3 (moto, a few seconds) is
+    started here; the other variables name external services."""
+    others = {var: f"external://{var.lower()}" for var in SERVICE_VARS
+              if var != "DATAFLOW_S3_ENDPOINT"}
+    env = _clean_env(private_home, **others)
+    up = dataflow(env, "stack", "up", timeout=120)
+    assert up.returncode == 0, up.stderr
+    endpoint = parse_env(up.stdout)["DATAFLOW_S3_ENDPOINT"]
+    assert endpoint.startswith("http://127.0.0.1:")
+    procs = stack_processes(private_home)
+    assert any("moto.server" in desc for desc in procs.values()), procs
+
+    exported = {**env, **parse_env(dataflow(env, "stack", "env").stdout)}  # as after eval
+    assert exported["DATAFLOW_S3_ENDPOINT"] == endpoint
+    status = dataflow(exported, "stack", "status").stdout.splitlines()
+    assert "s3: running" in status and sum(": external (" in line for line in status) == 3
+    down = dataflow(exported, "stack", "down", timeout=120)
+    assert (down.returncode, down.stdout) == (0, "stack down: stopped s3\n"), down.stderr
+    assert still_running(procs) == {}
+    assert "s3: stopped" in dataflow(exported, "stack", "status").stdout.splitlines()
+
+    again = dataflow(exported, "stack", "up", timeout=120)  # ours again: started, same port
+    assert again.returncode == 0, again.stderr
+    assert parse_env(again.stdout)["DATAFLOW_S3_ENDPOINT"] == endpoint
+    assert dataflow(exported, "stack", "down", timeout=120).stdout == "stack down: stopped s3\n"
+    assert stack_processes(private_home) == {}
+
+
 # ---------------------------------------------------------------- unit: no services needed
 
 
@@ -358,3 +389,34 @@ def test_docker_compose_offers_the_same_services() -> None:
     assert "9092:9092" in kafka["ports"]
     assert "wal_level=logical" in services["postgres"]["command"]
     assert services["postgres"]["image"].startswith("postgres:16")
+
+
+@pytest.mark.unit
+def test_an_exported_own_address_is_the_stacks_own_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision behind ``down`` after ``eval "$(dataflow stack env)"``: a variable equal
+    to the address the stack recorded is its own service; any other value, an address it
+    never recorded, or its port now held by someone else while ours is gone is external."""
+    for var in SERVICE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "h"
+    held = _held_port()  # someone else's listener
+    try:
+        free, taken = free_port(0), held.getsockname()[1]
+        StackState(home / "stack" / "state.json", {
+            "kafka": {"pid": 0, "port": free}, "s3": {"pid": 0, "port": taken}}).save()
+        stack = Stack(home)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free}")
+        monkeypatch.setenv("DATAFLOW_S3_ENDPOINT", f"http://127.0.0.1:{taken}")
+        monkeypatch.setenv("DATAFLOW_PG_DSN", "postgresql://postgres@127.0.0.1:15432/dataflow")
+        status = stack.status()
+        assert status["kafka"] == "stopped"  # our address, nobody on it: ours, to start again
+        assert stack.env()["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{free}"
+        # our s3 is gone and another process answers on its port: that one is not ours
+        assert status["s3"] == f"external (http://127.0.0.1:{taken})"
+        # the default address of a service this home never recorded: not ours
+        assert status["postgres"] == "external (postgresql://postgres@127.0.0.1:15432/dataflow)"
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.2:{free}")
+        assert stack.status()["kafka"] == f"external (127.0.0.2:{free})"
+    finally:
+        held.close()
