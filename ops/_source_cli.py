@@ -1,5 +1,8 @@
 """``dataflow source run FILE``: run a CDC source until SIGTERM/SIGINT.
 
+FILE is a pipeline spec whose ``source`` is inline (``type: postgres`` beside the CDC
+settings), or a source config: the settings, or a document with a ``source:`` section.
+
 SIGTERM or SIGINT stops it cleanly (in-flight events flushed, what Kafka acknowledged
 confirmed). SIGKILL is safe too: nothing is confirmed to the database before Kafka
 acknowledged it, so a restart resends whatever was not confirmed.
@@ -12,16 +15,31 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from connectors import PostgresCDCConfig, PostgresCDCSource
 from ops._console import error, setup_logging
 from schemas import DataFlowError
+from streams import load_spec
+
+
+def _config(file: Path) -> PostgresCDCConfig:
+    """A pipeline spec's inline source (a document with ``name`` and ``source``), or the
+    settings of a source config file."""
+    try:
+        doc = yaml.safe_load(file.read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError):
+        doc = None  # PostgresCDCConfig.load says what is wrong with the file
+    if isinstance(doc, dict) and "name" in doc and isinstance(doc.get("source"), dict):
+        return load_spec(file).source.cdc_config()
+    return PostgresCDCConfig.load(file)
 
 
 def run_source(file: Path) -> int:
     """Run the source that ``file`` configures; 2 when the settings are bad."""
     setup_logging()
     try:
-        source = PostgresCDCSource(PostgresCDCConfig.load(file))
+        source = PostgresCDCSource(_config(file))
     except DataFlowError as exc:
         error("dataflow source", exc)
         return 2

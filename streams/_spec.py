@@ -54,6 +54,7 @@ from agents import (
     compile_json_schema,
     compile_regex,
 )
+from connectors import PostgresCDCConfig
 from schemas import ConfigError
 
 # ------------------------------------------------------------------ building blocks
@@ -143,9 +144,21 @@ class _Model(BaseModel):
 # ------------------------------------------------------------------ source
 
 
-class SourceSpec(_Model):
-    """Where events come from: ``topics`` (a list) or ``pattern`` (a regex), one of them."""
+#: the keys of a source that say what the pipeline reads; the rest of a ``type: postgres``
+#: source are the CDC source's settings (those of ``dataflow source run``)
+_READ_KEYS = frozenset({"type", "topics", "pattern", "format", "key_format", "fields",
+                        "schema_registry_url", "start"})
+#: a ``table_include`` entry naming one table: ``public\\.orders`` (or ``public.orders``)
+_ONE_TABLE = re.compile(r"^([A-Za-z0-9_]+)\\?\.([A-Za-z0-9_]+)$")
 
+
+class SourceSpec(_Model):
+    """Where events come from: Kafka ``topics`` (a list), or a Postgres database through an
+    inline CDC source (``type: postgres`` beside the settings of ``dataflow source run``);
+    the pipeline then reads that source's topics, ``<topic_prefix>.<schema>.<table>``:
+    ``topics`` when given, else one per table ``table_include`` names literally."""
+
+    type: Literal["kafka", "postgres"] = "kafka"
     topics: tuple[Topic, ...] | None = None
     pattern: str | None = None
     format: Format = "debezium"
@@ -155,9 +168,35 @@ class SourceSpec(_Model):
     #: Confluent schema registry URL, needed for ``format: avro``
     schema_registry_url: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
+    #: ``type: postgres``: the CDC settings, written flat in the document beside the keys above
+    postgres: PostgresCDCConfig | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        """Split a ``type: postgres`` source into what the pipeline reads and the CDC
+        settings; the topics follow from ``table_include`` when not given."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("type") not in ("postgres", "postgresql"):
+            if "postgres" in data:
+                raise _FieldError("postgres", "unknown field (a CDC source is written flat: "
+                                              "type: postgres beside its settings)")
+            return data
+        own = {k: v for k, v in data.items() if k in _READ_KEYS}
+        cdc = {k: v for k, v in data.items() if k not in _READ_KEYS}
+        own.update(type="postgres", postgres=cdc)
+        include, prefix = cdc.get("table_include"), cdc.get("topic_prefix")
+        if "topics" not in own and isinstance(prefix, str) and isinstance(include, list) and (
+                include and all(isinstance(p, str) and _ONE_TABLE.match(p) for p in include)):
+            own["topics"] = [f"{prefix}.{'.'.join(_ONE_TABLE.match(p).groups())}"  # type: ignore[union-attr]
+                             for p in include]
+        return own
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceSpec:
+        if self.type == "postgres":
+            return self._cdc_topics()
         if (self.topics is None) == (self.pattern is None):
             raise _FieldError("topics", "give exactly one of 'topics' (a list) or 'pattern'")
         if self.topics is not None and not self.topics:
@@ -170,6 +209,35 @@ class SourceSpec(_Model):
         if self.format == "avro" and not self.schema_registry_url:
             raise _FieldError("schema_registry_url", "required for format avro")
         return self
+
+    def _cdc_topics(self) -> SourceSpec:
+        cdc = self.postgres
+        assert cdc is not None
+        if self.pattern is not None:
+            raise _FieldError("pattern", "a postgres source's topics are 'topics' or follow "
+                                         "from 'table_include'")
+        if self.format != "debezium":
+            raise _FieldError("format", f"a postgres source writes Debezium change events: "
+                                        f"expected debezium, got {self.format!r}")
+        if not self.topics:
+            raise _FieldError("topics", f"name the topics the pipeline reads ({cdc.topic_prefix}"
+                                        ".<schema>.<table>), or name each table in "
+                                        "table_include (e.g. 'public\\.orders')")
+        for t in self.topics:
+            schema, _, table = t.removeprefix(f"{cdc.topic_prefix}.").partition(".")
+            if not t.startswith(f"{cdc.topic_prefix}.") or not table or not cdc.wants(schema, table):
+                raise _FieldError("topics", f"{t!r} is not a topic this source writes (expected "
+                                            f"{cdc.topic_prefix}.<schema>.<table> of a table "
+                                            "table_include and table_exclude let through)")
+        return self
+
+    def cdc_config(self) -> PostgresCDCConfig:
+        """The inline CDC source's settings, the environment's defaults (``DATAFLOW_PG_DSN``,
+        ``KAFKA_BOOTSTRAP_SERVERS``) filled in now, checked for running."""
+        if self.postgres is None:
+            raise ConfigError("source: the pipeline reads Kafka topics; it has no CDC source "
+                              "(type: postgres) to run")
+        return PostgresCDCConfig.parse(self.postgres.model_dump(exclude_unset=True), "source")
 
 
 # ------------------------------------------------------------------ transforms
@@ -699,6 +767,10 @@ class PipelineSpec(_Model):
             return v
 
         data = self.model_dump(mode="python", by_alias=True, exclude_none=True)
+        if self.source.postgres is not None:  # the CDC settings as written: flat, no defaults
+            data["source"].update(self.source.postgres.model_dump(exclude_unset=True))
+        elif data["source"]["type"] == "kafka":
+            del data["source"]["type"]
         return dict(plain(data))
 
     @property
@@ -753,6 +825,8 @@ def _path(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{step}]")
         elif i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in _UNION_SECTIONS:
             continue  # the union tag pydantic puts in the location
+        elif step == "postgres" and loc[:i] == ("source",):
+            continue  # the CDC settings are written flat in the source
         else:
             parts.append(("." if parts else "") + str(step))
     return "".join(parts) or "(spec)"
