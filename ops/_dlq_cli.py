@@ -1,7 +1,7 @@
 """``dataflow dlq replay|show PIPELINE_OR_SPEC``: look at and re-inject dead letters.
 
 ``replay`` writes a record back to the topic its ``dataflow.topic`` header names only
-when that is one of the spec's source topics (or matches its ``source.pattern``);
+when that is one of the spec's source topics;
 ``--to-topic`` sends every record there instead. It lists each record it refused or the
 target could not take, and exits 1 when there was any (0: everything delivered).
 """
@@ -39,11 +39,11 @@ def replay(target: str, *, stage: str | None = None, bootstrap: str | None = Non
             raise ConfigError(f"{target!r} is not a spec file, so the pipeline's source topics "
                               "are unknown: give the spec file or --to-topic")
         topic = _dlq_topic(target, spec)
-        source = spec.source if spec is not None else None
         result = replay_dlq(
-            _bootstrap(bootstrap), topic, source_topics=(source.topics or ()) if source else (),
-            source_pattern=source.pattern if source else None, to_topic=to_topic,
-            stage=stage, from_start=from_start, dry_run=dry_run, timeout=timeout)
+            _bootstrap(bootstrap), topic,
+            source_topics=(spec.source.topics or ()) if spec is not None else (),
+            to_topic=to_topic, stage=stage, from_start=from_start, dry_run=dry_run,
+            timeout=timeout)
     except DataFlowError as exc:
         error("dataflow dlq replay", exc)
         return 1

@@ -164,7 +164,7 @@ def test_every_bad_field_is_named() -> None:
         "schedule",
     ], errors
     text = "\n".join(errors)
-    assert "source.format: expected one of debezium|json|avro, got 'xml'" in errors
+    assert "source.format: expected one of debezium|json, got 'xml'" in errors
     assert "transforms[2].type: unknown type 'bogus' (expected one of unwrap|filter|map|" in text
     assert "transforms[5].colour: unknown field (expected one of name, type, fields)" in errors
     assert "expression 'amount >' at col" in text and "syntax error" in text
@@ -227,16 +227,11 @@ def test_quality_after_places_the_rules() -> None:
     assert chain.rules_after == 1
 
 
-def test_source_topics_or_pattern() -> None:
+def test_source_topics() -> None:
     assert errors_of({"name": "p", "source": {}}) == [
-        "source.topics: give exactly one of 'topics' (a list) or 'pattern'"]
-    assert errors_of({"name": "p", "source": {"topics": ["a"], "pattern": "a.*"}})[0].startswith(
-        "source.topics:")
-    assert errors_of({"name": "p", "source": {"pattern": "(("}})[0].startswith(
-        "source.pattern: bad regular expression")
-    assert errors_of({"name": "p", "source": {"topics": ["a"], "format": "avro"}}) == [
-        "source.schema_registry_url: required for format avro"]
-    assert load_spec({"name": "p", "source": {"pattern": r"shop\..*"}}).source.pattern
+        "source.topics: required field missing (a list of topics)"]
+    assert errors_of({"name": "p", "source": {"topics": []}}) == [
+        "source.topics: expected at least one topic"]
 
 
 @pytest.mark.parametrize(
@@ -366,8 +361,6 @@ def test_infinite_durations_are_spec_errors() -> None:
 def test_regexes_must_compile_on_re2() -> None:
     reason = ("bad regular expression for RE2 (no backreferences or lookaround): invalid "
               "perl operator: (?<=")
-    assert errors_of({"name": "p", "source": {"pattern": "(?<=x)shop"}}) == [
-        f"source.pattern: {reason}"]
     assert errors_of({**MINIMAL, "quality": [
         {"type": "regex", "field": "f", "pattern": "(?<=a)b"}]}) == [f"quality[0].pattern: {reason}"]
     assert errors_of({**MINIMAL, "transforms": [
@@ -399,9 +392,6 @@ def test_a_pipeline_may_not_write_to_what_it_reads() -> None:
     assert errors_of(doc) == [f"dlq.topic: 'in' {own}", f"sinks.kafka.topic: 'in2' {own}",
                               f"transforms[0].routes[0].topic: 'in' {own}",
                               f"transforms[0].default: 'in2' {own}"]
-    assert errors_of({"name": "p", "source": {"pattern": r"shop\..*"},
-                      "dlq": {"topic": "shop.dlq"}}) == [f"dlq.topic: 'shop.dlq' {own}"]
-    assert load_spec({"name": "p", "source": {"pattern": r"shop\..*"}, "dlq": {"topic": "dlq"}})
 
 
 def test_spec_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
