@@ -298,19 +298,32 @@ class Loader:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None,
-            on_batch: Callable[[int], None] | None = None) -> None:
-        """Load until ``stop`` is set (or nothing arrived for ``idle_exit`` seconds)."""
+            on_batch: Callable[[int], None] | None = None, drain: bool = False) -> None:
+        """Load until ``stop`` is set (or nothing arrived for ``idle_exit`` seconds; or,
+        with ``drain``, every partition is read to its end offset at start)."""
         stop = self._stop = stop or threading.Event()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr="127.0.0.1")
-        consumer = self._consumer = Consumer(self._consumer_config())
+        config = self._consumer_config()
+        if drain:
+            config["enable.partition.eof"] = True
+        consumer = self._consumer = Consumer(config)
         consumer.subscribe(list(self.settings.topics), on_revoke=self._on_revoke)
+        ends = self._end_offsets(consumer) if drain else {}
         idle_since = time.monotonic()
         self._to(_S.RUNNING)
         try:
             while not stop.is_set():
                 msgs = consumer.consume(self.settings.batch_size, self.settings.flush_interval)
+                if drain:
+                    for m in msgs:   # the end of a partition reached: no record left before it
+                        err = m.error()
+                        if err is not None and err.code() == KafkaError._PARTITION_EOF and (
+                                m.offset() >= ends.get((m.topic(), m.partition()), 0)):
+                            ends.pop((m.topic(), m.partition()), None)
                 batch = [m for m in msgs if not self._is_error(m)]
+                if drain and not ends and not batch:
+                    break
                 if batch:
                     idle_since = time.monotonic()
                     self.process(batch)
@@ -338,6 +351,12 @@ class Loader:
             else:
                 self.sink.close()
         self._to(_S.STOPPED)
+
+    def _end_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+        """Each partition's end offset now (what a drain loads up to)."""
+        meta = consumer.list_topics(timeout=30).topics
+        return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+                for t in self.settings.topics if t in meta for p in meta[t].partitions}
 
     @property
     def write_left_behind(self) -> bool:

@@ -132,6 +132,7 @@ class PostgresCDCSource:
         self.confirmed_lsn = 0
         self._last_status = 0.0
         self._repl: ReplicationConnection | None = None
+        self._drain = False
         self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -143,8 +144,13 @@ class PostgresCDCSource:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self, max_retries: int | None = None) -> None:
-        """Run until ``stop()``; retries transient failures from the last confirmed LSN."""
+    def run(self, max_retries: int | None = None, drain: bool = False) -> None:
+        """Run until ``stop()``; retries transient failures from the last confirmed LSN.
+
+        ``drain`` (batch runs): stop by itself once everything up to the WAL position at
+        the start of streaming is in Kafka and confirmed.
+        """
+        self._drain = drain
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
         delay = 1.0
@@ -152,7 +158,7 @@ class PostgresCDCSource:
         while not self._stop.is_set():
             try:
                 self._session()
-                if self.config.snapshot_mode == "initial_only" or self._stop.is_set():
+                if self.config.snapshot_mode == "initial_only" or self._stop.is_set() or drain:
                     break
             except (Transient, StreamError, KafkaUnavailable, psycopg.OperationalError) as exc:
                 if self._stop.is_set():
@@ -203,7 +209,12 @@ class PostgresCDCSource:
                 assert slot is not None
                 start = slot
             self.confirmed_lsn = start
-            self._stream(repl, producer, start)
+            until = None
+            if self._drain:
+                with _connect(self._dsn) as conn:
+                    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                until = lsn_to_int(row[0]) if row else None
+            self._stream(repl, producer, start, until)
         finally:
             if self._repl is not None:
                 self._repl.close()
@@ -545,7 +556,8 @@ class PostgresCDCSource:
         producer.produce(table.topic, k, v, tracker)
 
     # -- streaming -----------------------------------------------------------------------
-    def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int) -> None:
+    def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int,
+                until: int | None = None) -> None:
         cfg = self.config
         self.state = "streaming"
         repl.start(cfg.slot, cfg.publication, start)
@@ -578,6 +590,10 @@ class PostgresCDCSource:
                         self.confirmed_lsn = wal_end
             producer.poll()
             self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
+            if until is not None and self.confirmed_lsn >= until and dec.tracker is None \
+                    and not len(window):
+                log.info("drained up to %s", lsn_to_str(until))
+                break
             now = time.monotonic()
             if reply or (self.confirmed_lsn != sent and now - self._last_status >= 0.1) \
                     or now - self._last_status >= status_every:

@@ -59,11 +59,13 @@ def source() -> None:
 
 @source.command("run")
 @click.argument("file", type=_FILE)
-def source_run(file: Path) -> int:
+@click.option("--drain", is_flag=True,
+              help="stop once the WAL up to its position at start is in Kafka (batch runs)")
+def source_run(file: Path, drain: bool) -> int:
     """Run a CDC source from FILE (YAML or JSON source settings) until SIGTERM/SIGINT."""
     from ops._source_cli import run_source
 
-    return run_source(file)
+    return run_source(file, drain=drain)
 
 
 @cli.command()
@@ -74,12 +76,15 @@ def source_run(file: Path) -> int:
               help="serve Faust's web views on 127.0.0.1:PORT (default: off)")
 @click.option("--log-level", default=None, help="Faust's log level")
 @click.option("--check", is_flag=True, help="validate the spec and exit")
+@click.option("--drain", is_flag=True,
+              help="process the input up to its end offsets at start, commit, exit 0 (batch runs)")
 def worker(file: Path, store: str | None, web_port: int | None, log_level: str | None,
-           check: bool) -> int:
+           check: bool, drain: bool) -> int:
     """Run the pipeline spec FILE as a Faust worker (a bad spec: every error, exit 2)."""
     from ops._worker_cli import run_worker
 
-    return run_worker(file, store=store, web_port=web_port, log_level=log_level, check=check)
+    return run_worker(file, store=store, web_port=web_port, log_level=log_level, check=check,
+                      drain=drain)
 
 
 @cli.command()
@@ -90,11 +95,15 @@ def worker(file: Path, store: str | None, web_port: int | None, log_level: str |
               help="stop after this many seconds without new records")
 @click.option("--metrics-port", type=int, default=None,
               help="serve Prometheus /metrics on 127.0.0.1:PORT (loader.metrics_port)")
-def load(file: Path, sink: str | None, idle_exit: float | None, metrics_port: int | None) -> int:
+@click.option("--drain", is_flag=True,
+              help="load every partition up to its end offset at start, then stop (batch runs)")
+def load(file: Path, sink: str | None, idle_exit: float | None, metrics_port: int | None,
+         drain: bool) -> int:
     """Run one loader from a pipeline spec or a loader config FILE until SIGTERM/SIGINT."""
     from ops._load_cli import run_load
 
-    return run_load(file, sink=sink, idle_exit=idle_exit, metrics_port=metrics_port)
+    return run_load(file, sink=sink, idle_exit=idle_exit, metrics_port=metrics_port,
+                    drain=drain)
 
 
 # -- dead letters --------------------------------------------------------------------------

@@ -134,9 +134,10 @@ def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
 
 
 def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = None,
-             metrics_port: int | None = None) -> int:
+             metrics_port: int | None = None, drain: bool = False) -> int:
     """Run the loader ``file`` describes until SIGTERM/SIGINT (or ``idle_exit`` seconds
-    without records); 2 for a bad file."""
+    without records; or, with ``drain``, once its topic is loaded up to its end offsets at
+    start); 2 for a bad file."""
     setup_logging(fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         doc = yaml.safe_load(file.read_text())
@@ -154,7 +155,7 @@ def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = N
         signal.signal(sig, lambda *_: stop.set())
     loader = Loader(settings, target)
     try:
-        loader.run(stop, idle_exit=idle_exit)
+        loader.run(stop, idle_exit=idle_exit, drain=drain)
     except DataFlowError as exc:
         error("dataflow load", exc)
         return 1

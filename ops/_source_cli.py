@@ -35,8 +35,9 @@ def _config(file: Path) -> PostgresCDCConfig:
     return PostgresCDCConfig.load(file)
 
 
-def run_source(file: Path) -> int:
-    """Run the source that ``file`` configures; 2 when the settings are bad."""
+def run_source(file: Path, drain: bool = False) -> int:
+    """Run the source that ``file`` configures; 2 when the settings are bad. ``drain``:
+    stop by itself once the WAL up to its position at start is in Kafka (batch runs)."""
     setup_logging()
     try:
         source = PostgresCDCSource(_config(file))
@@ -51,7 +52,7 @@ def run_source(file: Path) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        source.run()
+        source.run(drain=drain)
     except DataFlowError as exc:
         error("dataflow source", exc)
         return 1

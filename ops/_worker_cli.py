@@ -8,17 +8,23 @@ Several workers of one pipeline share its partitions (one consumer group,
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
 from ops._console import error
 from schemas import ConfigError, redact
-from streams import SpecError, WorkerSettings, build_app, load_spec
+from streams import SpecError, WorkerSettings, build_app, install_drain, load_spec
 
 
 def run_worker(file: Path, *, store: str | None = None, web_port: int | None = None,
-               log_level: str | None = None, check: bool = False) -> int:
-    """Validate ``file``, then run it until the worker stops; 2 for a bad spec."""
+               log_level: str | None = None, check: bool = False, drain: bool = False) -> int:
+    """Validate ``file``, then run it until the worker stops; 2 for a bad spec.
+
+    ``drain`` (batch runs): process the input topics up to their end offsets at start,
+    commit, and exit 0 (1 when stopped before that).
+    """
     try:
         spec = load_spec(file)
     except SpecError as exc:
@@ -44,6 +50,20 @@ def run_worker(file: Path, *, store: str | None = None, web_port: int | None = N
         return 2
     import faust
 
+    drained = False
+    if drain:
+        def _done() -> None:
+            nonlocal drained
+            drained = True
+            os.kill(os.getpid(), signal.SIGTERM)   # Faust's own clean stop (commits, exit 0)
+
+        install_drain(app, _done)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if drain and not drained and not exc.code:
+            print(f"{file}: stopped before the input was drained", file=sys.stderr)
+            return 1
+        raise
     return 0

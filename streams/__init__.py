@@ -2,6 +2,7 @@
 
 from streams._app import Pipeline, WorkerSettings, build_app
 from streams._compile import build_rule, build_transform, compile_chain, decoder_for
+from streams._drain import install_drain
 from streams._spec import (
     Aggregation,
     AllowedRuleSpec,
@@ -88,6 +89,7 @@ __all__ = [
     "WindowSpec",
     "WorkerSettings",
     "build_app",
+    "install_drain",
     "build_rule",
     "build_transform",
     "compile_chain",
