@@ -154,7 +154,14 @@ class _Pipeline:
 
 
 class Supervisor:
-    """Runs pipelines' processes on this host (see the module docstring)."""
+    """Runs pipelines' processes on this host (see the module docstring).
+
+    ``env`` is the environment every process gets (``KAFKA_BOOTSTRAP_SERVERS``, DSN
+    defaults, ``DATAFLOW_SUPERVISOR_*``). ``on_change`` is awaited after every change of a
+    pipeline's state, reason or processes, under that pipeline's lock: it may read
+    ``status()`` but must not call ``apply``/``run_once``/``purge`` (schedule those as tasks).
+    A scheduled pipeline (``schedule``) is run through ``run_once``, not ``apply``.
+    """
 
     def __init__(self, *, home: Path, env: Mapping[str, str],
                  on_change: Callable[[PipelineStatus], Awaitable[None]] | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ops.api import PipelineStatus
+from ops.api import PipelineStatus, SupervisorError
 from tests.ops.api.sup_support import (
     DDL,
     by_role,
@@ -49,6 +49,9 @@ async def test_one_spec_runs_cdc_worker_loader_and_a_killed_worker_is_restarted(
                                                          "loader-postgres": 1}
         assert all(p.metrics_url and p.metrics_url.startswith("http://127.0.0.1:")
                    for p in status.processes)
+        folder = tmp_path / "pipelines" / pid_
+        assert folder.stat().st_mode & 0o777 == 0o700   # the spec holds the DSN
+        assert (folder / "v1.yaml").stat().st_mode & 0o777 == 0o600
         await until(lambda: target_rows(fresh_db) == source_rows(fresh_db) != [], 90,
                     "the snapshot in the target")
         sql(fresh_db, "INSERT INTO items VALUES (4, 'd', 4), (5, 'e', 5)",
@@ -128,6 +131,8 @@ async def test_pause_stops_resume_starts_and_a_new_version_rolls_one_at_a_time(
                     "the changes made while paused")
         v1 = await until(lambda: sup.status(pid_).state == "running" and sup.status(pid_), 30,
                          "running again")
+        with pytest.raises(SupervisorError, match="is running; a run is for a stopped"):
+            await sup.run_once(pid_, 1, spec)
         old = {p.pid for p in v1.processes}
 
         spec2 = cdc_spec(pid_, fresh_db, kafka_bootstrap, parallelism=2,

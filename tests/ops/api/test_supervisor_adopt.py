@@ -45,6 +45,11 @@ async def test_a_new_supervisor_adopts_live_processes_and_not_a_recycled_pid(
     spec_file = tmp_path / "pipelines" / "adopt" / "v1.yaml"
     pids = by_role(status)["worker"]
     assert _workers_of(spec_file) == set(pids)
+    envs = [dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                 if b"=" in v) for pid in pids]
+    for key in (b"DATAFLOW_DATA_DIR", b"DATAFLOW_METRICS_PORT"):   # one of each per worker
+        assert len({e[key] for e in envs}) == 2
+    assert {e[b"DATAFLOW_METRICS_HOST"] for e in envs} == {b"127.0.0.1"}
 
     # worker-1 dies while no supervisor watches, and its pid goes to another program
     run = tmp_path / "pipelines" / "adopt" / "run"
