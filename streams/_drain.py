@@ -45,7 +45,7 @@ class Drain:
         return True
 
 
-def install_drain(app: BatchApp, on_drained: Callable[[], None], interval: float = 0.5) -> Drain:
+def install_drain(app: BatchApp, on_drained: Callable[[], None], interval: float = 1.0) -> Drain:
     """Check ``app``'s drain every ``interval`` seconds (off the event loop); call
     ``on_drained`` once when it is done. The source topics' end offsets are read now."""
     pipeline: Pipeline = app.pipeline  # type: ignore[attr-defined]

@@ -84,7 +84,7 @@ async def test_one_spec_runs_cdc_worker_loader_and_a_killed_worker_is_restarted(
 
 
 async def test_a_process_that_always_crashes_fails_the_pipeline_with_the_reason(
-        tmp_path: Path, unique: str) -> None:
+        tmp_path: Path, kafka_bootstrap: str, unique: str) -> None:
     seen: list[PipelineStatus] = []
     sup = supervisor(tmp_path, seen, restart_limit="3", backoff_s="0.2")
     spec = {"name": f"crash_{unique}", "source": {"topics": [f"missing-{unique}"], "format": "json"}}

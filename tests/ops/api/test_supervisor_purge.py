@@ -53,3 +53,4 @@ async def test_run_of_a_stateful_pipeline_then_purge_removes_its_internal_topics
         assert out in admin.list_topics(timeout=30).topics   # users' topics are kept
     finally:
         await sup.close()
+

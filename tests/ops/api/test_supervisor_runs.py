@@ -44,3 +44,17 @@ async def test_run_once_drains_every_stage_and_records_the_counts(
     finally:
         await sup.purge(pid_, spec)
         await sup.close()
+
+
+async def test_a_run_whose_worker_fails_is_recorded_failed_with_the_reason(
+        tmp_path: Path, kafka_bootstrap: str, unique: str) -> None:
+    spec = {"name": f"nope_{unique}", "source": {"topics": [f"missing-{unique}"], "format": "json"}}
+    sup = supervisor(tmp_path)
+    try:
+        run = await sup.run_once("nope", 1, spec)
+    finally:
+        await sup.close()
+    assert (run.outcome, run.rows_in, run.rows_out, run.rows_failed) == ("failed", 0, 0, 0)
+    assert run.reason is not None and run.reason.startswith("worker-0 exited with code 2")
+    assert f"topic 'missing-{unique}' does not exist" in run.reason
+    assert sup.status("nope").processes == ()
