@@ -21,8 +21,10 @@ from tests.pipeline_support import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_drain_processes_every_stage_to_the_end_and_exits(
-        tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str], unique: str) -> None:
+        tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str], unique: str,
+        guarantee: str) -> None:
     src = make_topic("drain-in", partitions=2)
     out = f"drain-out-{unique}"
     name = f"drain_{unique}"
@@ -34,6 +36,7 @@ def test_drain_processes_every_stage_to_the_end_and_exits(
         "transforms": [{"type": "filter", "expr": "qty > 0"}],
         "stateful": [{"type": "dedup", "name": "first_sku", "key": "sku", "ttl": "1h"}],
         "sinks": {"kafka": {"topic": out}},
+        "processing_guarantee": guarantee,   # exactly once: offsets past transaction markers
     })
     rows = [{"id": i, "sku": f"s{i % 7}", "qty": (i % 5) - 1} for i in range(60)]
     # keyed by sku: one sku stays in one partition, in order, so "first" is well defined

@@ -16,15 +16,18 @@ from tests.pipeline_support import produce, read_topic
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_run_of_a_stateful_pipeline_then_purge_removes_its_internal_topics_and_group(
-        tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str], unique: str) -> None:
+        tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str], unique: str,
+        guarantee: str) -> None:
+    """Exactly once: the run's counts leave the transaction markers out."""
     src = make_topic("purge-in", partitions=2)
     name = f"purge_{unique}"
     out = f"purge-out-{unique}"
     spec = {"name": name, "source": {"topics": [src], "format": "json"},
             "transforms": [{"type": "filter", "expr": "qty > 0"}],
             "stateful": [{"type": "dedup", "name": "first_sku", "key": "sku", "ttl": "1h"}],
-            "sinks": {"kafka": {"topic": out}}}
+            "sinks": {"kafka": {"topic": out}}, "processing_guarantee": guarantee}
     rows = [{"id": i, "sku": f"s{i % 7}", "qty": (i % 5) - 1} for i in range(40)]
     produce(kafka_bootstrap, src, [(r["sku"].encode(), orjson.dumps(r)) for r in rows])
     sup = supervisor(tmp_path)
