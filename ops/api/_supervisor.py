@@ -19,7 +19,9 @@ time, command line, version of each live process).
   same home ``adopt()``s those whose pid, start time and command line match their record
   (a recycled pid does not) and starts only what is missing.
 
-State machine (``_to``): stopped -> starting -> running; any -> paused | stopped | failed.
+State machine (``TRANSITIONS``, checked in ``_to``): stopped -> starting -> running (stopped
+-> running when every process was adopted); any -> paused | stopped | failed; an exception
+escaping a start or a supervision round makes the pipeline ``failed`` with it as reason.
 """
 
 from __future__ import annotations
@@ -40,12 +42,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ops.api._layout import Layout, Want, layout, private_dir
 from ops.api._procs import Proc, free_port, log_tail
-from schemas import DataFlowError
+from schemas import DataFlowError, redact
 
 log = logging.getLogger("dataflow.supervisor")
 
 State = Literal["stopped", "starting", "running", "paused", "failed"]
 Desired = Literal["running", "paused", "stopped"]
+
+
+#: the states a pipeline may go to from each state (``_to`` checks every change)
+TRANSITIONS: dict[State, frozenset[State]] = {
+    "stopped": frozenset({"starting", "running", "paused", "failed"}),   # running: adopted
+    "paused": frozenset({"starting", "stopped", "failed"}),
+    "starting": frozenset({"running", "paused", "stopped", "failed"}),
+    "running": frozenset({"starting", "paused", "stopped", "failed"}),
+    "failed": frozenset({"starting", "paused", "stopped"}),
+}
 
 
 class SupervisorError(DataFlowError):
@@ -196,7 +208,11 @@ class Supervisor:
                 p.desired, p.reason = "running", None
                 p.crashes.clear()
                 p.restart_at.clear()
-                await self._converge(p, lay, version)
+                try:
+                    await self._converge(p, lay, version)
+                except Exception as exc:
+                    await self._fail(p, f"start failed: {redact(str(exc))}")
+                    raise
                 self._watch(p)
             else:
                 p.desired = desired
@@ -364,8 +380,9 @@ class Supervisor:
                     break
                 try:
                     await self._tick(p)
-                except Exception:   # noqa: BLE001 - the watcher must outlive one bad tick
-                    log.exception("pipeline %s: supervision tick failed", p.id)
+                except Exception as exc:   # noqa: BLE001 - failed, never a silent loop
+                    log.exception("pipeline %s: supervision failed", p.id)
+                    await self._fail(p, f"supervision failed: {redact(str(exc))}")
 
     async def _tick(self, p: _Pipeline) -> None:
         s = self.settings
@@ -383,10 +400,9 @@ class Supervisor:
             log.warning("pipeline %s: %s (pid %d) %s", p.id, key, proc.pid, why)
             if len(crashes) >= s.restart_limit:
                 tail = log_tail(proc.log)
-                p.reason = (f"{key} {why}; {len(crashes)} crashes within "
-                            f"{s.restart_window_s:g}s, not restarted. Last log lines:\n{tail}")
-                await self._stop_all(p)
-                await self._to(p, "failed")
+                await self._fail(p, f"{key} {why}; {len(crashes)} crashes within "
+                                    f"{s.restart_window_s:g}s, not restarted. Last log lines:\n"
+                                    f"{tail}")
                 return
             delay = min(s.backoff_s * 2 ** (len(crashes) - 1), s.backoff_max_s)
             p.restart_at[key] = now + delay
@@ -410,9 +426,17 @@ class Supervisor:
             for w in p.layout.wants)
         await self._to(p, "running" if ready else "starting")
 
+    async def _fail(self, p: _Pipeline, reason: str) -> None:
+        """``failed`` with ``reason``: every process stopped, nothing restarted."""
+        p.reason = reason
+        await self._stop_all(p)
+        await self._to(p, "failed")
+
     async def _to(self, p: _Pipeline, state: State) -> None:
-        """The one place a state changes; ``on_change`` hears of every change of the state,
-        the reason or the processes."""
+        """The one place a state changes (checked against ``TRANSITIONS``); ``on_change``
+        hears of every change of the state, the reason or the processes."""
+        if state != p.state and state not in TRANSITIONS[p.state]:
+            raise RuntimeError(f"pipeline {p.id}: no transition {p.state} -> {state}")
         p.state = state
         if state in ("running", "paused", "stopped"):
             p.reason = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -153,4 +154,22 @@ async def test_pause_stops_resume_starts_and_a_new_version_rolls_one_at_a_time(
     finally:
         await sup.apply(pid_, 2, spec, "stopped")
         await sup.purge(pid_, spec)
+        await sup.close()
+
+
+async def test_an_error_in_supervision_fails_the_pipeline_instead_of_looping(
+        tmp_path: Path, kafka_bootstrap: str, unique: str) -> None:
+    sup = supervisor(tmp_path, restart_limit="5", backoff_s="1")
+    spec = {"name": f"err_{unique}", "source": {"topics": [f"missing-{unique}"], "format": "json"}}
+    logs = tmp_path / "pipelines" / "err" / "logs"
+    try:
+        await sup.apply("err", 1, spec, "running")
+        await until(lambda: sup.status("err").processes == (), 60, "the first crash")
+        shutil.rmtree(logs)
+        logs.write_text("not a folder")   # the restart cannot open its log
+        status = await until(lambda: sup.status("err").state == "failed" and sup.status("err"),
+                             30, "failed")
+        assert status.reason is not None and status.reason.startswith("supervision failed: ")
+        assert status.processes == ()
+    finally:
         await sup.close()
