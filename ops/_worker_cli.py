@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ops._console import error
@@ -56,6 +57,10 @@ def run_worker(file: Path, *, store: str | None = None, web_port: int | None = N
             nonlocal drained
             drained = True
             os.kill(os.getpid(), signal.SIGTERM)   # Faust's own clean stop (commits, exit 0)
+            # everything is committed already: a stop that hangs (Faust can) ends in 30 s
+            hard_stop = threading.Timer(30.0, os._exit, (0,))
+            hard_stop.daemon = True
+            hard_stop.start()
 
         install_drain(app, _done)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=True)
