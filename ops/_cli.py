@@ -154,6 +154,20 @@ def dlq_show(target: str, stage: str | None, bootstrap: str | None, timeout: flo
     return show(target, stage=stage, bootstrap=bootstrap, timeout=timeout, limit=limit)
 
 
+# -- control plane ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="address to bind (default 127.0.0.1)")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="port (default 8600; 0: any free port)")
+def api(host: str | None, port: int | None) -> int:
+    """Serve the REST API (registry in Kafka: KAFKA_BOOTSTRAP_SERVERS, DATAFLOW_REGISTRY_PREFIX)."""
+    from ops.api import run_api
+
+    return run_api(host=host, port=port)
+
+
 # -- demo ----------------------------------------------------------------------------------
 
 

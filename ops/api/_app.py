@@ -1,0 +1,239 @@
+"""The aiohttp application: the route table registered, bodies and queries validated by
+their models, every error answered as JSON, and ``dataflow api`` to serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ops.api._errors import ApiError
+from ops.api._models import ErrorResponse
+from ops.api._registry import RegistryError
+from ops.api._routes import ROUTES
+from ops.api._state import Api, ApiSettings
+from ops.api._table import YAML_TYPES, Call, Route
+from schemas import ConfigError, redact
+
+log = logging.getLogger("dataflow.api")
+API: web.AppKey[Api] = web.AppKey("api", Api)
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _error(status: int, code: str, message: str, field: str | None = None,
+           errors: list[tuple[str, str]] | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = ErrorResponse.model_validate({"error": {
+        "code": code, "message": message, "field": field,
+        "errors": None if errors is None else [{"field": f, "message": m} for f, m in errors]}})
+    return web.Response(status=status, headers=headers, content_type="application/json",
+                        body=orjson.dumps(body.model_dump(mode="json", exclude_none=True)))
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
+@web.middleware
+async def _errors(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  ) -> web.StreamResponse:
+    """Every answer is JSON, whatever failed; a 500 says nothing of the internals."""
+    api = request.app[API]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(exc.status, exc.code, exc.message, exc.field, exc.errors)
+    except RegistryError as exc:
+        response = _error(503, "kafka_unavailable", redact(str(exc)))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no such route: {request.path}"
+        elif exc.status == 405:
+            message = (f"{request.method} is not allowed on {request.path} (allowed: "
+                       f"{exc.headers.get('Allow', '')})")
+        elif exc.status == 413:
+            message = (f"the body is larger than {api.settings.max_body_bytes} bytes "
+                       "(DATAFLOW_API_MAX_BODY_BYTES)")
+        else:
+            message = exc.reason
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = _error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message,
+                          field="body" if exc.status == 413 else None, headers=allow)
+    except Exception:
+        log.error("unexpected error on %s %s:\n%s", request.method, request.path,
+                  redact(traceback.format_exc()))
+        response = _error(500, "internal", "internal error (logged by the API)")
+    name = _route_name(request)
+    api.metrics.requests.labels(request.method, name, str(response.status)).inc()
+    api.metrics.latency.labels(request.method, name).observe(time.perf_counter() - started)
+    return response
+
+
+def _invalid(exc: ValidationError, where: str) -> ApiError:
+    items = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or where
+        items.append((field, redact(err["msg"])))
+    return ApiError(422, f"invalid_{where}", f"invalid {where} ({len(items)} error"
+                    f"{'s' if len(items) != 1 else ''})", field=items[0][0], errors=items)
+
+
+async def _read_body(route: Route, request: web.Request, call: Call) -> None:
+    ctype = request.content_type
+    is_yaml = ctype in YAML_TYPES
+    if not (ctype == "application/json" or ctype.endswith("+json") or (
+            is_yaml and route.yaml_body)):
+        wanted = "application/json" + (" or application/yaml" if route.yaml_body else "")
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {ctype!r} is not accepted here (expected {wanted})",
+                       field="Content-Type")
+    limit = call.api.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "empty_body", "the request has no body", field="body")
+    if is_yaml:
+        try:
+            call.text = raw.decode()
+        except UnicodeDecodeError:
+            raise ApiError(400, "malformed_yaml", "the YAML body is not UTF-8",
+                           field="body") from None
+        return
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}",
+                       field="body") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"expected a JSON object, got "
+                       f"{type(data).__name__}", field="body")
+    assert route.body is not None
+    try:
+        call.body = route.body.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc, "body") from None
+
+
+def _respond(route: Route, result: Any, call: Call) -> web.Response:
+    if isinstance(route.response, str):
+        if isinstance(result, str):
+            return web.Response(status=route.status, text=result, headers=call.headers,
+                                content_type="text/plain", charset="utf-8")
+        return web.Response(status=route.status, body=orjson.dumps(result),
+                            headers=call.headers, content_type=route.response)
+    if not isinstance(result, route.response):  # the document would be wrong: refuse
+        raise TypeError(f"{route.operation_id} answered {type(result).__name__}, not "
+                        f"{route.response.__name__}")
+    assert isinstance(result, BaseModel)
+    return web.Response(status=route.status, headers=call.headers,
+                        content_type="application/json",
+                        body=orjson.dumps(result.model_dump(mode="json")))
+
+
+def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        call = Call(request, request.app[API], dict(request.match_info))
+        if route.query is not None:
+            try:
+                call.query = route.query.model_validate(dict(request.query))
+            except ValidationError as exc:
+                raise _invalid(exc, "query") from None
+        if route.body is not None:
+            await _read_body(route, request, call)
+        return _respond(route, await route.handler(call), call)
+
+    handle.__name__ = route.operation_id
+    return handle
+
+
+async def _start_registry(api: Api) -> None:
+    """Start following the registry; retried while Kafka does not answer (``/ready``
+    says why meanwhile)."""
+    while True:
+        try:
+            await asyncio.to_thread(api.registry.start)
+            api.registry.failure = None
+            return
+        except RegistryError as exc:
+            api.registry.failure = str(exc)
+            log.warning("registry: %s (retrying)", exc)
+            await asyncio.sleep(2)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    api = app[API]
+    task = asyncio.create_task(_start_registry(api))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(api.registry.close)
+
+
+def make_app(settings: ApiSettings) -> web.Application:
+    """The API as an aiohttp application (no Kafka is touched until it starts)."""
+    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    app[API] = Api(settings)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _endpoint(route))
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def serve(settings: ApiSettings) -> None:
+    """Serve until SIGTERM or SIGINT; prints the address it listens on."""
+    runner = web.AppRunner(make_app(settings), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"dataflow api: listening on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _bootstrap() -> str | None:
+    import os
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return None  # ApiSettings.from_env reads it
+    from ops._stack import Stack
+
+    return Stack().env()["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def run_api(host: str | None = None, port: int | None = None) -> int:
+    """``dataflow api [--host 127.0.0.1] [--port 8600]``: serve until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ApiSettings.from_env(host=host, port=port, bootstrap=_bootstrap())
+    except (ValidationError, ConfigError) as exc:
+        print(f"dataflow api: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0

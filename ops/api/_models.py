@@ -1,0 +1,114 @@
+"""The request and response models: they validate requests, shape responses, and are the
+schemas of the OpenAPI document (``_openapi`` reads them; nothing is written twice)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from streams import PipelineSpec
+
+State = Literal["stopped", "starting", "running", "paused", "failed"]
+Desired = Literal["running", "paused", "stopped"]
+
+#: a request's ``spec``: its schema is ``PipelineSpec``'s, and ``streams.load_spec``
+#: validates it with that model (after the bounds checks and with every error listed)
+SpecDocument = SkipValidation[PipelineSpec]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------ errors
+
+
+class ErrorItem(_Strict):
+    field: str
+    message: str
+
+
+class ErrorBody(_Strict):
+    code: str
+    message: str
+    field: str | None = None
+    #: every problem, when there are several (an invalid spec lists each bad field)
+    errors: list[ErrorItem] | None = None
+
+
+class ErrorResponse(_Strict):
+    error: ErrorBody
+
+
+# ------------------------------------------------------------------ service
+
+
+class Health(_Strict):
+    status: Literal["ok"]
+
+
+class Ready(_Strict):
+    ready: bool
+    kafka: bool
+    registry_loaded: bool
+    pipelines: int
+
+
+class Link(_Strict):
+    href: str
+    title: str
+
+
+class Index(_Strict):
+    name: str
+    version: str
+    links: dict[str, Link]
+
+
+# ------------------------------------------------------------------ pipelines
+
+
+class PipelineWrite(_Strict):
+    """POST/PUT body as JSON; a YAML body (``application/yaml``) is the spec itself."""
+
+    spec: SpecDocument
+
+
+class Pipeline(_Strict):
+    id: str
+    name: str
+    version: int = Field(ge=1)
+    #: what the pipeline's processes are doing (from ``_dataflow.status``)
+    state: State
+    #: what was asked for (run/pause/resume/stop)
+    desired: Desired
+    #: the spec as stored, every secret masked
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class PipelineList(_Strict):
+    items: list[Pipeline]
+    #: pass as ``cursor`` for the next page; null on the last page
+    next_cursor: str | None
+
+
+class ListQuery(_Strict):
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, min_length=1, max_length=400)
+    state: State | None = None
+    prefix: str | None = Field(None, max_length=63)
+
+
+class DeleteQuery(_Strict):
+    #: also remove the pipeline's consumer groups, replication slot and internal topics
+    purge: bool = False
+
+
+class Deleted(_Strict):
+    id: str
+    deleted: Literal[True]
+    purged: bool

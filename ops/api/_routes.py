@@ -1,0 +1,170 @@
+"""The handlers and the one route table the server and the OpenAPI document share."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import generate_latest
+
+from ops.api._errors import ApiError
+from ops.api._models import (
+    Deleted,
+    Health,
+    Index,
+    Link,
+    ListQuery,
+    Pipeline,
+    PipelineList,
+    PipelineWrite,
+    Ready,
+)
+from ops.api._pipelines import parse_spec
+from ops.api._table import PROMETHEUS, Call, Route, document
+from streams import PipelineSpec
+
+
+def api_version() -> str:
+    try:
+        return version("itechsmart-dataflow")
+    except PackageNotFoundError:  # pragma: no cover - run from a tree without metadata
+        return "0"
+
+
+# ------------------------------------------------------------------ service
+
+
+async def health(call: Call) -> Health:
+    return Health(status="ok")
+
+
+async def ready(call: Call) -> Ready:
+    reg = call.api.registry
+    kafka = await asyncio.to_thread(reg.kafka_reachable)
+    loaded = reg.loaded.is_set()
+    body = Ready(ready=kafka and loaded, kafka=kafka, registry_loaded=loaded,
+                 pipelines=len(reg.items(reg.topics.pipelines)) if loaded else 0)
+    if not body.ready:
+        why = "Kafka is not reachable" if not kafka else (
+            reg.failure or "the registry is still loading")
+        raise ApiError(503, "not_ready", why)
+    return body
+
+
+async def index(call: Call) -> Index:
+    links = {
+        "openapi": Link(href="/openapi.json", title="OpenAPI 3.1 document"),
+        "health": Link(href="/health", title="liveness"),
+        "ready": Link(href="/ready", title="readiness (Kafka reachable, registry loaded)"),
+        "pipelines": Link(href="/api/v1/pipelines", title="pipelines"),
+        "metrics": Link(href="/metrics", title="Prometheus metrics of the API"),
+    }
+    return Index(name="dataflow", version=api_version(), links=links)
+
+
+async def openapi(call: Call) -> dict[str, object]:
+    return openapi_document()
+
+
+async def metrics(call: Call) -> str:
+    return generate_latest(call.api.metrics.registry).decode()
+
+
+# ------------------------------------------------------------------ pipelines
+
+
+def _ready(call: Call) -> None:
+    reg = call.api.registry
+    if not reg.loaded.is_set():
+        raise ApiError(503, "not_ready", reg.failure or "the registry is still loading")
+
+
+def _spec_of(call: Call) -> PipelineSpec:
+    if call.text is not None:
+        return parse_spec(call.text)
+    assert isinstance(call.body, PipelineWrite)
+    return parse_spec(call.body.spec)
+
+
+def _if_match(call: Call) -> int | None:
+    raw = call.request.headers.get("If-Match")
+    if raw is None:
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, "invalid_header", "If-Match must be a pipeline version (an "
+                       "integer)", field="If-Match")
+    return int(text)
+
+
+def _located(call: Call, pipeline: Pipeline) -> Pipeline:
+    call.headers["ETag"] = f'"{pipeline.version}"'
+    call.headers["Location"] = f"/api/v1/pipelines/{pipeline.id}"
+    return pipeline
+
+
+async def list_pipelines(call: Call) -> PipelineList:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    page, cursor = pipes.page(call.query)
+    return PipelineList(items=[pipes.view(r) for r in page], next_cursor=cursor)
+
+
+async def create_pipeline(call: Call) -> Pipeline:
+    _ready(call)
+    spec = _spec_of(call)
+    pipes = call.api.pipelines
+    return _located(call, pipes.view(await pipes.create(spec)))
+
+
+async def get_pipeline(call: Call) -> Pipeline:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    return _located(call, pipes.view(pipes.record(call.params["id"])))
+
+
+async def replace_pipeline(call: Call) -> Pipeline:
+    _ready(call)
+    expected = _if_match(call)
+    pipes = call.api.pipelines
+    pipes.record(call.params["id"])  # an unknown id is a 404 before the body is judged
+    spec = _spec_of(call)
+    return _located(call, pipes.view(await pipes.replace(call.params["id"], spec, expected)))
+
+
+async def delete_pipeline(call: Call) -> Deleted:
+    _ready(call)
+    old = await call.api.pipelines.delete(call.params["id"])
+    return Deleted(id=old["id"], deleted=True, purged=False)
+
+
+_BODY = (400, 413, 415, 422)
+_ID = "/api/v1/pipelines/{id}"
+ROUTES: list[Route] = [
+    Route("GET", "/", index, "name, version and links", Index),
+    Route("GET", "/health", health, "liveness", Health),
+    Route("GET", "/ready", ready, "Kafka reachable and the registry loaded", Ready,
+          errors=(503,)),
+    Route("GET", "/openapi.json", openapi, "this document", "application/json"),
+    Route("GET", "/metrics", metrics, "the API's Prometheus metrics", PROMETHEUS),
+    Route("GET", "/api/v1/pipelines", list_pipelines, "list pipelines (paginated)",
+          PipelineList, query=ListQuery, errors=(400, 422, 503), tag="pipelines"),
+    Route("POST", "/api/v1/pipelines", create_pipeline, "create a pipeline from a spec",
+          Pipeline, status=201, body=PipelineWrite, yaml_body=True,
+          errors=(*_BODY, 409, 503), tag="pipelines",
+          links=("get_pipeline", "replace_pipeline", "delete_pipeline")),
+    Route("GET", _ID, get_pipeline, "one pipeline", Pipeline, errors=(404, 503),
+          tag="pipelines"),
+    Route("PUT", _ID, replace_pipeline, "a new version of a pipeline's spec", Pipeline,
+          body=PipelineWrite, yaml_body=True,
+          headers=(("If-Match", "the version this update is based on (409 when stale)"),),
+          errors=(*_BODY, 404, 409, 503), tag="pipelines"),
+    Route("DELETE", _ID, delete_pipeline, "delete a pipeline", Deleted, errors=(404, 503),
+          tag="pipelines"),
+]
+
+
+def openapi_document() -> dict[str, object]:
+    return document(ROUTES, [PipelineSpec], api_version())

@@ -1,0 +1,114 @@
+"""A real ``dataflow api`` process per test (its own port and registry prefix) against the
+stack's Kafka, and a small HTTP client that returns status, headers and JSON."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    text: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+@dataclass
+class ApiProcess:
+    """One ``dataflow api`` subprocess; ``call`` talks HTTP to it."""
+
+    prefix: str
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+    log: Path = field(default_factory=lambda: Path("/dev/null"))
+
+    def start(self, log: Path, timeout: float = 60.0) -> ApiProcess:
+        self.log = log
+        out = log.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ops", "api", "--port", "0"], cwd=ROOT, env=self.env,
+            stdout=subprocess.PIPE, stderr=out, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        m = re.search(r"http://[\d.]+:\d+", line)
+        assert m, f"no address printed: {line!r}; log: {log.read_text()[-2000:]}"
+        self.url = m.group(0)
+        deadline = time.monotonic() + timeout
+        while self.call("GET", "/ready").status != 200:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+             content_type: str = "application/json",
+             headers: dict[str, str] | None = None) -> Reply:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={**({"Content-Type": content_type} if data
+                                                 is not None else {}), **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return Reply(resp.status, dict(resp.headers), resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, dict(exc.headers), exc.read().decode())
+        except (ConnectionError, urllib.error.URLError) as exc:
+            return Reply(0, {}, str(exc))
+
+
+@pytest.fixture
+def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
+    """``api_factory()`` starts an API on a fresh registry prefix; ``api_factory(prefix)``
+    another one on the same registry."""
+    started: list[ApiProcess] = []
+    prefixes: set[str] = set()
+
+    def make(prefix: str | None = None, **env: str) -> ApiProcess:
+        prefix = prefix or f"_dataflow-test-{uuid.uuid4().hex[:10]}"
+        prefixes.add(prefix)
+        full = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "DATAFLOW_REGISTRY_PREFIX": prefix, **env}
+        api = ApiProcess(prefix, full)
+        started.append(api)
+        return api.start(tmp_path / f"api-{len(started)}.log")
+
+    yield make
+    for api in started:
+        api.stop()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topics = [f"{p}.{t}" for p in prefixes for t in ("pipelines", "status", "runs")]
+    concurrent.futures.wait(list(admin.delete_topics(topics).values()), timeout=30)
+
+
+@pytest.fixture
+def api(api_factory: Callable[..., ApiProcess]) -> ApiProcess:
+    return api_factory()
