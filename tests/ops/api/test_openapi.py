@@ -51,7 +51,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
          "response_schema_conformance", "--max-examples", "20", "--seed", "7", "--workers", "2",
          "--phases", "coverage,fuzzing,stateful", "--request-timeout", "30",
          "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:]
     assert "passed" in run.stdout and " failed" not in run.stdout.split("SUMMARY")[-1]
     selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", run.stdout)
