@@ -88,28 +88,33 @@ def test_an_invalid_spec_lists_every_bad_field_with_its_path(api: ApiProcess) ->
     assert [e["field"] for e in error["errors"]] == [
         "spec.name", "spec.source.format", "spec.transforms[0].expr", "spec.transforms[1].type",
         "spec.parallelism", "spec.colour"]
-    assert error["errors"][1]["message"] == "expected one of debezium|json|avro, got 'xml'"
+    assert error["errors"][1]["message"] == "expected one of debezium|json, got 'xml'"
     assert error["errors"][4]["message"] == "expected a value >= 1, got 0"
     assert error["errors"][5]["message"].startswith("unknown field (expected one of name, ")
     assert api.call("GET", "/api/v1/pipelines").json["items"] == []  # nothing half-applied
 
 
 def test_create_get_and_secrets_never_shown(api: ApiProcess) -> None:
-    yaml_spec = (b"name: orders\nsource:\n  topics: [orders.in]\n  format: avro\n"
-                 b"  schema_registry_url: http://reg:hunter2@registry:8081\n"
+    yaml_spec = (b"name: orders\nsource:\n  type: postgres\n"
+                 b"  dsn: postgresql://cdc:hunter2@db/shop\n  topic_prefix: shop\n"
+                 b"  table_include: ['public\\.orders']\n"
                  b"sinks:\n  postgres:\n    dsn: postgresql://loader:s3cret@db/shop\n"
-                 b"    table: orders\n    key: [id]\n")
+                 b"    table: orders\n    key: [id]\n"
+                 b"  objectstore:\n    url: s3://lake/orders\n"
+                 b"    endpoint_url: http://key:tops3cret@s3:9000\n")
     reply = api.call("POST", "/api/v1/pipelines", raw=yaml_spec, content_type="application/yaml")
     assert reply.status == 201, reply.text
     made = reply.json
-    assert "s3cret" not in reply.text and "hunter2" not in reply.text
+    assert "s3cret" not in reply.text and "hunter2" not in reply.text, reply.text
     assert set(made) == {"id", "name", "version", "state", "desired", "spec", "created_at",
                          "updated_at"}
     assert (made["name"], made["version"], made["state"], made["desired"]) == (
         "orders", 1, "stopped", "stopped")
     assert made["created_at"] == made["updated_at"]
     assert made["spec"]["sinks"]["postgres"]["dsn"] == "**********"
-    assert made["spec"]["source"]["schema_registry_url"] == "http://reg:***@registry:8081"
+    assert made["spec"]["source"]["dsn"] == "**********"
+    assert made["spec"]["source"]["topics"] == ["shop.public.orders"]
+    assert made["spec"]["sinks"]["objectstore"]["endpoint_url"] == "http://key:***@s3:9000"
     assert made["spec"]["dlq"] == {"topic": "dataflow.orders.dlq"}
     assert reply.headers["Location"] == f"/api/v1/pipelines/{made['id']}"
     assert reply.headers["ETag"] == '"1"'
