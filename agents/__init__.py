@@ -38,7 +38,6 @@ from agents._quality import (
     Rule,
     TypeRule,
     compile_json_schema,
-    quality_metrics,
 )
 from agents._runtime import BatchApp, BatchHandler, FastProducer, Outbox
 from agents._stateful import (
@@ -121,7 +120,6 @@ __all__ = [
     "encode_json",
     "encode_key",
     "encode_outputs",
-    "quality_metrics",
     "replay_dlq",
     "BatchApp",
     "BatchHandler",

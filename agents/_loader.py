@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import start_http_server
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents._decode import Decoder
 from agents._dlq import DlqRecord, dlq_records
 from agents._event import DeadLetter, Event
-from connectors import Rejected, Sink, SinkRecord, sink_metrics
+from connectors import Metrics, Rejected, Sink, SinkRecord, StageMetrics, metrics_endpoint
 from schemas import SinkBackpressure, SinkError, SourceError
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,10 @@ class LoaderSettings(BaseModel):
     keep_metadata: bool = False             # keep ``__op``/``__lsn``/... columns in rows
     format: Literal["json", "debezium"] = "json"
     consumer: dict[str, str | int] = Field(default_factory=dict)
-    metrics_port: int | None = None         # serve Prometheus /metrics on 127.0.0.1:port
+    #: serve Prometheus /metrics on metrics_host:metrics_port (default DATAFLOW_METRICS_PORT
+    #: and DATAFLOW_METRICS_HOST; unset or 0: not served)
+    metrics_port: int | None = Field(default_factory=lambda: metrics_endpoint()[1])
+    metrics_host: str = Field(default_factory=lambda: metrics_endpoint()[0])
 
 
 def _payload(obj: Any) -> Any:
@@ -161,6 +163,7 @@ class RecordMapper:
         value = _payload(ev.value)
         key = _payload(ev.key)
         version: Any = ev.offset if s.version_field is None else None
+        source_ts = ev.timestamp_ms   # the Kafka record's, unless the envelope says when
         if value is None:
             if s.deletes == "ignore" or s.version_field is not None:
                 return None
@@ -174,9 +177,12 @@ class RecordMapper:
             row = value.get("before") if deleted else value.get("after")
             if row is not None and not isinstance(row, dict):
                 raise ValueError(f"change event row is a {type(row).__name__}, not a record")
+            src = value.get("source")
+            src = src if isinstance(src, dict) else {}
+            committed = src.get("ts_ms")
+            if isinstance(committed, int):
+                source_ts = committed
             if s.version_field is not None:
-                src = value.get("source")
-                src = src if isinstance(src, dict) else {}
                 version = (row or {}).get(s.version_field)
                 if version is None and s.version_field in _LSN_NAMES:
                     version = src.get("lsn")
@@ -206,7 +212,7 @@ class RecordMapper:
             raise ValueError("change event without a row")
         return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
                           partition=ev.partition, offset=ev.offset,
-                          timestamp_ms=ev.timestamp_ms, origin=ev)
+                          timestamp_ms=ev.timestamp_ms, origin=ev, source_ts_ms=source_ts)
 
 
 def _without_value(rec: DlqRecord) -> DlqRecord:
@@ -229,6 +235,8 @@ class Loader:
         self.stage = f"sink:{getattr(sink, 'kind', 'sink')}"
         self.decoder = Decoder(settings.format)
         self.mapper = RecordMapper(settings, self.stage)
+        sink.pipeline = settings.pipeline
+        self.metrics = StageMetrics(settings.pipeline, self.stage)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.written = 0
@@ -294,6 +302,7 @@ class Loader:
         for tp in gone:
             self._consumed.pop(tp, None)
             self._committed.pop(tp, None)
+        self.metrics.forget(gone)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -302,8 +311,10 @@ class Loader:
         """Load until ``stop`` is set (or nothing arrived for ``idle_exit`` seconds; or,
         with ``drain``, every partition is read to its end offset at start)."""
         stop = self._stop = stop or threading.Event()
-        if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, addr="127.0.0.1")
+        metrics = Metrics.get()
+        if metrics.serve(self.settings.metrics_port, self.settings.metrics_host):
+            metrics.process_started(self.settings.pipeline, "loader")
+            metrics.sink_started(self.settings.pipeline, self.sink.kind)
         config = self._consumer_config()
         if drain:
             config["enable.partition.eof"] = True
@@ -384,6 +395,12 @@ class Loader:
         next_offsets: dict[tuple[str, int], int] = {}
         for m in batch:
             next_offsets[(m.topic(), m.partition())] = m.offset() + 1
+        self.metrics.received(len(batch))
+        if self._consumer is not None:
+            for (topic, partition), offset in next_offsets.items():
+                _, end = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                              cached=True)
+                self.metrics.lag(topic, partition, end, offset)
         self.commit(records, dead + unmapped, next_offsets)
 
     def commit(self, records: list[SinkRecord], dead: list[DeadLetter],
@@ -400,6 +417,8 @@ class Loader:
            never passes a record that is not durable.
         """
         sink = self.sink
+        metrics = Metrics.get()
+        labels = (self.settings.pipeline, sink.kind)
         while True:
             sink.add(records)
             try:
@@ -407,16 +426,19 @@ class Loader:
                 break
             except SinkBackpressure as bp:
                 if self.state is not _S.STALLED:
-                    sink_metrics().write_errors.labels(sink.kind, sink.name, "unavailable").inc()
+                    metrics.write_errors.labels(*labels, "unavailable").inc()
+                    self.metrics.error("sink_write")
                 self._to(_S.BACKPRESSURE, f"{bp}; retrying in {bp.retry_after:.1f}s")
                 if self._stop.wait(bp.retry_after):
                     raise _Stopped from bp  # nothing committed: the batch is read again
             except SinkError:
-                sink_metrics().write_errors.labels(sink.kind, sink.name, "error").inc()
+                metrics.write_errors.labels(*labels, "error").inc()
+                self.metrics.error("sink_write")
                 raise
-        sink_metrics().stalled.labels(sink.kind, sink.name).set(0)
+        metrics.stalled.labels(*labels).set(0)
         self._to(_S.RUNNING)
         self.written += len(records) - len(rejected)
+        self.metrics.sent(len(records) - len(rejected))
         dead = dead + self._dead_letters(rejected)
         if dead:
             self._to_dlq(dead)
@@ -431,14 +453,16 @@ class Loader:
                 self._committed.update(offsets)
             except KafkaException as exc:
                 # lost the partitions to a rebalance: the new owner re-reads; repeats are harmless
+                self.metrics.error("offset_commit")
                 log.warning("loader %s: offset commit failed: %s", self.settings.group_id, exc)
 
     def _flush_watched(self, final: bool) -> list[Rejected]:
         """``sink.flush`` in a writer thread, watched (see the module docstring)."""
         sink = self.sink
         timeout = sink.retry.write_timeout
-        metrics = sink_metrics()
-        since_progress = metrics.since_progress.labels(sink.kind, sink.name)
+        metrics = Metrics.get()
+        labels = (self.settings.pipeline, sink.kind)
+        since_progress = metrics.since_progress.labels(*labels)
         outcome: list[Any] = []
 
         def write() -> None:
@@ -466,8 +490,9 @@ class Loader:
                 if idle > timeout and stall is None and writer.is_alive():
                     stall = (f"sink {sink.kind} {sink.name}: no progress for {idle:.0f}s "
                              f"(write_timeout {timeout:g}s); target: {sink.target_state()}")
-                    metrics.write_errors.labels(sink.kind, sink.name, "timeout").inc()
-                    metrics.stalled.labels(sink.kind, sink.name).set(1)
+                    metrics.write_errors.labels(*labels, "timeout").inc()
+                    self.metrics.error("sink_write")
+                    metrics.stalled.labels(*labels).set(1)
                     self._to(_S.STALLED, stall)
                     sink.abort()
                     said_at = now
@@ -498,6 +523,7 @@ class Loader:
 
     def _to_dlq(self, dead: list[DeadLetter]) -> None:
         self.rejected += len(dead)
+        self.metrics.dead(d.stage for d in dead)
         topic = self.settings.dlq_topic
         if topic is None:
             for d in dead:
@@ -538,5 +564,6 @@ class Loader:
                     break
         if producer.flush(60) > 0 or failed:
             why = f" ({failed[0].str()})" if failed else ""
+            self.metrics.error("dlq_delivery")
             raise SinkError(f"loader {self.settings.group_id}: DLQ {topic} did not take the dead letters{why}")
         return too_large

@@ -28,34 +28,16 @@ import fastavro
 import fastjsonschema
 from fastavro.validation import ValidationError as AvroValidationError
 from fastjsonschema.draft07 import CodeGeneratorDraft07
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from agents._event import DeadLetter, Event
 from agents._expr import Expr, compile_regex
 from agents._transforms import describe
+from connectors import Metrics
 from schemas import ConfigError
 
 Action = Literal["drop", "quarantine", "warn"]
 Row = dict[str, Any]
-
-_METRICS: dict[int, tuple[Counter, Gauge]] = {}
-
-
-def quality_metrics(registry: CollectorRegistry | None = None) -> tuple[Counter, Gauge]:
-    """The rule counter and score gauge of ``registry`` (created on first use, then shared)."""
-    reg = REGISTRY if registry is None else registry
-    found = _METRICS.get(id(reg))
-    if found is None:
-        counter = Counter(
-            "dataflow_quality_checks", "Rows checked by a quality rule, by result",
-            ["pipeline", "rule", "result"], registry=reg,
-        )
-        gauge = Gauge(
-            "dataflow_quality_score", "Share of checked rows that passed every rule",
-            ["pipeline"], registry=reg,
-        )
-        found = _METRICS[id(reg)] = (counter, gauge)
-    return found
 
 
 class Rule:
@@ -78,7 +60,7 @@ class Rule:
         self.passes: Callable[[Row], Any] = self._passes_by_reason
 
     def bind_metrics(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
-        counter, _ = quality_metrics(registry)
+        counter = Metrics.get(registry).quality_checks
         self._pass_metric = counter.labels(pipeline, self.name, "pass")
         self._fail_metric = counter.labels(pipeline, self.name, "fail")
 
@@ -437,7 +419,7 @@ class QualityChecks:
         if metrics:
             for rule in self.rules:
                 rule.bind_metrics(pipeline, registry)
-            self._score_metric = quality_metrics(registry)[1].labels(pipeline)
+            self._score_metric = Metrics.get(registry).quality_score.labels(pipeline)
 
     @property
     def score(self) -> float:

@@ -1,13 +1,21 @@
 """DataFlow connectors package."""
 
+from connectors._metrics import (
+    Metrics,
+    StageMetrics,
+    metrics_endpoint,
+    pipeline_stats,
+    scrape_metrics,
+)
 from connectors._mongo_sink import MongoSink, MongoSinkSettings
 from connectors._objectstore import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors._pg_cdc import PostgresCDCSource, SlotDropped
 from connectors._pg_config import KafkaSettings, PostgresCDCConfig
 from connectors._pg_sink import PostgresSink, PostgresSinkSettings
-from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord, sink_metrics
+from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
 
 __all__: list[str] = [
     "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",
-    "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store", "sink_metrics",
+    "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
+    "Metrics", "StageMetrics", "metrics_endpoint", "pipeline_stats", "scrape_metrics",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped"]

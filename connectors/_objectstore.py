@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field
 
-from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, sink_metrics
+from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
 from schemas import ConfigError, SinkBackpressure, SinkError
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
@@ -104,6 +104,7 @@ class ObjectStoreSink:
     """Writes rolled files per topic-partition (see module docstring)."""
 
     kind = "objectstore"
+    pipeline = ""
 
     def __init__(self, settings: ObjectStoreSinkSettings, name: str | None = None,
                  store: ObjectStore | None = None) -> None:
@@ -145,7 +146,6 @@ class ObjectStoreSink:
         for tp in list(self._buffers):
             if final or now - self._buffers[tp].opened >= limit:
                 self._roll(tp)
-        metrics = sink_metrics()
         self.last_progress = time.monotonic()
         while self._ready:
             roll = self._ready[0]
@@ -153,9 +153,7 @@ class ObjectStoreSink:
             self._write_roll(roll)
             self._ready.pop(0)
             self.last_progress = time.monotonic()
-            metrics.latency.labels(self.kind, self.name).observe(time.perf_counter() - start)
-            metrics.batch_size.labels(self.kind, self.name).observe(len(roll))
-            metrics.rows.labels(self.kind, self.name).inc(len(roll))
+            written_batch(self, roll, [], time.perf_counter() - start)
         return []
 
     def pending_from(self) -> dict[tuple[str, int], int]:

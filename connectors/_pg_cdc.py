@@ -30,6 +30,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from connectors._metrics import Metrics
 from connectors._pg_config import PostgresCDCConfig
 from connectors._pg_kafka import (
     AckTracker,
@@ -38,7 +39,6 @@ from connectors._pg_kafka import (
     KafkaAdmin,
     KafkaUnavailable,
 )
-from connectors._pg_metrics import CDCMetrics
 from connectors._pg_proto import (
     PG_EPOCH_US,
     Relation,
@@ -122,7 +122,7 @@ class PostgresCDCSource:
 
     def __init__(self, config: PostgresCDCConfig, registry: Any = None) -> None:
         self.config = config
-        self.metrics = CDCMetrics.get(registry)
+        self.metrics = Metrics.get(registry)
         self._stop = threading.Event()
         self._dsn = config.dsn.get_secret_value()
         self._tables: dict[tuple[str, str], _Table] = {}
@@ -151,8 +151,8 @@ class PostgresCDCSource:
         the start of streaming is in Kafka and confirmed.
         """
         self._drain = drain
-        if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+        if self.metrics.serve(self.config.metrics_port, self.config.metrics_host):
+            self.metrics.process_started(self.config.source_name, "source")
         delay = 1.0
         attempts = 0
         while not self._stop.is_set():
@@ -487,7 +487,7 @@ class PostgresCDCSource:
         }
 
     def _flush_counts(self) -> None:
-        events = self.metrics.events
+        events = self.metrics.cdc_events
         for t in self._tables.values():
             if t.counts:
                 for op, n in t.counts.items():
@@ -502,8 +502,8 @@ class PostgresCDCSource:
         name = self.config.source_name
         tracker = AckTracker()
         tables = list(self._tables.values())
-        m.snapshot_tables.labels(name).set(len(tables))
-        m.snapshot_done_tables.labels(name).set(0)
+        m.cdc_snapshot_tables.labels(name).set(len(tables))
+        m.cdc_snapshot_done_tables.labels(name).set(0)
         pending: tuple[_Table, bytes, dict[str, Any]] | None = None
         marker = "first"
         dumps = orjson.dumps
@@ -520,7 +520,7 @@ class PostgresCDCSource:
                 convs, names, key_idx = table.convs, table.columns, table.key_idx
                 key_names = [names[i] for i in key_idx]
                 rows = 0
-                gauge = m.snapshot_rows.labels(name, f"{table.schema}.{table.name}")
+                gauge = m.cdc_snapshot_rows.labels(name, f"{table.schema}.{table.name}")
                 with conn.cursor().copy(query) as copy:
                     for data in copy:
                         vals = copy_fields(bytes(data))
@@ -538,8 +538,8 @@ class PostgresCDCSource:
                             if self._stop.is_set():
                                 return
                 gauge.set(rows)
-                m.events.labels(name, f"{table.schema}.{table.name}", "r").inc(rows)
-                m.snapshot_done_tables.labels(name).set(n_done + 1)
+                m.cdc_events.labels(name, f"{table.schema}.{table.name}", "r").inc(rows)
+                m.cdc_snapshot_done_tables.labels(name).set(n_done + 1)
             conn.execute("COMMIT")
         if pending is not None:
             self._emit_snapshot(producer, tracker, pending, "last", dumps)
@@ -600,12 +600,12 @@ class PostgresCDCSource:
                 repl.send_status(self.confirmed_lsn)
                 sent = self.confirmed_lsn
                 self._last_status = now
-                m.confirmed_lsn.labels(name).set(self.confirmed_lsn)
+                m.cdc_confirmed_lsn.labels(name).set(self.confirmed_lsn)
                 behind = max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn)
-                m.lag_bytes.labels(name).set(behind)
+                m.cdc_lag_bytes.labels(name).set(behind)
                 # ms since the commit of the last transaction read; 0 when all is confirmed
                 caught_up = behind == 0 and dec.tracker is None and not len(window)
-                m.lag_ms.labels(name).set(
+                m.cdc_lag_ms.labels(name).set(
                     0.0 if caught_up or not dec.last_commit_us
                     else max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
                 self._flush_counts()

@@ -15,6 +15,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from connectors._metrics import env_metrics_host, env_metrics_port
 from schemas import ConfigError, redact
 
 SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]
@@ -91,9 +92,10 @@ class PostgresCDCConfig(BaseModel):
     # a compacted topic holding each source's snapshot state (Kafka is the record)
     state_topic: str = "_dataflow.sources"
     heartbeat_topic: str = ""
-    metrics_port: int | None = None
-    # the address /metrics listens on: loopback only unless set (e.g. "0.0.0.0" for all)
-    metrics_host: str = "127.0.0.1"
+    # /metrics: default DATAFLOW_METRICS_PORT (unset or 0: none) and DATAFLOW_METRICS_HOST;
+    # loopback only unless set (e.g. "0.0.0.0" for all)
+    metrics_port: int | None = Field(default_factory=env_metrics_port)
+    metrics_host: str = Field(default_factory=env_metrics_host)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("topic_prefix")

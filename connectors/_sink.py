@@ -22,12 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
+from connectors._metrics import Metrics
 from schemas import SinkBackpressure
 
 
@@ -43,6 +42,8 @@ class SinkRecord:
     offset: int = 0
     timestamp_ms: int = 0
     origin: Any = None             # handed back in ``Rejected`` (the loader's Event)
+    #: when the change was committed at its source (ms; 0: unknown), for freshness
+    source_ts_ms: int = 0
 
     @property
     def deleted(self) -> bool:
@@ -62,6 +63,8 @@ class Sink(Protocol):
 
     name: str
     kind: str
+    #: the pipeline label of its metrics (the loader sets it)
+    pipeline: str
 
     def add(self, records: Iterable[SinkRecord]) -> None: ...
 
@@ -101,6 +104,7 @@ class BatchingSink:
 
     name = "sink"
     kind = "sink"
+    pipeline = ""
 
     def __init__(self) -> None:
         self._batch: list[SinkRecord] = []
@@ -133,23 +137,20 @@ class BatchingSink:
         batch = self._batch
         self.progress()
         self.aborted = False
-        metrics = sink_metrics()
+        metrics = Metrics.get()
+        labels = (self.pipeline, self.kind)
         start = time.perf_counter()
         try:
             rejected = self.write(batch)
         except SinkBackpressure:
-            metrics.backpressure.labels(self.kind, self.name).inc()
+            metrics.backpressure.labels(*labels).inc()
             raise
         except Exception:
-            metrics.errors.labels(self.kind, self.name).inc()
+            metrics.sink_errors.labels(*labels).inc()
             raise
         finally:
             self._batch = []
-        metrics.latency.labels(self.kind, self.name).observe(time.perf_counter() - start)
-        metrics.batch_size.labels(self.kind, self.name).observe(len(batch))
-        metrics.rows.labels(self.kind, self.name).inc(len(batch) - len(rejected))
-        if rejected:
-            metrics.rejected.labels(self.kind, self.name).inc(len(rejected))
+        written_batch(self, batch, rejected, time.perf_counter() - start)
         return rejected
 
     def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
@@ -169,6 +170,22 @@ class BatchingSink:
 
     def close(self) -> None:
         self._batch = []
+
+
+def written_batch(sink: Any, batch: Sequence[SinkRecord], rejected: Sequence[Rejected],
+                  seconds: float) -> None:
+    """A batch is durable in ``sink``'s target: latency, size, rows, refusals and the
+    freshness of every row written, in a few calls per batch."""
+    metrics = Metrics.get()
+    labels = (sink.pipeline, sink.kind)
+    metrics.latency.labels(*labels).observe(seconds)
+    metrics.batch_size.labels(*labels).observe(len(batch))
+    metrics.rows.labels(*labels).inc(len(batch) - len(rejected))
+    if rejected:
+        metrics.rejected.labels(*labels).inc(len(rejected))
+        refused = {id(r.record) for r in rejected}
+        batch = [r for r in batch if id(r) not in refused]
+    metrics.observe_freshness(*labels, [r.source_ts_ms for r in batch])
 
 
 def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
@@ -236,7 +253,7 @@ def retry_transient(sink: Any, settings: RetrySettings, op: Callable[[], T],
         if getattr(sink, "aborted", False) and last is not None:
             break
         if delay:
-            sink_metrics().retries.labels(sink.kind, sink.name).inc()
+            Metrics.get().retries.labels(sink.pipeline, sink.kind).inc()
             time.sleep(delay)
         try:
             return op()
@@ -246,42 +263,3 @@ def retry_transient(sink: Any, settings: RetrySettings, op: Callable[[], T],
                 on_retry()
     raise SinkBackpressure(f"sink {sink.kind} {sink.name}: target unavailable ({last})",
                            retry_after=settings.retry_after) from last
-
-
-@dataclass(frozen=True)
-class _SinkMetrics:
-    rows: Counter
-    rejected: Counter
-    retries: Counter
-    errors: Counter
-    backpressure: Counter
-    batch_size: Histogram
-    latency: Histogram
-    write_errors: Counter
-    stalled: Gauge
-    since_progress: Gauge
-
-
-@lru_cache(maxsize=1)
-def sink_metrics() -> _SinkMetrics:
-    """Prometheus metrics of every sink, created on first use (not at import)."""
-    labels = ("kind", "sink")
-    return _SinkMetrics(
-        rows=Counter("dataflow_sink_rows_written", "Rows made durable in a target", labels),
-        rejected=Counter("dataflow_sink_rows_rejected", "Rows the target refused (to DLQ)", labels),
-        retries=Counter("dataflow_sink_retries", "Retries after the target went away", labels),
-        errors=Counter("dataflow_sink_errors", "Failed flushes", labels),
-        backpressure=Counter("dataflow_sink_backpressure", "Flushes answered with backpressure", labels),
-        batch_size=Histogram("dataflow_sink_batch_size", "Records per flush", labels,
-                             buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000)),
-        latency=Histogram("dataflow_sink_flush_seconds", "Flush latency", labels),
-        write_errors=Counter("dataflow_sink_write_errors",
-                             "Failed writes by reason: timeout (no progress for write_timeout), "
-                             "unavailable (backpressure), error", (*labels, "reason")),
-        stalled=Gauge("dataflow_loader_stalled",
-                      "1 from a write that made no progress for write_timeout until a write "
-                      "succeeds", labels),
-        since_progress=Gauge("dataflow_sink_seconds_since_progress",
-                             "Seconds since the running write last completed a command "
-                             "(0 when no write runs)", labels),
-    )

@@ -55,8 +55,10 @@ from agents import (
     encode_event,
     group_value,
 )
+from connectors import StageMetrics
 from schemas import ConfigError, SerdeError
 from streams._compile import compile_chain, decoder_for
+from streams._metrics import serve_metrics
 from streams._spec import (
     DedupSpec,
     JoinSpec,
@@ -87,6 +89,8 @@ class WorkerSettings(BaseModel):
     tick_interval_s: float = Field(1.0, gt=0)
     #: a worker that stops heartbeating (SIGKILL) loses its partitions after this long
     session_timeout_s: float = Field(10.0, ge=6)
+    metrics_port: int | None = Field(None, ge=0, le=65535)   # None or 0: no /metrics
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> WorkerSettings:
@@ -196,16 +200,20 @@ class Stage:
         dead.extend(failed)
         out_topic = p.spec.output_topic
         plain = outbox.plain
+        before = len(plain)
         for ev in events:
             try:
                 plain.append(encode_event(ev, out_topic))
             except SerdeError as exc:  # e.g. over DATAFLOW_MAX_RECORD_BYTES
                 dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
+        p.metrics.sent(len(plain) - before)
 
     def _check_generation(self) -> None:
         gen = self.pipeline.app.consumer_generation_id
         if gen != self._generation:
             self._generation = gen
+            p = self.pipeline
+            p.metrics.retain((tp.topic, tp.partition) for tp in p.app.consumer.assignment())
             for op in self.ops:
                 reset = getattr(op, "reset", None)
                 if reset is not None:
@@ -217,12 +225,15 @@ class Stage:
         p = self.pipeline
         topic, partition = tp.topic, tp.partition
         dead: list[DeadLetter] = []
+        p.metrics.lag(topic, partition, p.app.consumer.highwater(tp), records[-1].offset + 1)
         if self.first:
+            p.metrics.received(len(records))
             msgs = [(r.key, r.value, topic, partition, r.offset, r.timestamp, r.headers)
                     for r in records]
             if p.chain_only:
                 out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic)
                 outbox.plain.extend(out)
+                p.metrics.sent(len(out))
                 p.dead_letters(dead, outbox)
                 return
             events, dead = p.chain.ingest(msgs, p.decoder)
@@ -259,6 +270,7 @@ class Pipeline:
         self.encode_row = orjson.dumps
         self.bootstrap = bootstrap
         self.table_gates: dict[TableFeed, TableGate] = {}
+        self.metrics = StageMetrics(spec.name, "worker")
 
     def internal_topic(self, suffix: str) -> Any:
         return self.app.topic(f"{self.app.conf.id}-{suffix}", partitions=self.partitions,
@@ -272,12 +284,14 @@ class Pipeline:
             value = None
         ev = Event(None, None, key, value, topic, -1, -1, int(time.time() * 1000))
         rec = dlq_record(DeadLetter(ev, "sink:kafka", reason), self.spec.name)
+        self.metrics.dead(("sink:kafka",))
         return (self.spec.dlq_topic, rec.key, rec.value, None, rec.headers)
 
     def dead_letters(self, dead: list[DeadLetter], outbox: Outbox) -> None:
         if not dead:
             return
         topic = self.spec.dlq_topic
+        self.metrics.dead(d.stage for d in dead)
         for rec in dlq_records(dead, self.spec.name):
             outbox.add(topic, rec.key, rec.value, None, rec.headers)
 
@@ -576,6 +590,7 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     app.pipeline = pipeline  # type: ignore[attr-defined]
     _install_ticks(app, pipeline, settings.tick_interval_s)
     _install_gates(app, pipeline)
+    serve_metrics(spec.name, settings.metrics_port, settings.metrics_host)
     return app
 
 

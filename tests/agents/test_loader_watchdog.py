@@ -12,7 +12,7 @@ import pytest
 
 from agents import Loader, LoaderSettings
 from agents._loader import LoaderState, _Stopped
-from connectors import BatchingSink, Rejected, SinkRecord, sink_metrics
+from connectors import BatchingSink, Metrics, Rejected, SinkRecord
 from connectors._sink import RetrySettings
 
 pytestmark = pytest.mark.unit
@@ -51,13 +51,16 @@ class _StuckSink(BatchingSink):
 
 
 def _loader(sink: _StuckSink) -> Loader:
-    return Loader(LoaderSettings(bootstrap_servers="x", topics=("t",), group_id="g"), sink)
+    return Loader(LoaderSettings(bootstrap_servers="x", topics=("t",), group_id="g",
+                                 pipeline=sink.name), sink)
 
 
 def _value(name: str, sink: str, **labels: str) -> float:
-    metrics = sink_metrics()
-    metric = {"write_errors": metrics.write_errors, "stalled": metrics.stalled}[name]
-    return float(metric.labels("stuck", sink, *labels.values())._value.get())
+    value = Metrics.get().registry.get_sample_value(
+        {"write_errors": "dataflow_sink_write_errors_total", "stalled": "dataflow_loader_stalled"}[name],
+        {"pipeline": sink, "sink": "stuck", **labels})
+    assert value is not None, f"{name} of {sink} is not served"
+    return float(value)
 
 
 @pytest.mark.timeout(60)

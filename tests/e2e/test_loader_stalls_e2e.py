@@ -131,7 +131,7 @@ def _sigterm_within(loader: LoaderProcess, seconds: float) -> float:
 
 def _in_flight_write(port: int, kind: str) -> bool:
     """The loader's write has made no progress for over a second (it is mid-batch)."""
-    return (_sample(_metrics(port), "dataflow_sink_seconds_since_progress", kind=kind) or 0) > 1
+    return (_sample(_metrics(port), "dataflow_sink_seconds_since_progress", sink=kind) or 0) > 1
 
 
 @contextmanager
@@ -193,8 +193,8 @@ def test_mongodb_loader_5k_keys_two_sigkills_and_sigterm_mid_batch(
                 wait_for(lambda: _in_flight_write(port, "mongodb"), 120, "a write in flight")
                 wait_for(lambda: "no progress for" in log.read_text(), 60, "the stall error in the log")
                 text = _metrics(port)
-                assert _sample(text, "dataflow_loader_stalled", kind="mongodb") == 1.0, text
-                assert (_sample(text, "dataflow_sink_write_errors_total", kind="mongodb",
+                assert _sample(text, "dataflow_loader_stalled", sink="mongodb") == 1.0, text
+                assert (_sample(text, "dataflow_sink_write_errors_total", sink="mongodb",
                                 reason="timeout") or 0) >= 1, text
                 assert _sigterm_within(loader, 10) <= 10
                 assert committed(kafka_bootstrap, group, topic) == ends   # nothing of the batch
@@ -250,8 +250,8 @@ def test_postgres_loader_locked_table_is_a_bounded_error_and_sigterm_mid_stall(
             out = log.read_text()
             assert re.search(rf"waiting on Lock:relation .*blocked by backend {holder} ", out), out[-3000:]
             text = _metrics(port)
-            assert _sample(text, "dataflow_loader_stalled", kind="postgres") == 1.0, text
-            assert (_sample(text, "dataflow_sink_write_errors_total", kind="postgres",
+            assert _sample(text, "dataflow_loader_stalled", sink="postgres") == 1.0, text
+            assert (_sample(text, "dataflow_sink_write_errors_total", sink="postgres",
                             reason="timeout") or 0) >= 1, text
             wait_for(lambda: _in_flight_write(port, "postgres"), 60, "a write in flight")
             assert _sigterm_within(loader, 10) <= 10                    # mid-stall
