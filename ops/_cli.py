@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -166,6 +167,74 @@ def api(host: str | None, port: int | None) -> int:
     from ops.api import run_api
 
     return run_api(host=host, port=port)
+
+
+# -- pipelines through the REST API ---------------------------------------------------------
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+_TARGET = click.argument("target", metavar="NAME_OR_ID")
+
+
+@cli.group()
+@click.option("--api-url", envvar="DATAFLOW_API_URL", default="http://127.0.0.1:8600",
+              show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
+@click.pass_context
+def pipelines(ctx: click.Context, api_url: str) -> None:
+    """Pipelines as resources of the REST API (`dataflow api`): apply, list, get, delete."""
+    ctx.obj = api_url
+
+
+def _api(url: str) -> Any:
+    from ops._pipelines_cli import ApiClient
+
+    return ApiClient(url)
+
+
+@pipelines.command("apply")
+@click.option("-f", "--file", "file", type=_FILE, required=True,
+              help="the pipeline spec (YAML or JSON)")
+@_JSON
+@click.pass_obj
+def pipelines_apply(url: str, file: Path, as_json: bool) -> int:
+    """Create the pipeline of FILE, or update it (a new version) when its name exists."""
+    from ops._pipelines_cli import apply
+
+    return apply(_api(url), file, as_json)
+
+
+@pipelines.command("list")
+@click.option("--state", type=click.Choice(["stopped", "starting", "running", "paused",
+                                            "failed"]), default=None)
+@click.option("--prefix", default=None, help="only names starting with this")
+@_JSON
+@click.pass_obj
+def pipelines_list(url: str, state: str | None, prefix: str | None, as_json: bool) -> int:
+    """List pipelines: name, id, version, state."""
+    from ops._pipelines_cli import list_
+
+    return list_(_api(url), state, prefix, as_json)
+
+
+@pipelines.command("get")
+@_TARGET
+@_JSON
+@click.pass_obj
+def pipelines_get(url: str, target: str, as_json: bool) -> int:
+    """Show one pipeline and its spec (secrets masked)."""
+    from ops._pipelines_cli import get
+
+    return get(_api(url), target, as_json)
+
+
+@pipelines.command("delete")
+@_TARGET
+@_JSON
+@click.pass_obj
+def pipelines_delete(url: str, target: str, as_json: bool) -> int:
+    """Delete a pipeline."""
+    from ops._pipelines_cli import delete
+
+    return delete(_api(url), target, as_json)
 
 
 # -- demo ----------------------------------------------------------------------------------
