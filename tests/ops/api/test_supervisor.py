@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -27,6 +28,15 @@ from tests.ops.api.sup_support import (
 )
 
 pytestmark = pytest.mark.e2e
+
+
+def _scrape(url: str | None) -> str | None:
+    assert url is not None
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
 
 
 def _slot_exists(dsn: str, slot: str) -> bool:
@@ -55,6 +65,10 @@ async def test_one_spec_runs_cdc_worker_loader_and_a_killed_worker_is_restarted(
         assert (folder / "v1.yaml").stat().st_mode & 0o777 == 0o600
         await until(lambda: target_rows(fresh_db) == source_rows(fresh_db) != [], 90,
                     "the snapshot in the target")
+        for proc in status.processes:   # each serves its own /metrics on its own port
+            role = "loader" if proc.role.startswith("loader") else proc.role
+            text = await until(lambda url=proc.metrics_url: _scrape(url), 30, proc.metrics_url)
+            assert f'role="{role}"' in text and "dataflow_process_start_time_seconds" in text
         sql(fresh_db, "INSERT INTO items VALUES (4, 'd', 4), (5, 'e', 5)",
             "UPDATE items SET qty = 20 WHERE id = 2", "DELETE FROM items WHERE id = 3")
         await until(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "the changes")
