@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from schemas import ConfigError
 
@@ -74,7 +74,11 @@ class Scheduler:
     def next_times(self, cron: str, after: datetime, n: int) -> list[datetime]:
         """The next ``n`` times of ``cron`` strictly after ``after`` (UTC)."""
         it = croniter(self.check(cron), after.astimezone(UTC))
-        return [it.get_next(datetime) for _ in range(n)]
+        try:
+            return [it.get_next(datetime) for _ in range(n)]
+        except CroniterBadDateError:
+            raise ConfigError(f"schedule: {cron!r} names no time that comes (e.g. 30 February)"
+                              ) from None
 
     def set(self, pipeline_id: str, cron: str | None) -> None:
         """Schedule ``pipeline_id`` by ``cron`` from now on (None: no schedule)."""
@@ -108,8 +112,12 @@ class Scheduler:
             for pid, entry in list(self._entries.items()):
                 if entry.next > now:
                     continue
-                entry.next = self.next_times(entry.cron, max(entry.next, now), 1)[0]
                 self._launch(pid)
+                try:
+                    entry.next = self.next_times(entry.cron, max(entry.next, now), 1)[0]
+                except ConfigError as exc:   # its last time passed: nothing more to fire
+                    log.warning("schedule of %s: %s", pid, exc)
+                    del self._entries[pid]
             self._changed.clear()
             soonest = min((e.next for e in self._entries.values()), default=None)
             wait = 60.0 if soonest is None else max(0.0, (soonest - now).total_seconds())

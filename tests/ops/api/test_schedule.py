@@ -51,6 +51,9 @@ def test_next_times_are_exact_and_only_five_field_crons_are_taken() -> None:
     for bad in ("* * * *", "*/5 * * * * *", "61 * * * *", "every minute"):
         with pytest.raises(ConfigError, match="schedule: expected a 5-field cron"):
             s.check(bad)
+    with pytest.raises(ConfigError, match="names no time that comes"):
+        s.set("never", "0 0 30 2 *")
+    assert s.next_fire("never") is None
 
 
 @pytest.mark.unit
