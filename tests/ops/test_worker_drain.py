@@ -53,7 +53,7 @@ def test_drain_processes_every_stage_to_the_end_and_exits(
             rc = proc.wait(110)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the draining worker did not exit: {log.read_text()[-3000:]}")
-    assert rc == 0, log.read_text()[-3000:]
+    assert rc == 0, f"exit {rc}: {log.read_text()[-3000:]}"
     got = [orjson.loads(v) for _, v, _ in read_topic(kafka_bootstrap, out) if v is not None]
     assert sorted(got, key=lambda r: r["id"]) == sorted(expected.values(), key=lambda r: r["id"])
     ends = end_offsets(kafka_bootstrap, src)
