@@ -38,3 +38,17 @@ def test_a_record_is_adopted_only_for_the_same_process(tmp_path: Path) -> None:
         proc.popen.wait()
     assert Proc.adopt(tmp_path / "worker-0.json", log) is None    # gone
     assert not proc.alive() and proc.exit_reason() == "killed by SIGKILL"
+
+
+async def test_a_bad_spec_is_refused_before_anything_starts_or_is_written(tmp_path: Path) -> None:
+    from ops.api import Supervisor
+    from streams import SpecError
+
+    sup = Supervisor(home=tmp_path, env={})
+    bad = {"name": "bad", "source": {"topics": ["t"], "format": "xml"}, "parallelism": 0}
+    with pytest.raises(SpecError) as err:
+        await sup.apply("bad", 1, bad, "running")
+    assert {e.split(":")[0] for e in err.value.errors} == {"source.format", "parallelism"}
+    assert sup.status("bad").state == "stopped" and sup.status("bad").processes == ()
+    assert not (tmp_path / "pipelines" / "bad" / "v1.yaml").exists()
+    await sup.close()
