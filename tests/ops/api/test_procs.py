@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ops.api import Supervisor
 from ops.api._procs import Proc, log_tail
+from streams import SpecError
 
 pytestmark = pytest.mark.unit
 
@@ -41,9 +43,6 @@ def test_a_record_is_adopted_only_for_the_same_process(tmp_path: Path) -> None:
 
 
 async def test_a_bad_spec_is_refused_before_anything_starts_or_is_written(tmp_path: Path) -> None:
-    from ops.api import Supervisor
-    from streams import SpecError
-
     sup = Supervisor(home=tmp_path, env={})
     bad = {"name": "bad", "source": {"topics": ["t"], "format": "xml"}, "parallelism": 0}
     with pytest.raises(SpecError) as err:
