@@ -171,11 +171,14 @@ async def _start_registry(api: Api) -> None:
         try:
             await asyncio.to_thread(api.registry.start)
             api.registry.failure = None
-            return
+            break
         except RegistryError as exc:
             api.registry.failure = str(exc)
             log.warning("registry: %s (retrying)", exc)
             await asyncio.sleep(2)
+    while not api.registry.loaded.is_set():
+        await asyncio.sleep(0.05)
+    api.start_control()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -185,6 +188,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if api.control is not None:
+        await api.control.close()  # the processes keep running, for the next API to adopt
     await asyncio.to_thread(api.registry.close)
 
 

@@ -105,6 +105,7 @@ class ListQuery(_Strict):
 
 class DeleteQuery(_Strict):
     #: also remove the pipeline's consumer groups, replication slot and internal topics
+    #: (only on the supervising API)
     purge: bool = False
 
 
@@ -112,3 +113,64 @@ class Deleted(_Strict):
     id: str
     deleted: Literal[True]
     purged: bool
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+class RunQuery(_Strict):
+    #: drain what is there and stop (a batch run; always so for a scheduled pipeline)
+    once: bool = False
+    #: a batch run that re-snapshots the CDC tables first
+    backfill: bool = False
+
+
+class ProcessView(_Strict):
+    pid: int
+    host: str
+    role: str
+    restarts: int
+    metrics_url: str | None
+    started_at: datetime
+
+
+class Stats(_Strict):
+    """Figures of the pipeline now; null where nothing measured them."""
+
+    #: records of the source topics the pipeline's consumer group has not committed yet
+    consumer_lag: int | None = None
+
+
+class PipelineStatusView(_Strict):
+    id: str
+    #: what the processes are doing (the supervisor's last report)
+    state: State
+    desired: Desired
+    #: the spec version the processes run
+    version: int | None
+    reason: str | None
+    processes: list[ProcessView]
+    stats: Stats
+    updated_at: datetime | None
+
+
+class Run(_Strict):
+    run_id: str
+    version: int
+    backfill: bool
+    started_at: datetime
+    ended_at: datetime
+    rows_in: int
+    rows_out: int
+    rows_failed: int
+    outcome: Literal["succeeded", "failed"]
+    reason: str | None
+
+
+class RunList(_Strict):
+    #: newest first
+    items: list[Run]
+
+
+class RunsQuery(_Strict):
+    limit: int = Field(50, ge=1, le=500)

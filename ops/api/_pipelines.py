@@ -15,6 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from ops.api._errors import ApiError, not_found
 from ops.api._models import Desired, ListQuery, Pipeline
 from ops.api._registry import Record, Registry
@@ -78,6 +80,21 @@ def decode_cursor(cursor: str) -> str:
         pass
     raise ApiError(400, "invalid_cursor", "cursor is not one this API returned",
                    field="cursor")
+
+
+def consumer_lag(bootstrap: str, spec: dict[str, Any]) -> int | None:
+    """Records of the source topics not yet committed by the pipeline's consumer group
+    (``dataflow-<name>``); None when Kafka does not answer."""
+    from ops.api._runs import end_offsets, group_positions
+
+    topics = list(spec.get("source", {}).get("topics") or ())
+    try:
+        ends = end_offsets(bootstrap, topics)
+        at = group_positions(bootstrap, f"dataflow-{spec['name']}", topics,
+                             spec.get("source", {}).get("start", "earliest"))
+    except KafkaException:
+        return None
+    return sum(max(0, end - at.get(tp, end)) for tp, end in ends.items())
 
 
 class Pipelines:

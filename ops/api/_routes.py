@@ -10,16 +10,25 @@ from prometheus_client import generate_latest
 from ops.api._errors import ApiError
 from ops.api._models import (
     Deleted,
+    DeleteQuery,
+    Desired,
     Health,
     Index,
     Link,
     ListQuery,
     Pipeline,
     PipelineList,
+    PipelineStatusView,
     PipelineWrite,
+    ProcessView,
     Ready,
+    Run,
+    RunList,
+    RunQuery,
+    RunsQuery,
+    Stats,
 )
-from ops.api._pipelines import parse_spec
+from ops.api._pipelines import consumer_lag, parse_spec
 from ops.api._table import PROMETHEUS, Call, Route, document
 from streams import PipelineSpec
 
@@ -135,9 +144,87 @@ async def replace_pipeline(call: Call) -> Pipeline:
 
 
 async def delete_pipeline(call: Call) -> Deleted:
+    """Stop the processes (supervising API), purge when asked, then tombstone."""
     _ready(call)
-    old = await call.api.pipelines.delete(call.params["id"])
-    return Deleted(id=old["id"], deleted=True, purged=False)
+    pipes, control = call.api.pipelines, call.api.control
+    query: DeleteQuery = call.query
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    if query.purge and control is None:
+        raise ApiError(409, "not_supervising", "purge runs on the supervising API (this one "
+                       "runs with DATAFLOW_API_SUPERVISE=0)", field="purge")
+    if control is not None:
+        await control.stop_now(rec)
+        if query.purge:
+            await control.supervisor.purge(rec["id"], rec["spec"])
+    old = await pipes.delete(rec["id"])
+    return Deleted(id=old["id"], deleted=True, purged=query.purge)
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+async def _desired(call: Call, desired: Desired) -> Pipeline:
+    _ready(call)
+    pipes = call.api.pipelines
+    return _located(call, pipes.view(await pipes.set_desired(call.params["id"], desired)))
+
+
+async def run_pipeline(call: Call) -> Pipeline:
+    """Start it; a scheduled pipeline, or ``once``/``backfill``, gets one batch run now."""
+    _ready(call)
+    pipes, query = call.api.pipelines, call.query
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    if not (query.once or query.backfill or rec["spec"].get("schedule")):
+        return await _desired(call, "running")
+    control = call.api.control
+    if control is None:
+        raise ApiError(409, "not_supervising", "a batch run starts on the supervising API "
+                       "(this one runs with DATAFLOW_API_SUPERVISE=0)")
+    if rec["desired"] == "running" and not rec["spec"].get("schedule"):
+        raise ApiError(409, "conflict", "the pipeline is running; stop it before a batch run")
+    control.start_run(rec, backfill=query.backfill)
+    return _located(call, pipes.view(rec))
+
+
+async def pause_pipeline(call: Call) -> Pipeline:
+    return await _desired(call, "paused")
+
+
+async def resume_pipeline(call: Call) -> Pipeline:
+    return await _desired(call, "running")
+
+
+async def stop_pipeline(call: Call) -> Pipeline:
+    return await _desired(call, "stopped")
+
+
+async def pipeline_status(call: Call) -> PipelineStatusView:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    status = pipes.registry.get(pipes.registry.topics.status, rec["id"]) or {}
+    lag = await asyncio.to_thread(consumer_lag, call.api.settings.bootstrap, rec["spec"])
+    return PipelineStatusView.model_validate({
+        "id": rec["id"], "state": pipes.state(rec["id"]), "desired": rec["desired"],
+        "version": status.get("version"), "reason": status.get("reason"),
+        "processes": [ProcessView.model_validate(p) for p in status.get("processes", ())],
+        "stats": Stats(consumer_lag=lag), "updated_at": status.get("updated_at")})
+
+
+async def pipeline_runs(call: Call) -> RunList:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    runs = [r for k, r in pipes.registry.items(pipes.registry.topics.runs).items()
+            if k.startswith(rec["id"] + "/")]
+    runs.sort(key=lambda r: r["started_at"], reverse=True)
+    fields = set(Run.model_fields)
+    return RunList(items=[Run.model_validate({k: v for k, v in r.items() if k in fields})
+                          for r in runs[: call.query.limit]])
 
 
 _BODY = (400, 413, 415, 422)
@@ -161,8 +248,20 @@ ROUTES: list[Route] = [
           body=PipelineWrite, yaml_body=True,
           headers=(("If-Match", "the version this update is based on (409 when stale)"),),
           errors=(*_BODY, 404, 409, 503), tag="pipelines"),
-    Route("DELETE", _ID, delete_pipeline, "delete a pipeline", Deleted, errors=(404, 503),
-          tag="pipelines"),
+    Route("DELETE", _ID, delete_pipeline, "delete a pipeline (its processes stopped first)",
+          Deleted, query=DeleteQuery, errors=(404, 409, 422, 503), tag="pipelines"),
+    Route("POST", _ID + "/run", run_pipeline, "start it (a scheduled pipeline: one run now)",
+          Pipeline, status=202, query=RunQuery, errors=(404, 409, 422, 503), tag="lifecycle"),
+    Route("POST", _ID + "/pause", pause_pipeline, "stop its processes, keep its positions",
+          Pipeline, status=202, errors=(404, 503), tag="lifecycle"),
+    Route("POST", _ID + "/resume", resume_pipeline, "start it again where it paused",
+          Pipeline, status=202, errors=(404, 503), tag="lifecycle"),
+    Route("POST", _ID + "/stop", stop_pipeline, "stop its processes", Pipeline, status=202,
+          errors=(404, 503), tag="lifecycle"),
+    Route("GET", _ID + "/status", pipeline_status, "state, processes and figures",
+          PipelineStatusView, errors=(404, 503), tag="lifecycle"),
+    Route("GET", _ID + "/runs", pipeline_runs, "run history, newest first", RunList,
+          query=RunsQuery, errors=(404, 422, 503), tag="lifecycle"),
 ]
 
 

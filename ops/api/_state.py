@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 
+from ops._stack import default_home
+from ops.api._control import Control
 from ops.api._pipelines import Pipelines
 from ops.api._registry import Registry, Topics
 
 
 class ApiSettings(BaseModel):
     """``dataflow api`` settings; :meth:`from_env` reads ``KAFKA_BOOTSTRAP_SERVERS``,
-    ``DATAFLOW_REGISTRY_PREFIX`` and ``DATAFLOW_API_MAX_BODY_BYTES``."""
+    ``DATAFLOW_REGISTRY_PREFIX`` and ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
+    ``SUPERVISE``, ``HOME``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -25,6 +29,10 @@ class ApiSettings(BaseModel):
     registry_prefix: str = Field("_dataflow", pattern=r"^[A-Za-z0-9._-]{1,200}$")
     #: a request body over this many bytes is answered 413
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: run the supervisor here (one supervising API per registry; others only serve)
+    supervise: bool = True
+    #: the supervisor's folder (specs, logs, process records for adoption)
+    home: Path = Field(default_factory=lambda: default_home() / "api")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> ApiSettings:
@@ -36,6 +44,10 @@ class ApiSettings(BaseModel):
             values["registry_prefix"] = env["DATAFLOW_REGISTRY_PREFIX"]
         if env.get("DATAFLOW_API_MAX_BODY_BYTES"):
             values["max_body_bytes"] = env["DATAFLOW_API_MAX_BODY_BYTES"]
+        if env.get("DATAFLOW_API_SUPERVISE"):
+            values["supervise"] = env["DATAFLOW_API_SUPERVISE"]
+        if env.get("DATAFLOW_API_HOME"):
+            values["home"] = env["DATAFLOW_API_HOME"]
         values.update({k: v for k, v in given.items() if v is not None})
         return cls.model_validate(values)
 
@@ -59,3 +71,19 @@ class Api:
         self.registry = Registry(settings.bootstrap, Topics.with_prefix(settings.registry_prefix))
         self.pipelines = Pipelines(self.registry)
         self.metrics = ApiMetrics()
+        #: set once the registry is loaded, on a supervising API
+        self.control: Control | None = None
+
+    def start_control(self) -> None:
+        """Start the supervisor (after the registry is loaded): adopt, then reconcile."""
+        if not self.settings.supervise:
+            return
+        from ops.api._supervisor import Supervisor
+
+        control = Control(self.registry, Supervisor(
+            home=self.settings.home, env={**os.environ,
+                                          "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap},
+            on_change=lambda status: control.record_status(status)))
+        self.control = control
+        self.registry.on_pipeline = control.changed
+        control.start()

@@ -96,12 +96,20 @@ def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
         prefix = prefix or f"_dataflow-test-{uuid.uuid4().hex[:10]}"
         prefixes.add(prefix)
         full = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "DATAFLOW_REGISTRY_PREFIX": prefix, **env}
+                "DATAFLOW_REGISTRY_PREFIX": prefix, "PYTHONPATH": str(ROOT),
+                "DATAFLOW_API_HOME": str(tmp_path / prefix),  # the same for a restarted API
+                "DATAFLOW_SUPERVISOR_BACKOFF_S": "0.5", "DATAFLOW_SUPERVISOR_READY_AFTER_S": "2",
+                "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5", **env}
         api = ApiProcess(prefix, full)
         started.append(api)
         return api.start(tmp_path / f"api-{len(started)}.log")
 
     yield make
+    for api in started:  # a failed test leaves no pipeline processes behind
+        if api.proc is not None and api.env.get("DATAFLOW_API_SUPERVISE") != "0":
+            listed = api.call("GET", "/api/v1/pipelines?limit=500")
+            for p in listed.json["items"] if listed.status == 200 else ():
+                api.call("DELETE", f"/api/v1/pipelines/{p['id']}")
     for api in started:
         api.stop()
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})

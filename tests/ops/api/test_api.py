@@ -212,7 +212,7 @@ def test_a_restarted_api_has_the_same_pipelines(api_factory: Callable[..., ApiPr
 def test_two_api_processes_see_each_others_writes(
         api_factory: Callable[..., ApiProcess]) -> None:
     one = api_factory()
-    two = api_factory(one.prefix)
+    two = api_factory(one.prefix, DATAFLOW_API_SUPERVISE="0")  # one supervisor per registry
     made = create(one, "orders")
     path = f"/api/v1/pipelines/{made['id']}"
     assert two.call("GET", path).json == made  # right after one's 201, no waiting
@@ -223,5 +223,12 @@ def test_two_api_processes_see_each_others_writes(
     reply = one.call("PUT", path, {"spec": spec("orders", parallelism=3)},
                      headers={"If-Match": "1"})
     assert (reply.status, reply.json["error"]["code"]) == (409, "version_conflict")
+    reply = two.call("DELETE", path + "?purge=true")
+    assert (reply.status, reply.json["error"]["code"]) == (409, "not_supervising")
+    reply = two.call("POST", path + "/run?once=true")
+    assert (reply.status, reply.json["error"]["code"]) == (409, "not_supervising")
+    reply = two.call("POST", path + "/pause")  # any API records what is wanted
+    assert (reply.status, reply.json["desired"]) == (202, "paused")
+    assert one.call("GET", path).json["desired"] == "paused"
     assert two.call("DELETE", path).status == 200
     assert one.call("GET", path).status == 404
