@@ -172,9 +172,9 @@ async def _start_registry(api: Api) -> None:
             await asyncio.to_thread(api.registry.start)
             api.registry.failure = None
             break
-        except RegistryError as exc:
-            api.registry.failure = str(exc)
-            log.warning("registry: %s (retrying)", exc)
+        except Exception as exc:  # noqa: BLE001 - Kafka slow or away: /ready says why, retry
+            api.registry.failure = redact(f"{type(exc).__name__}: {exc}")
+            log.warning("registry: %s (retrying)", api.registry.failure)
             await asyncio.sleep(2)
     while not api.registry.loaded.is_set():
         await asyncio.sleep(0.05)
@@ -186,7 +186,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(_start_registry(api))
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     if api.control is not None:
         await api.control.close()  # the processes keep running, for the next API to adopt

@@ -135,10 +135,29 @@ class ProcessView(_Strict):
 
 
 class Stats(_Strict):
-    """Figures of the pipeline now; null where nothing measured them."""
+    """Figures of the pipeline: counts since its live processes started (from their
+    Prometheus endpoints), lag from Kafka; null where nothing measured them."""
 
     #: records of the source topics the pipeline's consumer group has not committed yet
     consumer_lag: int | None = None
+    #: every live process's endpoint answered
+    complete: bool = True
+    #: records the workers read and passed on
+    events_in: int | None = None
+    events_out: int | None = None
+    #: dead letters (workers and loaders)
+    dlq_records: int | None = None
+    #: rows the loaders made durable in their targets
+    rows_written: int | None = None
+    #: failures that are not a record's fault
+    errors: int | None = None
+    #: events_in per second, averaged since the first worker started
+    events_per_s: float | None = None
+    #: 1 - dlq_records / events_in
+    success_rate: float | None = None
+    #: share of checked rows that passed every quality rule (workers' mean; null when no
+    #: row was checked)
+    quality_score: float | None = None
 
 
 class PipelineStatusView(_Strict):
@@ -174,3 +193,16 @@ class RunList(_Strict):
 
 class RunsQuery(_Strict):
     limit: int = Field(50, ge=1, le=500)
+
+
+class PipelineFigures(_Strict):
+    id: str
+    name: str
+    state: State
+    stats: Stats
+
+
+class Monitoring(_Strict):
+    """Every pipeline's figures, by name."""
+
+    pipelines: list[PipelineFigures]

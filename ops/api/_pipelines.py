@@ -15,8 +15,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException
-
 from ops.api._errors import ApiError, not_found
 from ops.api._models import Desired, ListQuery, Pipeline
 from ops.api._registry import Record, Registry
@@ -82,21 +80,6 @@ def decode_cursor(cursor: str) -> str:
                    field="cursor")
 
 
-def consumer_lag(bootstrap: str, spec: dict[str, Any]) -> int | None:
-    """Records of the source topics not yet committed by the pipeline's consumer group
-    (``dataflow-<name>``); None when Kafka does not answer."""
-    from ops.api._runs import end_offsets, group_positions
-
-    topics = list(spec.get("source", {}).get("topics") or ())
-    try:
-        ends = end_offsets(bootstrap, topics)
-        at = group_positions(bootstrap, f"dataflow-{spec['name']}", topics,
-                             spec.get("source", {}).get("start", "earliest"))
-    except KafkaException:
-        return None
-    return sum(max(0, end - at.get(tp, end)) for tp, end in ends.items())
-
-
 class Pipelines:
     """The pipeline resources of one registry."""
 
@@ -116,8 +99,10 @@ class Pipelines:
             raise not_found(pipeline_id)
         return rec
 
-    def state(self, pipeline_id: str) -> str:
-        status = self.registry.get(self.registry.topics.status, pipeline_id)
+    def state(self, pipeline_id: str, status: Record | None = None) -> str:
+        """The state in ``status`` (default: the latest status record)."""
+        if status is None:
+            status = self.registry.get(self.registry.topics.status, pipeline_id)
         state = status.get("state") if status else None
         return state if isinstance(state, str) else "stopped"
 

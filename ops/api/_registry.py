@@ -61,7 +61,7 @@ class Topics:
 class Registry:
     """An in-memory view of the registry topics, kept current by a follower thread."""
 
-    def __init__(self, bootstrap: str, topics: Topics, *, timeout: float = 15.0,
+    def __init__(self, bootstrap: str, topics: Topics, *, timeout: float = 30.0,
                  on_pipeline: Callable[[str, Record | None], None] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -142,6 +142,8 @@ class Registry:
         for topic, fut in self._admin.create_topics(new, request_timeout=self.timeout).items():
             try:
                 fut.result(timeout=self.timeout)
+            except TimeoutError as exc:
+                raise RegistryError(f"Kafka did not create {topic} in time") from exc
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RegistryError(f"cannot create registry topic {topic}: "
@@ -151,7 +153,7 @@ class Registry:
                                                      request_timeout=self.timeout).items():
             try:
                 policy = fut.result(timeout=self.timeout)["cleanup.policy"].value or ""
-            except KafkaException as exc:
+            except (KafkaException, TimeoutError) as exc:
                 raise RegistryError(f"cannot read the config of {res.name}: {exc}") from exc
             if "compact" not in policy:
                 raise RegistryError(f"registry topic {res.name} has cleanup.policy={policy!r}; "

@@ -16,7 +16,9 @@ from ops.api._models import (
     Index,
     Link,
     ListQuery,
+    Monitoring,
     Pipeline,
+    PipelineFigures,
     PipelineList,
     PipelineStatusView,
     PipelineWrite,
@@ -26,9 +28,10 @@ from ops.api._models import (
     RunList,
     RunQuery,
     RunsQuery,
-    Stats,
 )
-from ops.api._pipelines import consumer_lag, parse_spec
+from ops.api._pipelines import parse_spec
+from ops.api._registry import Record
+from ops.api._stats import stats
 from ops.api._table import PROMETHEUS, Call, Route, document
 from streams import PipelineSpec
 
@@ -206,12 +209,13 @@ async def pipeline_status(call: Call) -> PipelineStatusView:
     await pipes.sync()
     rec = pipes.record(call.params["id"])
     status = pipes.registry.get(pipes.registry.topics.status, rec["id"]) or {}
-    lag = await asyncio.to_thread(consumer_lag, call.api.settings.bootstrap, rec["spec"])
+    processes = list(status.get("processes", ()))  # state and processes of one record
+    figures = await asyncio.to_thread(stats, call.api.settings.bootstrap, rec["spec"], processes)
     return PipelineStatusView.model_validate({
-        "id": rec["id"], "state": pipes.state(rec["id"]), "desired": rec["desired"],
+        "id": rec["id"], "state": pipes.state(rec["id"], status), "desired": rec["desired"],
         "version": status.get("version"), "reason": status.get("reason"),
-        "processes": [ProcessView.model_validate(p) for p in status.get("processes", ())],
-        "stats": Stats(consumer_lag=lag), "updated_at": status.get("updated_at")})
+        "processes": [ProcessView.model_validate(p) for p in processes],
+        "stats": figures, "updated_at": status.get("updated_at")})
 
 
 async def pipeline_runs(call: Call) -> RunList:
@@ -225,6 +229,25 @@ async def pipeline_runs(call: Call) -> RunList:
     fields = set(Run.model_fields)
     return RunList(items=[Run.model_validate({k: v for k, v in r.items() if k in fields})
                           for r in runs[: call.query.limit]])
+
+
+async def monitoring_metrics(call: Call) -> Monitoring:
+    """The figures of every pipeline (its processes scraped, its lag read from Kafka)."""
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    recs = sorted(pipes.registry.items(pipes.registry.topics.pipelines).values(),
+                  key=lambda r: r["name"])
+
+    async def one(rec: Record) -> PipelineFigures:
+        status = pipes.registry.get(pipes.registry.topics.status, rec["id"]) or {}
+        figures = await asyncio.to_thread(stats, call.api.settings.bootstrap, rec["spec"],
+                                          list(status.get("processes", ())))
+        return PipelineFigures.model_validate({"id": rec["id"], "name": rec["name"],
+                                               "state": pipes.state(rec["id"], status),
+                                               "stats": figures})
+
+    return Monitoring(pipelines=list(await asyncio.gather(*(one(r) for r in recs))))
 
 
 _BODY = (400, 413, 415, 422)
@@ -260,6 +283,8 @@ ROUTES: list[Route] = [
           errors=(404, 503), tag="lifecycle"),
     Route("GET", _ID + "/status", pipeline_status, "state, processes and figures",
           PipelineStatusView, errors=(404, 503), tag="lifecycle"),
+    Route("GET", "/api/v1/monitoring/metrics", monitoring_metrics,
+          "every pipeline's figures (JSON)", Monitoring, errors=(503,), tag="monitoring"),
     Route("GET", _ID + "/runs", pipeline_runs, "run history, newest first", RunList,
           query=RunsQuery, errors=(404, 422, 503), tag="lifecycle"),
 ]

@@ -41,8 +41,8 @@ def pids(st: dict[str, Any]) -> dict[str, int]:
 
 
 def test_a_cdc_pipeline_through_the_api_only(
-        api_factory: Callable[..., ApiProcess], fresh_db: str, kafka_bootstrap: str,
-        unique: str) -> None:
+        fresh_db: str, api_factory: Callable[..., ApiProcess], kafka_bootstrap: str,
+        unique: str) -> None:  # api_factory after fresh_db: its processes stop before the drop
     sql(fresh_db, DDL, "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)")
     api = api_factory()
     name = f"p_{unique}"
@@ -63,7 +63,15 @@ def test_a_cdc_pipeline_through_the_api_only(
     wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 90, "the snapshot")
     sql(fresh_db, "INSERT INTO items VALUES (3, 'c', 3)", "UPDATE items SET qty = 20 WHERE id = 2")
     wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "the changes")
-    assert wait(lambda: status(api, pid)["stats"]["consumer_lag"] == 0, 30, "no lag") is True
+    figures = wait(lambda: (s := status(api, pid)["stats"])["consumer_lag"] == 0
+                   and s["events_in"] == 4 and s["rows_written"] == 4 and s, 30, "the figures")
+    assert figures["complete"] is True
+    assert (figures["events_out"], figures["dlq_records"], figures["errors"]) == (4, 0, 0)
+    assert (figures["success_rate"], figures["quality_score"]) == (1.0, None)  # no rules
+    assert figures["events_per_s"] > 0
+    summary = api.call("GET", "/api/v1/monitoring/metrics").json
+    assert [(p["id"], p["state"], p["stats"]["events_in"]) for p in summary["pipelines"]] == [
+        (pid, "running", 4)]
     listed = api.call("GET", "/api/v1/pipelines?state=running").json["items"]
     assert [p["id"] for p in listed] == [pid]
 
@@ -108,8 +116,8 @@ def test_a_cdc_pipeline_through_the_api_only(
 
 
 def test_a_batch_run_drains_stops_and_lands_in_run_history(
-        api_factory: Callable[..., ApiProcess], fresh_db: str, kafka_bootstrap: str,
-        unique: str) -> None:
+        fresh_db: str, api_factory: Callable[..., ApiProcess], kafka_bootstrap: str,
+        unique: str) -> None:  # api_factory after fresh_db: its processes stop before the drop
     sql(fresh_db, DDL, "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)")
     api = api_factory()
     reply = api.call("POST", "/api/v1/pipelines",

@@ -1,0 +1,69 @@
+"""A pipeline's figures, read from its processes' Prometheus endpoints and from Kafka.
+
+Counters are those of the live processes (a restarted process starts again from 0), so
+the figures are "since the processes started". A process whose endpoint does not answer
+is left out and ``complete`` says so; a figure nothing measured is null.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from connectors import pipeline_stats, scrape_metrics
+from ops.api._models import Stats
+
+
+def consumer_lag(bootstrap: str, spec: dict[str, Any]) -> int | None:
+    """Records of the source topics not yet committed by the pipeline's consumer group
+    (``dataflow-<name>``); None when Kafka does not answer."""
+    from ops.api._runs import end_offsets, group_positions
+
+    source = spec.get("source", {})
+    topics = list(source.get("topics") or ())
+    try:
+        ends = end_offsets(bootstrap, topics)
+        at = group_positions(bootstrap, f"dataflow-{spec['name']}", topics,
+                             source.get("start", "earliest"))
+    except KafkaException:
+        return None
+    return sum(max(0, end - at.get(tp, end)) for tp, end in ends.items())
+
+
+def _samples(urls: Iterable[str]) -> tuple[list[Any], bool]:
+    samples: list[Any] = []
+    complete = True
+    for url in urls:
+        try:
+            samples += scrape_metrics(url, timeout=2.0)
+        except (OSError, ValueError, urllib.error.URLError):
+            complete = False
+    return samples, complete
+
+
+def stats(bootstrap: str, spec: dict[str, Any], processes: Iterable[dict[str, Any]]) -> Stats:
+    """Blocking (HTTP scrapes and Kafka offsets): call it in a thread."""
+    name = spec["name"]
+    samples, complete = _samples(p["metrics_url"] for p in processes if p.get("metrics_url"))
+    ours = [s for s in samples if s.labels.get("pipeline") == name]
+    figures = pipeline_stats(ours).get(name)
+    lag = consumer_lag(bootstrap, spec)
+    if figures is None:
+        return Stats(consumer_lag=lag, complete=complete)
+    events_in, dlq = int(figures["events_in"]), int(figures["dlq_records"])
+    checked = sum(s.value for s in ours if s.name == "dataflow_quality_checks_total")
+    quality = [s.value for s in ours if s.name == "dataflow_quality_score"] if checked else []
+    started = [s.value for s in ours if s.name == "dataflow_process_start_time_seconds"
+               and s.labels.get("role") == "worker"]
+    up = time.time() - min(started) if started else 0.0
+    return Stats(
+        consumer_lag=lag, complete=complete, events_in=events_in,
+        events_out=int(figures["events_out"]), dlq_records=dlq,
+        rows_written=int(figures["rows_written"]), errors=int(figures["errors"]),
+        events_per_s=round(events_in / up, 3) if up > 0 else None,
+        success_rate=round(1 - dlq / events_in, 6) if events_in else None,
+        quality_score=round(sum(quality) / len(quality), 6) if quality else None)
