@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
+from ops.api._supervisor import ProcessInfo
 from streams import PipelineSpec
 
 State = Literal["stopped", "starting", "running", "paused", "failed"]
@@ -125,15 +126,6 @@ class RunQuery(_Strict):
     backfill: bool = False
 
 
-class ProcessView(_Strict):
-    pid: int
-    host: str
-    role: str
-    restarts: int
-    metrics_url: str | None
-    started_at: datetime
-
-
 class Stats(_Strict):
     """Figures of the pipeline: counts since its live processes started (from their
     Prometheus endpoints), lag from Kafka; null where nothing measured them."""
@@ -168,7 +160,7 @@ class PipelineStatusView(_Strict):
     #: the spec version the processes run
     version: int | None
     reason: str | None
-    processes: list[ProcessView]
+    processes: list[ProcessInfo]
     stats: Stats
     updated_at: datetime | None
 

@@ -22,7 +22,6 @@ from ops.api._models import (
     PipelineList,
     PipelineStatusView,
     PipelineWrite,
-    ProcessView,
     Ready,
     Run,
     RunList,
@@ -32,6 +31,7 @@ from ops.api._models import (
 from ops.api._pipelines import parse_spec
 from ops.api._registry import Record
 from ops.api._stats import stats
+from ops.api._supervisor import ProcessInfo
 from ops.api._table import PROMETHEUS, Call, Route, document
 from streams import PipelineSpec
 
@@ -214,7 +214,7 @@ async def pipeline_status(call: Call) -> PipelineStatusView:
     return PipelineStatusView.model_validate({
         "id": rec["id"], "state": pipes.state(rec["id"], status), "desired": rec["desired"],
         "version": status.get("version"), "reason": status.get("reason"),
-        "processes": [ProcessView.model_validate(p) for p in processes],
+        "processes": [ProcessInfo.model_validate(p) for p in processes],
         "stats": figures, "updated_at": status.get("updated_at")})
 
 
