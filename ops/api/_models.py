@@ -198,3 +198,52 @@ class Monitoring(_Strict):
     """Every pipeline's figures, by name."""
 
     pipelines: list[PipelineFigures]
+
+
+# ------------------------------------------------------------------ catalogs and dry runs
+
+
+class CatalogEntry(_Strict):
+    kind: str
+    #: ``source`` or ``sink`` for connectors
+    role: str | None
+    description: str
+    #: the JSON Schema of its settings (from the spec's own model)
+    json_schema: dict[str, Any]
+    example: dict[str, Any] | None
+
+
+class Catalog(_Strict):
+    items: list[CatalogEntry]
+
+
+class SampleEvent(_Strict):
+    #: JSON; null: no key
+    key: Any = None
+    #: the record's value (JSON; null: a tombstone)
+    value: Any = None
+    #: default: the spec's first source topic
+    topic: str | None = Field(None, max_length=249)
+
+
+class DryRunRequest(_Strict):
+    spec: SpecDocument
+    events: list[SampleEvent] = Field(max_length=1000)
+
+
+class DryRunOutput(_Strict):
+    topic: str
+    key: Any
+    value: Any
+
+
+class DryRunDead(_Strict):
+    #: position of the event in the request
+    index: int
+    stage: str
+    error: str
+
+
+class DryRunResult(_Strict):
+    outputs: list[DryRunOutput]
+    dead_letters: list[DryRunDead]

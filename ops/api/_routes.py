@@ -7,11 +7,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import generate_latest
 
+from ops.api import _catalog
+from ops.api._dryrun import dry_run
 from ops.api._errors import ApiError
 from ops.api._models import (
+    Catalog,
     Deleted,
     DeleteQuery,
     Desired,
+    DryRunRequest,
+    DryRunResult,
     Health,
     Index,
     Link,
@@ -250,6 +255,27 @@ async def monitoring_metrics(call: Call) -> Monitoring:
     return Monitoring(pipelines=list(await asyncio.gather(*(one(r) for r in recs))))
 
 
+async def dry_run_pipeline(call: Call) -> DryRunResult:
+    body: DryRunRequest = call.body
+    return dry_run(parse_spec(body.spec), body.events)
+
+
+async def list_connectors(call: Call) -> Catalog:
+    return Catalog.model_validate({"items": _catalog.connectors()})
+
+
+async def list_transformations(call: Call) -> Catalog:
+    return Catalog.model_validate({"items": _catalog.transformations()})
+
+
+async def list_quality_rules(call: Call) -> Catalog:
+    return Catalog.model_validate({"items": _catalog.rules()})
+
+
+async def list_integrations(call: Call) -> Catalog:
+    return Catalog(items=[])  # none yet (issue 11)
+
+
 _BODY = (400, 413, 415, 422)
 _ID = "/api/v1/pipelines/{id}"
 ROUTES: list[Route] = [
@@ -265,6 +291,17 @@ ROUTES: list[Route] = [
           Pipeline, status=201, body=PipelineWrite, yaml_body=True,
           errors=(*_BODY, 409, 503), tag="pipelines",
           links=("get_pipeline", "replace_pipeline", "delete_pipeline")),
+    Route("POST", "/api/v1/pipelines/dry-run", dry_run_pipeline,
+          "what a spec makes of sample events (no Kafka)", DryRunResult, body=DryRunRequest,
+          errors=_BODY, tag="pipelines"),
+    Route("GET", "/api/v1/connectors", list_connectors, "source and sink kinds", Catalog,
+          tag="catalog"),
+    Route("GET", "/api/v1/transformations", list_transformations, "transformation kinds",
+          Catalog, tag="catalog"),
+    Route("GET", "/api/v1/quality/rules", list_quality_rules, "quality rule kinds", Catalog,
+          tag="catalog"),
+    Route("GET", "/api/v1/integrations", list_integrations, "integrations (none yet)",
+          Catalog, tag="catalog"),
     Route("GET", _ID, get_pipeline, "one pipeline", Pipeline, errors=(404, 503),
           tag="pipelines"),
     Route("PUT", _ID, replace_pipeline, "a new version of a pipeline's spec", Pipeline,

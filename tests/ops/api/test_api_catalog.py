@@ -1,0 +1,71 @@
+"""Catalogs from the spec's models, and dry runs of a spec over sample events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams import load_spec
+from tests.ops.api.conftest import ApiProcess
+
+pytestmark = pytest.mark.integration
+
+SPEC: dict[str, Any] = {
+    "name": "orders", "source": {"topics": ["orders.in"], "format": "json"},
+    "transforms": [{"type": "filter", "expr": "status != 'cancelled'"},
+                   {"type": "map", "fields": {"total": "qty * price"}}],
+    "quality": [{"type": "range", "field": "total", "min": 0, "name": "total_positive"}],
+    "sinks": {"kafka": {"key": "id"}},
+}
+
+
+def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
+    events = [
+        {"key": {"id": 1}, "value": {"id": 1, "status": "new", "qty": 2, "price": 5}},
+        {"key": {"id": 2}, "value": {"id": 2, "status": "cancelled", "qty": 1, "price": 1}},
+        {"key": {"id": 3}, "value": {"id": 3, "status": "new", "qty": 1, "price": -4}},
+        {"value": [1, 2]},
+    ]
+    reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": SPEC, "events": events})
+    assert reply.status == 200, reply.text
+    assert reply.json["outputs"] == [{"topic": "dataflow.orders.out", "key": 1, "value": {
+        "id": 1, "status": "new", "qty": 2, "price": 5, "total": 10}}]
+    dead = reply.json["dead_letters"]
+    assert [(d["index"], d["stage"]) for d in dead] == [(2, "rule:total_positive"), (3, "decode")]
+    assert api.call("GET", "/api/v1/pipelines").json["items"] == []  # nothing was created
+    reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {
+        **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]}, "events": []})
+    assert (reply.status, reply.json["error"]["field"]) == (422, "spec.stateful")
+    reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {**SPEC, "name": "X"},
+                                                          "events": [{"value": 1, "x": 2}]})
+    assert reply.status == 422
+    assert [e["field"] for e in reply.json["error"]["errors"]] == ["events.0.x"]
+    reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {**SPEC, "name": "X"},
+                                                          "events": []})
+    assert (reply.status, reply.json["error"]["field"]) == (422, "spec.name")
+
+
+def test_catalogs_list_every_kind_with_its_schema(api: ApiProcess) -> None:
+    connectors = api.call("GET", "/api/v1/connectors").json["items"]
+    assert [(c["kind"], c["role"]) for c in connectors] == [
+        ("kafka", "source"), ("postgres", "source"), ("kafka", "sink"), ("postgres", "sink"),
+        ("mongodb", "sink"), ("objectstore", "sink")]
+    pg_sink = connectors[3]["json_schema"]
+    assert {"table", "key"} <= set(pg_sink["required"]) and "dsn" in pg_sink["properties"]
+    assert "topic_prefix" in connectors[1]["json_schema"]["required"]
+    transforms = api.call("GET", "/api/v1/transformations").json["items"]
+    assert [t["kind"] for t in transforms] == [
+        "unwrap", "filter", "map", "compute", "select", "drop", "rename", "cast", "flatten",
+        "mask", "hash", "route"]
+    rules = api.call("GET", "/api/v1/quality/rules").json["items"]
+    assert [r["kind"] for r in rules] == ["required", "not_null", "type", "range", "regex",
+                                          "allowed", "expr", "schema", "unique", "referential"]
+    for rule in rules:  # every example is a rule the loader takes
+        assert rule["json_schema"]["properties"]["type"]["const"] == rule["kind"]
+        load_spec({"name": "x", "source": {"topics": ["x.in"]}, "quality": [rule["example"]]})
+    for t in transforms:
+        if t["example"] is not None:
+            load_spec({"name": "x", "source": {"topics": ["x.in"]}, "transforms": [t["example"]]})
+    assert all(t["example"] for t in transforms if t["kind"] != "compute")
+    assert api.call("GET", "/api/v1/integrations").json == {"items": []}
