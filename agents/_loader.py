@@ -163,7 +163,9 @@ class RecordMapper:
         value = _payload(ev.value)
         key = _payload(ev.key)
         version: Any = ev.offset if s.version_field is None else None
-        source_ts = ev.timestamp_ms   # the Kafka record's, unless the envelope says when
+        #: when the change happened at its source: the envelope's ``source.ts_ms``, a worker's
+        #: unwrapped row's ``__ts_ms``, else the Kafka record's timestamp
+        source_ts = ev.timestamp_ms
         if value is None:
             if s.deletes == "ignore" or s.version_field is not None:
                 return None
@@ -189,6 +191,9 @@ class RecordMapper:
         else:
             row = value
             deleted = bool(value.get("__deleted") in (True, "true")) or value.get("__op") == "d"
+            captured = value.get("__ts_ms")   # unwrapped by a worker: the envelope's ts_ms
+            if isinstance(captured, int):
+                source_ts = captured
             if s.version_field is not None:
                 version = value.get(s.version_field)
         if deleted and s.deletes == "ignore":

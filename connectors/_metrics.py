@@ -185,7 +185,8 @@ class Metrics:
                                     "command (0 when no write runs)", sink, **kw)
         self.freshness = _BatchHistogram(
             "dataflow_freshness_seconds", "Sink write time minus source commit time "
-            "(Debezium source.ts_ms; the Kafka record timestamp without an envelope), per row",
+            "(Debezium source.ts_ms, an unwrapped row's __ts_ms, else the Kafka record "
+            "timestamp), per row",
             sink, FRESHNESS_BUCKETS, registry)
         # -- CDC sources
         self.cdc_events = Counter("dataflow_cdc_events", "Change events produced",

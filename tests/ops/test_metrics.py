@@ -2,8 +2,8 @@
 started with ``DATAFLOW_METRICS_PORT``, fed known records, scraped over HTTP.
 
 Exact counts for a spec with a failing quality rule and a row the target refuses; the
-freshness histogram counts the rows written and reads Debezium's ``source.ts_ms``; lag
-is 0 once drained. The README's metric table, the served names and the Grafana
+freshness histogram counts the rows written and reads Debezium's ``source.ts_ms`` (a
+worker's unwrapped rows: ``__ts_ms``); lag is 0 once drained. The README's metric table, the served names and the Grafana
 dashboard's expressions are the same set of names.
 """
 
@@ -35,7 +35,8 @@ pytestmark = pytest.mark.integration
 
 N_GOOD, N_BAD = 16, 4                 # amount >= 0 passes rule "positive"; < 0 fails it
 LONG = "f" * 64                       # a column name Postgres would truncate: refused
-SOURCE_AGE_S = 600                    # the raw loader's rows were committed 10 minutes ago
+SOURCE_AGE_S = 600                    # the rows were committed 10 minutes ago (source.ts_ms)
+CAPTURE_AGE_S = 360                   # and captured 6 minutes ago (the envelope's ts_ms)
 
 
 def _samples(port: int) -> list[Sample]:
@@ -111,12 +112,16 @@ def test_each_process_serves_the_documented_metrics(
                    "dlq_topic": dlq, "flush_interval": 0.2},
         "sink": {"kind": "postgres", "table": "raw_orders", "dsn": fresh_db, "key_fields": ["id"]}}))
 
-    committed_ms = int(time.time() * 1000) - SOURCE_AGE_S * 1000
-    records = [(orjson.dumps({"id": i}),
-                debezium("c", {"id": i, "amount": -1 if i > N_GOOD else i}, ts_ms=committed_ms))
+    now_ms = int(time.time() * 1000)
+
+    def change(row: dict[str, Any]) -> tuple[bytes, bytes]:
+        envelope = orjson.loads(debezium("c", row, ts_ms=now_ms - SOURCE_AGE_S * 1000))
+        envelope["ts_ms"] = now_ms - CAPTURE_AGE_S * 1000
+        return orjson.dumps({"id": row["id"]}), orjson.dumps(envelope)
+
+    records = [change({"id": i, "amount": -1 if i > N_GOOD else i})
                for i in range(1, N_GOOD + N_BAD + 1)]
-    records.append((orjson.dumps({"id": 99}), debezium("c", {"id": 99, "amount": 1, LONG: 1},
-                                                       ts_ms=committed_ms)))
+    records.append(change({"id": 99, "amount": 1, LONG: 1}))
     produce(kafka_bootstrap, src, records)
     n_in = len(records)                  # 21: 16 good, 4 failing the rule, 1 the target refuses
 
@@ -192,10 +197,16 @@ def test_each_process_serves_the_documented_metrics(
                  rule="") == 1
     assert total(ld, "dataflow_sink_rows_rejected_total", pipeline=name, sink="postgres") == 1
     assert total(ld, "dataflow_freshness_seconds_count", pipeline=name, sink="postgres") == N_GOOD
+    # through the worker: the unwrapped rows' __ts_ms (the envelopes' ts_ms, 6 minutes ago)
+    assert total(ld, "dataflow_freshness_seconds_bucket", pipeline=name, le="300.0") == 0
+    assert total(ld, "dataflow_freshness_seconds_bucket", pipeline=name, le="900.0") == N_GOOD
+    fresh_sum = total(ld, "dataflow_freshness_seconds_sum", pipeline=name) or 0
+    assert CAPTURE_AGE_S * N_GOOD <= fresh_sum < SOURCE_AGE_S * N_GOOD
     assert total(ld, "dataflow_consumer_lag", pipeline=name, topic=out, partition="0") == 0
     assert total(ld, "dataflow_errors_total", pipeline=name) == 0
     assert _rows(fresh_db, "orders") == [(i,) for i in range(1, N_GOOD + 1)]
-    # the raw loader reads the envelopes: freshness from source.ts_ms (10 minutes ago)
+    # the raw loader reads the envelopes: freshness from source.ts_ms (10 minutes ago), not
+    # from the envelope's ts_ms
     raw_name = f"{name}-raw"
     assert total(raw, "dataflow_freshness_seconds_count", pipeline=raw_name) == n_in - 1
     assert total(raw, "dataflow_freshness_seconds_bucket", pipeline=raw_name, le="300.0") == 0
