@@ -180,7 +180,7 @@ _TARGET = click.argument("target", metavar="NAME_OR_ID")
               show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
 @click.pass_context
 def pipelines(ctx: click.Context, api_url: str) -> None:
-    """Pipelines as resources of the REST API (`dataflow api`): apply, list, get, delete."""
+    """Pipelines as resources of the REST API (`dataflow api`): apply, run, pause, watch."""
     ctx.obj = api_url
 
 
@@ -228,13 +228,81 @@ def pipelines_get(url: str, target: str, as_json: bool) -> int:
 
 @pipelines.command("delete")
 @_TARGET
+@click.option("--purge", is_flag=True,
+              help="also remove its consumer groups, replication slot and internal topics")
 @_JSON
 @click.pass_obj
-def pipelines_delete(url: str, target: str, as_json: bool) -> int:
-    """Delete a pipeline."""
+def pipelines_delete(url: str, target: str, purge: bool, as_json: bool) -> int:
+    """Delete a pipeline (its processes are stopped first)."""
     from ops._pipelines_cli import delete
 
-    return delete(_api(url), target, as_json)
+    return delete(_api(url), target, purge, as_json)
+
+
+_WAIT = click.option("--wait", is_flag=True,
+                     help="until the state says it happened (a batch run: until it ended)")
+_TIMEOUT = click.option("--timeout", type=float, default=120.0, show_default=True,
+                        help="seconds --wait waits")
+
+
+@pipelines.command("run")
+@_TARGET
+@click.option("--once", is_flag=True, help="one batch run: drain what is there and stop")
+@_WAIT
+@_TIMEOUT
+@_JSON
+@click.pass_obj
+def pipelines_run(url: str, target: str, once: bool, wait: bool, timeout: float,
+                  as_json: bool) -> int:
+    """Start the pipeline (a scheduled one, or --once: one batch run now)."""
+    from ops._pipelines_cli import action
+
+    return action(_api(url), "run", target, as_json, once=once, wait=wait, timeout=timeout)
+
+
+def _action(verb: str, help_: str) -> None:
+    @_TARGET
+    @_WAIT
+    @_TIMEOUT
+    @_JSON
+    @click.pass_obj
+    def run(url: str, target: str, wait: bool, timeout: float, as_json: bool) -> int:
+        from ops._pipelines_cli import action
+
+        return action(_api(url), verb, target, as_json, wait=wait, timeout=timeout)
+
+    pipelines.command(verb, help=help_)(run)
+
+
+for _verb, _help in (
+    ("pause", "Stop the pipeline's processes, keeping their positions."),
+    ("resume", "Start a paused pipeline again where it paused."),
+    ("stop", "Stop the pipeline's processes."),
+):
+    _action(_verb, _help)
+
+
+@pipelines.command("status")
+@_TARGET
+@_JSON
+@click.pass_obj
+def pipelines_status(url: str, target: str, as_json: bool) -> int:
+    """State, processes and figures of a pipeline."""
+    from ops._pipelines_cli import status
+
+    return status(_api(url), target, as_json)
+
+
+@pipelines.command("runs")
+@_TARGET
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@_JSON
+@click.pass_obj
+def pipelines_runs(url: str, target: str, limit: int, as_json: bool) -> int:
+    """Run history, newest first: start, end, rows in/out/failed, outcome."""
+    from ops._pipelines_cli import runs
+
+    return runs(_api(url), target, limit, as_json)
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -198,9 +199,109 @@ def get(api: ApiClient, target: str, as_json: bool) -> int:
     return _run("get", as_json, go)
 
 
-def delete(api: ApiClient, target: str, as_json: bool) -> int:
+def delete(api: ApiClient, target: str, purge: bool, as_json: bool) -> int:
     def go() -> tuple[Any, str]:
         p = api.resolve(target)
-        resp = api.call("DELETE", f"{_BASE}/{p['id']}")
-        return resp.body, f"deleted pipeline {p['name']} (id {p['id']})"
+        resp = api.call("DELETE", f"{_BASE}/{p['id']}", query={"purge": True} if purge else None)
+        return resp.body, (f"deleted pipeline {p['name']} (id {p['id']})"
+                           + (", purged" if resp.body.get("purged") else ""))
     return _run("delete", as_json, go)
+
+
+# ------------------------------------------------------------------ lifecycle
+
+#: the state a lifecycle action waits for (a batch run waits for its run record instead)
+_SETTLES = {"run": "running", "resume": "running", "pause": "paused", "stop": "stopped"}
+
+
+def action(api: ApiClient, verb: str, target: str, as_json: bool, *, once: bool = False,
+           wait: bool = False, timeout: float = 120.0) -> int:
+    """``run`` (``once``: one batch run), ``pause``, ``resume`` or ``stop``;
+    ``wait``: until the pipeline's state says it happened (a batch run: until it ended)."""
+    def go() -> tuple[Any, str]:
+        p = api.resolve(target)
+        batch = verb == "run" and (once or bool(p["spec"].get("schedule")))
+        before = {r["run_id"] for r in _runs(api, p["id"])} if wait and batch else set()
+        query = {"once": True} if verb == "run" and once else None
+        body = api.call("POST", f"{_BASE}/{p['id']}/{verb}", query=query).body
+        text = f"{verb}: {_summary(body)}"
+        if not wait:
+            return body, text
+        if batch:
+            run = _wait(api, p, timeout, "the run to end", lambda: next(
+                (r for r in _runs(api, p["id"]) if r["run_id"] not in before), None))
+            if run["outcome"] != "succeeded":
+                raise ApiCallError(f"run {run['run_id']} {run['outcome']}: {run.get('reason')}")
+            return run, (f"{text}\nrun {run['run_id']} {run['outcome']}: rows in "
+                         f"{run['rows_in']}, out {run['rows_out']}, failed {run['rows_failed']}")
+        want = _SETTLES[verb]
+        status = _wait(api, p, timeout, f"state {want}", lambda: _settled(api, p["id"], want))
+        return status, f"{text}\nstate {status['state']}"
+    return _run(verb, as_json, go)
+
+
+def _runs(api: ApiClient, pipeline_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = api.get(f"{_BASE}/{pipeline_id}/runs", limit=500)["items"]
+    return items
+
+
+def _settled(api: ApiClient, pipeline_id: str, want: str) -> dict[str, Any] | None:
+    status: dict[str, Any] = api.get(f"{_BASE}/{pipeline_id}/status")
+    if status["state"] == "failed" and want != "failed":
+        raise ApiCallError(f"the pipeline failed: {status.get('reason')}")
+    return status if status["state"] == want else None
+
+
+def _wait(api: ApiClient, p: dict[str, Any], timeout: float, what: str,
+          check: Callable[[], Any]) -> Any:
+    """Poll ``check`` until it returns something, with a progress line on stderr."""
+    start = time.monotonic()
+    shown = -1
+    tty = sys.stderr.isatty()
+    while True:
+        found = check()
+        waited = time.monotonic() - start
+        if found is not None:
+            if shown >= 0 and tty:
+                print(file=sys.stderr)
+            return found
+        if waited > timeout:
+            if shown >= 0 and tty:
+                print(file=sys.stderr)
+            raise ApiCallError(f"pipeline {p['name']}: no {what} within {timeout:.0f} s")
+        step = int(waited) // (1 if tty else 10)
+        if waited >= 2 and step != shown:
+            shown = step
+            line = f"pipeline {p['name']}: waiting for {what} ({int(waited)} s)"
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr,
+                  flush=True)
+        time.sleep(0.5)
+
+
+def status(api: ApiClient, target: str, as_json: bool) -> int:
+    def go() -> tuple[Any, str]:
+        p = api.resolve(target)
+        s = api.get(f"{_BASE}/{p['id']}/status")
+        lines = [f"pipeline {p['name']} (id {p['id']}): {s['state']} (desired {s['desired']}, "
+                 f"version {s.get('version') or '-'})"]
+        if s.get("reason"):
+            lines.append(f"reason: {s['reason']}")
+        if s["processes"]:
+            lines.append(table([(x["role"], x["pid"], x["host"], x["restarts"], x["started_at"],
+                                 x.get("metrics_url")) for x in s["processes"]],
+                               ("ROLE", "PID", "HOST", "RESTARTS", "STARTED", "METRICS")))
+        lines.append(table(list(s["stats"].items()), ("STAT", "VALUE")))
+        return s, "\n".join(lines)
+    return _run("status", as_json, go)
+
+
+def runs(api: ApiClient, target: str, limit: int, as_json: bool) -> int:
+    def go() -> tuple[Any, str]:
+        p = api.resolve(target)
+        body = api.get(f"{_BASE}/{p['id']}/runs", limit=limit)
+        keys = ("run_id", "started_at", "ended_at", "rows_in", "rows_out", "rows_failed",
+                "outcome")
+        rows = [tuple(r[k] for k in keys) for r in body["items"]]
+        return body, table(rows, ("RUN", "STARTED", "ENDED", "IN", "OUT", "FAILED", "OUTCOME")) \
+            if rows else f"pipeline {p['name']}: no runs"
+    return _run("runs", as_json, go)

@@ -9,13 +9,16 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
 from tests.ops.api.conftest import ROOT, ApiProcess
+from tests.pipeline_support import produce
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +116,72 @@ def test_an_api_that_does_not_answer_is_named() -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("dataflow pipelines list: cannot reach the API at "
                                  "http://127.0.0.1:9 (")
+
+
+def test_lifecycle_from_the_command_line(
+        api: ApiProcess, tmp_path: Path, kafka_bootstrap: str,
+        make_topic: Callable[..., str]) -> None:
+    """run --once (a batch run: drained, recorded), run, pause, resume, stop, each with
+    --wait; status and runs show what the API holds; delete --purge."""
+    src = make_topic("cli-src")
+    produce(kafka_bootstrap, src, [(orjson.dumps({"id": i}), orjson.dumps({"id": i, "n": i}))
+                                   for i in range(3)])
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "life.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, "source": {"topics": [src], "format": "json"},
+                                    "transforms": [{"type": "map", "fields": {"m": "n * 2"}}]}))
+    url = api.url
+    assert dataflow(url, "apply", "-f", str(spec)).returncode == 0
+    pid = api.call("GET", "/api/v1/pipelines").json["items"][0]["id"]
+
+    once = dataflow(url, "run", name, "--once", "--wait", "--timeout", "180")
+    assert once.returncode == 0, once.stderr
+    # a worker takes seconds to start: the wait shows a progress line on stderr
+    assert f"pipeline {name}: waiting for the run to end (2 s)\n" in once.stderr
+    history = api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"]
+    assert len(history) == 1
+    run = history[0]
+    assert (run["outcome"], run["rows_in"], run["rows_out"], run["rows_failed"]) == (
+        "succeeded", 3, 3, 0)
+    assert once.stdout.splitlines()[-1] == (
+        f"run {run['run_id']} succeeded: rows in 3, out 3, failed 0")
+    assert json.loads(dataflow(url, "runs", name, "--json").stdout) == {"items": history}
+    table_ = dataflow(url, "runs", pid).stdout.splitlines()
+    assert table_[0].split() == ["RUN", "STARTED", "ENDED", "IN", "OUT", "FAILED", "OUTCOME"]
+    assert table_[1].split() == [run["run_id"], run["started_at"], run["ended_at"], "3", "3",
+                                 "0", "succeeded"]
+
+    for verb, state in (("run", "running"), ("pause", "paused"), ("resume", "running"),
+                        ("stop", "stopped")):
+        out = dataflow(url, verb, name, "--wait", "--timeout", "180")
+        assert out.returncode == 0, (verb, out.stderr)
+        assert out.stdout.splitlines()[-1] == f"state {state}", (verb, out.stdout)
+        shown = json.loads(dataflow(url, "status", name, "--json").stdout)
+        assert shown["state"] == state
+        assert [p["role"] for p in shown["processes"]] == (["worker"] if state == "running"
+                                                           else []), shown
+        if state == "running":
+            text = dataflow(url, "status", name).stdout.splitlines()
+            assert text[0] == (f"pipeline {name} (id {pid}): running (desired running, "
+                               f"version 1)")
+            assert text[1].split()[:4] == ["ROLE", "PID", "HOST", "RESTARTS"]
+            assert text[2].split()[:2] == ["worker", str(shown["processes"][0]["pid"])]
+
+    gone = dataflow(url, "delete", name, "--purge")
+    assert (gone.returncode, gone.stdout) == (0, f"deleted pipeline {name} (id {pid}), purged\n")
+    assert api.call("GET", f"/api/v1/pipelines/{pid}").status == 404
+
+
+def test_wait_ends_with_the_reason_when_the_pipeline_fails(
+        api: ApiProcess, tmp_path: Path) -> None:
+    """A worker that cannot start (its source topic does not exist) crashes until the
+    supervisor marks the pipeline failed: ``run --wait`` exits 1 with that reason."""
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, "source": {"topics": [f"{name}-absent"]}}))
+    assert dataflow(api.url, "apply", "-f", str(spec)).returncode == 0
+    out = dataflow(api.url, "run", name, "--wait", "--timeout", "180")
+    assert out.returncode == 1, out.stdout
+    reason = json.loads(dataflow(api.url, "status", name, "--json").stdout)["reason"]
+    assert reason and f"{name}-absent" in reason
+    assert out.stderr.endswith(f"dataflow pipelines run: the pipeline failed: {reason}\n")
