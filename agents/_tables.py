@@ -13,12 +13,13 @@ so the store after recovery equals the store before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Set
+from typing import Any, cast
 
 import faust
 import orjson
 from faust.stores.memory import Store as MemoryStore
+from faust.types import TP
 
 from agents._runtime import Outbox
 
@@ -31,6 +32,43 @@ def _to_key(key: Any) -> Any:
     if isinstance(key, list):
         return tuple(tuple(v) if isinstance(v, list) else v for v in key)
     return key
+
+
+class _ReplayedMemoryStore(MemoryStore):
+    """The memory store, emptied at every rebalance and rebuilt from the whole changelog.
+
+    Faust keeps a memory table across a rebalance and, for a partition it keeps, reads
+    the changelog on from where its last recovery stopped. A batch whose effects are in
+    memory but whose transaction was aborted (this worker fenced by the partition's new
+    owner, a commit that failed) would then stay in the table though no changelog holds
+    it, e.g. a dedup key that drops the order when it is read again: the table must be
+    exactly what the committed changelog says. So every rebalance empties it and
+    recovery reads each assigned changelog partition from its start (the recovery
+    offset of each is forgotten, as for a new assignment).
+    """
+
+    async def on_rebalance(self, assigned: Set[TP], revoked: Set[TP],
+                           newly_assigned: Set[TP], generation_id: int = 0) -> None:
+        self.data.clear()
+        self._key_partition.clear()
+        recovery = cast(Any, self.app.tables).recovery
+        topic = self.table.changelog_topic.get_topic_name()
+        for tp in [tp for tp in recovery.active_offsets if tp.topic == topic]:
+            del recovery.active_offsets[tp]
+
+
+class _Table(faust.Table):
+    """Faust's table with ``_ReplayedMemoryStore`` for ``memory://``."""
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        if str(url).startswith("memory:"):
+            return _ReplayedMemoryStore(url, self.app, self, table_name=self.name,
+                                        key_type=self.key_type,
+                                        key_serializer=self.key_serializer,
+                                        value_serializer=self.value_serializer,
+                                        value_type=self.value_type, loop=self.loop,
+                                        options=self.options)
+        return super()._new_store_by_url(url)
 
 
 class BatchTable:
@@ -46,13 +84,15 @@ class BatchTable:
         changelog_config: Mapping[str, Any] | None = None,
     ) -> None:
         # no key/value types: Faust's json serializer for both, as written by ``put``
-        self.table = app.Table(
-            name,
+        self.table: faust.Table = cast(faust.Table, app.tables.add(_Table(
+            app,
+            name=name,
+            beacon=app.tables.beacon,
             partitions=partitions,
             help=help,
             recovery_buffer_size=10_000,  # recovery applies the changelog in bigger bulks
             extra_topic_configs=dict(changelog_config or {}),
-        )
+        )))
         self.name = name
 
     @property

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import (
@@ -590,8 +590,53 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     app.pipeline = pipeline  # type: ignore[attr-defined]
     _install_ticks(app, pipeline, settings.tick_interval_s)
     _install_gates(app, pipeline)
+    declare_topics(settings.kafka_bootstrap_servers, app, settings.replication_factor)
     serve_metrics(spec.name, settings.metrics_port, settings.metrics_host)
     return app
+
+
+def declare_topics(bootstrap: str, app: BatchApp, replication: int) -> None:
+    """Create the app's internal and changelog topics before its consumer subscribes.
+
+    Faust creates them as it starts, while the group forms: a worker whose consumer
+    subscribed a moment earlier (or the group leader, whose metadata is then stale for
+    minutes) leaves the new topic unassigned, and a stage stalls. So they exist, with
+    their leaders, before any worker joins. Faust's own declaration then finds them.
+    """
+    wanted: dict[str, tuple[int, dict[str, str]]] = {}
+    for channel in app.topics:
+        if getattr(channel, "internal", False):
+            for name in channel.topics:
+                wanted[name] = (channel.partitions or app.conf.topic_partitions, {})
+    for table in app.tables.values():
+        topic: Any = table.changelog_topic
+        config = {"cleanup.policy": "compact", **{k: str(v) for k, v in
+                                                  (topic.config or {}).items()}}
+        wanted[topic.get_topic_name()] = (topic.partitions or app.conf.topic_partitions, config)
+    if not wanted:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=n, replication_factor=replication,
+                                            config=config)
+                                   for name, (n, config) in wanted.items()])
+    for name, future in futures.items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ConfigError(f"cannot create internal topic {name}: {exc}") from exc
+    deadline = time.monotonic() + 30
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        ready = {name for name in wanted if name in topics and topics[name].error is None
+                 and topics[name].partitions
+                 and all(p.leader >= 0 for p in topics[name].partitions.values())}
+        if ready == set(wanted):
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(f"internal topics without a leader after 30 s: "
+                              f"{sorted(set(wanted) - ready)}")
+        time.sleep(0.2)
 
 
 def _install_ticks(app: BatchApp, pipeline: Pipeline, interval: float) -> None:
