@@ -283,25 +283,35 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         aiokafka leaves a partition with no committed offset (or offset 0) where it is,
         so records fetched and dropped since (a stale fetch, a held batch) would never be
         read again; such a partition goes back to where the reset policy starts it.
+        A partition with records processed since its committed offset (their outputs
+        wait in the open transaction, or in the producer, for the next commit) goes
+        just past them instead: Faust seeks again when a recovery ends and when records
+        came while the flow was stopped, and reading them once more would apply them
+        twice (exactly once: a window counted twice). The seek counts as a new epoch
+        from its start, so no batch fetched before it runs after it began.
         """
         async with self._fetch_lock():
-            try:
-                consumer = self._ensure_consumer()
-                committed = await consumer.seek_to_committed()
-                unset = [tp for tp, offset in committed.items()
-                         if not offset and not self.consumer._is_changelog_tp(tp)]
-                for tp in unset:
-                    if committed[tp] == 0:
-                        consumer.seek(tp, 0)
-                if any(committed[tp] != 0 for tp in unset):
-                    rest = [tp for tp in unset if committed[tp] != 0]
-                    if self.app.conf.consumer_auto_offset_reset == "latest":
-                        await consumer.seek_to_end(*rest)
-                    else:
-                        await consumer.seek_to_beginning(*rest)
-                return cast(Mapping[TP, int], committed)
-            finally:
-                self.seeks += 1
+            self.seeks += 1  # from now on, batches fetched before are stale
+            consumer = self._ensure_consumer()
+            committed = await consumer.seek_to_committed()
+            processed = cast(BatchConsumer, self.consumer).processed_to
+            for tp, offset in committed.items():
+                done = processed.get(tp)
+                if done is not None and done > (offset or 0):
+                    consumer.seek(tp, done)
+            unset = [tp for tp, offset in committed.items()
+                     if not offset and not self.consumer._is_changelog_tp(tp)
+                     and processed.get(tp) is None]
+            for tp in unset:
+                if committed[tp] == 0:
+                    consumer.seek(tp, 0)
+            if any(committed[tp] != 0 for tp in unset):
+                rest = [tp for tp in unset if committed[tp] != 0]
+                if self.app.conf.consumer_auto_offset_reset == "latest":
+                    await consumer.seek_to_end(*rest)
+                else:
+                    await consumer.seek_to_beginning(*rest)
+            return cast(Mapping[TP, int], committed)
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """The end of each changelog partition as recovery must read it.
@@ -371,6 +381,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deferred = {}
+        self.processed_to = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -393,6 +404,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _batch_app(self) -> BatchApp:
         return cast(BatchApp, self.app)
+
+    #: per batch partition, one past the last offset processed (acked) in this
+    #: assignment; a seek never goes back before it (see ``_seek_to_committed``)
+    processed_to: dict[TP, int]
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, with no batch between handler and ack."""
+        async with self._batch_lock():
+            await super().perform_seek()
 
     async def position(self, tp: TP) -> int | None:
         """Of a changelog partition: the last offset its table recovery has applied.
@@ -492,7 +512,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     if handler is None:
                         await self._deliver_each(tp, batch)
                         continue
-                    await self._process(tp, batch, handler)
+                    await self._process(tp, batch, handler, epoch)
                 unset_flag(CONSUMER_FETCHING)
                 await asyncio.sleep(0)
         except self.consumer_stopped_errors:
@@ -513,8 +533,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 pending.cancel()
             unset_flag(CONSUMER_FETCHING)
 
-    async def _process(self, tp: TP, batch: Sequence[Any], handler: BatchHandler) -> None:
-        """One partition's batch: handler, outputs, ack (in its transaction if exactly once)."""
+    async def _process(self, tp: TP, batch: Sequence[Any], handler: BatchHandler,
+                       epoch: int) -> None:
+        """One partition's batch: handler, outputs, ack (in its transaction if exactly once).
+
+        ``epoch`` is the seek count the batch was fetched in; a batch whose epoch is
+        over is dropped (the seek reads it again).
+        """
         app = self._batch_app()
         read_offset = self._read_offset
         r_offset = read_offset[tp]
@@ -523,7 +548,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if not batch:
                 return
         if app.in_transaction:
-            await self._deliver_batch_in_transaction(tp, batch, handler, r_offset)
+            if not await self._deliver_batch_in_transaction(tp, batch, handler, r_offset,
+                                                            epoch):
+                return
         else:
             outbox = Outbox()
             handler(tp, batch, outbox)
@@ -555,7 +582,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             for batch in batches:
                 if epoch != self._epoch():
                     break
-                await self._process(tp, batch, app.batch_handlers[tp.topic])
+                await self._process(tp, batch, app.batch_handlers[tp.topic], epoch)
             self.resume_partitions([TP(tp.topic, tp.partition)])
 
     async def _deliver_each(self, tp: TP, batch: Sequence[Any]) -> None:
@@ -582,6 +609,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """Mark ``first..last`` acked in one step (and the hole before it, see ``ack_range``)."""
         self._n_acked += ack_range(self._acked[tp], first, last, r_offset,
                                    self._committed_offset[tp])
+        self.processed_to[tp] = last + 1
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's rule, with a fast path for a batch partition's unbroken run of acks."""
@@ -623,6 +651,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if self.assignment():
             self.stop_flow()
             await self._commit_tps(revoked, start_new_transaction=True)
+        for tp in revoked:
+            self.processed_to.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -681,20 +711,27 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return tid, lock, txn
 
     async def _deliver_batch_in_transaction(
-        self, tp: TP, batch: Sequence[Any], handler: BatchHandler, r_offset: int | None
-    ) -> None:
+        self, tp: TP, batch: Sequence[Any], handler: BatchHandler, r_offset: int | None,
+        epoch: int,
+    ) -> bool:
         """Exactly-once: outputs go into the source partition's transaction, then ack.
 
-        The batch lock and the transaction's lock are held from the first send to the
-        ack, so a commit (which takes the batch lock before it computes offsets) sees
-        either none or all of this batch.
+        The batch lock and the transaction's lock are held from the handler to the ack,
+        so a commit (which takes the batch lock before it computes offsets) sees either
+        none or all of this batch, and a seek (which takes it too) never runs between a
+        batch's state changes and its ack. A batch whose epoch ended while it waited for
+        the lock is dropped before its handler runs (False).
         """
-        _, lock, txn = self._transaction_for(tp)
-        outbox = Outbox()
-        handler(tp, batch, outbox)
-        async with self._batch_lock(), lock:
-            await _send_batched(txn, outbox.all_records())
-            self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+        async with self._batch_lock():
+            if epoch != self._epoch() or not self.flow_active:
+                return False
+            _, lock, txn = self._transaction_for(tp)
+            outbox = Outbox()
+            handler(tp, batch, outbox)
+            async with lock:
+                await _send_batched(txn, outbox.all_records())
+                self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+        return True
 
 
 async def _send_batched(producer: Any, records: list[OutRecord]) -> None:

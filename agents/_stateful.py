@@ -124,8 +124,18 @@ class WindowAggregate(Operator):
         return idx
 
     def reset(self) -> None:
-        """Forget in-memory indexes (on rebalance); they are rebuilt from the tables."""
+        """Forget in-memory indexes (on rebalance); they are rebuilt from the tables.
+
+        Idle time counts again from the assignment: a partition that was idle here
+        before a rebalance is not idle while its new owner recovers and catches up
+        (its windows would close before the backlog is read, the backlog then late).
+        """
         self._open.clear()
+        self._last_seen.clear()
+
+    def hold(self, partition: int) -> None:
+        """The partition's input is held back (its join table loading): not idle."""
+        self._last_seen[partition] = self.clock()
 
     def _starts(self, ts: int) -> list[int]:
         """Starts of the windows that contain ``ts`` (one for tumbling), oldest first."""

@@ -243,6 +243,13 @@ class Stage:
         self._emit(events, outbox, dead)
         p.dead_letters(dead, outbox)
 
+    def hold(self, partition: int) -> None:
+        """The partition's batches are held (a table gate): its operators are not idle."""
+        for op in self.ops:
+            hold = getattr(op, "hold", None)
+            if hold is not None:
+                hold(partition)
+
     def tick(self, partition: int, now_ms: int, outbox: Outbox) -> None:
         """Timers of this stage's operators (idle windows, TTL expiry) for one partition."""
         self._check_generation()
@@ -654,8 +661,12 @@ def _install_ticks(app: BatchApp, pipeline: Pipeline, interval: float) -> None:
         consumer: Any = app.consumer
         assigned = consumer.assignment()
         for stage in stages:
+            gate = app.batch_gates.get(stage.topics[0])
             for tp in sorted(assigned):
                 if tp.topic != stage.topics[0]:
+                    continue
+                if gate is not None and (not gate(tp) or tp in consumer._deferred):
+                    stage.hold(tp.partition)
                     continue
                 outbox = Outbox()
                 stage.tick(tp.partition, now_ms, outbox)

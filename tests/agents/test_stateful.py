@@ -101,6 +101,21 @@ def test_idle_close_emits_open_windows_on_wall_clock(app: BatchApp) -> None:
     assert [d.stage for d in late] == ["window:late"]
 
 
+def test_idle_time_restarts_at_a_rebalance_and_stops_while_the_input_is_held(
+        app: BatchApp) -> None:
+    now = [1000.0]
+    w = window(app, idle_close_ms=3_000, clock=lambda: now[0])
+    w.process(0, [ev({"g": "a", "x": 2, "ts": 1_000})], Outbox(), [])
+    now[0] += 10   # idle here for 10 s, then a rebalance gives the partition back
+    w.reset()
+    assert w.tick(0, int(now[0] * 1000), Outbox()) == []   # the backlog is not late
+    now[0] += 2
+    w.hold(0)      # its batches are held (join table loading) for 2 s more
+    assert w.tick(0, int(now[0] * 1000) + 2_000, Outbox()) == []
+    out = w.tick(0, int(now[0] * 1000) + 3_000, Outbox())  # 3 s with nothing held: idle
+    assert [e.value["total"] for e in out] == [2]
+
+
 def test_join_enriches_from_a_table_fed_in_bulk(app: BatchApp) -> None:
     feed = TableFeed(BatchTable(app, "customers"), fields=("name",))
     box = Outbox()
