@@ -1,6 +1,6 @@
 """Stateful pipelines under SIGKILL: every window exactly once with the exact count and sum.
 
-One pipeline with three stateful stages (dedup by order id -> left join with customers ->
+One pipeline with three stateful stages (dedup by order id -> inner join with customers ->
 1-minute tumbling count/sum per customer), so events cross two repartition topics and a
 reference-table topic, each stage with its own table and changelog. Orders flow in paced
 while the worker is SIGKILLed at seeded random moments once it is consuming (mid-stream,
@@ -14,10 +14,8 @@ compared with the truth computed without Kafka:
 Two workers run, so a kill also rebalances the survivor mid-batch. ``allowed_lateness``
 (5 minutes of event time) covers the event-time skew a catch-up after a kill causes
 (the backlog's partitions are read at different speeds), so a late record here is a
-processing error, not the data's. The join is a left join: with an inner join a run
-now and then misses one customer's table row after a restart (the first record of a
-changelog partition, not recovered; open in issue 18), which is a table-recovery defect
-of its own, kept apart from what this test holds.
+processing error, not the data's. The join is an inner join, so a customer row that a
+table recovery loses drops that customer's orders and shows as wrong windows too.
 """
 
 from __future__ import annotations
@@ -37,7 +35,8 @@ from tests.pipeline_support import committed, kill, produce, read_topic, worker,
 from tests.support import wait_for
 
 ORDERS = 24_000          # distinct orders (plus ~3% re-sent duplicates)
-CUSTOMERS = 40           # 36 known to the customers table, 4 unknown (kept by the left join)
+CUSTOMERS = 40           # 36 known to the customers table, 4 unknown (dropped by the join)
+KNOWN = CUSTOMERS - 4
 STEP_MS = 25             # event time between orders: 24k orders span 10 minutes
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
 KILLS = 3
@@ -63,13 +62,15 @@ def _orders(seed: int) -> list[dict[str, Any]]:
 
 
 def _truth(stream: list[dict[str, Any]]) -> dict[tuple[int, int], tuple[int, int]]:
-    """(customer, window_start) -> (count, sum) after dedup (the left join keeps every row)."""
+    """(customer, window_start) -> (count, sum) after dedup and the inner join."""
     seen: set[int] = set()
     out: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
     for o in stream:
         if o["id"] in seen:
             continue
         seen.add(o["id"])
+        if o["customer_id"] >= KNOWN:
+            continue
         w = out[(o["customer_id"], o["ts"] - o["ts"] % 60_000)]
         w[0] += 1
         w[1] += o["amount"]
@@ -85,7 +86,7 @@ def _spec(tmp_path: Path, make_topic: Any, unique: str, guarantee: str) -> dict[
         "stateful": [
             {"type": "dedup", "name": "once", "key": "id", "ttl": "1h"},
             {"type": "join", "name": "cust", "table_topic": customers, "table_key": "id",
-             "key": "customer_id", "fields": ["tier"], "how": "left"},
+             "key": "customer_id", "fields": ["tier"], "how": "inner"},
             {"type": "window", "name": "rev", "size": "1m", "group_by": "customer_id",
              "time_field": "ts", "allowed_lateness": "5m", "idle_close": "15s",
              "aggregations": [{"fn": "count", "as": "n"}, {"fn": "sum", "field": "amount",
@@ -123,7 +124,7 @@ def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, gua
     customers = doc["stateful"][1]["table_topic"]
     produce(kafka_bootstrap, customers,
             [(orjson.dumps({"id": c}), orjson.dumps({"id": c, "tier": f"t{c % 3}"}))
-             for c in range(CUSTOMERS - 4)])
+             for c in range(KNOWN)])
     stream = _orders(seed)
     truth = _truth(stream)
     env = {**ENV, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -169,8 +170,6 @@ def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, gua
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason="issue 18 open: on a loaded machine a run now and "
-                   "then under-counts some windows (records lost across a restart)")
 def test_exactly_once_windows_join_dedup_under_sigkill(
         kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
     truth, windows, dlq = _run(tmp_path, make_topic, unique, kafka_bootstrap, "exactly_once", 7)
