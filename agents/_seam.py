@@ -14,6 +14,7 @@ import inspect
 #: "module:Class" -> attributes read, called or overridden on it
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "faust.transport.consumer:Consumer": (
+        "position",
         # bookkeeping the runtime reads and writes in Faust's own structures
         "_acked", "_committed_offset", "_read_offset", "_gap", "_n_acked", "_commit_every",
         "_buffered_partitions", "_stopped",
@@ -32,7 +33,8 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "faust.transport.drivers.aiokafka:Producer": (
         "_transaction_producers", "_trn_locks",
     ),
-    "faust.stores.memory:Store": ("_key_partition",),
+    "faust.stores.memory:Store": ("_key_partition", "on_rebalance"),
+    "faust.tables.base:Collection": ("_new_store_by_url",),
     "faust.stores.rocksdb:Store": ("_db_for_partition", "_dbs", "_key_index"),
     "aiokafka.client:AIOKafkaClient": ("_wait_on_metadata",),
     "aiokafka.consumer.consumer:AIOKafkaConsumer": ("_partition_assignment_strategy",),
