@@ -247,3 +247,62 @@ class DryRunDead(_Strict):
 class DryRunResult(_Strict):
     outputs: list[DryRunOutput]
     dead_letters: list[DryRunDead]
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+class DlqQuery(_Strict):
+    #: a stage (``rule:amount_positive``), a glob (``rule:*``) or a rule name
+    stage: str | None = Field(None, max_length=200)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class DeadLetterView(_Strict):
+    partition: int
+    offset: int
+    stage: str
+    error: str
+    #: where the record was read from
+    topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    failed_at: int | None
+    #: the original bytes as text (UTF-8, bad bytes replaced)
+    key: str | None
+    value: str | None
+
+
+class DeadLetterList(_Strict):
+    topic: str
+    items: list[DeadLetterView]
+
+
+class ReplayRequest(_Strict):
+    stage: str | None = Field(None, max_length=200)
+    #: send every record here instead of back to its source topic
+    to_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: from the beginning of the DLQ, not from the last replay's cursor
+    all: bool = False
+    #: count only: produce nothing, move no cursor
+    dry_run: bool = False
+
+
+class ReplayProblemView(_Strict):
+    partition: int
+    offset: int
+    topic: str
+    reason: str
+
+
+class ReplayReport(_Strict):
+    topic: str
+    read: int
+    replayed: int
+    skipped: int
+    by_topic: dict[str, int]
+    refused: list[ReplayProblemView]
+    undeliverable: list[ReplayProblemView]
+    #: every record of the chosen stages was delivered
+    complete: bool
+    error: str | None

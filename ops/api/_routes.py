@@ -7,14 +7,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import generate_latest
 
-from ops.api import _catalog
+from ops.api import _catalog, _dlq
 from ops.api._dryrun import dry_run
 from ops.api._errors import ApiError
 from ops.api._models import (
     Catalog,
+    DeadLetterList,
     Deleted,
     DeleteQuery,
     Desired,
+    DlqQuery,
     DryRunRequest,
     DryRunResult,
     Health,
@@ -28,6 +30,8 @@ from ops.api._models import (
     PipelineStatusView,
     PipelineWrite,
     Ready,
+    ReplayReport,
+    ReplayRequest,
     Run,
     RunList,
     RunQuery,
@@ -255,6 +259,25 @@ async def monitoring_metrics(call: Call) -> Monitoring:
     return Monitoring(pipelines=list(await asyncio.gather(*(one(r) for r in recs))))
 
 
+async def dead_letters(call: Call) -> DeadLetterList:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    query: DlqQuery = call.query
+    return await asyncio.to_thread(_dlq.browse, call.api.settings.bootstrap, rec["spec"],
+                                   query.stage, query.limit)
+
+
+async def replay_dead_letters(call: Call) -> ReplayReport:
+    _ready(call)
+    pipes = call.api.pipelines
+    await pipes.sync()
+    rec = pipes.record(call.params["id"])
+    return await asyncio.to_thread(_dlq.replay, call.api.settings.bootstrap, rec["spec"],
+                                   call.body)
+
+
 async def dry_run_pipeline(call: Call) -> DryRunResult:
     body: DryRunRequest = call.body
     return dry_run(parse_spec(body.spec), body.events)
@@ -322,6 +345,11 @@ ROUTES: list[Route] = [
           PipelineStatusView, errors=(404, 503), tag="lifecycle"),
     Route("GET", "/api/v1/monitoring/metrics", monitoring_metrics,
           "every pipeline's figures (JSON)", Monitoring, errors=(503,), tag="monitoring"),
+    Route("GET", _ID + "/dlq", dead_letters, "the pipeline's dead letters (from the start)",
+          DeadLetterList, query=DlqQuery, errors=(404, 422, 503), tag="dead letters"),
+    Route("POST", _ID + "/dlq/replay", replay_dead_letters,
+          "re-produce dead letters to the source topics (as dataflow dlq replay)",
+          ReplayReport, body=ReplayRequest, errors=(*_BODY, 404, 503), tag="dead letters"),
     Route("GET", _ID + "/runs", pipeline_runs, "run history, newest first", RunList,
           query=RunsQuery, errors=(404, 422, 503), tag="lifecycle"),
 ]
