@@ -146,3 +146,24 @@ def test_a_batch_run_drains_stops_and_lands_in_run_history(
     wait(lambda: status(api, pid)["state"] == "stopped", 60, "stopped")
     reply = api.call("GET", f"/api/v1/pipelines/{pid}/runs?limit=0")
     assert (reply.status, reply.json["error"]["field"]) == (422, "limit")
+
+
+def test_a_schedule_fires_runs_while_the_pipeline_is_resumed(
+        fresh_db: str, api_factory: Callable[..., ApiProcess], kafka_bootstrap: str,
+        unique: str) -> None:
+    sql(fresh_db, DDL, "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)")
+    api = api_factory()
+    spec = cdc_spec(f"p_{unique}", fresh_db, kafka_bootstrap, schedule="* * * * *")
+    pid = api.call("POST", "/api/v1/pipelines", {"spec": spec}).json["id"]
+    time.sleep(3)
+    assert api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"] == []  # stopped
+    reply = api.call("POST", f"/api/v1/pipelines/{pid}/resume")  # follow the schedule
+    assert (reply.status, reply.json["desired"]) == (202, "running")
+    runs = wait(lambda: api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"], 150,
+                "a scheduled run")
+    assert (runs[0]["outcome"], runs[0]["rows_in"], runs[0]["rows_out"]) == ("succeeded", 2, 2)
+    assert int(runs[0]["started_at"][17:19]) < 10  # fired at the minute
+    assert target_rows(fresh_db) == source_rows(fresh_db)
+    st = status(api, pid)
+    assert (st["desired"], st["processes"]) == ("running", [])  # between runs: none live
+    assert api.call("POST", f"/api/v1/pipelines/{pid}/stop").json["desired"] == "stopped"
