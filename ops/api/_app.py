@@ -22,8 +22,9 @@ from ops.api._models import ErrorResponse
 from ops.api._registry import RegistryError
 from ops.api._routes import ROUTES
 from ops.api._state import Api, ApiSettings
+from ops.api._supervisor import SupervisorError
 from ops.api._table import YAML_TYPES, Call, Route
-from schemas import ConfigError, redact
+from schemas import ConfigError, DataFlowError, redact
 
 log = logging.getLogger("dataflow.api")
 API: web.AppKey[Api] = web.AppKey("api", Api)
@@ -60,6 +61,12 @@ async def _errors(request: web.Request,
         response = _error(exc.status, exc.code, exc.message, exc.field, exc.errors)
     except RegistryError as exc:
         response = _error(503, "kafka_unavailable", redact(str(exc)))
+    except SupervisorError as exc:  # e.g. a run in progress, a purge of live processes
+        response = _error(409, "conflict", redact(str(exc)))
+    except ConfigError as exc:
+        response = _error(422, "invalid", redact(str(exc)))
+    except DataFlowError as exc:  # a service the request needs did not answer
+        response = _error(503, "unavailable", redact(str(exc)))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
