@@ -46,7 +46,7 @@ class ApiProcess:
     url: str = ""
     log: Path = field(default_factory=lambda: Path("/dev/null"))
 
-    def start(self, log: Path, timeout: float = 60.0) -> ApiProcess:
+    def start(self, log: Path, timeout: float = 60.0, wait_ready: bool = True) -> ApiProcess:
         self.log = log
         out = log.open("a")
         self.proc = subprocess.Popen(
@@ -58,7 +58,7 @@ class ApiProcess:
         assert m, f"no address printed: {line!r}; log: {log.read_text()[-2000:]}"
         self.url = m.group(0)
         deadline = time.monotonic() + timeout
-        while self.call("GET", "/ready").status != 200:
+        while wait_ready and self.call("GET", "/ready").status != 200:
             assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         return self
@@ -92,7 +92,7 @@ def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
     started: list[ApiProcess] = []
     prefixes: set[str] = set()
 
-    def make(prefix: str | None = None, **env: str) -> ApiProcess:
+    def make(prefix: str | None = None, wait_ready: bool = True, **env: str) -> ApiProcess:
         prefix = prefix or f"_dataflow-test-{uuid.uuid4().hex[:10]}"
         prefixes.add(prefix)
         full = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -102,7 +102,7 @@ def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
                 "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5", **env}
         api = ApiProcess(prefix, full)
         started.append(api)
-        return api.start(tmp_path / f"api-{len(started)}.log")
+        return api.start(tmp_path / f"api-{len(started)}.log", wait_ready=wait_ready)
 
     yield make
     for api in started:  # a failed test leaves no pipeline processes behind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,11 @@ def test_health_ready_and_index(api: ApiProcess) -> None:
     ready = api.call("GET", "/ready")
     assert (ready.status, ready.json) == (200, {"ready": True, "kafka": True,
                                                 "registry_loaded": True, "pipelines": 0})
+    metrics = api.call("GET", "/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    assert 'dataflow_api_requests_total{method="GET",route="/health",status="200"} 2.0' in (
+        metrics.text)
+    assert 'dataflow_api_request_seconds_count{method="GET",route="/ready"}' in metrics.text
     index = api.call("GET", "/").json
     assert index["name"] == "dataflow" and index["version"] == "0.1.0"
     assert index["links"]["openapi"] == {"href": "/openapi.json", "title": "OpenAPI 3.1 document"}
@@ -230,5 +236,32 @@ def test_two_api_processes_see_each_others_writes(
     reply = two.call("POST", path + "/pause")  # any API records what is wanted
     assert (reply.status, reply.json["desired"]) == (202, "paused")
     assert one.call("GET", path).json["desired"] == "paused"
+    deadline = time.monotonic() + 30  # and the supervising one carries it out
+    while two.call("GET", path + "/status").json["state"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     assert two.call("DELETE", path).status == 200
     assert one.call("GET", path).status == 404
+
+
+def test_a_registry_topic_that_is_not_compacted_is_refused(
+        api_factory: Callable[..., ApiProcess], kafka_bootstrap: str, unique: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"_dataflow-test-{unique}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(f"{prefix}.pipelines", 1, 1,
+                                  config={"cleanup.policy": "delete"})])[
+        f"{prefix}.pipelines"].result(timeout=30)
+    api = api_factory(prefix, wait_ready=False)
+    deadline = time.monotonic() + 30
+    while (ready := api.call("GET", "/ready")).json["error"]["message"] in (
+            "the registry is still loading",):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert (ready.status, ready.json) == (503, {"error": {"code": "not_ready", "message": (
+        f"RegistryError: registry topic {prefix}.pipelines has cleanup.policy='delete'; it "
+        "must be compacted (or the registry loses pipelines)")}})
+    assert api.call("GET", "/health").status == 200
+    reply = api.call("GET", "/api/v1/pipelines")
+    assert (reply.status, reply.json["error"]["code"]) == (503, "not_ready")

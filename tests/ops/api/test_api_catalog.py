@@ -37,6 +37,9 @@ def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
     reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {
         **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]}, "events": []})
     assert (reply.status, reply.json["error"]["field"]) == (422, "spec.stateful")
+    reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {
+        **SPEC, "quality": [{"type": "unique", "key": "id"}]}, "events": []})
+    assert (reply.status, reply.json["error"]["field"]) == (422, "spec.quality")
     reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {**SPEC, "name": "X"},
                                                           "events": [{"value": 1, "x": 2}]})
     assert reply.status == 422
