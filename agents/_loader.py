@@ -19,7 +19,10 @@ hangs silently and a stop request is honoured mid-batch:
   until a write succeeds), the write is aborted (``Sink.abort()``), and once it has ended
   the batch is retried after ``retry_after`` like any backpressure;
 - SIGTERM/SIGINT (``stop``): the write is aborted, given a moment to end, then left
-  behind; nothing of the batch is committed and the loader returns.
+  behind; nothing of the batch is committed and the loader returns without the sink's
+  clean-up (a driver's close talks to the target that does not answer: ``write_left_behind``).
+  The watchdog asks ``target_state()`` in a thread of its own, so a stop is seen while
+  the target is asked too.
 
 The loader's lifecycle is an explicit state machine (``LoaderState``, transitions
 checked in ``_to``, each logged; FAILED on any escaping error)::
@@ -254,6 +257,7 @@ class Loader:
         self._reason = ""
         self._writer: threading.Thread | None = None      # the write in flight, if any
         self._write_started = 0.0
+        self._left_behind = False     # a stop interrupted a write: the sink is not closed
 
     # -- the state machine -------------------------------------------------------------
 
@@ -352,6 +356,7 @@ class Loader:
             self.commit([], [], {}, final=True)
             self._to(_S.STOPPING, "stop requested" if stop.is_set() else "idle")
         except _Stopped:
+            self._left_behind = True
             self._to(_S.STOPPING, "stop requested mid-batch; nothing of the batch committed")
         except BaseException as exc:
             self._to(_S.FAILED, str(exc))
@@ -364,7 +369,7 @@ class Loader:
             if self._writer is not None and self._writer.is_alive():
                 log.warning("loader %s: the aborted write is left behind (the process exit ends "
                             "it; its batch is read again)", self.settings.group_id)
-            else:
+            elif not self._left_behind:
                 self.sink.close()
         self._to(_S.STOPPED)
 
@@ -376,8 +381,9 @@ class Loader:
 
     @property
     def write_left_behind(self) -> bool:
-        """A write aborted at a stop request is still blocked on the target."""
-        return self._writer is not None and self._writer.is_alive()
+        """A stop request interrupted a write or its retries: the target may not answer,
+        so the sink was not closed (its driver's clean-up would wait on the target)."""
+        return self._left_behind or (self._writer is not None and self._writer.is_alive())
 
     @staticmethod
     def _is_error(msg: Message) -> bool:
@@ -490,11 +496,11 @@ class Loader:
                 since_progress.set(idle)
                 if self._stop.is_set() and writer.is_alive():
                     sink.abort()
-                    writer.join(_STOP_GRACE)
-                    raise _Stopped
+                    self._stop_mid_batch()
                 if idle > timeout and stall is None and writer.is_alive():
+                    state = self._target_state()
                     stall = (f"sink {sink.kind} {sink.name}: no progress for {idle:.0f}s "
-                             f"(write_timeout {timeout:g}s); target: {sink.target_state()}")
+                             f"(write_timeout {timeout:g}s); target: {state}")
                     metrics.write_errors.labels(*labels, "timeout").inc()
                     self.metrics.error("sink_write")
                     metrics.stalled.labels(*labels).set(1)
@@ -502,8 +508,9 @@ class Loader:
                     sink.abort()
                     said_at = now
                 elif stall is not None and now - said_at > timeout and writer.is_alive():
+                    state = self._target_state()
                     log.error("loader %s: the aborted write is still blocked after %.0fs; "
-                              "target: %s", self.settings.group_id, idle, sink.target_state())
+                              "target: %s", self.settings.group_id, idle, state)
                     said_at = now
         finally:
             since_progress.set(0)
@@ -515,6 +522,33 @@ class Loader:
             raise result
         rejected: list[Rejected] = result
         return rejected
+
+    def _target_state(self) -> str:
+        """``sink.target_state()`` asked in a thread, so a stop request is not held up by
+        it; raises ``_Stopped`` when one comes meanwhile."""
+        answer: list[str] = []
+
+        def ask() -> None:
+            try:
+                answer.append(self.sink.target_state())
+            except Exception as exc:  # noqa: BLE001 - a probe that fails says so in the error
+                answer.append(f"unknown ({exc})")
+
+        probe = threading.Thread(target=ask, name="dataflow-loader-probe", daemon=True)
+        probe.start()
+        while probe.is_alive():
+            probe.join(_TICK)
+            if self._stop.is_set():
+                self.sink.abort()
+                self._stop_mid_batch()
+        return answer[0]
+
+    def _stop_mid_batch(self) -> None:
+        """The write was aborted: give it a moment to end, then leave it behind."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(_STOP_GRACE)
+        raise _Stopped
 
     def _dead_letters(self, rejected: Iterable[Rejected]) -> list[DeadLetter]:
         out = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -37,10 +36,13 @@ from connectors import (
 )
 from connectors._pg_config import check_dsn
 from ops._console import error, setup_logging
+from ops._signals import stop_on_signals
 from schemas import ConfigError, DataFlowError
 from streams import PipelineSpec, load_spec
 
 SINK_KINDS = ("postgres", "mongodb", "objectstore")
+#: a stop request ends the process within this many seconds, however stuck (issue 18: 10 s)
+_STOP_DEADLINE = 8.0
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -151,8 +153,7 @@ def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = N
     if metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": metrics_port})
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop, _STOP_DEADLINE, "dataflow load")
     loader = Loader(settings, target)
     try:
         loader.run(stop, idle_exit=idle_exit, drain=drain)
@@ -162,7 +163,8 @@ def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = N
     print(f"dataflow load: wrote {loader.written} rows, {loader.rejected} to the DLQ")
     if loader.write_left_behind:
         # a target that does not answer would hold the exit (driver clean-up at exit
-        # talks to it); nothing of the aborted batch was committed, so end here
+        # talks to it, pymongo joins its monitor threads); nothing of the aborted batch
+        # was committed, so end here
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

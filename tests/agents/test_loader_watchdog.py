@@ -94,3 +94,37 @@ def test_a_stop_request_ends_a_write_in_flight_that_ignores_the_abort() -> None:
     assert sink.written == [] and sink.aborted                # nothing written, nothing committed
     assert loader.status().seconds_since_progress > 0       # the write is left behind, still stuck
     sink.woken.set()
+
+
+class _SilentTargetSink(_StuckSink):
+    """Its target does not answer: asking its state hangs as long as the write does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, stuck=1, ignore_abort=True)
+        self.asked = threading.Event()
+
+    def target_state(self) -> str:
+        self.asked.set()
+        self.woken.wait(30)
+        return "answered at last"
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_request_while_the_target_is_asked_ends_the_write_at_once() -> None:
+    sink = _SilentTargetSink("s3")
+    loader = _loader(sink)
+    loader._stop = stop = threading.Event()
+    start = time.monotonic()
+
+    def stop_once_asked() -> None:
+        sink.asked.wait(30)
+        stop.set()
+
+    threading.Thread(target=stop_once_asked, daemon=True).start()
+    with pytest.raises(_Stopped):
+        loader.commit([SinkRecord(key={"id": 1}, value={"id": 1}, version=1)], [], {})
+    took = time.monotonic() - start
+    assert sink.asked.is_set() and not sink.woken.is_set()   # the question is still unanswered
+    assert took < 0.5 + 0.2 + 2.0 + 1.0, took                # write_timeout, a tick, the grace
+    assert sink.written == [] and sink.aborted
+    sink.woken.set()
