@@ -58,9 +58,12 @@ class PgType:
 
 
 def days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 in the proleptic Gregorian calendar (any year)."""
+    """Days since 1970-01-01 in the proleptic Gregorian calendar (any year).
+
+    Python's ``//`` floors, so the era is ``y // 400`` for every year (the C original's
+    ``y - 399`` correction for negative years would put BC dates a day off)."""
     y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
+    era = y // 400
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
@@ -68,8 +71,9 @@ def days_from_civil(y: int, m: int, d: int) -> int:
 
 
 def civil_from_days(z: int) -> tuple[int, int, int]:
+    """The inverse of :func:`days_from_civil` (floor division, as there)."""
     z += 719468
-    era = (z if z >= 0 else z - 146096) // 146097
+    era = z // 146097
     doe = z - era * 146097
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
     y = yoe + era * 400
