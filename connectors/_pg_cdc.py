@@ -120,10 +120,13 @@ def _connect(dsn: str) -> psycopg.Connection[Any]:
 class PostgresCDCSource:
     """Reads one logical slot and produces Debezium change events; see module docstring."""
 
-    def __init__(self, config: PostgresCDCConfig, registry: Any = None) -> None:
+    def __init__(self, config: PostgresCDCConfig, registry: Any = None,
+                 stop: threading.Event | None = None) -> None:
+        """``stop``: an event whose setting asks ``run()`` to finish (as ``stop()`` does),
+        e.g. the one ``dataflow source run`` sets on SIGTERM."""
         self.config = config
         self.metrics = Metrics.get(registry)
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         self._dsn = config.dsn.get_secret_value()
         self._tables: dict[tuple[str, str], _Table] = {}
         self._relations: dict[int, _Table] = {}

@@ -4,23 +4,27 @@ FILE is a pipeline spec whose ``source`` is inline (``type: postgres`` beside th
 settings), or a source config: the settings, or a document with a ``source:`` section.
 
 SIGTERM or SIGINT stops it cleanly (in-flight events flushed, what Kafka acknowledged
-confirmed). SIGKILL is safe too: nothing is confirmed to the database before Kafka
-acknowledged it, so a restart resends whatever was not confirmed.
+confirmed), through ``ops._signals.stop_on_signals`` (no Python handler that takes a
+lock); a stop still unfinished after 8 s exits 1. SIGKILL is safe too: nothing is
+confirmed to the database before Kafka acknowledged it, so a restart resends whatever was
+not confirmed.
 """
 
 from __future__ import annotations
 
-import logging
-import signal
+import threading
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
 from connectors import PostgresCDCConfig, PostgresCDCSource
 from ops._console import error, setup_logging
+from ops._signals import stop_on_signals
 from schemas import DataFlowError
 from streams import load_spec
+
+#: seconds from a stop request to a forced exit (under the supervisor's 10 s grace)
+_STOP_DEADLINE = 8.0
 
 
 def _config(file: Path) -> PostgresCDCConfig:
@@ -39,18 +43,13 @@ def run_source(file: Path, drain: bool = False) -> int:
     """Run the source that ``file`` configures; 2 when the settings are bad. ``drain``:
     stop by itself once the WAL up to its position at start is in Kafka (batch runs)."""
     setup_logging()
+    stop = threading.Event()
     try:
-        source = PostgresCDCSource(_config(file))
+        source = PostgresCDCSource(_config(file), stop=stop)
     except DataFlowError as exc:
         error("dataflow source", exc)
         return 2
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("dataflow.source").info("signal %d: stopping", signum)
-        source.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(stop, _STOP_DEADLINE, "dataflow source")
     try:
         source.run(drain=drain)
     except DataFlowError as exc:
