@@ -19,7 +19,6 @@ the target refuses does not make later runs send the ones before it again.
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -215,23 +214,20 @@ _RECORD_ERRORS = frozenset({
     KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
     KafkaError.INVALID_TIMESTAMP,
 })
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class _Targets:
     """Where a replay may write: ``to_topic`` for every record, otherwise the record's
-    ``dataflow.topic`` header only when it names one of the pipeline's source topics (or
-    matches its source pattern). The header is data anyone who can write to the DLQ
-    controls, so it never chooses a topic by itself."""
+    ``dataflow.topic`` header only when it names one of the pipeline's source topics. The
+    header is data anyone who can write to the DLQ controls, so it never chooses a topic
+    by itself."""
 
-    def __init__(self, topics: Iterable[str], pattern: str | None, to_topic: str | None,
-                 dlq_topic: str) -> None:
+    def __init__(self, topics: Iterable[str], to_topic: str | None, dlq_topic: str) -> None:
         self.topics = frozenset(topics)
-        self.pattern = re.compile(pattern) if pattern else None
         self.to_topic = to_topic
         if to_topic is not None and to_topic == dlq_topic:
             raise ConfigError(f"replay: to_topic {to_topic!r} is the DLQ topic itself")
-        if to_topic is None and not self.topics and self.pattern is None:
+        if to_topic is None and not self.topics:
             raise ConfigError("replay: no target: give the pipeline's source topics (its spec) "
                               "or to_topic")
 
@@ -241,10 +237,9 @@ class _Targets:
             return self.to_topic, None
         if not origin:
             return "", "no dataflow.topic header"
-        if origin in self.topics or (self.pattern is not None and _TOPIC_NAME.fullmatch(origin)
-                                     and self.pattern.fullmatch(origin)):
+        if origin in self.topics:
             return origin, None
-        allowed = ", ".join(sorted(self.topics)) or f"/{self.pattern.pattern if self.pattern else ''}/"
+        allowed = ", ".join(sorted(self.topics))
         return origin, f"not a source topic of the pipeline ({allowed}); --to-topic chooses one"
 
 
@@ -297,14 +292,14 @@ class _Cursor:
 
 def replay_dlq(
     bootstrap: str, dlq_topic: str, *, source_topics: Iterable[str] = (),
-    source_pattern: str | None = None, to_topic: str | None = None, stage: str | None = None,
+    to_topic: str | None = None, stage: str | None = None,
     from_start: bool = False, dry_run: bool = False, group: str | None = None,
     timeout: float = 30.0, config: dict[str, Any] | None = None,
 ) -> ReplayResult:
     """Re-produce DLQ records (original key, value, headers) to the pipeline's source topics.
 
     A record goes back to the topic its ``dataflow.topic`` header names only when that is
-    one of ``source_topics`` (or matches ``source_pattern``); ``to_topic`` sends every
+    one of ``source_topics``; ``to_topic`` sends every
     record there instead. A header naming any other topic is refused: reported, never
     written. ``stage`` filters (exact stage, glob such as ``rule:*``, or a bare rule name);
     ``from_start`` ignores the cursor; ``dry_run`` counts without producing or moving it.
@@ -315,7 +310,7 @@ def replay_dlq(
     Any other failure stops the replay with the cursor at the first record not delivered,
     so the next run resumes there and nothing before it is sent twice.
     """
-    targets = _Targets(source_topics, source_pattern, to_topic, dlq_topic)
+    targets = _Targets(source_topics, to_topic, dlq_topic)
     group = group or f"dataflow-dlq-replay.{dlq_topic}" + (f".{stage}" if stage else "")
     result = ReplayResult()
     producer = None if dry_run else Producer({

@@ -557,9 +557,9 @@ def _install_gates(app: BatchApp, pipeline: Pipeline) -> None:
 def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> BatchApp:
     """The Faust app ``dataflow-<pipeline>`` for ``spec`` on the batch runtime."""
     settings = settings or WorkerSettings.from_env()
-    if not spec.source.topics:
-        raise ConfigError("source.pattern: the worker needs source.topics (a list of topics)")
-    counts = _partitions(settings.kafka_bootstrap_servers, spec.source.topics)
+    topics = spec.source.topics
+    assert topics, "load_spec refuses a source without topics"
+    counts = _partitions(settings.kafka_bootstrap_servers, topics)
     partitions = max(counts.values())
     app_id = f"dataflow-{spec.name}"
     data_dir = settings.data_dir / app_id
