@@ -122,6 +122,11 @@ def _dlq_options(fn: click.decorators.FC) -> click.decorators.FC:
                      "a glob such as 'rule:*', or a rule name"),
         click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default: "
                      "KAFKA_BOOTSTRAP_SERVERS or the local stack)"),
+        click.option("--api", "api_url", default=None, help="through this `dataflow api` "
+                     "(default: DATAFLOW_API_URL when set and no --bootstrap); "
+                     "PIPELINE_OR_SPEC is then a pipeline's name or id, or a spec file "
+                     "naming it"),
+        click.option("--json", "as_json", is_flag=True, help="print JSON (the API's)"),
         click.option("--timeout", type=float, default=60.0, show_default=True),
     )):
         fn = option(fn)
@@ -135,24 +140,26 @@ def _dlq_options(fn: click.decorators.FC) -> click.decorators.FC:
 @click.option("--all", "from_start", is_flag=True,
               help="start from the beginning of the DLQ, not from the last replay")
 @click.option("--dry-run", is_flag=True, help="count, produce nothing")
-def dlq_replay(target: str, stage: str | None, bootstrap: str | None, timeout: float,
-               to_topic: str | None, from_start: bool, dry_run: bool) -> int:
+def dlq_replay(target: str, stage: str | None, bootstrap: str | None, api_url: str | None,
+               as_json: bool, timeout: float, to_topic: str | None, from_start: bool,
+               dry_run: bool) -> int:
     """Re-produce dead letters of PIPELINE_OR_SPEC (a name or a spec file) to its source topics."""
     from ops._dlq_cli import replay
 
     return replay(target, stage=stage, bootstrap=bootstrap, timeout=timeout, to_topic=to_topic,
-                  from_start=from_start, dry_run=dry_run)
+                  from_start=from_start, dry_run=dry_run, api=api_url, as_json=as_json)
 
 
 @dlq.command("show")
 @_dlq_options
-@click.option("--limit", type=int, default=100, show_default=True)
-def dlq_show(target: str, stage: str | None, bootstrap: str | None, timeout: float,
-             limit: int) -> int:
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+def dlq_show(target: str, stage: str | None, bootstrap: str | None, api_url: str | None,
+             as_json: bool, timeout: float, limit: int) -> int:
     """List dead letters of PIPELINE_OR_SPEC: stage, source position, error."""
     from ops._dlq_cli import show
 
-    return show(target, stage=stage, bootstrap=bootstrap, timeout=timeout, limit=limit)
+    return show(target, stage=stage, bootstrap=bootstrap, timeout=timeout, limit=limit,
+                api=api_url, as_json=as_json)
 
 
 # -- control plane ------------------------------------------------------------------------

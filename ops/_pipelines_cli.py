@@ -131,14 +131,19 @@ def _summary(p: dict[str, Any]) -> str:
             f"{p['state']}, desired {p.get('desired', '-')}")
 
 
+def show_api_error(command: str, exc: ApiCallError) -> None:
+    """``command: STATUS code: message`` on stderr, then each bad field (redacted)."""
+    error(command, exc)
+    for line in exc.errors:
+        print(f"  {redact(line)}", file=sys.stderr)
+
+
 def _run(what: str, as_json: bool, fn: Callable[[], tuple[Any, str]]) -> int:
     """Print what ``fn`` returns, the API's JSON or the text for people; 1 on an API error."""
     try:
         body, text = fn()
     except ApiCallError as exc:
-        error(f"dataflow pipelines {what}", exc)
-        for line in exc.errors:
-            print(f"  {redact(line)}", file=sys.stderr)
+        show_api_error(f"dataflow pipelines {what}", exc)
         return 1
     if as_json:
         print(json.dumps(body, indent=2, sort_keys=True, default=str))
@@ -154,7 +159,7 @@ def apply(api: ApiClient, file: Path, as_json: bool) -> int:
     """Create the pipeline FILE names, or update it to a new version when it exists."""
     def go() -> tuple[Any, str]:
         text = file.read_text()
-        name = _name_of(text)
+        name = name_of(text)
         existing = next((p for p in api.pipelines(prefix=name) if p["name"] == name), None) \
             if name else None
         if existing is None:
@@ -167,7 +172,7 @@ def apply(api: ApiClient, file: Path, as_json: bool) -> int:
     return _run("apply", as_json, go)
 
 
-def _name_of(text: str) -> str | None:
+def name_of(text: str) -> str | None:
     """The spec's name, to find the pipeline to update; the API judges the rest."""
     import yaml
 

@@ -5,6 +5,7 @@ unless ``to_topic``; a cursor per DLQ topic and stage)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from agents import DlqReader, replay_dlq
@@ -22,14 +23,14 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "replace")
 
 
-def browse(bootstrap: str, spec_doc: dict[str, Any], stage: str | None,
-           limit: int) -> DeadLetterList:
-    """Up to ``limit`` dead letters from the start of the DLQ (blocking; no cursor moves)."""
-    topic = load_spec(spec_doc).dlq_topic
+def browse_topic(bootstrap: str, topic: str, stage: str | None, limit: int,
+                 timeout: float = 30.0) -> DeadLetterList:
+    """Up to ``limit`` dead letters from the start of ``topic`` (blocking; no cursor moves;
+    no such topic: none)."""
     items: list[DeadLetterView] = []
     group = f"dataflow-dlq-show.{uuid.uuid4().hex[:8]}"  # never committed
     try:
-        with DlqReader(bootstrap, topic, group, from_start=True, timeout=30) as reader:
+        with DlqReader(bootstrap, topic, group, from_start=True, timeout=timeout) as reader:
             for msg in reader.messages():
                 info = header_map(msg.headers())
                 if not stage_matches(info.get("stage", ""), stage):
@@ -49,20 +50,33 @@ def browse(bootstrap: str, spec_doc: dict[str, Any], stage: str | None,
     return DeadLetterList(topic=topic, items=items)
 
 
-def replay(bootstrap: str, spec_doc: dict[str, Any], req: ReplayRequest) -> ReplayReport:
-    """``dataflow dlq replay SPEC`` (blocking)."""
-    spec = load_spec(spec_doc)
-    result = replay_dlq(bootstrap, spec.dlq_topic, source_topics=spec.source.topics or (),
+def browse(bootstrap: str, spec_doc: dict[str, Any], stage: str | None,
+           limit: int) -> DeadLetterList:
+    """The pipeline's dead letters (:func:`browse_topic` of its DLQ topic)."""
+    return browse_topic(bootstrap, load_spec(spec_doc).dlq_topic, stage, limit)
+
+
+def replay_topic(bootstrap: str, topic: str, source_topics: Iterable[str],
+                 req: ReplayRequest, timeout: float = 30.0) -> ReplayReport:
+    """``replay_dlq`` of ``topic`` back to ``source_topics`` (or ``req.to_topic``), as a
+    report (blocking)."""
+    result = replay_dlq(bootstrap, topic, source_topics=source_topics,
                         to_topic=req.to_topic, stage=req.stage, from_start=req.all,
-                        dry_run=req.dry_run, timeout=30)
+                        dry_run=req.dry_run, timeout=timeout)
 
     def problems(items: list[Any]) -> list[dict[str, Any]]:
         return [{"partition": p.partition, "offset": p.offset, "topic": p.topic,
                  "reason": redact(p.reason)} for p in items]
 
     return ReplayReport.model_validate({
-        "topic": spec.dlq_topic, "read": result.read, "replayed": result.replayed,
+        "topic": topic, "read": result.read, "replayed": result.replayed,
         "skipped": result.skipped, "by_topic": result.by_topic,
         "refused": problems(result.refused), "undeliverable": problems(result.undeliverable),
         "complete": result.complete,
         "error": None if result.error is None else redact(str(result.error))})
+
+
+def replay(bootstrap: str, spec_doc: dict[str, Any], req: ReplayRequest) -> ReplayReport:
+    """``dataflow dlq replay SPEC`` (blocking)."""
+    spec = load_spec(spec_doc)
+    return replay_topic(bootstrap, spec.dlq_topic, spec.source.topics or (), req)
