@@ -155,6 +155,8 @@ class Metrics:
                            ("pipeline", "stage", "rule"), **kw)
         self.lag = Gauge("dataflow_consumer_lag", "Records in the partition after the last "
                          "one processed", ("pipeline", "topic", "partition"), **kw)
+        self.last_event = Gauge("dataflow_last_event_time_seconds", "Unix time the stage "
+                                "last read a record (0: none yet)", pipeline_stage, **kw)
         # -- quality rules (workers)
         self.quality_checks = Counter("dataflow_quality_checks",
                                       "Rows checked by a quality rule, by result",
@@ -267,12 +269,14 @@ class StageMetrics:
         self.pipeline = pipeline
         self._in = m.events_in.labels(pipeline, stage)
         self._out = m.events_out.labels(pipeline, stage)
+        self._last = m.last_event.labels(pipeline, stage)
         self._lag: dict[tuple[str, int], Any] = {}
         self._dlq: dict[str, Any] = {}
 
     def received(self, n: int) -> None:
         if n:
             self._in.inc(n)
+            self._last.set(time.time())
 
     def sent(self, n: int) -> None:
         if n:

@@ -143,6 +143,9 @@ class Stats(_Strict):
     rows_written: int | None = None
     #: failures that are not a record's fault
     errors: int | None = None
+    #: when a worker last read a record (``dataflow_last_event_time_seconds``, the latest of
+    #: the live workers'); null while none did
+    last_event_time: datetime | None = None
     #: events_in per second, averaged since the first worker started
     events_per_s: float | None = None
     #: 1 - dlq_records / events_in

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import urllib.error
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -60,10 +61,13 @@ def stats(bootstrap: str, spec: dict[str, Any], processes: Iterable[dict[str, An
     started = [s.value for s in ours if s.name == "dataflow_process_start_time_seconds"
                and s.labels.get("role") == "worker"]
     up = time.time() - min(started) if started else 0.0
+    last = max((s.value for s in ours if s.name == "dataflow_last_event_time_seconds"
+                and s.labels.get("stage") == "worker"), default=0.0)
     return Stats(
         consumer_lag=lag, complete=complete, events_in=events_in,
         events_out=int(figures["events_out"]), dlq_records=dlq,
         rows_written=int(figures["rows_written"]), errors=int(figures["errors"]),
+        last_event_time=datetime.fromtimestamp(last, UTC) if last > 0 else None,
         events_per_s=round(events_in / up, 3) if up > 0 else None,
         success_rate=round(1 - dlq / events_in, 6) if events_in else None,
         quality_score=round(sum(quality) / len(quality), 6) if quality else None)

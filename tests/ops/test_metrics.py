@@ -57,11 +57,14 @@ def family(sample_name: str) -> str:
     return re.sub(r"_(total|created|bucket|count|sum)$", "", sample_name)
 
 
-def readme_metrics() -> set[str]:
-    """Metric names of the README's Metrics table (first column)."""
+def readme_metrics(api: bool = False) -> set[str]:
+    """Metric names of the README's Metrics table (first column): those the pipeline's
+    processes serve, or (``api``) those whose "served by" column is ``API``."""
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
-    return {m for m in re.findall(r"^\| `(dataflow_[a-z0-9_]+)`", section, re.MULTILINE)}
+    rows = re.findall(r"^\| `(dataflow_[a-z0-9_]+)` \|[^|]*\|[^|]*\| ([^|]+) \|", section,
+                      re.MULTILINE)
+    return {name for name, served_by in rows if (served_by.strip() == "API") == api}
 
 
 def dashboard_metrics() -> set[str]:
@@ -190,6 +193,8 @@ def test_each_process_serves_the_documented_metrics(
     assert total(w, "dataflow_quality_checks_total", pipeline=name, rule="positive",
                  result="fail") == N_BAD
     assert total(w, "dataflow_consumer_lag", pipeline=name, topic=src, partition="0") == 0
+    last = total(w, "dataflow_last_event_time_seconds", pipeline=name, stage="worker") or 0
+    assert time.time() - 240 < last <= time.time()
     # the spec's loader: 16 rows written, the long-named one refused into the DLQ
     assert total(ld, "dataflow_events_in_total", pipeline=name, stage="sink:postgres") == N_GOOD + 1
     assert total(ld, "dataflow_events_out_total", pipeline=name, stage="sink:postgres") == N_GOOD

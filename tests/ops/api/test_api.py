@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.ops.api.conftest import ApiProcess
+from tests.ops.test_metrics import family, readme_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +37,9 @@ def test_health_ready_and_index(api: ApiProcess) -> None:
     assert 'dataflow_api_requests_total{method="GET",route="/health",status="200"} 2.0' in (
         metrics.text)
     assert 'dataflow_api_request_seconds_count{method="GET",route="/ready"}' in metrics.text
+    # the README's rows served by the API are what it serves
+    served = {family(n) for n in re.findall(r"^(dataflow_[a-z0-9_]+)", metrics.text, re.M)}
+    assert served == {family(n) for n in readme_metrics(api=True)}
     index = api.call("GET", "/").json
     assert index["name"] == "dataflow" and index["version"] == "0.1.0"
     assert index["links"]["openapi"] == {"href": "/openapi.json", "title": "OpenAPI 3.1 document"}
