@@ -150,8 +150,8 @@ class Stats(_Strict):
     events_per_s: float | None = None
     #: 1 - dlq_records / events_in
     success_rate: float | None = None
-    #: share of checked rows that passed every quality rule (workers' mean; null when no
-    #: row was checked)
+    #: share of checked rows that passed every quality rule (the workers' scores weighted
+    #: by the checks each made; null when no row was checked)
     quality_score: float | None = None
 
 

@@ -35,29 +35,43 @@ def consumer_lag(bootstrap: str, spec: dict[str, Any]) -> int | None:
     return sum(max(0, end - at.get(tp, end)) for tp, end in ends.items())
 
 
-def _samples(urls: Iterable[str]) -> tuple[list[Any], bool]:
-    samples: list[Any] = []
+def _samples(urls: Iterable[str]) -> tuple[list[list[Any]], bool]:
+    """Each endpoint's samples (one list per process that answered)."""
+    per_process: list[list[Any]] = []
     complete = True
     for url in urls:
         try:
-            samples += scrape_metrics(url, timeout=2.0)
+            per_process.append(scrape_metrics(url, timeout=2.0))
         except (OSError, ValueError, urllib.error.URLError):
             complete = False
-    return samples, complete
+    return per_process, complete
+
+
+def _quality(per_process: list[list[Any]]) -> float | None:
+    """The workers' ``dataflow_quality_score``, weighted by the checks each made (a worker
+    that checked nothing yet does not count); None when no row was checked."""
+    weighted = total = 0.0
+    for samples in per_process:
+        checks = sum(s.value for s in samples if s.name == "dataflow_quality_checks_total")
+        score = [s.value for s in samples if s.name == "dataflow_quality_score"]
+        if checks and score:
+            weighted += score[0] * checks
+            total += checks
+    return round(weighted / total, 6) if total else None
 
 
 def stats(bootstrap: str, spec: dict[str, Any], processes: Iterable[dict[str, Any]]) -> Stats:
     """Blocking (HTTP scrapes and Kafka offsets): call it in a thread."""
     name = spec["name"]
-    samples, complete = _samples(p["metrics_url"] for p in processes if p.get("metrics_url"))
-    ours = [s for s in samples if s.labels.get("pipeline") == name]
+    scraped, complete = _samples(p["metrics_url"] for p in processes if p.get("metrics_url"))
+    per_process = [[s for s in samples if s.labels.get("pipeline") == name]
+                   for samples in scraped]
+    ours = [s for samples in per_process for s in samples]
     figures = pipeline_stats(ours).get(name)
     lag = consumer_lag(bootstrap, spec)
     if figures is None:
         return Stats(consumer_lag=lag, complete=complete)
     events_in, dlq = int(figures["events_in"]), int(figures["dlq_records"])
-    checked = sum(s.value for s in ours if s.name == "dataflow_quality_checks_total")
-    quality = [s.value for s in ours if s.name == "dataflow_quality_score"] if checked else []
     started = [s.value for s in ours if s.name == "dataflow_process_start_time_seconds"
                and s.labels.get("role") == "worker"]
     up = time.time() - min(started) if started else 0.0
@@ -70,4 +84,4 @@ def stats(bootstrap: str, spec: dict[str, Any], processes: Iterable[dict[str, An
         last_event_time=datetime.fromtimestamp(last, UTC) if last > 0 else None,
         events_per_s=round(events_in / up, 3) if up > 0 else None,
         success_rate=round(1 - dlq / events_in, 6) if events_in else None,
-        quality_score=round(sum(quality) / len(quality), 6) if quality else None)
+        quality_score=_quality(per_process))
