@@ -1,20 +1,24 @@
 """``dataflow demo``: the end-to-end run on the local stack, bounded and self-cleaning.
 
-A fresh Postgres database (customers, orders) -> ``dataflow source run`` (CDC) -> Kafka ->
-``dataflow worker`` running examples/demo_pipeline.yaml (unwrap, cast, drop cancelled
-orders, add tax, quality rules quarantining bad rows to the DLQ, join with the customers
-table) -> ``dataflow load`` twice:
-into a Postgres table and into Parquet files. Then inserts, updates, deletes and two bad
-rows on the source, a wait until the target equals what the source implies, and a short
-report. Every name carries a run id, and the processes, slot, database, topics, groups
-and files are removed at the end, so the demo can run any number of times on a shared
-stack. The run's files hold DSNs: they live in a private folder (0700) and are written
-0600. ``run_demo()`` is the single entry point.
+A fresh Postgres database (customers, orders) and examples/demo_pipeline.yaml with its CDC
+source inline (unwrap, cast, drop cancelled orders, add tax, quality rules quarantining bad
+rows to the DLQ, join with the customers table; loaded into a Postgres table and into
+Parquet files). The demo starts ``dataflow api`` as a child process (a free 127.0.0.1 port,
+a registry prefix and supervisor folder of its own), creates the pipeline through the API
+and runs it: the API's supervisor starts the CDC source, the ``parallelism`` workers and
+the two loaders. Then inserts, updates, deletes and two bad rows on the source, a wait
+until the target equals what the source implies, the pipeline's status as the API reports
+it (state, processes, figures), and a short report. Every name carries a run id; the
+pipeline is deleted through the API with ``?purge=true`` (processes, consumer groups,
+slot, internal topics), then the API, database, topics and files go, so the demo can run
+any number of times on a shared stack. The run's files hold DSNs: they live in a private
+folder (0700) and are written 0600. ``run_demo()`` is the single entry point.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,7 @@ import orjson
 import yaml
 
 from ops._console import error
+from ops._pipelines_cli import ApiCallError, ApiClient
 from schemas import DataFlowError, redact
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +96,9 @@ class _Run:
     stack_home: Path
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: the pipeline as the API created it (its id), and the spec sent (unmasked)
+    pipeline_id: str | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bootstrap = self.env["KAFKA_BOOTSTRAP_SERVERS"]
@@ -106,6 +114,8 @@ class _Run:
         self.home = self.stack_home / "demo" / self.run
         self.lake = self.home / "lake"
         self.target_table = "orders_clean"
+        self.api_home = self.home / "api"                # the supervisor's specs, logs, records
+        self.registry_prefix = f"_dataflow-demo-{self.run}"
 
     @property
     def dsn(self) -> str:
@@ -150,21 +160,19 @@ def _write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def _write_files(r: _Run) -> tuple[Path, Path]:
-    """The source config and the run's copy of the demo spec (names made unique)."""
+def _write_files(r: _Run) -> Path:
+    """The run's copy of the demo spec (names made unique), its CDC source inline."""
     _private_dir(r.home)
-    source = r.home / "source.yaml"
-    _write_private(source, yaml.safe_dump({"source": {
-        "type": "postgres", "topic_prefix": r.prefix, "dsn": r.dsn,
+    spec = yaml.safe_load(SPEC.read_text())
+    spec["name"] = r.name
+    spec["source"].update({
+        "type": "postgres", "topics": [r.orders_topic], "topic_prefix": r.prefix, "dsn": r.dsn,
         "table_include": [r"public\.(customers|orders)"], "snapshot_mode": "initial",
         "slot_name": r.slot, "publication_name": r.slot,
         # not the default lz4: the worker's aiokafka reads lz4 only with the lz4 package
         "kafka": {"bootstrap_servers": r.bootstrap, "topic_partitions": PARTITIONS,
                   "compression": "gzip"},
-    }}, sort_keys=False))
-    spec = yaml.safe_load(SPEC.read_text())
-    spec["name"] = r.name
-    spec["source"]["topics"] = [r.orders_topic]
+    })
     spec["sinks"]["kafka"]["topic"] = r.out_topic
     spec["sinks"]["postgres"]["table"] = r.target_table
     spec["sinks"]["postgres"]["dsn"] = r.dsn
@@ -173,7 +181,16 @@ def _write_files(r: _Run) -> tuple[Path, Path]:
     spec["stateful"][0]["table_topic"] = r.customers_topic
     spec_path = r.home / "pipeline.yaml"
     _write_private(spec_path, yaml.safe_dump(spec, sort_keys=False))
-    return source, spec_path
+    r.spec = spec
+    return spec_path
+
+
+def _api_env(r: _Run) -> dict[str, str]:
+    """What ``dataflow api`` (and so every process its supervisor starts) runs with."""
+    return {**os.environ, **r.env, "PYTHONPATH": str(ROOT),
+            "DATAFLOW_REGISTRY_PREFIX": r.registry_prefix, "DATAFLOW_API_HOME": str(r.api_home),
+            "DATAFLOW_API_SUPERVISE": "1", "DATAFLOW_SUPERVISOR_READY_AFTER_S": "2",
+            "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5"}
 
 
 def _start(r: _Run, what: str, args: list[str], bound_s: int) -> None:
@@ -182,10 +199,41 @@ def _start(r: _Run, what: str, args: list[str], bound_s: int) -> None:
     with os.fdopen(fd, "ab") as out:
         r.procs[what] = subprocess.Popen(
             ["timeout", "-s", "KILL", str(bound_s), sys.executable, "-m", "ops", *args],
-            cwd=ROOT, env={**os.environ, **r.env, "PYTHONPATH": str(ROOT),
-                           "DATAFLOW_DATA_DIR": str(r.home / "workers")},
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            cwd=ROOT, env=_api_env(r), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _start_api(r: _Run, bound_s: int, deadline: float) -> ApiClient:
+    """``dataflow api --port 0`` as a child; its client once ``/ready`` answers 200."""
+    _start(r, "api", ["api", "--host", "127.0.0.1", "--port", "0"], bound_s)
+    url = None
+    while url is None:
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", _tail(r.log("api"), 50))
+        url = found.group(1) if found else None
+        if url is None:
+            _alive_or_raise(r, deadline, "dataflow api to listen")
+            time.sleep(0.2)
+    api = ApiClient(url, timeout=60)
+    while True:
+        try:
+            if api.get("/ready")["ready"]:
+                return api
+        except ApiCallError:
+            pass   # 503 until the registry topics are read
+        _alive_or_raise(r, deadline, "dataflow api to be ready")
+        time.sleep(0.3)
+
+
+def _alive_or_raise(r: _Run, deadline: float, what: str) -> None:
+    dead = [w for w, p in r.procs.items() if p.poll() is not None]
+    if dead:
+        raise DataFlowError(f"{', '.join(dead)} exited early (see {r.log(dead[0])})")
+    if time.monotonic() > deadline:
+        raise DataFlowError(f"timed out waiting for {what}")
+
+
+def _pipeline_path(r: _Run, what: str = "") -> str:
+    return f"/api/v1/pipelines/{r.pipeline_id}{what}"
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -350,42 +398,88 @@ def _dlq(r: _Run) -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda d: (d["id"] or 0, d["stage"]))
 
 
-def _wait(check: Callable[[], bool], deadline: float, r: _Run) -> bool:
+def _wait(check: Callable[[], bool], deadline: float, r: _Run,
+          api: ApiClient | None = None) -> bool:
+    """Poll ``check`` until ``deadline``; the API exiting or the pipeline turning
+    ``failed`` (asked every few seconds) ends the wait with the reason."""
+    polls = 0
     while time.monotonic() < deadline:
         if check():
             return True
         dead = [w for w, p in r.procs.items() if p.poll() is not None]
         if dead:
             raise DataFlowError(f"{', '.join(dead)} exited early (see {r.log(dead[0])})")
+        polls += 1
+        if api is not None and r.pipeline_id is not None and polls % 6 == 0:
+            status = api.get(_pipeline_path(r, "/status"))
+            if status["state"] == "failed":
+                raise DataFlowError(f"pipeline {r.name} failed: {status.get('reason')}")
         time.sleep(0.5)
     return False
+
+
+def _settled_status(r: _Run, api: ApiClient, deadline: float) -> dict[str, Any]:
+    """The pipeline's status from the API once its figures caught up with the data path:
+    every endpoint answered, nothing left to read, both dead letters and the last event's
+    time counted (or, at the deadline, the last status read)."""
+    while True:
+        status: dict[str, Any] = api.get(_pipeline_path(r, "/status"))
+        st = status["stats"]
+        if (st["complete"] and st["consumer_lag"] == 0 and (st["dlq_records"] or 0) >= 2
+                and st["rows_written"] and st["last_event_time"]) \
+                or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
 
 
 # -- cleanup -----------------------------------------------------------------------------
 
 
-def _cleanup(r: _Run) -> None:
-    """Processes, then the slot and database, then topics and groups; never raises."""
+def _delete_pipeline(r: _Run, api: ApiClient | None) -> None:
+    """``DELETE ?purge=true`` through the API: the supervisor stops the processes and
+    removes the consumer groups, slot, publication and internal topics. When the API
+    cannot, a supervisor on the API's folder does the same from its process records (the
+    API is stopped by then)."""
+    if r.pipeline_id is None:
+        return
+    if api is not None:
+        try:
+            api.call("DELETE", _pipeline_path(r), query={"purge": True})
+            return
+        except ApiCallError as exc:
+            error("dataflow demo: the API did not delete the pipeline", exc)
+    if "api" in r.procs:
+        _stop(r.procs.pop("api"), 10.0)
+    import asyncio
+
+    from ops.api import Supervisor
+
+    async def stop_and_purge(pipeline_id: str) -> None:
+        sup = Supervisor(home=r.api_home, env=_api_env(r))
+        try:
+            await sup.apply(pipeline_id, 1, r.spec, "stopped")
+            await sup.purge(pipeline_id, r.spec)
+        finally:
+            await sup.close()
+
+    try:
+        asyncio.run(stop_and_purge(r.pipeline_id))
+    except (DataFlowError, OSError) as exc:
+        error("dataflow demo: cleanup of the pipeline's processes failed", exc)
+
+
+def _cleanup(r: _Run, api: ApiClient | None) -> None:
+    """The pipeline (through the API), the API, the database, then topics and groups;
+    never raises."""
     import psycopg
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    for what in ("worker", "postgres", "objectstore", "source"):
-        if what in r.procs:
-            _stop(r.procs[what], 10.0 if what == "source" else 3.0)
+    _delete_pipeline(r, api)
+    if "api" in r.procs:
+        _stop(r.procs["api"], 10.0)
     try:
         with psycopg.connect(r.admin_dsn, autocommit=True) as conn:
-            for _ in range(20):   # the slot stays active for a moment after its reader died
-                row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                                   (r.slot,)).fetchone()
-                if row is None:
-                    break
-                if row[0] is not None:
-                    conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                    time.sleep(0.5)
-                    continue
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (r.slot,))
-                break
             conn.execute(f'DROP DATABASE IF EXISTS "{r.db}" WITH (FORCE)')
     except psycopg.Error as exc:
         error(f"dataflow demo: cleanup of {r.db}/{r.slot} failed", exc)
@@ -427,10 +521,29 @@ def _tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
+def _logs(r: _Run) -> dict[str, Path]:
+    """The API's log and those of the processes its supervisor started."""
+    logs = {what: r.log(what) for what in r.procs}
+    for path in sorted(r.api_home.glob("pipelines/*/logs/*.log")):
+        logs[path.stem] = path
+    return logs
+
+
+def _show_status(r: _Run, status: dict[str, Any]) -> None:
+    st = status["stats"]
+    procs = ", ".join(f"{p['role']} (pid {p['pid']}, {p['restarts']} restarts)"
+                      for p in sorted(status["processes"], key=lambda p: p["role"]))
+    print(f"  status     from the API: {status['state']} (desired {status['desired']}, "
+          f"version {status['version']}); {len(status['processes'])} processes: {procs}")
+    print("  figures    " + ", ".join(f"{k} {st[k]}" for k in (
+        "events_in", "events_out", "dlq_records", "rows_written", "consumer_lag",
+        "success_rate", "quality_score", "last_event_time")))
+
+
 def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
-    """Run the end-to-end demo on the local stack (started if needed); 0 when the target
-    equals what the source implies, the bad rows are in the DLQ and the Parquet files
-    rebuild the same table."""
+    """Run the end-to-end demo on the local stack (started if needed) through the REST
+    API; 0 when the target equals what the source implies, the bad rows are in the DLQ,
+    the Parquet files rebuild the same table and the API reports the pipeline running."""
     from confluent_kafka import KafkaException
     from psycopg import Error as PgError
 
@@ -443,27 +556,32 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
     except DataFlowError as exc:
         error("FAILED: dataflow demo: the local stack did not start", exc)
         return 1
-    print(f"dataflow demo (run {r.run}): Postgres CDC -> Kafka -> pipeline -> Postgres + Parquet")
+    print(f"dataflow demo (run {r.run}): Postgres CDC -> Kafka -> pipeline -> Postgres + Parquet, "
+          "run through the REST API")
     result: dict[str, Any] = {"run": r.run, "home": str(r.home), "ok": False}
+    api: ApiClient | None = None
     try:
         _create_database(r)
-        source_cfg, spec = _write_files(r)
+        spec = _write_files(r)
         print(f"  source db  {r.db}: customers (3 rows), orders (3 rows, REPLICA IDENTITY FULL)")
-        bound = int(timeout) + 120
-        _start(r, "source", ["source", "run", str(source_cfg)], bound)
         deadline = started + timeout
-        if not _wait(lambda: sum(_end_offsets(r, r.orders_topic).values()) >= 3
-                     and sum(_end_offsets(r, r.customers_topic).values()) >= 3, deadline, r):
-            raise DataFlowError(f"the snapshot did not reach Kafka within {timeout:.0f} s")
-        _start(r, "worker", ["worker", str(spec)], bound)
-        _start(r, "postgres", ["load", str(spec), "--sink", "postgres"], bound)
-        _start(r, "objectstore", ["load", str(spec), "--sink", "objectstore"], bound)
+        api = _start_api(r, int(timeout) + 120, deadline)
+        created = api.call("POST", "/api/v1/pipelines", body=spec.read_bytes(),
+                           content_type="application/yaml").body
+        r.pipeline_id = created["id"]
+        api.call("POST", _pipeline_path(r, "/run"))
+        print(f"  api        {api.url} (registry {r.registry_prefix}.*): created pipeline "
+              f"{created['name']} (id {created['id']}, version {created['version']}), run: "
+              "its supervisor starts the CDC source, the workers and the loaders")
         # the join reads the customers table as it stands when an order passes: wait until
-        # the worker has it (customers topic -> re-keyed table topic -> table), so every
-        # order change below meets its customer
+        # the snapshot is in Kafka and the workers have the table (customers topic ->
+        # re-keyed table topic -> table), so every order change below meets its customer
         table_topic = f"{r.groups['worker']}-customers-table"
+        if not _wait(lambda: sum(_end_offsets(r, r.orders_topic).values()) >= 3
+                     and sum(_end_offsets(r, r.customers_topic).values()) >= 3, deadline, r, api):
+            raise DataFlowError(f"the snapshot did not reach Kafka within {timeout:.0f} s")
         if not _wait(lambda: _caught_up(r, r.groups["worker"], r.customers_topic)
-                     and _caught_up(r, r.groups["worker"], table_topic), deadline, r):
+                     and _caught_up(r, r.groups["worker"], table_topic), deadline, r, api):
             raise DataFlowError(f"the worker did not load the customers table within {timeout:.0f} s")
         _apply_changes(r)
         print(f"  changes    {len(CHANGES)} transactions: " + "; ".join(w for w, _ in CHANGES))
@@ -478,7 +596,8 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
                     and _caught_up(r, groups["objectstore"], r.out_topic)
                     and len(_dlq(r)) >= 2)
 
-        ok = _wait(done, deadline, r)
+        ok = _wait(done, deadline, r, api)
+        status = _settled_status(r, api, deadline)
         files, rebuilt = _parquet(r)
         got = target_rows(r)
         dlq = _dlq(r)
@@ -486,7 +605,8 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
         took = time.monotonic() - started
         result.update(events=events, out_records=sum(_end_offsets(r, r.out_topic).values()),
                       expected=want, target=got, dlq=dlq, parquet_files=files,
-                      parquet_table=rebuilt, elapsed_s=round(took, 1))
+                      parquet_table=rebuilt, elapsed_s=round(took, 1),
+                      api={"url": api.url, "pipeline_id": r.pipeline_id, "status": status})
         print(f"  captured   {sum(events.values())} change events "
               f"({', '.join(f'{t}: {n}' for t, n in events.items())})")
         print(f"  pipeline   {r.name}: unwrap -> cast -> drop cancelled -> tax -> rules -> "
@@ -501,27 +621,30 @@ def run_demo(timeout: float = 120.0, report: Path | None = None) -> int:
             print(f"               order {d['id']}: {d['stage']}: {d['error']}")
         print(f"  parquet    {len(files)} file(s) under {r.lake} (removed at the end), "
               f"rebuilding {len(rebuilt)} rows: {', '.join(files)}")
+        _show_status(r, status)
         print(f"  took       {took:.1f} s")
-        ok = ok and got == want and rebuilt == want and len(dlq) == 2
+        running = status["state"] == "running" and status["stats"]["last_event_time"]
+        ok = bool(ok and got == want and rebuilt == want and len(dlq) == 2 and running)
         result["ok"] = ok
         if not ok:
             why = ("the target differs from the source" if got != want else
                    "the Parquet files differ from the target" if rebuilt != want else
-                   f"{len(dlq)} DLQ records, expected 2")
+                   f"{len(dlq)} DLQ records, expected 2" if len(dlq) != 2 else
+                   f"the API reports the pipeline {status['state']}, figures {status['stats']}")
             print(f"FAILED: {why} after {took:.0f} s (timeout {timeout:.0f} s)", file=sys.stderr)
-            for what in r.procs:
-                print(f"--- {what} log tail:\n{redact(_tail(r.log(what)))}", file=sys.stderr)
+            for what, path in _logs(r).items():
+                print(f"--- {what} log tail:\n{redact(_tail(path))}", file=sys.stderr)
             return 1
         print("OK")
         return 0
     except (DataFlowError, KafkaException, PgError, OSError) as exc:
         result["error"] = redact(str(exc))
         error("FAILED: dataflow demo", exc)
-        for what in r.procs:
-            print(f"--- {what} log tail:\n{redact(_tail(r.log(what)))}", file=sys.stderr)
+        for what, path in _logs(r).items():
+            print(f"--- {what} log tail:\n{redact(_tail(path))}", file=sys.stderr)
         return 1
     finally:
-        _cleanup(r)
+        _cleanup(r, api)
         if report is not None:
             report.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 

@@ -114,15 +114,31 @@ def _moved(before: Offsets, after: Offsets) -> int:
     return sum(max(0, end - before.get(tp, 0)) for tp, end in after.items())
 
 
+def _cdc_topics_read(lay: Layout) -> list[str]:
+    """The topics of the pipeline's own CDC source its workers read: the source topics and
+    the table topics (joins, referential rules) that the source writes too."""
+    cdc = lay.source
+    assert cdc is not None
+    tables = [t for t in (getattr(op, "table_topic", None)
+                          for op in (*lay.spec.stateful, *lay.spec.stateful_rules)) if t]
+    written = []
+    for topic in tables:
+        schema, _, table = topic.removeprefix(f"{cdc.topic_prefix}.").partition(".")
+        if topic.startswith(f"{cdc.topic_prefix}.") and table and cdc.wants(schema, table):
+            written.append(topic)
+    return list(dict.fromkeys([*(lay.spec.source.topics or ()), *written]))
+
+
 def ensure_source_topics(bootstrap: str, lay: Layout) -> None:
     """Create the topics the pipeline's own CDC source writes and its worker reads, so a
-    worker started beside a new source does not stop for a topic not made yet."""
+    worker started beside a new source does not stop for a topic not made yet (nor have a
+    broker make it with its default partitions)."""
     if lay.source is None or not lay.spec.source.topics:
         return
     admin = AdminClient({"bootstrap.servers": bootstrap})
     parts, rf = lay.source.kafka.topic_partitions, lay.source.kafka.topic_replication_factor
     new = [NewTopic(t, num_partitions=parts, replication_factor=rf)
-           for t in lay.spec.source.topics]
+           for t in _cdc_topics_read(lay)]
     for fut in admin.create_topics(new, operation_timeout=30).values():
         try:
             fut.result(timeout=30)

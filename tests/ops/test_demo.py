@@ -1,10 +1,13 @@
 """``python -m ops demo`` (what ``make demo`` runs): CDC -> pipeline -> Postgres + Parquet on
-the real stack, with exact results, and nothing left behind."""
+the real stack, the pipeline created, run and watched through ``dataflow api``, with exact
+results, and nothing left behind."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ DLQ = [
 def test_demo_loads_exactly_what_the_source_implies_and_cleans_up(
         kafka_bootstrap: str, pg_dsn: str, tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
+    started = datetime.now(UTC)
     proc = subprocess.run([sys.executable, "-m", "ops", "demo", "--report", str(report_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -68,6 +72,27 @@ def test_demo_loads_exactly_what_the_source_implies_and_cleans_up(
     # makes that harmless
     assert report["out_records"] >= 9
     assert "order 7: rule:amount_positive" in proc.stdout
+    # the pipeline was created and run through the API; its status came from the API
+    api = report["api"]
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", api["url"]) and api["url"] in proc.stdout
+    status = api["status"]
+    assert (status["id"], status["state"], status["desired"], status["version"]) == (
+        api["pipeline_id"], "running", "running", 1)
+    assert sorted(p["role"] for p in status["processes"]) == [   # the spec's parallelism: 2
+        "loader-objectstore", "loader-postgres", "source", "worker", "worker"]
+    stats = status["stats"]
+    assert stats["complete"] is True and stats["consumer_lag"] == 0
+    # at least once: a worker retry after a rebalance may count a record twice
+    assert stats["events_in"] >= 13 and stats["dlq_records"] >= 2 and stats["rows_written"] >= 9
+    # 11 rows reach the rules (3 snapshot, 8 changes: the cancelled one is filtered first),
+    # 9 pass both; two workers, so the score is their scores weighted by their checks
+    if stats["events_in"] == 13:   # no repeats
+        assert stats["quality_score"] == round(9 / 11, 6)
+    assert 0.5 < stats["quality_score"] < 1
+    last = datetime.fromisoformat(stats["last_event_time"])
+    assert started <= last <= datetime.now(UTC)
+    assert "status     from the API: running (desired running, version 1); 5 processes" in (
+        proc.stdout)
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
 

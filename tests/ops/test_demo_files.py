@@ -22,14 +22,13 @@ def test_files_with_dsns_are_not_readable_by_others(tmp_path: Path) -> None:
     run = _Run(env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATAFLOW_PG_DSN": DSN},
                stack_home=tmp_path)
     (tmp_path / "demo").mkdir(mode=0o755)  # a folder left by an older demo
-    source, spec = _write_files(run)
-    for path in (source, spec):
-        assert "Demo-pw-7" in path.read_text()  # they do hold the password
-        assert _mode(path) == 0o600, path
+    spec = _write_files(run)
+    assert "Demo-pw-7" in spec.read_text()  # it does hold the password (the inline source's)
+    assert _mode(spec) == 0o600
     assert _mode(run.home) == 0o700 and _mode(run.home.parent) == 0o700
     _start(run, "probe", ["--help"], 60)  # a process log of the run
     assert run.procs["probe"].wait(60) == 0
     assert _mode(run.log("probe")) == 0o600
     # a file written again keeps its private mode
-    source.chmod(0o644)
-    assert _mode(_write_files(run)[0]) == 0o600
+    spec.chmod(0o644)
+    assert _mode(_write_files(run)) == 0o600
