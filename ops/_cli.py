@@ -10,6 +10,7 @@ the implementation, imported inside the function so that ``dataflow --help`` or
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,17 +223,6 @@ def pipelines_list(url: str, state: str | None, prefix: str | None, as_json: boo
     return list_(_api(url), state, prefix, as_json)
 
 
-@pipelines.command("get")
-@_TARGET
-@_JSON
-@click.pass_obj
-def pipelines_get(url: str, target: str, as_json: bool) -> int:
-    """Show one pipeline and its spec (secrets masked)."""
-    from ops._pipelines_cli import get
-
-    return get(_api(url), target, as_json)
-
-
 @pipelines.command("delete")
 @_TARGET
 @click.option("--purge", is_flag=True,
@@ -289,15 +279,25 @@ for _verb, _help in (
     _action(_verb, _help)
 
 
-@pipelines.command("status")
-@_TARGET
-@_JSON
-@click.pass_obj
-def pipelines_status(url: str, target: str, as_json: bool) -> int:
-    """State, processes and figures of a pipeline."""
-    from ops._pipelines_cli import status
+def _view(verb: str, help_: str) -> None:
+    """``dataflow pipelines VERB NAME_OR_ID [--json]``: ``ops._pipelines_cli.<verb>``."""
+    @_TARGET
+    @_JSON
+    @click.pass_obj
+    def run(url: str, target: str, as_json: bool) -> int:
+        from ops import _pipelines_cli
 
-    return status(_api(url), target, as_json)
+        show: Callable[[Any, str, bool], int] = getattr(_pipelines_cli, verb)
+        return show(_api(url), target, as_json)
+
+    pipelines.command(verb, help=help_)(run)
+
+
+for _verb, _help in (
+    ("get", "Show one pipeline and its spec (secrets masked)."),
+    ("status", "State, processes and figures of a pipeline."),
+):
+    _view(_verb, _help)
 
 
 @pipelines.command("runs")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,26 +64,24 @@ def replay(target: str, *, stage: str | None = None, bootstrap: str | None = Non
     request = ReplayRequest.model_construct(stage=stage, to_topic=to_topic, all=from_start,
                                             dry_run=dry_run)
     url = _api_url(api, bootstrap)
-    try:
+
+    def go() -> dict[str, Any]:
         if url is not None:
             client = ApiClient(url, timeout=timeout + 30)
             body = json.dumps(request.model_dump(exclude_none=True)).encode()
-            report = client.call("POST", _pipeline_path(client, target) + "/dlq/replay",
-                                 body=body).body
-        else:
-            spec = _spec(target)
-            if spec is None and to_topic is None:
-                raise ConfigError(f"{target!r} is not a spec file, so the pipeline's source "
-                                  "topics are unknown: give the spec file or --to-topic")
-            report = replay_topic(
-                _bootstrap(bootstrap), _dlq_topic(target, spec),
-                (spec.source.topics or ()) if spec is not None else (), request,
-                timeout=timeout).model_dump(mode="json")
-    except ApiCallError as exc:
-        show_api_error("dataflow dlq replay", exc)
-        return 1
-    except DataFlowError as exc:
-        error("dataflow dlq replay", exc)
+            done: dict[str, Any] = client.call(
+                "POST", _pipeline_path(client, target) + "/dlq/replay", body=body).body
+            return done
+        spec = _spec(target)
+        if spec is None and to_topic is None:
+            raise ConfigError(f"{target!r} is not a spec file, so the pipeline's source "
+                              "topics are unknown: give the spec file or --to-topic")
+        return replay_topic(_bootstrap(bootstrap), _dlq_topic(target, spec),
+                            (spec.source.topics or ()) if spec is not None else (), request,
+                            timeout=timeout).model_dump(mode="json")
+
+    report = _attempt("dataflow dlq replay", go)
+    if report is None:
         return 1
     if as_json:
         _print_json(report)
@@ -124,19 +123,19 @@ def show(target: str, *, stage: str | None = None, bootstrap: str | None = None,
          as_json: bool = False) -> int:
     """Print up to ``limit`` dead letters of ``target`` (stage, source position, error)."""
     url = _api_url(api, bootstrap)
-    try:
+
+    def go() -> dict[str, Any]:
         if url is not None:
             client = ApiClient(url, timeout=timeout + 30)
-            listed = client.call("GET", _pipeline_path(client, target) + "/dlq",
-                                 query={"stage": stage, "limit": limit}).body
-        else:
-            listed = browse_topic(_bootstrap(bootstrap), _dlq_topic(target, _spec(target)),
-                                  stage, limit, timeout=timeout).model_dump(mode="json")
-    except ApiCallError as exc:
-        show_api_error("dataflow dlq show", exc)
-        return 1
-    except DataFlowError as exc:
-        error("dataflow dlq show", exc)
+            found: dict[str, Any] = client.call(
+                "GET", _pipeline_path(client, target) + "/dlq",
+                query={"stage": stage, "limit": limit}).body
+            return found
+        return browse_topic(_bootstrap(bootstrap), _dlq_topic(target, _spec(target)),
+                            stage, limit, timeout=timeout).model_dump(mode="json")
+
+    listed = _attempt("dataflow dlq show", go)
+    if listed is None:
         return 1
     if as_json:
         _print_json(listed)
@@ -146,6 +145,17 @@ def show(target: str, *, stage: str | None = None, bootstrap: str | None = None,
               f"{d['topic']}/{d['source_partition']}/{d['source_offset']}  {d['error']}")
     print(f"{len(listed['items'])} record(s) shown from {listed['topic']}")
     return 0
+
+
+def _attempt(command: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """What ``fn`` returns, or None once the reason it failed is on stderr."""
+    try:
+        return fn()
+    except ApiCallError as exc:
+        show_api_error(command, exc)
+    except DataFlowError as exc:
+        error(command, exc)
+    return None
 
 
 def _print_json(body: Any) -> None:
