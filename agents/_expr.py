@@ -34,7 +34,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
@@ -43,7 +42,7 @@ from typing import Any
 import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas import ConfigError
+from schemas import ConfigError, env_values
 
 MAX_POW_EXPONENT = 256          # ``a ** b`` with |b| above this is refused
 MAX_EXPR_DEPTH = 100            # nesting of one expression (Python's compiler recurses)
@@ -72,11 +71,8 @@ class Limits(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
-        env = os.environ if environ is None else environ
-        values = {name: env[f"DATAFLOW_{name.upper()}"] for name in cls.model_fields
-                  if env.get(f"DATAFLOW_{name.upper()}")}
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(env_values(cls.model_fields, environ=environ))
         except ValidationError as exc:
             raise ConfigError(f"limits: {exc}") from exc
 

@@ -13,6 +13,7 @@ from schemas._debezium import (
     key_schema,
     with_schema,
 )
+from schemas._env import env_values
 from schemas._errors import (
     ConfigError,
     DataFlowError,
@@ -42,5 +43,6 @@ __all__ = [
     "SinkError",
     "SourceError",
     "StackError",
+    "env_values",
     "redact",
 ]

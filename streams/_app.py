@@ -56,7 +56,7 @@ from agents import (
     group_value,
 )
 from connectors import StageMetrics
-from schemas import ConfigError, SerdeError
+from schemas import ConfigError, SerdeError, env_values
 from streams._compile import compile_chain, decoder_for
 from streams._metrics import serve_metrics
 from streams._spec import (
@@ -98,10 +98,7 @@ class WorkerSettings(BaseModel):
         values: dict[str, Any] = {}
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
             values["kafka_bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-        for name in cls.model_fields:
-            key = f"DATAFLOW_{name.upper()}"
-            if key in env and env[key] != "":
-                values[name] = env[key]
+        values.update(env_values(cls.model_fields, environ=env))
         if "DATAFLOW_HOME" in env and "data_dir" not in values:
             values["data_dir"] = Path(env["DATAFLOW_HOME"]) / "workers"
         try:

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ops.api._layout import Layout, Want, layout, private_dir
 from ops.api._procs import Proc, free_port, log_tail
-from schemas import DataFlowError, redact
+from schemas import DataFlowError, env_values, redact
 
 log = logging.getLogger("dataflow.supervisor")
 
@@ -128,10 +128,8 @@ class SupervisorSettings(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SupervisorSettings:
-        values = {name: env[f"DATAFLOW_SUPERVISOR_{name.upper()}"] for name in cls.model_fields
-                  if env.get(f"DATAFLOW_SUPERVISOR_{name.upper()}")}
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(env_values(cls.model_fields, "DATAFLOW_SUPERVISOR_", env))
         except ValueError as exc:
             raise SupervisorError(f"supervisor settings: {exc}") from None
 
