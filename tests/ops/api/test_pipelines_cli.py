@@ -173,9 +173,12 @@ def test_lifecycle_from_the_command_line(
 
 
 def test_wait_ends_with_the_reason_when_the_pipeline_fails(
-        api: ApiProcess, tmp_path: Path) -> None:
+        api_factory: Callable[..., ApiProcess], tmp_path: Path) -> None:
     """A worker that cannot start (its source topic does not exist) crashes until the
     supervisor marks the pipeline failed: ``run --wait`` exits 1 with that reason."""
+    # a process counts as up after 30 s: a worker that takes a loaded machine 3 s to find
+    # its topic missing must not look running for a moment first
+    api = api_factory(DATAFLOW_SUPERVISOR_READY_AFTER_S="30")
     name = f"cli-{uuid.uuid4().hex[:8]}"
     spec = tmp_path / "broken.yaml"
     spec.write_text(yaml.safe_dump({"name": name, "source": {"topics": [f"{name}-absent"]}}))
