@@ -267,7 +267,8 @@ def _apply_changes(r: _Run) -> None:
 
 
 def _end_offsets(r: _Run, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    """The end offset of each partition of ``topic``; ``{}`` while it is not there yet."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": f"dataflow-demo-{r.run}-probe"})
     try:
@@ -276,6 +277,13 @@ def _end_offsets(r: _Run, topic: str) -> dict[int, int]:
             return {}
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 for p in meta.partitions}
+    except KafkaException as exc:
+        # what a topic just created answers for a moment (no partition leaders yet)
+        if exc.args[0].code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                  KafkaError.LEADER_NOT_AVAILABLE,
+                                  KafkaError.UNKNOWN_TOPIC_OR_PART):
+            return {}
+        raise
     finally:
         c.close()
 
