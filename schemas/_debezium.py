@@ -1,7 +1,7 @@
 """Debezium change-event envelope: build, encode and decode (JSON).
 
 A change event is a key (the primary-key columns) and a value
-``{before, after, source, op, ts_ms, transaction}`` with ``op`` one of ``c u d r t``. A
+``{before, after, source, transaction, op, ts_ms, ts_us, ts_ns}`` with ``op`` one of ``c u d r t``. A
 delete is followed by a tombstone: the same key with a null value. Real Debezium topics
 written by Kafka Connect's ``JsonConverter`` with ``schemas.enable=true`` wrap both key and
 value in ``{"schema": ..., "payload": ...}``; the decoders here accept both forms, so a
@@ -46,15 +46,20 @@ def envelope(
     after: dict[str, Any] | None,
     source: dict[str, Any],
     ts_ms: int,
+    ts_us: int | None = None,
 ) -> dict[str, Any]:
-    """The value of a change event, in Debezium's field order."""
+    """The value of a change event, in Debezium's field order (``ts_us``/``ts_ns`` are
+    ``ts_ms`` in finer units unless the microseconds are given)."""
+    us = ts_ms * 1000 if ts_us is None else ts_us
     return {
         "before": before,
         "after": after,
         "source": source,
+        "transaction": None,
         "op": op,
         "ts_ms": ts_ms,
-        "transaction": None,
+        "ts_us": us,
+        "ts_ns": us * 1000,
     }
 
 
@@ -114,13 +119,19 @@ def decode_change(raw_key: bytes | None, raw_value: bytes | None) -> ChangeEvent
 _SOURCE_FIELDS = [
     ("version", "string", False), ("connector", "string", False), ("name", "string", False),
     ("ts_ms", "int64", False), ("snapshot", "string", True), ("db", "string", False),
-    ("sequence", "string", True), ("schema", "string", False), ("table", "string", False),
+    ("sequence", "string", True), ("ts_us", "int64", True), ("ts_ns", "int64", True),
+    ("schema", "string", False), ("table", "string", False),
     ("txId", "int64", True), ("lsn", "int64", True), ("xmin", "int64", True),
+    ("origin", "string", True), ("origin_lsn", "int64", True),
 ]
+_SNAPSHOT_VALUES = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
 
 
-def _struct(name: str, fields: list[dict[str, Any]], optional: bool, field: str | None = None) -> dict[str, Any]:
+def _struct(name: str, fields: list[dict[str, Any]], optional: bool, field: str | None = None,
+            version: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "struct", "fields": fields, "optional": optional, "name": name}
+    if version is not None:
+        out["version"] = version
     if field is not None:
         out["field"] = field
     return out
@@ -134,19 +145,22 @@ def key_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
 def envelope_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
     """The value's Connect schema: Debezium's ``<topic>.Envelope`` around ``<topic>.Value``."""
     source = [{"type": t, "optional": o, "field": f} for f, t, o in _SOURCE_FIELDS]
-    source[4].update(name="io.debezium.data.Enum", version=1)
+    source[4] = {"type": "string", "optional": True, "name": "io.debezium.data.Enum", "version": 1,
+                 "parameters": {"allowed": _SNAPSHOT_VALUES}, "default": "false", "field": "snapshot"}
     return _struct(f"{topic}.Envelope", [
         _struct(f"{topic}.Value", fields, True, "before"),
         _struct(f"{topic}.Value", fields, True, "after"),
-        _struct("io.debezium.connector.postgresql.Source", source, False, "source"),
-        {"type": "string", "optional": False, "field": "op"},
-        {"type": "int64", "optional": True, "field": "ts_ms"},
+        _struct("io.debezium.connector.postgresql.Source", source, False, "source", version=1),
         _struct("event.block", [
             {"type": "string", "optional": False, "field": "id"},
             {"type": "int64", "optional": False, "field": "total_order"},
             {"type": "int64", "optional": False, "field": "data_collection_order"},
-        ], True, "transaction"),
-    ], False)
+        ], True, "transaction", version=1),
+        {"type": "string", "optional": False, "field": "op"},
+        {"type": "int64", "optional": True, "field": "ts_ms"},
+        {"type": "int64", "optional": True, "field": "ts_us"},
+        {"type": "int64", "optional": True, "field": "ts_ns"},
+    ], False, version=2)
 
 
 def with_schema(schema_json: bytes, payload_json: bytes | None) -> bytes | None:

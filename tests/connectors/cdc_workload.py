@@ -338,17 +338,15 @@ def _dbz(value: Any, typ: str, typmod: int) -> Any:
     if isinstance(value, bool | int | str):
         return value
     if isinstance(value, Decimal):
-        return str(value)
+        return "NAN" if value.is_nan() else str(value)  # Debezium's spelling
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            s = value.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
-            if "." in s:
-                s = s.rstrip("0").rstrip(".")
-            return s + "Z"
+            # Debezium 3.x: the column's fractional digits (6 for timestamptz)
+            return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
         us = (value - _EPOCH) // dt.timedelta(microseconds=1)
         return us // 1000 if 0 <= typmod <= 3 else us
     if isinstance(value, dt.date):

@@ -11,7 +11,7 @@ from connectors import PostgresCDCConfig
 from connectors._pg_kafka import AckTracker, AckWindow, KafkaDeliveryFailed
 from connectors._pg_proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
 from connectors._pg_types import (
-    INT64_MAX,
+    TS_INFINITY_MS,
     PgType,
     TypeMapper,
     copy_fields,
@@ -68,9 +68,9 @@ def conv(name: str, text: str, typmod: int = -1, decimal: str = "string", interv
         ("timestamp", "1970-01-01 00:00:01.000001", -1, 1_000_001),
         ("timestamp", "1969-12-31 23:59:59", -1, -1_000_000),
         ("timestamp", "1970-01-01 00:00:01.5", 3, 1_500),
-        ("timestamp", "infinity", -1, INT64_MAX),
-        ("timestamptz", "2024-01-02 03:04:05.12+00", -1, "2024-01-02T03:04:05.12Z"),
-        ("timestamptz", "2024-01-02 03:04:05+05:30", -1, "2024-01-01T21:34:05Z"),
+        ("timestamp", "infinity", -1, TS_INFINITY_MS * 1000),
+        ("timestamptz", "2024-01-02 03:04:05.12+00", -1, "2024-01-02T03:04:05.120000Z"),
+        ("timestamptz", "2024-01-02 03:04:05+05:30", -1, "2024-01-01T21:34:05.000000Z"),
         ("timetz", "10:00:00+02", -1, "08:00:00Z"),
         ("timetz", "01:00:00.5-03", -1, "04:00:00.5Z"),
         ("interval", "P3DT4H5M6.5S", -1, ((3 * 24 + 4) * 3600 + 5 * 60 + 6) * 10**6 + 500_000),
@@ -100,14 +100,15 @@ def test_numeric_precise_and_double() -> None:
 
 
 def test_interval_string_mode() -> None:
-    assert conv("interval", "P1Y2M", -1, interval="string") == "P1Y2M"
+    assert conv("interval", "P1Y2M", -1, interval="string") == "P1Y2M0DT0H0M0S"
     with pytest.raises(ValueError):
         interval_us("1 year")
 
 
 def test_zoned_helpers() -> None:
-    assert zoned_timestamp("2024-01-02 03:04:05.100000+00") == "2024-01-02T03:04:05.1Z"
-    assert zoned_timestamp("2024-01-01 00:30:00-01") == "2024-01-01T01:30:00Z"
+    assert zoned_timestamp("2024-01-02 03:04:05.100000+00") == "2024-01-02T03:04:05.100000Z"
+    assert zoned_timestamp("2024-01-01 00:30:00-01") == "2024-01-01T01:30:00.000000Z"
+    assert zoned_timestamp("2024-01-01 00:30:00.5-01", 3) == "2024-01-01T01:30:00.500Z"
     assert zoned_time("01:00:00+02") == "23:00:00Z"
     assert parse_array("[0:1]={7,8}") == ["7", "8"]
 

@@ -23,7 +23,7 @@ SOURCE = {"connector": "postgresql", "name": "app", "db": "shop", "schema": "pub
 
 def test_envelope_round_trip() -> None:
     value = envelope("u", {"id": 1, "x": "a"}, {"id": 1, "x": "b"}, SOURCE, 123)
-    assert list(value) == ["before", "after", "source", "op", "ts_ms", "transaction"]
+    assert list(value) == ["before", "after", "source", "transaction", "op", "ts_ms", "ts_us", "ts_ns"]
     ev = decode_change(encode_key({"id": 1}), encode_value(value))
     assert ev.key == {"id": 1}
     assert (ev.op, ev.before, ev.after, ev.ts_ms) == ("u", {"id": 1, "x": "a"}, {"id": 1, "x": "b"}, 123)
