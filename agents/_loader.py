@@ -119,6 +119,9 @@ class LoaderSettings(BaseModel):
     version_field: str | None = None
     key_fields: tuple[str, ...] = ()        # default: the event key's fields
     deletes: Literal["apply", "ignore"] = "apply"
+    #: a TRUNCATE (op ``t``) empties the target table, as the Debezium JDBC sink's
+    #: ``truncate.enabled``; on for replicas by default (sinks that cannot truncate skip it)
+    truncate: bool = True
     keep_metadata: bool = False             # keep ``__op``/``__lsn``/... columns in rows
     format: Literal["json", "debezium"] = "json"
     consumer: dict[str, str | int] = Field(default_factory=dict)
@@ -144,9 +147,10 @@ class RecordMapper:
     before it already did the work.
     """
 
-    def __init__(self, settings: LoaderSettings, stage: str) -> None:
+    def __init__(self, settings: LoaderSettings, stage: str, truncates: bool = False) -> None:
         self.s = settings
         self.stage = stage
+        self.truncates = truncates and settings.truncate  # the sink can, and it is wanted
 
     def map(self, events: Sequence[Event]) -> tuple[list[SinkRecord], list[DeadLetter]]:
         records: list[SinkRecord] = []
@@ -160,6 +164,12 @@ class RecordMapper:
             if rec is not None:
                 records.append(rec)
         return records, dead
+
+    def _truncate(self, ev: Event) -> SinkRecord | None:
+        if not self.truncates:
+            return None
+        return SinkRecord(key={}, value=None, version=ev.offset, topic=ev.topic, partition=ev.partition,
+                          offset=ev.offset, timestamp_ms=ev.timestamp_ms, origin=ev, truncate=True)
 
     def _one(self, ev: Event) -> SinkRecord | None:
         s = self.s
@@ -177,7 +187,7 @@ class RecordMapper:
         elif "op" in value and ("after" in value or "before" in value):
             op = value.get("op")
             if op not in ("c", "u", "d", "r"):
-                return None  # truncate ('t') and messages carry no row
+                return self._truncate(ev) if op == "t" else None  # messages carry no row
             deleted = op == "d"
             row = value.get("before") if deleted else value.get("after")
             if row is not None and not isinstance(row, dict):
@@ -192,6 +202,8 @@ class RecordMapper:
                 if version is None and s.version_field in _LSN_NAMES:
                     version = src.get("lsn")
         else:
+            if value.get("__op") == "t":  # a truncate kept by a worker
+                return self._truncate(ev)
             row = value
             deleted = bool(value.get("__deleted") in (True, "true")) or value.get("__op") == "d"
             captured = value.get("__ts_ms")   # unwrapped by a worker: the envelope's ts_ms
@@ -242,7 +254,7 @@ class Loader:
         self.sink = sink
         self.stage = f"sink:{getattr(sink, 'kind', 'sink')}"
         self.decoder = Decoder(settings.format)
-        self.mapper = RecordMapper(settings, self.stage)
+        self.mapper = RecordMapper(settings, self.stage, bool(getattr(sink, "truncates", False)))
         sink.pipeline = settings.pipeline
         self.metrics = StageMetrics(settings.pipeline, self.stage)
         self._consumer: Consumer | None = None

@@ -182,6 +182,7 @@ class PostgresSink(BatchingSink):
     """Writes batches of ``SinkRecord`` into one Postgres table (see module docstring)."""
 
     kind = "postgres"
+    truncates = True  # a truncate record (op 't') empties the table, in batch order
 
     def __init__(self, settings: PostgresSinkSettings, name: str | None = None) -> None:
         super().__init__()
@@ -267,8 +268,38 @@ class PostgresSink(BatchingSink):
     # -- the batch ---------------------------------------------------------------------
 
     def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        if not any(r.truncate for r in batch):
+            return self._write_rows(batch)
+        rejected: list[Rejected] = []
+        rows: list[SinkRecord] = []
+        for rec in batch:  # rows before a truncate, the truncate, rows after it
+            if rec.truncate:
+                if rows:
+                    rejected += self._write_rows(rows)
+                    rows = []
+                retry_transient(self, self.settings, self._truncate_once, (_Retryable,),
+                                on_retry=self._drop_connection)
+            else:
+                rows.append(rec)
+        return rejected + (self._write_rows(rows) if rows else [])
+
+    def _write_rows(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
         return retry_transient(self, self.settings, lambda: self._write_once(batch), (_Retryable,),
                                on_retry=self._drop_connection)
+
+    def _truncate_once(self) -> None:
+        """Empty the table and its tombstones (a table not created yet has nothing to empty)."""
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                for table in (self._target, self._tomb):
+                    if conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone() != (None,):
+                        conn.execute(sql.SQL("TRUNCATE {}").format(table))
+        except psycopg.Error as exc:
+            if _is_retryable(exc):
+                raise _Retryable(str(exc)) from exc
+            self._rollback()
+            raise SinkError(f"sink postgres {self.name}: truncate: {_message(exc)}") from exc
 
     def _write_once(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
         try:

@@ -44,6 +44,9 @@ class SinkRecord:
     origin: Any = None             # handed back in ``Rejected`` (the loader's Event)
     #: when the change was committed at its source (ms; 0: unknown), for freshness
     source_ts_ms: int = 0
+    #: a TRUNCATE of the source table (Debezium op ``t``): empty the target, no key or row;
+    #: handed only to sinks that declare ``truncates = True``
+    truncate: bool = False
 
     @property
     def deleted(self) -> bool:

@@ -384,7 +384,7 @@ def _allowed(path: str, snapshot: bool) -> bool:
     return False
 
 
-def _payload_of(value: Any) -> Any:
+def payload_of(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"schema", "payload"}:
         return value["payload"]
     return value
@@ -447,7 +447,7 @@ def compare(df: dict[str, list[Record]], dbz: dict[str, list[Record]], limit_per
         if len(a) != len(b):
             add(topic, f"{topic} count: DataFlow {len(a)} records != Debezium {len(b)}")
         for i, (ra, rb) in enumerate(zip(a, b, strict=False)):
-            pb = _payload_of(rb.value)
+            pb = payload_of(rb.value)
             snap = isinstance(pb, dict) and pb.get("op") == "r"
             lines: list[str] = []
             _diff("key", ra.key, rb.key, snap, lines)

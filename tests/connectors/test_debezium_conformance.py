@@ -82,3 +82,90 @@ def test_same_events_as_debezium(fresh_db: str, kafka_bootstrap: str, kafka_conn
     finally:
         for k in pairs:
             kafka_connect.delete(f"dbz{k}{unique}")
+
+
+_REVERSE_DDL = """
+CREATE TABLE rev_a (id integer PRIMARY KEY, t text, n numeric(10,2), b boolean, big text);
+ALTER TABLE rev_a REPLICA IDENTITY FULL;
+CREATE TABLE rev_b (k1 integer, k2 varchar(10), v text, PRIMARY KEY (k1, k2));
+CREATE SCHEMA replica;
+"""
+
+
+def _rows(dsn: str, table: str, cols: str) -> list[tuple[str, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return [tuple(r) for r in conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2")]
+
+
+def test_debezium_topics_rebuild_the_tables(fresh_db: str, kafka_bootstrap: str,
+                                            kafka_connect: KafkaConnect, unique: str) -> None:
+    """Real Debezium's topics (JSON with schemas) through the Postgres loader rebuild the
+    source tables exactly: updates, deletes, key changes, TOAST, and TRUNCATE (op ``t``)
+    emptying the target — the last batch of one topic being a truncate only."""
+    import random
+
+    from pydantic import SecretStr
+
+    from agents import Loader, LoaderSettings
+    from connectors import PostgresSink, PostgresSinkSettings
+
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(_REVERSE_DDL)
+        conn.execute("INSERT INTO rev_a SELECT g, 'seed', g * 1.5, g % 2 = 0, repeat('x', 9000) "
+                     "FROM generate_series(1, 20) g")
+    name, slot = f"rev{unique}", f"rev{unique}"
+    cfg = dc.debezium_config(fresh_db, name, slot, True, **{
+        "decimal.handling.mode": "string", "table.include.list": r"public\.rev_a,public\.rev_b"})
+    kafka_connect.create(name, cfg)
+    try:
+        wait_for(lambda: _slot_active(fresh_db, slot), 60, "Debezium streaming")
+        rnd = random.Random(14)
+        with psycopg.connect(fresh_db) as conn:
+            for n in range(120):
+                op = rnd.choice(["ins_a", "upd_a", "toast_a", "del_a", "ins_b", "upd_b", "key_b", "del_b"])
+                i = rnd.randint(1, 40)
+                if op == "ins_a":
+                    conn.execute("INSERT INTO rev_a VALUES (%s, 'new', %s, true, repeat('y', 9000)) "
+                                 "ON CONFLICT DO NOTHING", (i, rnd.randint(0, 999) / 4))
+                elif op == "upd_a":
+                    conn.execute("UPDATE rev_a SET t = %s, b = NOT b WHERE id = %s", (f"u{n}", i))
+                elif op == "toast_a":
+                    conn.execute("UPDATE rev_a SET big = repeat(%s, 9000) WHERE id = %s", (chr(97 + n % 26), i))
+                elif op == "del_a":
+                    conn.execute("DELETE FROM rev_a WHERE id = %s", (i,))
+                elif op == "ins_b":
+                    conn.execute("INSERT INTO rev_b VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                                 (i, rnd.choice("xyz"), f"v{n}"))
+                elif op == "upd_b":
+                    conn.execute("UPDATE rev_b SET v = %s WHERE k1 = %s", (f"w{n}", i))
+                elif op == "key_b":
+                    conn.execute("UPDATE rev_b SET k1 = k1 + 100 WHERE k1 = %s AND k1 < 100", (i,))
+                else:
+                    conn.execute("DELETE FROM rev_b WHERE k1 = %s", (i,))
+                conn.commit()
+                if n == 60:
+                    conn.execute("TRUNCATE rev_b")
+                    conn.commit()
+            conn.execute("TRUNCATE rev_a")  # the last event of rev_a's topic: a truncate alone
+            conn.commit()
+            conn.execute("INSERT INTO rev_b VALUES (7, 'z', 'last')")
+            conn.commit()
+        topics = {"rev_a": f"{name}.public.rev_a", "rev_b": f"{name}.public.rev_b"}
+
+        def done() -> bool:  # the last changes of both tables are in their topics
+            got = dc.read_topics(kafka_bootstrap, name, settle=0.5)
+            last = [dc.payload_of(recs[-1].value) for recs in got.values() if recs]
+            return len(last) == 2 and {(p or {}).get("op") for p in last} == {"t", "c"}
+
+        wait_for(done, 60, "Debezium's last events")
+        for table, topic in topics.items():
+            settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
+                                      group_id=f"rev-{unique}-{table}", flush_interval=0.2, batch_size=50)
+            sink = PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db), table=table, schema="replica"))
+            Loader(settings, sink).run(idle_exit=2.0)
+        assert _rows(fresh_db, "rev_a", "id, t, n::text, b, big") == []
+        assert _rows(fresh_db, "replica.rev_a", "id, t, n::text, b, big") == []
+        want_b = _rows(fresh_db, "rev_b", "k1, k2, v")
+        assert want_b and _rows(fresh_db, "replica.rev_b", "k1, k2, v") == want_b
+    finally:
+        kafka_connect.delete(name)
