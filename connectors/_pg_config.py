@@ -87,6 +87,7 @@ class PostgresCDCConfig(BaseModel):
     key_columns: dict[str, list[str]] = Field(default_factory=dict)
     decimal_handling_mode: Literal["precise", "string", "double"] = "string"
     interval_handling_mode: Literal["numeric", "string"] = "numeric"
+    time_precision_mode: Literal["adaptive", "adaptive_time_microseconds", "connect"] = "adaptive"
     # Kafka Connect JsonConverter with schemas.enable=true: {"schema": ..., "payload": ...}
     json_schemas: bool = False
     # a compacted topic holding each source's snapshot state (Kafka is the record)

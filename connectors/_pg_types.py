@@ -366,6 +366,17 @@ class TypeMapper:
     decimal_mode: str = "string"
     interval_mode: str = "numeric"
     enums: dict[int, list[str]] = field(default_factory=dict)  # enum type oid -> labels in order
+    #: Debezium's ``time.precision.mode``: adaptive (by column precision),
+    #: adaptive_time_microseconds (time always in us), connect (Kafka Connect's ms types)
+    time_mode: str = "adaptive"
+
+    def _ms(self, typmod: int, time: bool = False) -> bool:
+        """Milliseconds (else microseconds) for a time/timestamp column of this precision."""
+        if self.time_mode == "connect":
+            return True
+        if time and self.time_mode == "adaptive_time_microseconds":
+            return False
+        return 0 <= typmod <= 3
 
     def converter(self, oid: int, typmod: int) -> Converter:
         t = self.types.get(oid)
@@ -408,9 +419,9 @@ class TypeMapper:
         if name == "date":
             return _date_or_none
         if name == "time":
-            return _time_ms if 0 <= typmod <= 3 else _time_us
+            return _time_ms if self._ms(typmod, time=True) else _time_us
         if name == "timestamp":
-            return _timestamp_ms if 0 <= typmod <= 3 else _timestamp_us
+            return _timestamp_ms if self._ms(typmod) else _timestamp_us
         if name == "timestamptz":
             digits = typmod if 0 <= typmod < 6 else 6
             return zoned_timestamp if digits == 6 else (lambda s: zoned_timestamp(s, digits))
@@ -565,6 +576,8 @@ def _connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]
         return _named("string", "io.debezium.data.Enum",
                       parameters={"allowed": ",".join(mapper.enums.get(oid, []))})
     name = t.name
+    if name == "date" and mapper.time_mode == "connect":
+        return _named("int32", "org.apache.kafka.connect.data.Date")
     if name in _PLAIN_SCHEMAS:
         return dict(_PLAIN_SCHEMAS[name])
     if name == "numeric":
@@ -590,11 +603,16 @@ def _connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]
         return {"type": "boolean"}
     if name in ("bit", "varbit"):
         return _named("bytes", "io.debezium.data.Bits", parameters={"length": str(max(typmod, 0))})
+    connect = mapper.time_mode == "connect"
     if name == "time":
-        return (_named("int32", "io.debezium.time.Time") if 0 <= typmod <= 3
+        if connect:
+            return _named("int32", "org.apache.kafka.connect.data.Time")
+        return (_named("int32", "io.debezium.time.Time") if mapper._ms(typmod, time=True)
                 else _named("int64", "io.debezium.time.MicroTime"))
     if name == "timestamp":
-        return (_named("int64", "io.debezium.time.Timestamp") if 0 <= typmod <= 3
+        if connect:
+            return _named("int64", "org.apache.kafka.connect.data.Timestamp")
+        return (_named("int64", "io.debezium.time.Timestamp") if mapper._ms(typmod)
                 else _named("int64", "io.debezium.time.MicroTimestamp"))
     if name == "interval":
         return (_named("int64", "io.debezium.time.MicroDuration") if mapper.interval_mode == "numeric"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import psycopg
 import pytest
@@ -46,19 +47,24 @@ def test_same_events_as_debezium(fresh_db: str, kafka_bootstrap: str, kafka_conn
     load.seed_rows(40)
     pairs = {
         "s": ({"json_schemas": True, "decimal_handling_mode": "precise"}, True, {}),
-        "n": ({"json_schemas": False, "decimal_handling_mode": "string", "interval_handling_mode": "string"},
-              False, {"decimal.handling.mode": "string", "interval.handling.mode": "string"}),
+        "n": ({"json_schemas": False, "decimal_handling_mode": "string", "interval_handling_mode": "string",
+               "time_precision_mode": "adaptive_time_microseconds"},
+              False, {"decimal.handling.mode": "string", "interval.handling.mode": "string",
+                      "time.precision.mode": "adaptive_time_microseconds"}),
+        "c": ({"json_schemas": True, "decimal_handling_mode": "double", "time_precision_mode": "connect"},
+              True, {"decimal.handling.mode": "double", "time.precision.mode": "connect"}),
     }
     include = [t.replace(".", "\\.") for t in dc.TABLES]
     cfgs = {k: make_config(fresh_db, kafka_bootstrap, f"df{k}{unique}", table_include=include, **ours)
             for k, (ours, _, _) in pairs.items()}
     dbz_slots = {k: f"dbz{k}{unique}" for k in pairs}
-    with running(cfgs["s"]) as src_s, running(cfgs["n"]) as src_n:
+    with ExitStack() as stack:
+        sources = [stack.enter_context(running(cfg)) for cfg in cfgs.values()]
         for k, (_, schemas, extra) in pairs.items():
             kafka_connect.create(f"dbz{k}{unique}", dc.debezium_config(
                 fresh_db, f"dbz{k}{unique}", dbz_slots[k], schemas, **extra))
-        wait_streaming(src_s)
-        wait_streaming(src_n)
+        for source in sources:
+            wait_streaming(source)
         for slot in dbz_slots.values():
             wait_for(lambda s=slot: _slot_active(fresh_db, s), 60, f"Debezium streaming from {slot}")
         load.run(60)
