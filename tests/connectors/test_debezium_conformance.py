@@ -4,8 +4,8 @@ Kafka Connect 4.1.1): the same database changes give the same events, field by f
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import psycopg
 import pytest
@@ -28,6 +28,25 @@ def kafka_connect(kafka_bootstrap: str) -> Iterator[KafkaConnect]:
         yield connect
     finally:
         connect.stop()
+
+
+@contextmanager
+def debezium(connect: KafkaConnect, dsn: str) -> Iterator[Callable[[str, dict[str, str]], None]]:
+    """``create(name, config)`` Debezium connectors; on exit (whatever happened) they are
+    deleted and their slots left inactive, so the test database can be dropped."""
+    made: list[tuple[str, str]] = []
+
+    def create(name: str, config: dict[str, str]) -> None:
+        made.append((name, config["slot.name"]))
+        connect.create(name, config)
+
+    try:
+        yield create
+    finally:
+        for name, _ in made:
+            connect.delete(name)
+        wait_for(lambda: not any(_slot_active(dsn, slot) for _, slot in made), 60,
+                 "Debezium's slots to be released")
 
 
 def _slot_active(dsn: str, slot: str) -> bool:
@@ -58,19 +77,17 @@ def test_same_events_as_debezium(fresh_db: str, kafka_bootstrap: str, kafka_conn
     cfgs = {k: make_config(fresh_db, kafka_bootstrap, f"df{k}{unique}", table_include=include, **ours)
             for k, (ours, _, _) in pairs.items()}
     dbz_slots = {k: f"dbz{k}{unique}" for k in pairs}
-    with ExitStack() as stack:
+    with debezium(kafka_connect, fresh_db) as create, ExitStack() as stack:
         sources = [stack.enter_context(running(cfg)) for cfg in cfgs.values()]
         for k, (_, schemas, extra) in pairs.items():
-            kafka_connect.create(f"dbz{k}{unique}", dc.debezium_config(
+            create(f"dbz{k}{unique}", dc.debezium_config(
                 fresh_db, f"dbz{k}{unique}", dbz_slots[k], schemas, **extra))
         for source in sources:
             wait_streaming(source)
-        for slot in dbz_slots.values():
-            wait_for(lambda s=slot: _slot_active(fresh_db, s), 60, f"Debezium streaming from {slot}")
+        wait_for(lambda: all(_slot_active(fresh_db, s) for s in dbz_slots.values()), 60, "Debezium streaming")
         load.run(60)
         for cfg in cfgs.values():
             w.wait_confirmed(fresh_db, cfg.slot)
-    try:
         report = []
         for k in pairs:
             df = dc.read_topics(kafka_bootstrap, f"df{k}{unique}")
@@ -84,10 +101,7 @@ def test_same_events_as_debezium(fresh_db: str, kafka_bootstrap: str, kafka_conn
         if os.environ.get("DATAFLOW_CONFORMANCE_DUMP"):
             with open(os.environ["DATAFLOW_CONFORMANCE_DUMP"] + ".txt", "w") as fh:
                 fh.write("\n".join(report))
-        assert not report, "differences from Debezium:\n" + "\n".join(report)
-    finally:
-        for k in pairs:
-            kafka_connect.delete(f"dbz{k}{unique}")
+    assert not report, "differences from Debezium:\n" + "\n".join(report)
 
 
 _REVERSE_DDL = """
@@ -122,8 +136,8 @@ def test_debezium_topics_rebuild_the_tables(fresh_db: str, kafka_bootstrap: str,
     name, slot = f"rev{unique}", f"rev{unique}"
     cfg = dc.debezium_config(fresh_db, name, slot, True, **{
         "decimal.handling.mode": "string", "table.include.list": r"public\.rev_a,public\.rev_b"})
-    kafka_connect.create(name, cfg)
-    try:
+    with debezium(kafka_connect, fresh_db) as create:
+        create(name, cfg)
         wait_for(lambda: _slot_active(fresh_db, slot), 60, "Debezium streaming")
         rnd = random.Random(14)
         with psycopg.connect(fresh_db) as conn:
@@ -173,5 +187,3 @@ def test_debezium_topics_rebuild_the_tables(fresh_db: str, kafka_bootstrap: str,
         assert _rows(fresh_db, "replica.rev_a", "id, t, n::text, b, big") == []
         want_b = _rows(fresh_db, "rev_b", "k1, k2, v")
         assert want_b and _rows(fresh_db, "replica.rev_b", "k1, k2, v") == want_b
-    finally:
-        kafka_connect.delete(name)
