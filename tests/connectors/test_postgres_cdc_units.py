@@ -191,3 +191,12 @@ def test_config_errors_name_the_field(doc: dict[str, object], where: str,
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:9092")
     with pytest.raises(ConfigError, match=where):
         PostgresCDCConfig.parse(doc)
+
+
+def test_transaction_metadata_is_refused() -> None:
+    """``provide_transaction_metadata`` (Debezium's transaction topic) is not implemented:
+    the setting is refused when the settings load, naming it."""
+    with pytest.raises(ConfigError, match="provide_transaction_metadata"):
+        PostgresCDCConfig.parse({"dsn": "postgresql://x@h/db", "topic_prefix": "p",
+                                 "provide_transaction_metadata": True,
+                                 "kafka": {"bootstrap_servers": "k:9092"}})
