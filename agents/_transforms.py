@@ -126,7 +126,9 @@ class Unwrap(Transform):
     (default) or ``keep``. With ``metadata`` the row gains ``__op``, ``__ts_ms``,
     ``__source_table`` (``schema.table``) and ``__lsn``. Debezium ``Decimal`` fields (base64
     bytes, only recognisable when the schema travels with the event) become ``decimals``:
-    ``float`` (default), ``string`` or ``decimal``. Truncate and message events are dropped.
+    ``float`` (default), ``string`` or ``decimal``. Message events are dropped; truncates too
+    unless ``truncates`` is ``keep``: then a truncate becomes the row ``{"__op": "t"}`` (plus
+    the metadata), which the Postgres loader applies by emptying its table.
     """
 
     kind = "unwrap"
@@ -138,8 +140,10 @@ class Unwrap(Transform):
         tombstones: Literal["drop", "keep"] = "drop",
         metadata: bool = True,
         decimals: Literal["float", "string", "decimal"] = "float",
+        truncates: Literal["drop", "keep"] = "drop",
     ) -> None:
         super().__init__(name)
+        self._keep_truncates = truncates == "keep"
         self.deletes = deletes
         self.tombstones = tombstones
         self.metadata = metadata
@@ -172,6 +176,8 @@ class Unwrap(Transform):
             row = env.get("before")
             if row is None:  # REPLICA IDENTITY DEFAULT without key columns: use the key
                 row = dict(key) if key.__class__ is dict else {}
+        elif op == "t" and self._keep_truncates:
+            row = {"__op": "t"}
         elif op == "t" or op == "m":
             return False
         else:

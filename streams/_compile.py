@@ -69,7 +69,7 @@ def build_transform(t: Any) -> Transform:
     name = t.name
     if isinstance(t, UnwrapSpec):
         return Unwrap(name, deletes=t.deletes, tombstones=t.tombstones, metadata=t.metadata,
-                      decimals=t.decimals)
+                      decimals=t.decimals, truncates=t.truncates)
     if isinstance(t, FilterSpec):
         return Filter(compile_expr(t.expr), name)
     if isinstance(t, MapSpec):

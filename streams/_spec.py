@@ -260,6 +260,7 @@ class UnwrapSpec(_Named):
     type: Literal["unwrap"]
     deletes: Literal["drop", "rewrite", "tombstone"] = "drop"
     tombstones: Literal["drop", "keep"] = "drop"
+    truncates: Literal["drop", "keep"] = "drop"
     metadata: bool = True
     decimals: Literal["float", "string", "decimal"] = "float"
 

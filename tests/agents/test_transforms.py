@@ -63,6 +63,22 @@ def test_unwrap_real_debezium_events(shape: str) -> None:
     assert unwrap.dropped == 3  # the delete, its tombstone, the truncate
 
 
+def test_unwrap_keeps_truncates_when_asked() -> None:
+    """``truncates: keep``: a truncate becomes ``{"__op": "t", ...}``, which the loader's
+    mapper turns into a truncate record for sinks that can truncate."""
+    from agents import LoaderSettings, RecordMapper
+
+    out, dead = Unwrap(truncates="keep").process(decoded(dz.CREATE, dz.TRUNCATE, key=dz.KEY))
+    assert dead == [] and [e.value["__op"] for e in out] == ["c", "t"]
+    assert out[1].value["__source_table"] == "public.orders"
+    settings = LoaderSettings(bootstrap_servers="x", topics=("t",), group_id="g")
+    records, dead_rows = RecordMapper(settings, "sink:test", truncates=True).map(out)
+    assert dead_rows == [] and [r.truncate for r in records] == [False, True]
+    off = RecordMapper(settings.model_copy(update={"truncate": False}), "sink:test", truncates=True)
+    assert [r.truncate for r in off.map(out)[0]] == [False]  # the loader setting turns it off
+    assert [r.truncate for r in RecordMapper(settings, "sink:test").map(out)[0]] == [False]
+
+
 def test_unwrap_decimals_as_string_or_decimal() -> None:
     as_str, _ = Unwrap(decimals="string").process(decoded(dz.wrapped(dz.CREATE)))
     assert as_str[0].value["amount"] == "123.45"
