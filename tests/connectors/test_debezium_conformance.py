@@ -19,9 +19,9 @@ from tests.support import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_connect(kafka_bootstrap: str) -> Iterator[KafkaConnect]:
-    """One Kafka Connect worker with the Debezium Postgres connector for the session."""
+    """One Kafka Connect worker with the Debezium Postgres connector, for this module only."""
     connect = KafkaConnect(default_home(), kafka_bootstrap)
     connect.start()
     try:
