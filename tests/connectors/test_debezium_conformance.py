@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ from ops._stack import KafkaConnect, default_home
 from tests.connectors import cdc_workload as w
 from tests.connectors import debezium_conformance as dc
 from tests.connectors.test_postgres_cdc import make_config, running, wait_streaming
+from tests.pipeline_support import committed, end_offsets, worker, write_spec
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -118,10 +120,12 @@ def _rows(dsn: str, table: str, cols: str) -> list[tuple[str, ...]]:
 
 
 def test_debezium_topics_rebuild_the_tables(fresh_db: str, kafka_bootstrap: str,
-                                            kafka_connect: KafkaConnect, unique: str) -> None:
-    """Real Debezium's topics (JSON with schemas) through the Postgres loader rebuild the
-    source tables exactly: updates, deletes, key changes, TOAST, and TRUNCATE (op ``t``)
-    emptying the target — the last batch of one topic being a truncate only."""
+                                            kafka_connect: KafkaConnect, unique: str,
+                                            make_topic: Callable[..., str], tmp_path: Path) -> None:
+    """Real Debezium's topics (JSON with schemas) through a DataFlow pipeline (``dataflow
+    worker``: unwrap with deletes rewritten and truncates kept) and the Postgres loader
+    rebuild the source tables exactly: updates, deletes, key changes, TOAST, and TRUNCATE
+    (op ``t``) emptying the target — the last batch of one topic being a truncate only."""
     import random
 
     from pydantic import SecretStr
@@ -178,7 +182,20 @@ def test_debezium_topics_rebuild_the_tables(fresh_db: str, kafka_bootstrap: str,
             return len(last) == 2 and {(p or {}).get("op") for p in last} == {"t", "c"}
 
         wait_for(done, 60, "Debezium's last events")
-        for table, topic in topics.items():
+        outs = {table: make_topic(f"rev-{table}-{unique}-out") for table in topics}
+        env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+        with ExitStack() as workers:
+            for table, topic in topics.items():
+                spec = write_spec(tmp_path / f"{table}.yaml", {
+                    "name": f"rev-{table}-{unique}", "source": {"topics": [topic], "format": "debezium"},
+                    "transforms": [{"type": "unwrap", "deletes": "rewrite", "truncates": "keep"}],
+                    "sinks": {"kafka": {"topic": outs[table]}},
+                    "dlq": {"topic": make_topic(f"rev-{table}-{unique}-dlq")}})
+                workers.enter_context(worker(spec, bound_s=300, env=env, log=tmp_path / f"{table}.log"))
+            for table, topic in topics.items():  # each worker has read and committed its topic
+                wait_for(lambda t=table, tp=topic: committed(kafka_bootstrap, f"dataflow-rev-{t}-{unique}", tp)
+                         == end_offsets(kafka_bootstrap, tp), 120, f"the {table} pipeline's input read")
+        for table, topic in outs.items():
             settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
                                       group_id=f"rev-{unique}-{table}", flush_interval=0.2, batch_size=50)
             sink = PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db), table=table, schema="replica"))
