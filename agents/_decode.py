@@ -23,7 +23,7 @@ import orjson
 
 from agents._event import DeadLetter, Event
 from agents._transforms import describe
-from schemas import SerdeError
+from schemas import SerdeError, inferred_schema, row_schema, unscaled_int
 
 Format = Literal["debezium", "json", "avro"]
 KeyFormat = Literal["auto", "json", "string", "bytes", "avro"]
@@ -250,6 +250,61 @@ def check_record_size(key: bytes | None, value: bytes | None) -> None:
                          f"bytes (DATAFLOW_MAX_RECORD_BYTES); Kafka would refuse it")
 
 
+def _any(_v: Any) -> bool:
+    return True
+
+
+_FITS: dict[str, Callable[[Any], bool]] = {
+    "int8": lambda v: v.__class__ is int, "int16": lambda v: v.__class__ is int,
+    "int32": lambda v: v.__class__ is int, "int64": lambda v: v.__class__ is int,
+    "float": lambda v: v.__class__ in (float, int, str), "double": lambda v: v.__class__ in (float, int, str),
+    "float32": lambda v: v.__class__ in (float, int, str), "float64": lambda v: v.__class__ in (float, int, str),
+    "boolean": lambda v: v.__class__ is bool, "string": lambda v: v.__class__ is str,
+    "bytes": lambda v: v.__class__ in (str, Decimal), "array": lambda v: v.__class__ is list,
+    "struct": lambda v: v.__class__ is dict, "map": lambda v: v.__class__ is dict,
+}
+_VARIABLE_DECIMAL = {"type": "struct", "name": "io.debezium.data.VariableScaleDecimal",
+                     "version": 1, "optional": True,
+                     "fields": [{"type": "int32", "optional": False, "field": "scale"},
+                                {"type": "bytes", "optional": False, "field": "value"}]}
+_CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
+
+
+def _unscaled(d: Decimal, scale: int) -> str:
+    n = unscaled_int(d, scale)
+    return base64.b64encode(n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True)).decode()
+
+
+def typed_payload(row: dict[str, Any], schema: dict[str, dict[str, Any]],
+                  name: str) -> dict[str, Any]:
+    """``{schema, payload}`` (Kafka Connect JSON) of a row whose fields keep the Connect
+    types of its source: a field whose value still fits its schema keeps it, any other
+    field (computed, cast, masked) is typed by its value; Decimal values are written as
+    Connect decimals (exact)."""
+    fields: dict[str, dict[str, Any]] = {}
+    out = row
+    for f, v in row.items():
+        s = schema.get(f)
+        if s is not None and v is not None and not _FITS.get(s.get("type", ""), _any)(v):
+            s = None
+        if v.__class__ is Decimal:
+            if out is row:
+                out = dict(row)
+            if s is not None and s.get("name") == _CONNECT_DECIMAL:
+                out[f] = _unscaled(v, int((s.get("parameters") or {}).get("scale", 0)))
+            elif not v.is_finite():
+                out[f], s = str(v), {"type": "string", "optional": True}
+            else:
+                exp = max(-v.as_tuple().exponent, 0)  # type: ignore[operator]
+                out[f], s = {"scale": exp, "value": _unscaled(v, exp)}, _VARIABLE_DECIMAL
+        if s is None:
+            s = inferred_schema(v)
+            if s is None:
+                continue
+        fields[f] = s
+    return {"schema": row_schema(name, fields), "payload": out}
+
+
 def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, bytes | None]:
     """``(topic, key, value)`` of one event; topic = ``event.route`` or the default.
 
@@ -266,6 +321,8 @@ def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, byte
     else:
         kb = encode_key(key)
     value = ev.value
+    if value is not None and ev.schema is not None:
+        value = typed_payload(value, ev.schema, f"{ev.route or default_topic}.Value")
     if value is None:
         vb = None
     else:

@@ -25,6 +25,9 @@ class Event:
     timestamp_ms: int
     route: str | None = None      # output topic chosen by a route transform (None: default)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: the row's Connect field schemas when its source carried them (``unwrap`` of a
+    #: ``{schema, payload}`` envelope; transforms keep it current): written with the output
+    schema: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +50,7 @@ from agents._decode import Decoder
 from agents._dlq import DlqRecord, dlq_records
 from agents._event import DeadLetter, Event
 from connectors import Metrics, Rejected, Sink, SinkRecord, StageMetrics, metrics_endpoint
-from schemas import SinkBackpressure, SinkError, SourceError
+from schemas import FieldType, SinkBackpressure, SinkError, SourceError, field_types
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,23 @@ class RecordMapper:
         self.s = settings
         self.stage = stage
         self.truncates = truncates and settings.truncate  # the sink can, and it is wanted
+        self._types: dict[bytes, dict[str, FieldType]] = {}   # by the schema's JSON
+
+    def types_of(self, value: Any) -> dict[str, FieldType] | None:
+        """The row's field types from the Connect schema the value carries (None: none)."""
+        if not (isinstance(value, dict) and len(value) == 2 and "schema" in value
+                and "payload" in value):
+            return None
+        schema = value["schema"]
+        if not isinstance(schema, dict):
+            return None
+        raw = orjson.dumps(schema)
+        types = self._types.get(raw)
+        if types is None:
+            if len(self._types) > 1000:
+                self._types.clear()
+            types = self._types[raw] = field_types(schema)
+        return types or None
 
     def map(self, events: Sequence[Event]) -> tuple[list[SinkRecord], list[DeadLetter]]:
         records: list[SinkRecord] = []
@@ -232,7 +250,8 @@ class RecordMapper:
             raise ValueError("change event without a row")
         return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
                           partition=ev.partition, offset=ev.offset,
-                          timestamp_ms=ev.timestamp_ms, origin=ev, source_ts_ms=source_ts)
+                          timestamp_ms=ev.timestamp_ms, origin=ev, source_ts_ms=source_ts,
+                          types=self.types_of(ev.value))
 
 
 def _without_value(rec: DlqRecord) -> DlqRecord:

@@ -22,6 +22,7 @@ import orjson
 
 from agents._event import DeadLetter, Event
 from agents._expr import Expr
+from schemas import unscaled_decimal
 
 Row = dict[str, Any]
 Batch = tuple[list[Event], list[DeadLetter]]
@@ -74,8 +75,14 @@ class Transform:
         """Transform one event in place: False drops it, raising sends it to the DLQ."""
         row = ev.value
         if row is not None:
-            ev.value = self.apply(row)
+            ev.value = row = self.apply(row)
+            if ev.schema is not None:
+                self.retype(ev.schema, row)
         return True
+
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        """Keep the row's field schemas true after ``apply`` (fields it changed lose or
+        change their type); untouched fields keep theirs."""
 
     def apply(self, row: Row) -> Row:
         """Transform one row (may edit it in place); raise to send the event to the DLQ."""
@@ -114,7 +121,7 @@ def _decimal_fields(schema: Any, section: str) -> list[tuple[str, int]]:
 
 def _decode_decimal(text: str, scale: int) -> Decimal:
     raw = base64.b64decode(text)
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+    return unscaled_decimal(int.from_bytes(raw, "big", signed=True), scale)
 
 
 class Unwrap(Transform):
@@ -185,10 +192,12 @@ class Unwrap(Transform):
         if row.__class__ is not dict:
             row = self._row_from(row, op)
         if schema is not None:
+            section = "before" if op == "d" else "after"
             try:
-                self._decimals(row, schema, "before" if op == "d" else "after")
+                self._decimals(row, schema, section)
             except (ValueError, TypeError, InvalidOperation) as exc:
                 raise Reject(f"bad Decimal field: {describe(exc)}") from exc
+            ev.schema = self._field_schemas(schema, section)
         if self.metadata:
             src = env.get("source")
             if src.__class__ is dict:
@@ -222,6 +231,24 @@ class Unwrap(Transform):
         if op is None:
             return f"not a Debezium change event (no 'op' field; keys: {sorted(env)[:8]})"
         return f"unknown Debezium op {op!r}"
+
+    def _field_schemas(self, schema: Any, section: str) -> dict[str, dict[str, Any]]:
+        """The row's field schemas; a Debezium Decimal this unwrap turned into a float or
+        a string is typed as what it now is."""
+        out: dict[str, dict[str, Any]] = {}
+        for part in schema.get("fields") or ():
+            if isinstance(part, dict) and part.get("field") == section:
+                for f in part.get("fields") or ():
+                    if isinstance(f, dict) and isinstance(f.get("field"), str):
+                        out[f["field"]] = f
+        if self.decimals != "decimal":
+            loose = {"type": "double" if self.decimals == "float" else "string", "optional": True}
+            for name, f in out.items():
+                if f.get("name") == _DEBEZIUM_DECIMAL:
+                    out[name] = loose
+        for name in ("__source_table", "__lsn", "__op", "__ts_ms", "__deleted"):
+            out.pop(name, None)
+        return out
 
     def _decimals(self, row: Row, schema: Any, section: str) -> None:
         for field, scale in _decimal_fields(schema, section):
@@ -282,7 +309,13 @@ class Compute(Transform):
                 row[field] = fn(row)
             else:
                 self.apply(row)
+            if ev.schema is not None:
+                self.retype(ev.schema, row)
         return True
+
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        for field, _ in self.fields:   # a computed field has its value's type
+            schema.pop(field, None)
 
     def explain(self, exc: BaseException) -> str:
         expr = dict(self.fields)[self._current]
@@ -368,6 +401,11 @@ class Rename(Transform):
             if old in row:
                 row[new] = row.pop(old)
         return row
+
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        for old, new in self.mapping:
+            if old in schema:
+                schema[new] = schema.pop(old)
 
 
 class Flatten(Transform):
@@ -529,6 +567,10 @@ class Cast(Transform):
                 self._current = field
                 row[field] = fn(v)
         return row
+
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        for field in self.types:   # a cast field has its value's (new) type
+            schema.pop(field, None)
 
     def explain(self, exc: BaseException) -> str:
         f = self._current

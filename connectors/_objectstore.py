@@ -41,8 +41,24 @@ import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field
 
+from connectors._pg_types import INT64_MAX, INT64_MIN, days_from_civil, zoned_us
 from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
-from schemas import ConfigError, SinkBackpressure, SinkError
+from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
+from schemas._connect import (
+    DATE,
+    DECIMAL,
+    MICRO_DURATION,
+    MICRO_TIME,
+    MICRO_TIMESTAMP,
+    TIME,
+    TIME_UNIT_US,
+    TIMESTAMP,
+    VARIABLE_DECIMAL,
+    ZONED_TIMESTAMP,
+    decode_bytes,
+    decode_decimal,
+    int_value,
+)
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
 
@@ -238,7 +254,13 @@ class ObjectStoreSink:
         fields: dict[str, None] = {}
         for r in rows:
             fields.update(dict.fromkeys(r))
-        table = pa.table({f: [_arrow_value(r.get(f)) for r in rows] for f in fields})
+        types: dict[str, FieldType] = {}
+        for rec in recs:
+            if rec.types:
+                for f, ft in rec.types.items():
+                    types.setdefault(f, ft)
+        table = pa.table({f: arrow_column(types[f], [r.get(f) for r in rows]) if f in types
+                          else [_arrow_value(r.get(f)) for r in rows] for f in fields})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=None if comp == "none" else comp)
         return bytes(sink.getvalue().to_pybytes())
@@ -265,6 +287,98 @@ def _row(rec: SinkRecord) -> dict[str, Any]:
     row["__partition"] = rec.partition
     row["__ts_ms"] = rec.timestamp_ms
     return row
+
+
+_DAY_US = 86_400_000_000
+#: +/-infinity timestamps (Debezium's int64 max/min) become the last and first microsecond
+#: of the years 9999 and 1, the range every Parquet reader (and Python) can hold; every
+#: finite value (BC ones too) is stored as it is
+_TS_MAX = days_from_civil(9999, 12, 31) * _DAY_US + _DAY_US - 1
+_TS_MIN = days_from_civil(1, 1, 1) * _DAY_US
+_ARROW_PRIMITIVE = {
+    "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+    "float": pa.float32(), "float32": pa.float32(), "double": pa.float64(),
+    "float64": pa.float64(), "boolean": pa.bool_(), "bytes": pa.binary(),
+}
+
+
+def arrow_type(ft: FieldType) -> pa.DataType:
+    """The Parquet (Arrow) type of a Connect field (see the README's type table)."""
+    name = ft.name
+    if ft.type == "array":
+        return pa.list_(arrow_type(ft.items) if ft.items is not None else pa.string())
+    if name == DECIMAL and ft.precision:
+        make = pa.decimal128 if ft.precision <= 38 else pa.decimal256
+        return make(ft.precision, ft.scale or 0)
+    if name == DATE:
+        return pa.date32()
+    if name in (TIME, MICRO_TIME):
+        return pa.time64("us")
+    if name in (TIMESTAMP, MICRO_TIMESTAMP):
+        return pa.timestamp("us")
+    if name == ZONED_TIMESTAMP:
+        return pa.timestamp("us", tz="UTC")
+    if name == MICRO_DURATION:
+        return pa.duration("us")
+    if name is None and ft.type in _ARROW_PRIMITIVE:
+        return _ARROW_PRIMITIVE[ft.type]
+    return pa.string()   # text, uuid, json, enum, variable-scale decimals (exact text), ...
+
+
+def _float(v: Any) -> float:
+    return float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf"))
+
+
+def _finite(us: int) -> int:
+    return _TS_MAX if us == INT64_MAX else _TS_MIN if us == INT64_MIN else us
+
+
+def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
+    """Debezium-encoded value -> the storage value of ``at`` (ints for temporal types)."""
+    name = ft.name
+    if ft.type == "array":
+        assert isinstance(at, pa.ListType)
+        inner = _arrow_converter(ft.items, at.value_type) if ft.items is not None else str
+        return lambda v: [None if x is None else inner(x) for x in v]
+    if pa.types.is_decimal(at):
+        return lambda v: decode_decimal(ft, v)
+    if name == DATE:
+        return int_value
+    if name in (TIME, MICRO_TIME, TIMESTAMP, MICRO_TIMESTAMP, MICRO_DURATION):
+        unit = TIME_UNIT_US[name]
+
+        def scaled(v: Any) -> int:
+            n = int_value(v)
+            if name in (TIMESTAMP, MICRO_TIMESTAMP):
+                return _finite(n) if n in (INT64_MAX, INT64_MIN) else n * unit
+            return n * unit
+        return scaled
+    if name == ZONED_TIMESTAMP:
+        return lambda v: _finite(zoned_us(str(v)))
+    if at == pa.binary():
+        return decode_bytes
+    if pa.types.is_floating(at):
+        return _float
+    if name in (DECIMAL, VARIABLE_DECIMAL):
+        return lambda v: str(decode_decimal(ft, v))
+    if at == pa.string():
+        return lambda v: v if isinstance(v, str) else orjson.dumps(v).decode()
+    return lambda v: v
+
+
+def arrow_column(ft: FieldType, values: list[Any]) -> pa.Array:
+    """One typed column; an unchanged-TOAST placeholder is null (the file is a change log:
+    the value is in an earlier row of the key)."""
+    at = arrow_type(ft)
+    conv = _arrow_converter(ft, at)
+    data = [None if v is None or is_unavailable(v) else conv(v) for v in values]
+    storage = {pa.date32(): pa.int32()}.get(at)
+    if storage is None and (pa.types.is_timestamp(at) or pa.types.is_time64(at)
+                            or pa.types.is_duration(at)):
+        storage = pa.int64()
+    if storage is not None:
+        return pa.array(data, type=storage).cast(at)
+    return pa.array(data, type=at)
 
 
 def _arrow_value(value: Any) -> Any:

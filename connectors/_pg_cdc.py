@@ -291,7 +291,8 @@ class PostgresCDCSource:
             "SELECT enumtypid::int8, array_agg(enumlabel::text ORDER BY enumsortorder) FROM pg_enum GROUP BY 1")}
         self._mapper = TypeMapper(types, self.config.decimal_handling_mode,
                                   self.config.interval_handling_mode, enums,
-                                  self.config.time_precision_mode)
+                                  self.config.time_precision_mode,
+                                  self.config.propagate_source_types)
 
     def _discover(self, conn: psycopg.Connection[Any]) -> None:
         """The captured tables with their key columns; clear errors for keyless ones."""

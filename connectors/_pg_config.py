@@ -90,6 +90,10 @@ class PostgresCDCConfig(BaseModel):
     time_precision_mode: Literal["adaptive", "adaptive_time_microseconds", "connect"] = "adaptive"
     # Kafka Connect JsonConverter with schemas.enable=true: {"schema": ..., "payload": ...}
     json_schemas: bool = False
+    #: with json_schemas: each field schema names its source type in the parameter
+    #: ``__debezium.source.column.type`` (Debezium's ``datatype.propagate.source.type``
+    #: for every type, the name only): a loader then tells json from jsonb and finds enums
+    propagate_source_types: bool = False
     # a compacted topic holding each source's snapshot state (Kafka is the record)
     state_topic: str = "_dataflow.sources"
     heartbeat_topic: str = ""

@@ -48,7 +48,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -56,6 +56,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, SecretStr, field_validator
 
+from connectors._pg_values import declared_value, sql_type, typed_value
 from connectors._sink import (
     BatchingSink,
     Rejected,
@@ -64,9 +65,11 @@ from connectors._sink import (
     latest_per_key,
     retry_transient,
 )
-from schemas import SinkError
+from schemas import FieldType, SinkError, is_unavailable
 
 _DELETE_FLAG = "__df_delete"
+_GROUP = "__df_group"   # the stage's rows by their set of unavailable (unchanged TOAST) columns
+_ROW = "__df_row"       # a stage row's index in the batch
 _STAGE = "_df_stage"
 
 
@@ -196,6 +199,10 @@ class PostgresSink(BatchingSink):
         self._ver = sql.Identifier(settings.version_column)
         self._tomb_ready = False
         self._backend_pid: int | None = None
+        #: per record of the batch (by id): its COPY values and its unavailable columns
+        self._copy: dict[int, tuple[dict[str, Any], frozenset[str]]] = {}
+        self._typed: dict[tuple[str, FieldType], Any] = {}    # converters, made once
+        self._declared = {c: declared_value(t) for c, t in settings.column_types.items()}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -326,9 +333,9 @@ class PostgresSink(BatchingSink):
             return []
         try:
             self._ensure_schema(conn, rows)
-            self._apply(conn, rows)
+            refused = self._apply(conn, rows)
             self.progress()
-            return []
+            return refused
         except (psycopg.Error, _Unwritable) as exc:
             if not _is_row_error(exc):
                 raise
@@ -385,7 +392,56 @@ class PostgresSink(BatchingSink):
                 else:
                     keep.append(rec)
             rows = keep
-        return rejected, rows
+        rejected += self._convert(rows)
+        return rejected, [r for r in rows if id(r) in self._copy]
+
+    def _convert(self, rows: Sequence[SinkRecord]) -> list[Rejected]:
+        """Each row's COPY values (typed by its Connect schema, else by ``column_types``,
+        else as they are) and its unavailable columns, kept in ``_copy``; the rows whose
+        values cannot be their type are refused here."""
+        self._copy = {}
+        refused: list[Rejected] = []
+        declared = self._declared
+        for rec in rows:
+            row = rec.value if rec.value is not None else rec.key
+            types = rec.types or {}
+            out: dict[str, Any] = {}
+            gone: list[str] = []
+            field = ""
+            try:
+                for field, v in row.items():
+                    if v is None:
+                        out[field] = None
+                    elif rec.value is not None and is_unavailable(v):
+                        gone.append(field)
+                        out[field] = None
+                    elif field in types:
+                        out[field] = self._typed_fn(field, types[field])(v)
+                    elif field in declared:
+                        out[field] = declared[field](v)
+                    else:
+                        out[field] = _copy_value(v)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                refused.append(self.refuse(rec, f"field {field!r}: {exc}"))
+                continue
+            if gone and any(k in gone for k in self._keys):
+                refused.append(self.refuse(rec, "a key field holds the unavailable-value placeholder"))
+                continue
+            self._copy[id(rec)] = (out, frozenset(gone))
+        return refused
+
+    def _typed_fn(self, field: str, ft: FieldType) -> Any:
+        fn = self._typed.get((field, ft))
+        if fn is None:
+            fn = self._typed[(field, ft)] = typed_value(ft)
+        return fn
+
+    def _enum_type(self, conn: psycopg.Connection[Any], name: str) -> str | None:
+        """The target's enum type of this name (as a type reference), if it has one."""
+        row = conn.execute("SELECT oid::regtype::text FROM pg_type WHERE typname = %s "
+                           "AND typtype = 'e' ORDER BY oid LIMIT 1", (name,)).fetchone()
+        conn.rollback()
+        return row[0] if row else None
 
     def _bad_name(self, name: str) -> str | None:
         """Why a field name cannot be a column of this table (None: it can)."""
@@ -424,11 +480,18 @@ class PostgresSink(BatchingSink):
         if not self._columns:
             self._columns = self._load_columns(conn)
         wanted: dict[str, Any] = {}
+        typed: dict[str, FieldType] = {}
         for rec in rows:
             for f, v in (rec.value or rec.key).items():
                 if f not in wanted or wanted[f] is None:
-                    wanted[f] = v
-        types = self.settings.column_types
+                    wanted[f] = None if is_unavailable(v) else v
+            if rec.types:
+                for f, ft in rec.types.items():
+                    typed.setdefault(f, ft)
+        types = dict(self.settings.column_types)
+        for f, ft in typed.items():
+            if f in wanted and f not in types and f not in self._columns:
+                types[f] = sql_type(ft, lambda name: self._enum_type(conn, name))
         ver = self.settings.version_column
         stmts: list[sql.Composed] = []
         if not self._columns:
@@ -469,7 +532,9 @@ class PostgresSink(BatchingSink):
 
     # -- the transaction ---------------------------------------------------------------
 
-    def _apply(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> list[Rejected]:
+        """One transaction for ``rows``; returns the rows refused in it: an insert whose
+        unchanged-TOAST columns have no earlier value in the target."""
         ver = self.settings.version_column
         present: set[str] = set()
         for r in rows:
@@ -478,7 +543,10 @@ class PostgresSink(BatchingSink):
         for k in self._keys:
             if k not in cols:
                 cols.append(k)
-        stage_cols = [*cols, ver, _DELETE_FLAG]
+        # group 0: rows with every value; group n: rows lacking the same unavailable columns
+        groups: dict[frozenset[str], int] = {frozenset(): 0}
+        copies = self._copy
+        stage_cols = [*cols, ver, _DELETE_FLAG, _GROUP, _ROW]
         ident = sql.Identifier
         col_list = sql.SQL(", ").join(map(ident, cols))
         stage = ident(_STAGE)
@@ -491,19 +559,23 @@ class PostgresSink(BatchingSink):
         non_keys = [c for c in cols if c not in self._keys]
         sets = sql.SQL(", ").join(
             sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in [*non_keys, ver])
+        refused: list[Rejected] = []
         with conn.transaction():
             conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, {}, "
-                                 "false AS {} FROM {} WITH NO DATA").format(
-                stage, col_list, self._ver, ident(_DELETE_FLAG), self._target))
+                                 "false AS {}, 0 AS {}, 0 AS {} FROM {} WITH NO DATA").format(
+                stage, col_list, self._ver, ident(_DELETE_FLAG), ident(_GROUP), ident(_ROW),
+                self._target))
             with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
                     stage, sql.SQL(", ").join(map(ident, stage_cols)))) as copy:
                 try:
-                    for rec in rows:
-                        row = rec.value if rec.value is not None else rec.key
-                        copy.write_row([_copy_value(row.get(c)) for c in cols]
-                                       + [rec.version, rec.value is None])
+                    for i, rec in enumerate(rows):
+                        values, gone = copies[id(rec)]
+                        group = groups.setdefault(gone, len(groups))
+                        copy.write_row([values.get(c) for c in cols]
+                                       + [rec.version, rec.value is None, group, i])
                 except orjson.JSONEncodeError as exc:
                     raise _Unwritable(f"a value cannot be encoded as JSON ({exc})") from exc
+            g = ident(_GROUP)
             conn.execute(sql.SQL(
                 "DELETE FROM {t} AS t USING {s} AS s WHERE s.{d} AND {m} "
                 "AND (t.{v} IS NULL OR t.{v} < s.{v})").format(
@@ -516,14 +588,50 @@ class PostgresSink(BatchingSink):
                 t=self._target, m=key_match("t", "s")))
             conn.execute(sql.SQL(
                 "INSERT INTO {t} AS t ({c}, {v}) SELECT {c}, {v} FROM {s} AS s WHERE NOT s.{d} "
+                "AND s.{g} = 0 "
                 "AND NOT EXISTS (SELECT 1 FROM {b} AS b WHERE {m} AND b.{v} >= s.{v}) "
                 "ON CONFLICT ({k}) DO UPDATE SET {sets} "
                 "WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}").format(
-                t=self._target, c=col_list, v=self._ver, s=stage, d=ident(_DELETE_FLAG),
+                t=self._target, c=col_list, v=self._ver, s=stage, d=ident(_DELETE_FLAG), g=g,
                 b=self._tomb, m=key_match("b", "s"), k=self._key_list(), sets=sets))
+            for gone, n in groups.items():
+                if n:
+                    refused += self._update_available(conn, rows, non_keys, gone, n, key_match)
             conn.execute(sql.SQL(
-                "DELETE FROM {b} AS b USING {s} AS s WHERE NOT s.{d} AND {m} AND b.{v} < s.{v}").format(
-                b=self._tomb, s=stage, d=ident(_DELETE_FLAG), m=key_match("b", "s"), v=self._ver))
+                "DELETE FROM {b} AS b USING {s} AS s WHERE NOT s.{d} AND {m} AND b.{v} < s.{v} "
+                "AND (s.{g} = 0 OR EXISTS (SELECT 1 FROM {t} AS t WHERE {mt} AND t.{v} = s.{v}))"
+            ).format(b=self._tomb, s=stage, d=ident(_DELETE_FLAG), m=key_match("b", "s"),
+                     v=self._ver, g=g, t=self._target, mt=key_match("t", "s")))
+        return refused
+
+    def _update_available(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord],
+                          non_keys: list[str], gone: frozenset[str], group: int,
+                          key_match: Callable[[str, str], sql.Composed]) -> list[Rejected]:
+        """TOAST-safe: rows of ``group`` update only the columns they carry (the target keeps
+        its value of the unavailable ones); the ones with no row in the target to update
+        (and no newer delete) are refused, never inserted with the placeholder."""
+        ident = sql.Identifier
+        stage, g = ident(_STAGE), ident(_GROUP)
+        sets = sql.SQL(", ").join(sql.SQL("{} = s.{}").format(ident(c), ident(c))
+                                  for c in [*[c for c in non_keys if c not in gone],
+                                            self.settings.version_column])
+        conn.execute(sql.SQL(
+            "UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE s.{g} = %s AND NOT s.{d} AND {m} "
+            "AND (t.{v} IS NULL OR t.{v} < s.{v})").format(
+            t=self._target, sets=sets, s=stage, g=g, d=ident(_DELETE_FLAG), m=key_match("t", "s"),
+            v=self._ver), (group,))
+        missing = conn.execute(sql.SQL(
+            "SELECT s.{r} FROM {s} AS s WHERE s.{g} = %s AND NOT s.{d} "
+            "AND NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {mt}) "
+            "AND NOT EXISTS (SELECT 1 FROM {b} AS b WHERE {mb} AND b.{v} >= s.{v})").format(
+            r=ident(_ROW), s=stage, g=g, d=ident(_DELETE_FLAG), t=self._target,
+            mt=key_match("t", "s"), b=self._tomb, mb=key_match("b", "s"), v=self._ver),
+            (group,)).fetchall()
+        names = ", ".join(sorted(gone))
+        return [self.refuse(rows[i], f"column(s) {names} arrived as the unavailable-value "
+                                     "placeholder (unchanged TOASTed values) in a row the target "
+                                     "does not hold: no earlier value to keep")
+                for (i,) in missing]
 
 
 def _message(exc: Exception) -> str:

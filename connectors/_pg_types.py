@@ -164,6 +164,23 @@ def _format_utc(us: int, digits: int = -1) -> str:
     return f"{year}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}{fraction}Z"
 
 
+_ISO_UTC = re.compile(r"^([+-]?\d+)-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
+
+
+def zoned_us(s: str) -> int:
+    """Debezium's ZonedTimestamp text ('...Z', signed years) -> us since the epoch;
+    'infinity'/'-infinity' -> int64 max/min."""
+    if s in ("infinity", "-infinity"):
+        return INT64_MAX if s == "infinity" else INT64_MIN
+    m = _ISO_UTC.match(s)
+    if m is None:
+        raise ValueError(f"not a ZonedTimestamp in UTC: {s!r}")
+    y, mo, d, hh, mi, ss, frac = m.groups()
+    days = days_from_civil(int(y), int(mo), int(d))
+    us = int((frac or "").ljust(6, "0")[:6])
+    return days * _DAY_US + ((int(hh) * 60 + int(mi)) * 60 + int(ss)) * 1_000_000 + us
+
+
 def zoned_timestamp(s: str, digits: int = 6) -> str:
     """timestamptz text (any offset) -> Debezium ZonedTimestamp (UTC, 'Z'), with the
     column's fractional digits (6 unless it declares fewer), as Debezium 3.x writes it."""
@@ -369,6 +386,9 @@ class TypeMapper:
     #: Debezium's ``time.precision.mode``: adaptive (by column precision),
     #: adaptive_time_microseconds (time always in us), connect (Kafka Connect's ms types)
     time_mode: str = "adaptive"
+    #: name each field's source type (``__debezium.source.column.type``), as Debezium's
+    #: ``datatype.propagate.source.type`` does
+    source_types: bool = False
 
     def _ms(self, typmod: int, time: bool = False) -> bool:
         """Milliseconds (else microseconds) for a time/timestamp column of this precision."""
@@ -550,6 +570,8 @@ def connect_schema(mapper: TypeMapper, oid: int, typmod: int, ndims: int = 0,
     column's default expression (``pg_get_expr``)."""
     schema = _connect_schema(mapper, oid, typmod)
     t = mapper.types.get(oid)
+    if t is not None and mapper.source_types:   # propagate_source_types
+        schema.setdefault("parameters", {})["__debezium.source.column.type"] = t.name
     if ndims > 1 and schema.get("type") == "array":
         for _ in range(ndims - 1):
             schema = {"type": "array", "items": {**schema, "optional": True}}

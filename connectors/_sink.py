@@ -20,14 +20,14 @@ the error.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors._metrics import Metrics
-from schemas import SinkBackpressure
+from schemas import FieldType, SinkBackpressure, is_unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,8 @@ class SinkRecord:
     #: a TRUNCATE of the source table (Debezium op ``t``): empty the target, no key or row;
     #: handed only to sinks that declare ``truncates = True``
     truncate: bool = False
+    #: the fields' Connect types when a schema travelled with the record (None: schema-less)
+    types: Mapping[str, FieldType] | None = None
 
     @property
     def deleted(self) -> bool:
@@ -209,8 +211,20 @@ def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
                                             "object or array; a key field must be a scalar"))
             continue
         if old is None or rec.version >= old.version:
+            if old is not None and old.value is not None and rec.value is not None:
+                rec = _fill_unavailable(rec, old.value)
             newest[k] = rec
     return list(newest.values()), refused
+
+
+def _fill_unavailable(rec: SinkRecord, earlier: Mapping[str, Any]) -> SinkRecord:
+    """``rec`` with its unchanged-TOAST placeholders taken from an earlier row of the same
+    key in the batch (the batch writes the key once, so the earlier value would be lost)."""
+    value = rec.value
+    assert value is not None
+    fill = {f: earlier[f] for f, v in value.items()
+            if is_unavailable(v) and f in earlier and not is_unavailable(earlier[f])}
+    return replace(rec, value={**value, **fill}) if fill else rec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,15 @@
 """Schemas, serde, the root error type and secret redaction (the leaf package: imports
 nothing of DataFlow)."""
 
+from schemas._connect import (
+    FieldType,
+    field_types,
+    inferred_schema,
+    is_unavailable,
+    row_schema,
+    unscaled_decimal,
+    unscaled_int,
+)
 from schemas._debezium import (
     UNAVAILABLE_VALUE,
     ChangeEvent,
@@ -36,6 +45,13 @@ __all__ = [
     "envelope_schema",
     "key_schema",
     "with_schema",
+    "FieldType",
+    "field_types",
+    "is_unavailable",
+    "inferred_schema",
+    "row_schema",
+    "unscaled_decimal",
+    "unscaled_int",
     "ConfigError",
     "DataFlowError",
     "SerdeError",
