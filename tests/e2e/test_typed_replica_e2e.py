@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,8 +32,10 @@ from connectors import (
     PostgresCDCSource,
     PostgresSink,
     PostgresSinkSettings,
+    SinkRecord,
 )
-from tests.pipeline_support import worker, write_spec
+from schemas import UNAVAILABLE_VALUE
+from tests.pipeline_support import read_topic, worker, write_spec
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -201,3 +204,60 @@ def test_type_matrix_through_a_pipeline_to_postgres_and_parquet(
     assert amounts[1] in (Decimal("1234567890123456789012345678.0123456789"),
                           Decimal("1234567890123456789012345679.0123456789"))   # both versions
     assert table.column("day")[ids.index(1)].as_py() == dt.date(2244, 1, 26)
+
+
+def test_toast_unchanged_values_keep_the_target_value(
+        fresh_db: str, kafka_bootstrap: str) -> None:
+    """Default REPLICA IDENTITY: an update that leaves a TOASTed column alone carries the
+    unavailable-value placeholder; the target keeps its value (the row first loaded by the
+    snapshot, and a row inserted and updated within one batch)."""
+    run = uuid.uuid4().hex[:8]
+    prefix = f"tt{run}"
+    big = "(SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 3000) g)"
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE toasty (id int PRIMARY KEY, big text, doc jsonb, n int)")
+        for i in range(1, 5):
+            conn.execute(f"INSERT INTO toasty VALUES ({i}, {big}, jsonb_build_object('pad', {big}), 0)")
+    topic = f"{prefix}.public.toasty"
+    sink = PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db), table="toasty_out",
+                                             column_types={"doc": "jsonb"}))
+    group = f"toast-{run}"
+    with _source(fresh_db, kafka_bootstrap, prefix, [r"public\.toasty"]):
+        wait_for(lambda: _count(kafka_bootstrap, topic) >= 4, timeout=90, what="the snapshot")
+        assert _load(sink, kafka_bootstrap, topic, group, "__lsn").rejected == 0   # real values
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("UPDATE toasty SET n = n + 1")              # big and doc unchanged
+            conn.execute(f"UPDATE toasty SET big = {big}, n = 10 WHERE id = 2")
+            conn.execute(f"INSERT INTO toasty VALUES (5, {big}, NULL, 0)")
+            conn.execute("UPDATE toasty SET n = n + 1")
+        wait_for(lambda: _count(kafka_bootstrap, topic) >= 14, timeout=90, what="the changes")
+    changes = [orjson.loads(v)["payload"]["after"] for _, v, _ in read_topic(kafka_bootstrap, topic)
+               if v is not None and orjson.loads(v)["payload"]["op"] == "u"]
+    assert sum(r["big"] == UNAVAILABLE_VALUE for r in changes) >= 8   # what Postgres sent
+    loader = _load(sink, kafka_bootstrap, topic, group, "__lsn")
+    assert loader.rejected == 0
+    with psycopg.connect(fresh_db) as conn:
+        src = conn.execute("SELECT id, md5(big), md5(doc::text), n FROM toasty ORDER BY id").fetchall()
+        dst = conn.execute("SELECT id, md5(big), md5(doc::text), n FROM toasty_out ORDER BY id").fetchall()
+        placeholders = conn.execute("SELECT count(*) FROM toasty_out WHERE big LIKE '%unavailable%' "
+                                    "OR doc::text LIKE '%unavailable%'").fetchone()
+    assert dst == src and len(src) == 5
+    assert placeholders == (0,)
+
+
+def test_an_insert_with_a_placeholder_is_refused(fresh_db: str) -> None:
+    """No earlier value to keep: the row is refused (to the DLQ) with that reason, the rest
+    of the batch is written, and a placeholder update of a row the target holds keeps it."""
+    sink = PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db), table="ph"))
+    sink.add([SinkRecord({"id": 1}, {"id": 1, "big": "real", "n": 0}, 1)])
+    assert sink.flush() == []
+    sink.add([SinkRecord({"id": 1}, {"id": 1, "big": UNAVAILABLE_VALUE, "n": 1}, 2),
+              SinkRecord({"id": 2}, {"id": 2, "big": UNAVAILABLE_VALUE, "n": 1}, 3),
+              SinkRecord({"id": 3}, {"id": 3, "big": "x", "n": 1}, 4)])
+    refused = sink.flush()
+    assert [(r.record.key, r.error) for r in refused] == [(
+        {"id": 2}, "sink postgres public.ph: column(s) big arrived as the unavailable-value placeholder (unchanged "
+                   "TOASTed values) in a row the target does not hold: no earlier value to keep")]
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT id, big, n FROM ph ORDER BY id").fetchall() == [
+            (1, "real", 1), (3, "x", 1)]
