@@ -51,13 +51,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import pymongo
+from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidDocument
 from pydantic import Field, SecretStr
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from connectors._pg_types import INT64_MAX, INT64_MIN, days_from_civil, zoned_us
 from connectors._sink import (
     BatchingSink,
     Rejected,
@@ -66,7 +69,18 @@ from connectors._sink import (
     latest_per_key,
     retry_transient,
 )
-from schemas import SinkError
+from schemas import FieldType, SinkError, is_unavailable
+from schemas._connect import (
+    DATE,
+    DECIMAL,
+    MICRO_TIMESTAMP,
+    TIMESTAMP,
+    VARIABLE_DECIMAL,
+    ZONED_TIMESTAMP,
+    decode_bytes,
+    decode_decimal,
+    int_value,
+)
 
 _CHUNK = 1000   # documents per insert
 _IDS = 10_000   # ids per find and per ``$in`` delete: one collection scan each on FerretDB
@@ -217,6 +231,7 @@ class MongoSink(BatchingSink):
             elif (t := tombs.get(_hashable(id_))) is None or t < rec.version:
                 upserts.append((id_, rec))  # noqa: SIM114 - same test, other list
         rejected: list[Rejected] = []
+        upserts = self._fill_unavailable(db, coll, upserts, current, rejected)
         present = [(i, r) for i, r in deletes if _hashable(i) in current]
         if self._per_batch(db):   # replace = delete then insert: a few scans per batch
             self._delete_ids(db, self.tombstones, [i for i, _ in deletes if _hashable(i) in tombs])
@@ -224,7 +239,7 @@ class MongoSink(BatchingSink):
                                             for i, r in deletes], {}, rejected)
             self._delete_ids(db, coll, [i for i, _ in present]
                              + [i for i, _ in upserts if _hashable(i) in current])
-            ok_upserts = self._put(db, coll, [(i, r, {**(r.value or {}), "_id": i, "_version": r.version})
+            ok_upserts = self._put(db, coll, [(i, r, {**self._doc(r), "_id": i, "_version": r.version})
                                               for i, r in upserts], {}, rejected)
             self._delete_ids(db, self.tombstones, [i for i, r in upserts
                                                    if id(r) in ok_upserts and _hashable(i) in tombs])
@@ -234,13 +249,54 @@ class MongoSink(BatchingSink):
         self._run(db, "delete", coll, [
             {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 1} for i, r in present],
             [r for _, r in present], rejected)
-        ok_upserts = self._put(db, coll, [(i, r, {**(r.value or {}), "_id": i, "_version": r.version})
+        ok_upserts = self._put(db, coll, [(i, r, {**self._doc(r), "_id": i, "_version": r.version})
                                           for i, r in upserts], current, rejected)
         written = [(i, r) for i, r in upserts if id(r) in ok_upserts and _hashable(i) in tombs]
         self._run(db, "delete", self.tombstones, [
             {"q": {"_id": i, "_version": {"$lt": r.version}}, "limit": 0} for i, r in written],
             [r for _, r in written], rejected)
         return rejected
+
+    def _fill_unavailable(self, db: Any, coll: str, upserts: list[tuple[Any, SinkRecord]],
+                          current: dict[Any, int],
+                          rejected: list[Rejected]) -> list[tuple[Any, SinkRecord]]:
+        """TOAST-safe: a field that arrived as the unavailable-value placeholder keeps the
+        stored document's value (read for those ids only, so the write, a replacement in
+        either strategy, carries it); a document the target does not hold is refused."""
+        gone = {id(r): [f for f, v in (r.value or {}).items() if is_unavailable(v)]
+                for _, r in upserts}
+        if not any(gone.values()):
+            return upserts
+        stored = {_hashable(d["_id"]): d for d in db[coll].find(
+            {"_id": {"$in": [i for i, r in upserts if gone[id(r)]]}})}
+        self.progress()
+        out = []
+        for i, r in upserts:
+            fields = gone[id(r)]
+            if not fields:
+                out.append((i, r))
+                continue
+            doc = stored.get(_hashable(i)) if _hashable(i) in current else None
+            if doc is None:
+                rejected.append(self.refuse(r, f"field(s) {', '.join(fields)} arrived as the "
+                                               "unavailable-value placeholder (unchanged TOASTed "
+                                               "values) in a document the target does not hold: "
+                                               "no earlier value to keep"))
+                continue
+            kept = {f: doc.get(f) for f in fields}
+            out.append((i, replace(r, value={**(r.value or {}), **kept}, types=None
+                                   if r.types is None else {f: t for f, t in r.types.items()
+                                                            if f not in kept})))
+        return out
+
+    def _doc(self, rec: SinkRecord) -> dict[str, Any]:
+        """The row with typed fields as BSON values (dates, binary; see ``bson_value``)."""
+        row = rec.value or {}
+        types = rec.types
+        if not types:
+            return dict(row)
+        return {f: (bson_value(types[f], v) if v is not None and f in types else v)
+                for f, v in row.items()}
 
     def _delete_ids(self, db: Any, coll: str, ids: list[Any]) -> None:
         """Delete the documents with these ids: one ``$in`` delete per ``_IDS`` ids (the
@@ -338,6 +394,32 @@ class MongoSink(BatchingSink):
             done = errors[-1]["index"] + 1
             ok.update(id(recs[i]) for i in range(done) if i not in failed)
             ops, recs = ops[done:], recs[done:]
+
+
+_DAY_MS = 86_400_000
+#: +/-infinity timestamps: the last and first millisecond of the years 9999 and 1
+_MS_MAX = days_from_civil(9999, 12, 31) * _DAY_MS + _DAY_MS - 1
+_MS_MIN = days_from_civil(1, 1, 1) * _DAY_MS
+
+
+def bson_value(ft: FieldType, value: Any) -> Any:
+    """A Debezium-encoded value as BSON: Date/Timestamp/MicroTimestamp/ZonedTimestamp a
+    BSON date (milliseconds: microseconds are cut; BC dates kept, read them with
+    ``datetime_conversion=DATETIME_AUTO``), bytes binary, decimals their exact text
+    (FerretDB has no Decimal128), anything else as it arrived."""
+    name = ft.name
+    if name == DATE:
+        return DatetimeMS(int_value(value) * _DAY_MS)
+    if name in (TIMESTAMP, MICRO_TIMESTAMP, ZONED_TIMESTAMP):
+        us = zoned_us(str(value)) if name == ZONED_TIMESTAMP else int_value(value)
+        if us in (INT64_MAX, INT64_MIN):
+            return DatetimeMS(_MS_MAX if us == INT64_MAX else _MS_MIN)
+        return DatetimeMS(us if name == TIMESTAMP else us // 1000)
+    if name in (DECIMAL, VARIABLE_DECIMAL):
+        return format(decode_decimal(ft, value), "f")
+    if ft.type == "bytes" and name is None:
+        return decode_bytes(value)
+    return value
 
 
 def _short(exc: BaseException) -> str:

@@ -360,7 +360,7 @@ def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
     if pa.types.is_floating(at):
         return _float
     if name in (DECIMAL, VARIABLE_DECIMAL):
-        return lambda v: str(decode_decimal(ft, v))
+        return lambda v: format(decode_decimal(ft, v), "f")
     if at == pa.string():
         return lambda v: v if isinstance(v, str) else orjson.dumps(v).decode()
     return lambda v: v

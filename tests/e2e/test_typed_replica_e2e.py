@@ -7,6 +7,7 @@ shows TOAST-safe updates with the default REPLICA IDENTITY."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pymongo
 import pytest
 from confluent_kafka import Consumer
 from pydantic import SecretStr
@@ -26,6 +28,8 @@ from pydantic import SecretStr
 from agents import Loader, LoaderSettings
 from connectors import (
     KafkaSettings,
+    MongoSink,
+    MongoSinkSettings,
     ObjectStoreSink,
     ObjectStoreSinkSettings,
     PostgresCDCConfig,
@@ -123,8 +127,8 @@ def _load(sink: Any, bootstrap: str, topic: str, group: str, version: str | None
     return loader
 
 
-def test_type_matrix_through_a_pipeline_to_postgres_and_parquet(
-        fresh_db: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_type_matrix_through_a_pipeline_to_postgres_parquet_and_mongodb(
+        fresh_db: str, kafka_bootstrap: str, tmp_path: Path, mongo_uri: str) -> None:
     run = uuid.uuid4().hex[:8]
     prefix, name = f"tm{run}", f"typed-{run}"
     with psycopg.connect(fresh_db, autocommit=True) as conn:
@@ -205,9 +209,27 @@ def test_type_matrix_through_a_pipeline_to_postgres_and_parquet(
                           Decimal("1234567890123456789012345679.0123456789"))   # both versions
     assert table.column("day")[ids.index(1)].as_py() == dt.date(2244, 1, 26)
 
+    # and MongoDB: BSON dates (ms), binary, decimals as exact text
+    mongo = MongoSink(MongoSinkSettings(uri=SecretStr(mongo_uri), database=f"tm{run}",
+                                        collection="tm"))
+    assert _load(mongo, kafka_bootstrap, out, f"mg-{run}", "__lsn").rejected == 0
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_uri, datetime_conversion="DATETIME_AUTO")
+    try:
+        docs = {d["_id"]: d for d in client[f"tm{run}"]["tm"].find()}
+    finally:
+        client.drop_database(f"tm{run}")
+        client.close()
+    one, two = docs[1], docs[2]
+    assert one["day"] == dt.datetime(2244, 1, 26)
+    assert one["local"] == dt.datetime(2024, 2, 29, 12, 34, 56, 123000)
+    assert one["at"] == dt.datetime(2024, 2, 29, 18, 29, 59, 999000)
+    assert one["raw"] == b"\x00\xff\x10" and one["ints"] == [1, None, -3]
+    assert one["amount"] == "1234567890123456789012345679.0123456789"
+    assert two["amount"] == "-0.0000000001" and two["at"] == dt.datetime(9999, 12, 31, 23, 59, 59, 999000)
+
 
 def test_toast_unchanged_values_keep_the_target_value(
-        fresh_db: str, kafka_bootstrap: str) -> None:
+        fresh_db: str, kafka_bootstrap: str, mongo_uri: str) -> None:
     """Default REPLICA IDENTITY: an update that leaves a TOASTed column alone carries the
     unavailable-value placeholder; the target keeps its value (the row first loaded by the
     snapshot, and a row inserted and updated within one batch)."""
@@ -222,9 +244,12 @@ def test_toast_unchanged_values_keep_the_target_value(
     sink = PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db), table="toasty_out",
                                              column_types={"doc": "jsonb"}))
     group = f"toast-{run}"
+    mongo = MongoSink(MongoSinkSettings(uri=SecretStr(mongo_uri), database=f"toast{run}",
+                                        collection="toasty"))
     with _source(fresh_db, kafka_bootstrap, prefix, [r"public\.toasty"]):
         wait_for(lambda: _count(kafka_bootstrap, topic) >= 4, timeout=90, what="the snapshot")
         assert _load(sink, kafka_bootstrap, topic, group, "__lsn").rejected == 0   # real values
+        assert _load(mongo, kafka_bootstrap, topic, f"m{group}", "__lsn").rejected == 0
         with psycopg.connect(fresh_db, autocommit=True) as conn:
             conn.execute("UPDATE toasty SET n = n + 1")              # big and doc unchanged
             conn.execute(f"UPDATE toasty SET big = {big}, n = 10 WHERE id = 2")
@@ -243,6 +268,15 @@ def test_toast_unchanged_values_keep_the_target_value(
                                     "OR doc::text LIKE '%unavailable%'").fetchone()
     assert dst == src and len(src) == 5
     assert placeholders == (0,)
+    assert _load(mongo, kafka_bootstrap, topic, f"m{group}", "__lsn").rejected == 0
+    client = pymongo.MongoClient(mongo_uri)
+    try:
+        docs = sorted(client[f"toast{run}"]["toasty"].find(), key=lambda d: d["_id"])
+        assert [(d["_id"], hashlib.md5(d["big"].encode()).hexdigest(), d["n"]) for d in docs] == [
+            (i, big_md5, n) for i, big_md5, _, n in src]
+    finally:
+        client.drop_database(f"toast{run}")
+        client.close()
 
 
 def test_an_insert_with_a_placeholder_is_refused(fresh_db: str) -> None:
