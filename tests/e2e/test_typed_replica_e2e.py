@@ -226,6 +226,9 @@ def test_type_matrix_through_a_pipeline_to_postgres_parquet_and_mongodb(
     assert one["raw"] == b"\x00\xff\x10" and one["ints"] == [1, None, -3]
     assert one["amount"] == "1234567890123456789012345679.0123456789"
     assert two["amount"] == "-0.0000000001" and two["at"] == dt.datetime(9999, 12, 31, 23, 59, 59, 999000)
+    assert docs[3]["at"] == dt.datetime(1, 1, 1)
+    assert (one["u"], one["feeling"], one["note"]) == (
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "happy", "changed")
 
 
 def test_toast_unchanged_values_keep_the_target_value(
