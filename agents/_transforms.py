@@ -595,6 +595,10 @@ class Mask(Transform):
         self.keep_first = keep_first
         self.char = char
 
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        for f in self.fields:   # masked text is no longer its type (a uuid, a number)
+            schema.pop(f, None)
+
     def apply(self, row: Row) -> Row:
         first, last, char = self.keep_first, self.keep_last, self.char
         for f in self.fields:
@@ -619,6 +623,10 @@ class Hash(Transform):
         super().__init__(name)
         self.fields = tuple(fields)
         self._seed = hashlib.sha256(salt.encode())
+
+    def retype(self, schema: dict[str, dict[str, Any]], row: Row) -> None:
+        for f in self.fields:   # a hex digest, whatever the field was
+            schema.pop(f, None)
 
     def apply(self, row: Row) -> Row:
         seed = self._seed

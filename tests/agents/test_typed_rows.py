@@ -13,7 +13,7 @@ import pytest
 from agents._decode import encode_event
 from agents._event import Event
 from agents._expr import compile_expr
-from agents._transforms import Cast, Compute, Mask, Rename, Unwrap
+from agents._transforms import Cast, Compute, Hash, Mask, Rename, Unwrap
 from schemas import field_types
 from tests.agents.debezium_samples import CREATE, VALUE_SCHEMA
 
@@ -42,6 +42,7 @@ def test_untouched_fields_keep_their_types_computed_ones_get_their_values() -> N
     Rename({"status": "state"}).step(ev)
     Cast({"customer_id": "str"}).step(ev)
     Mask(["currency"]).step(ev)
+    Hash(["id"]).step(ev)
     doc = _out(ev)
     types = field_types(doc["schema"])
     assert types["amount"].name == "org.apache.kafka.connect.data.Decimal" and types["amount"].scale == 2
@@ -51,7 +52,8 @@ def test_untouched_fields_keep_their_types_computed_ones_get_their_values() -> N
     assert types["total"].type == "int64" and types["customer_id"].type == "string"
     assert types["half"].name == "io.debezium.data.VariableScaleDecimal"  # a Decimal: exact
     assert doc["payload"]["half"]["scale"] == 3
-    assert types["currency"].type == "string"
+    assert types["currency"].type == "string" and types["currency"].name is None
+    assert types["id"].type == "string"          # a digest now, no longer the int32 key
 
 
 def test_decimals_unwrapped_to_floats_are_typed_as_doubles() -> None:
