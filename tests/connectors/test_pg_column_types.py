@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 TYPES = {"day": "date", "clock": "time", "clock3": "time(3)", "at": "timestamptz",
          "local": "timestamp", "local3": "timestamp(3)", "span": "interval", "raw": "bytea",
          "ints": "integer[]", "tags": "text[]", "amount": "numeric(38,10)", "doc": "jsonb",
-         "u": "uuid", "n": "bigint"}
+         "u": "uuid", "n": "bigint", "at3": "timestamp(3) with time zone"}
 
 
 def test_declared_types_decode_debezium_encodings(fresh_db: str) -> None:
@@ -28,7 +28,8 @@ def test_declared_types_decode_debezium_encodings(fresh_db: str) -> None:
                   "at": 1709231399999999, "local": -62135596800000000, "local3": 1000,
                   "span": 90061000001, "raw": "AP8Q", "ints": [1, None, -3],
                   "tags": ["a b", None, 'q"t', "{}"], "amount": "1234567890123456789012345678.0123456789",
-                  "doc": {"a": [1, "x"]}, "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "n": 7}
+                  "doc": {"a": [1, "x"]}, "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "n": 7,
+                  "at3": 1718000000123}   # epoch ms, as cast: timestamp gives
     as_text = {"id": 2, "day": "0044-03-15 BC", "clock": "12:34:56", "clock3": "00:00:01.5",
                "at": "2024-02-29T18:29:59.999999Z", "local": "infinity", "local3": "2020-01-01 10:00",
                "span": "P1Y2M3DT4H5M6.789S", "raw": "", "ints": "{4,5}", "tags": [],
@@ -56,6 +57,9 @@ def test_declared_types_decode_debezium_encodings(fresh_db: str) -> None:
         Decimal("1234567890123456789012345678.0123456789"), {"a": [1, "x"]},
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 7)
     assert two[14:] == ("0044-03-15 BC", "infinity")
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT at3 FROM ct WHERE id = 1").fetchone() == (
+            dt.datetime(2024, 6, 10, 6, 13, 20, 123000, tzinfo=dt.UTC),)
     assert two[1:4] == (dt.time(12, 34, 56), dt.time(0, 0, 1, 500000),
                         dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.UTC))
     assert two[6:14] == (dt.timedelta(days=428, seconds=14706, microseconds=789000), b"",
