@@ -422,7 +422,9 @@ class PostgresSink(BatchingSink):
                     else:
                         out[field] = _copy_value(v)
             except (ValueError, TypeError, ArithmeticError) as exc:
-                refused.append(self.refuse(rec, f"field {field!r}: {exc}"))
+                why = (f"a value cannot be encoded as JSON ({exc})"
+                       if isinstance(exc, orjson.JSONEncodeError) else str(exc))
+                refused.append(self.refuse(rec, f"field {field!r}: {why}"))
                 continue
             if gone and any(k in gone for k in self._keys):
                 refused.append(self.refuse(rec, "a key field holds the unavailable-value placeholder"))

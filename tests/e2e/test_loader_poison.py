@@ -144,8 +144,8 @@ def test_postgres_poison_records_are_dead_letters_and_the_loader_goes_on(
         cols = [r[0] for r in conn.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0"
         ).fetchall()]
-    # ``deep`` was added (jsonb) before its one value turned out not to encode
-    assert sorted(cols) == ["__version", "deep", "id", "name", "qty"]
+    # values are encoded before any DDL: ``deep``, whose one value does not encode, adds no column
+    assert sorted(cols) == ["__version", "id", "name", "qty"]
 
 
 def test_mongodb_poison_records_are_dead_letters_and_the_loader_goes_on(
