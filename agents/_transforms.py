@@ -22,7 +22,7 @@ import orjson
 
 from agents._event import DeadLetter, Event
 from agents._expr import Expr
-from schemas import unscaled_decimal
+from schemas import row_fields, unscaled_decimal
 
 Row = dict[str, Any]
 Batch = tuple[list[Event], list[DeadLetter]]
@@ -107,16 +107,10 @@ def _strip_wrapper(value: Any) -> Any:
 
 def _decimal_fields(schema: Any, section: str) -> list[tuple[str, int]]:
     """(field, scale) of Connect ``Decimal`` fields in the envelope schema's ``section``."""
-    found: list[tuple[str, int]] = []
     if not isinstance(schema, dict):
-        return found
-    for part in schema.get("fields") or ():
-        if isinstance(part, dict) and part.get("field") == section:
-            for f in part.get("fields") or ():
-                if isinstance(f, dict) and f.get("name") == _DEBEZIUM_DECIMAL:
-                    scale = int((f.get("parameters") or {}).get("scale", 0))
-                    found.append((f["field"], scale))
-    return found
+        return []
+    return [(f["field"], int((f.get("parameters") or {}).get("scale", 0)))
+            for f in row_fields(schema, section) if f.get("name") == _DEBEZIUM_DECIMAL]
 
 
 def _decode_decimal(text: str, scale: int) -> Decimal:
@@ -235,12 +229,7 @@ class Unwrap(Transform):
     def _field_schemas(self, schema: Any, section: str) -> dict[str, dict[str, Any]]:
         """The row's field schemas; a Debezium Decimal this unwrap turned into a float or
         a string is typed as what it now is."""
-        out: dict[str, dict[str, Any]] = {}
-        for part in schema.get("fields") or ():
-            if isinstance(part, dict) and part.get("field") == section:
-                for f in part.get("fields") or ():
-                    if isinstance(f, dict) and isinstance(f.get("field"), str):
-                        out[f["field"]] = f
+        out = {f["field"]: f for f in row_fields(schema, section) if isinstance(f.get("field"), str)}
         if self.decimals != "decimal":
             loose = {"type": "double" if self.decimals == "float" else "string", "optional": True}
             for name, f in out.items():

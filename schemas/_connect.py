@@ -93,28 +93,27 @@ def field_type(schema: dict[str, Any]) -> FieldType:
     )
 
 
-def _struct_fields(schema: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The row struct's fields: an envelope's ``after`` (else ``before``), or the struct."""
+def row_fields(schema: dict[str, Any], section: str = "after") -> list[dict[str, Any]]:
+    """The row struct's field schemas: an envelope's ``section`` (``after``, else the other
+    of ``before``/``after``), or the fields of a flat struct ([] if none)."""
     fields = schema.get("fields")
     if not isinstance(fields, list):
-        return None
+        return []
     parts = {f.get("field"): f for f in fields if isinstance(f, dict)}
     if "op" in parts and ("after" in parts or "before" in parts):
-        row = parts.get("after") or parts.get("before") or {}
+        other = "before" if section == "after" else "after"
+        row = parts.get(section) or parts.get(other) or {}
         inner = row.get("fields")
-        return inner if isinstance(inner, list) else None
-    return fields
+        return [f for f in inner if isinstance(f, dict)] if isinstance(inner, list) else []
+    return [f for f in fields if isinstance(f, dict)]
 
 
 def field_types(schema: Any) -> dict[str, FieldType]:
     """``{field: FieldType}`` of the row a Connect value schema describes ({} if none)."""
     if not isinstance(schema, dict):
         return {}
-    fields = _struct_fields(schema)
-    if not fields:
-        return {}
-    return {f["field"]: field_type(f) for f in fields
-            if isinstance(f, dict) and isinstance(f.get("field"), str)}
+    return {f["field"]: field_type(f) for f in row_fields(schema)
+            if isinstance(f.get("field"), str)}
 
 
 def row_schema(name: str, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
