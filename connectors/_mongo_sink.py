@@ -60,7 +60,13 @@ from bson.errors import InvalidDocument
 from pydantic import Field, SecretStr
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from connectors._pg_types import INT64_MAX, INT64_MIN, days_from_civil, zoned_us
+from connectors._pg_types import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    days_from_civil,
+    infinite,
+    zoned_us,
+)
 from connectors._sink import (
     BatchingSink,
     Rejected,
@@ -409,12 +415,15 @@ def bson_value(ft: FieldType, value: Any) -> Any:
     (FerretDB has no Decimal128), anything else as it arrived."""
     name = ft.name
     if name == DATE:
-        return DatetimeMS(int_value(value) * _DAY_MS)
+        days = int_value(value)
+        if days in (DATE_INFINITY, DATE_NEG_INFINITY):
+            return DatetimeMS(_MS_MAX if days == DATE_INFINITY else _MS_MIN)
+        return DatetimeMS(days * _DAY_MS)
     if name in (TIMESTAMP, MICRO_TIMESTAMP, ZONED_TIMESTAMP):
-        us = zoned_us(str(value)) if name == ZONED_TIMESTAMP else int_value(value)
-        if us in (INT64_MAX, INT64_MIN):
-            return DatetimeMS(_MS_MAX if us == INT64_MAX else _MS_MIN)
-        return DatetimeMS(us if name == TIMESTAMP else us // 1000)
+        n = zoned_us(str(value)) if name == ZONED_TIMESTAMP else int_value(value)
+        if inf := infinite(n, name == TIMESTAMP):
+            return DatetimeMS(_MS_MAX if inf > 0 else _MS_MIN)
+        return DatetimeMS(n if name == TIMESTAMP else n // 1000)
     if name in (DECIMAL, VARIABLE_DECIMAL):
         return format(decode_decimal(ft, value), "f")
     if ft.type == "bytes" and name is None:

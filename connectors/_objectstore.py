@@ -41,7 +41,13 @@ import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field
 
-from connectors._pg_types import INT64_MAX, INT64_MIN, days_from_civil, zoned_us
+from connectors._pg_types import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    days_from_civil,
+    infinite,
+    zoned_us,
+)
 from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
 from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
 from schemas._connect import (
@@ -295,6 +301,7 @@ _DAY_US = 86_400_000_000
 #: finite value (BC ones too) is stored as it is
 _TS_MAX = days_from_civil(9999, 12, 31) * _DAY_US + _DAY_US - 1
 _TS_MIN = days_from_civil(1, 1, 1) * _DAY_US
+_DAYS_MAX, _DAYS_MIN = days_from_civil(9999, 12, 31), days_from_civil(1, 1, 1)
 _ARROW_PRIMITIVE = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
     "float": pa.float32(), "float32": pa.float32(), "double": pa.float64(),
@@ -329,8 +336,15 @@ def _float(v: Any) -> float:
     return float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf"))
 
 
-def _finite(us: int) -> int:
-    return _TS_MAX if us == INT64_MAX else _TS_MIN if us == INT64_MIN else us
+def _finite(us: int, ms: bool = False) -> int:
+    inf = infinite(us, ms)
+    return _TS_MAX if inf > 0 else _TS_MIN if inf < 0 else us
+
+
+def _days(v: Any) -> int:
+    """Days; Debezium's +/-infinity date sentinels as the last / first day of 9999 / 1."""
+    n = int_value(v)
+    return _DAYS_MAX if n == DATE_INFINITY else _DAYS_MIN if n == DATE_NEG_INFINITY else n
 
 
 def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
@@ -343,14 +357,15 @@ def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
     if pa.types.is_decimal(at):
         return lambda v: decode_decimal(ft, v)
     if name == DATE:
-        return int_value
+        return _days
     if name in (TIME, MICRO_TIME, TIMESTAMP, MICRO_TIMESTAMP, MICRO_DURATION):
         unit = TIME_UNIT_US[name]
 
         def scaled(v: Any) -> int:
             n = int_value(v)
             if name in (TIMESTAMP, MICRO_TIMESTAMP):
-                return _finite(n) if n in (INT64_MAX, INT64_MIN) else n * unit
+                return _TS_MAX if (inf := infinite(n, unit == 1000)) > 0 else (
+                    _TS_MIN if inf < 0 else n * unit)
             return n * unit
         return scaled
     if name == ZONED_TIMESTAMP:

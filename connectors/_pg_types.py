@@ -167,6 +167,16 @@ def _format_utc(us: int, digits: int = -1) -> str:
 _ISO_UTC = re.compile(r"^([+-]?\d+)-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 
 
+def infinite(n: int, ms: bool = False) -> int:
+    """+1 / -1 for Debezium's +/-infinity timestamp sentinels (in ms or us; int64 max/min
+    too), else 0."""
+    if n == INT64_MAX or n == (TS_INFINITY_MS if ms else TS_INFINITY_MS * 1000):
+        return 1
+    if n == INT64_MIN or n == (TS_NEG_INFINITY_MS if ms else TS_NEG_INFINITY_MS * 1000):
+        return -1
+    return 0
+
+
 def zoned_us(s: str) -> int:
     """Debezium's ZonedTimestamp text ('...Z', signed years) -> us since the epoch;
     'infinity'/'-infinity' -> int64 max/min."""

@@ -17,7 +17,14 @@ from typing import Any
 
 import orjson
 
-from connectors._pg_types import INT64_MAX, INT64_MIN, civil_from_days
+from connectors._pg_types import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    INT64_MAX,
+    INT64_MIN,
+    civil_from_days,
+    infinite,
+)
 from schemas._connect import (
     DATE,
     DECIMAL,
@@ -83,6 +90,8 @@ def sql_type(ft: FieldType, enum_type: Callable[[str], str | None] = lambda _n: 
 
 
 def _date_text(days: int) -> str:
+    if days in (DATE_INFINITY, DATE_NEG_INFINITY):   # Debezium's sentinels
+        return "infinity" if days == DATE_INFINITY else "-infinity"
     y, m, d = civil_from_days(days)
     return f"{y:04d}-{m:02d}-{d:02d}" if y > 0 else f"{1 - y:04d}-{m:02d}-{d:02d} BC"
 
@@ -164,7 +173,8 @@ def typed_value(ft: FieldType) -> Callable[[Any], Any]:
 
         def ts(v: Any) -> str:
             n = int_value(v)
-            return _timestamp_text(n if n in (INT64_MAX, INT64_MIN) else n * unit)
+            inf = infinite(n, unit == 1000)
+            return "infinity" if inf > 0 else "-infinity" if inf < 0 else _timestamp_text(n * unit)
         return ts
     if name == ZONED_TIMESTAMP:
         return lambda v: _zoned_text(str(v))
@@ -214,7 +224,8 @@ def declared_value(sql: str) -> Callable[[Any], Any]:
         def ts(v: Any) -> Any:
             if not _is_int(v):
                 return _text_only(sql, v)
-            text = _timestamp_text(v if v in (INT64_MAX, INT64_MIN) else v * unit)
+            inf = infinite(v, unit == 1000)
+            text = "infinity" if inf > 0 else "-infinity" if inf < 0 else _timestamp_text(v * unit)
             tz = base == "timestamptz" or zone == "with time zone"
             return text if not tz or "infinity" in text else _utc(text)
         return ts

@@ -452,13 +452,10 @@ def test_json_with_connect_schemas(fresh_db: str, kafka_bootstrap: str, prefix: 
     value = orjson.loads(msgs[0].value())
     after = next(f for f in value["schema"]["fields"] if f["field"] == "after")
     fields = {f["field"]: f for f in after["fields"]}
-    # each field names its source type, as Debezium's column.propagate.source.type does
-    assert fields["id"] == {"type": "int32", "optional": False, "field": "id",
-                            "parameters": {"__debezium.source.column.type": "int4"}}
+    assert fields["id"] == {"type": "int32", "optional": False, "field": "id"}
     assert fields["d"]["name"] == "io.debezium.time.Date" and fields["d"]["optional"] is False
     assert fields["ts"]["name"] == "io.debezium.time.ZonedTimestamp"
-    assert fields["n"]["parameters"] == {"scale": "2", "connect.decimal.precision": "8",
-                                         "__debezium.source.column.type": "numeric"}
+    assert fields["n"]["parameters"] == {"scale": "2", "connect.decimal.precision": "8"}
     assert fields["tags"]["items"]["type"] == "string"
     assert value["schema"]["name"] == f"{topic}.Envelope"
     assert msgs[3].value() is None  # the tombstone stays a bare null
