@@ -11,7 +11,16 @@ from agents._decode import (
     encode_key,
     encode_outputs,
 )
-from agents._dlq import DlqReader, DlqRecord, ReplayResult, dlq_record, dlq_records, replay_dlq
+from agents._dlq import (
+    DlqReader,
+    DlqRecord,
+    ReplayResult,
+    dlq_record,
+    dlq_records,
+    header_map,
+    replay_dlq,
+    stage_matches,
+)
 from agents._event import DeadLetter, Event
 from agents._expr import (
     FUNCTIONS,
@@ -121,6 +130,8 @@ __all__ = [
     "encode_key",
     "encode_outputs",
     "replay_dlq",
+    "header_map",
+    "stage_matches",
     "BatchApp",
     "BatchHandler",
     "BatchTable",

@@ -10,7 +10,7 @@ from connectors._metrics import (
 from connectors._mongo_sink import MongoSink, MongoSinkSettings
 from connectors._objectstore import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors._pg_cdc import PostgresCDCSource, SlotDropped
-from connectors._pg_config import KafkaSettings, PostgresCDCConfig
+from connectors._pg_config import KafkaSettings, PostgresCDCConfig, check_dsn
 from connectors._pg_sink import PostgresSink, PostgresSinkSettings
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
 
@@ -18,4 +18,4 @@ __all__: list[str] = [
     "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",
     "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
     "Metrics", "StageMetrics", "metrics_endpoint", "pipeline_stats", "scrape_metrics",
-    "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped"]
+    "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped", "check_dsn"]

@@ -76,17 +76,7 @@ from connectors._sink import (
     retry_transient,
 )
 from schemas import FieldType, SinkError, is_unavailable
-from schemas._connect import (
-    DATE,
-    DECIMAL,
-    MICRO_TIMESTAMP,
-    TIMESTAMP,
-    VARIABLE_DECIMAL,
-    ZONED_TIMESTAMP,
-    decode_bytes,
-    decode_decimal,
-    int_value,
-)
+from schemas import connect as ct
 
 _CHUNK = 1000   # documents per insert
 _IDS = 10_000   # ids per find and per ``$in`` delete: one collection scan each on FerretDB
@@ -414,20 +404,20 @@ def bson_value(ft: FieldType, value: Any) -> Any:
     ``datetime_conversion=DATETIME_AUTO``), bytes binary, decimals their exact text
     (FerretDB has no Decimal128), anything else as it arrived."""
     name = ft.name
-    if name == DATE:
-        days = int_value(value)
+    if name == ct.DATE:
+        days = ct.int_value(value)
         if days in (DATE_INFINITY, DATE_NEG_INFINITY):
             return DatetimeMS(_MS_MAX if days == DATE_INFINITY else _MS_MIN)
         return DatetimeMS(days * _DAY_MS)
-    if name in (TIMESTAMP, MICRO_TIMESTAMP, ZONED_TIMESTAMP):
-        n = zoned_us(str(value)) if name == ZONED_TIMESTAMP else int_value(value)
-        if inf := infinite(n, name == TIMESTAMP):
+    if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP, ct.ZONED_TIMESTAMP):
+        n = zoned_us(str(value)) if name == ct.ZONED_TIMESTAMP else ct.int_value(value)
+        if inf := infinite(n, name == ct.TIMESTAMP):
             return DatetimeMS(_MS_MAX if inf > 0 else _MS_MIN)
-        return DatetimeMS(n if name == TIMESTAMP else n // 1000)
-    if name in (DECIMAL, VARIABLE_DECIMAL):
-        return format(decode_decimal(ft, value), "f")
+        return DatetimeMS(n if name == ct.TIMESTAMP else n // 1000)
+    if name in (ct.DECIMAL, ct.VARIABLE_DECIMAL):
+        return format(ct.decode_decimal(ft, value), "f")
     if ft.type == "bytes" and name is None:
-        return decode_bytes(value)
+        return ct.decode_bytes(value)
     return value
 
 

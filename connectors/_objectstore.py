@@ -50,21 +50,7 @@ from connectors._pg_types import (
 )
 from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
 from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
-from schemas._connect import (
-    DATE,
-    DECIMAL,
-    MICRO_DURATION,
-    MICRO_TIME,
-    MICRO_TIMESTAMP,
-    TIME,
-    TIME_UNIT_US,
-    TIMESTAMP,
-    VARIABLE_DECIMAL,
-    ZONED_TIMESTAMP,
-    decode_bytes,
-    decode_decimal,
-    int_value,
-)
+from schemas import connect as ct
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
 
@@ -314,18 +300,18 @@ def arrow_type(ft: FieldType) -> pa.DataType:
     name = ft.name
     if ft.type == "array":
         return pa.list_(arrow_type(ft.items) if ft.items is not None else pa.string())
-    if name == DECIMAL and ft.precision:
+    if name == ct.DECIMAL and ft.precision:
         make = pa.decimal128 if ft.precision <= 38 else pa.decimal256
         return make(ft.precision, ft.scale or 0)
-    if name == DATE:
+    if name == ct.DATE:
         return pa.date32()
-    if name in (TIME, MICRO_TIME):
+    if name in (ct.TIME, ct.MICRO_TIME):
         return pa.time64("us")
-    if name in (TIMESTAMP, MICRO_TIMESTAMP):
+    if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP):
         return pa.timestamp("us")
-    if name == ZONED_TIMESTAMP:
+    if name == ct.ZONED_TIMESTAMP:
         return pa.timestamp("us", tz="UTC")
-    if name == MICRO_DURATION:
+    if name == ct.MICRO_DURATION:
         return pa.duration("us")
     if name is None and ft.type in _ARROW_PRIMITIVE:
         return _ARROW_PRIMITIVE[ft.type]
@@ -343,7 +329,7 @@ def _finite(us: int, ms: bool = False) -> int:
 
 def _days(v: Any) -> int:
     """Days; Debezium's +/-infinity date sentinels as the last / first day of 9999 / 1."""
-    n = int_value(v)
+    n = ct.int_value(v)
     return _DAYS_MAX if n == DATE_INFINITY else _DAYS_MIN if n == DATE_NEG_INFINITY else n
 
 
@@ -355,27 +341,27 @@ def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
         inner = _arrow_converter(ft.items, at.value_type) if ft.items is not None else str
         return lambda v: [None if x is None else inner(x) for x in v]
     if pa.types.is_decimal(at):
-        return lambda v: decode_decimal(ft, v)
-    if name == DATE:
+        return lambda v: ct.decode_decimal(ft, v)
+    if name == ct.DATE:
         return _days
-    if name in (TIME, MICRO_TIME, TIMESTAMP, MICRO_TIMESTAMP, MICRO_DURATION):
-        unit = TIME_UNIT_US[name]
+    if name in (ct.TIME, ct.MICRO_TIME, ct.TIMESTAMP, ct.MICRO_TIMESTAMP, ct.MICRO_DURATION):
+        unit = ct.TIME_UNIT_US[name]
 
         def scaled(v: Any) -> int:
-            n = int_value(v)
-            if name in (TIMESTAMP, MICRO_TIMESTAMP):
+            n = ct.int_value(v)
+            if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP):
                 return _TS_MAX if (inf := infinite(n, unit == 1000)) > 0 else (
                     _TS_MIN if inf < 0 else n * unit)
             return n * unit
         return scaled
-    if name == ZONED_TIMESTAMP:
+    if name == ct.ZONED_TIMESTAMP:
         return lambda v: _finite(zoned_us(str(v)))
     if at == pa.binary():
-        return decode_bytes
+        return ct.decode_bytes
     if pa.types.is_floating(at):
         return _float
-    if name in (DECIMAL, VARIABLE_DECIMAL):
-        return lambda v: format(decode_decimal(ft, v), "f")
+    if name in (ct.DECIMAL, ct.VARIABLE_DECIMAL):
+        return lambda v: format(ct.decode_decimal(ft, v), "f")
     if at == pa.string():
         return lambda v: v if isinstance(v, str) else orjson.dumps(v).decode()
     return lambda v: v

@@ -2,7 +2,7 @@
 ``_pg_types``, which maps the other way).
 
 With a Connect schema (``FieldType``) a column gets its native type and every value its
-Postgres text form, decoded from Debezium's encoding (see ``schemas._connect``): so a
+Postgres text form, decoded from Debezium's encoding (see ``schemas.connect``): so a
 BC date, an ``infinity`` timestamp or an interval of months arrives exactly, which Python's
 ``datetime`` could not carry. Without one, a ``column_types`` entry says the type and the
 value is decoded from whatever encoding Debezium would use for it (epoch days, ms or us,
@@ -25,26 +25,7 @@ from connectors._pg_types import (
     civil_from_days,
     infinite,
 )
-from schemas._connect import (
-    DATE,
-    DECIMAL,
-    ENUM,
-    INTERVAL,
-    JSON,
-    MICRO_DURATION,
-    MICRO_TIME,
-    MICRO_TIMESTAMP,
-    TIME,
-    TIMESTAMP,
-    UUID,
-    VARIABLE_DECIMAL,
-    ZONED_TIME,
-    ZONED_TIMESTAMP,
-    FieldType,
-    decode_bytes,
-    decode_decimal,
-    int_value,
-)
+from schemas import connect as ct
 
 _DAY_US = 86_400_000_000
 
@@ -55,13 +36,13 @@ _PRIMITIVE_SQL = {
     "struct": "jsonb", "map": "jsonb",
 }
 _SEMANTIC_SQL = {
-    VARIABLE_DECIMAL: "numeric", DATE: "date", TIME: "time(3)", MICRO_TIME: "time",
-    TIMESTAMP: "timestamp(3)", MICRO_TIMESTAMP: "timestamp", ZONED_TIMESTAMP: "timestamptz",
-    ZONED_TIME: "timetz", MICRO_DURATION: "interval", INTERVAL: "interval", UUID: "uuid",
+    ct.VARIABLE_DECIMAL: "numeric", ct.DATE: "date", ct.TIME: "time(3)", ct.MICRO_TIME: "time",
+    ct.TIMESTAMP: "timestamp(3)", ct.MICRO_TIMESTAMP: "timestamp", ct.ZONED_TIMESTAMP: "timestamptz",
+    ct.ZONED_TIME: "timetz", ct.MICRO_DURATION: "interval", ct.INTERVAL: "interval", ct.UUID: "uuid",
 }
 
 
-def sql_type(ft: FieldType, enum_type: Callable[[str], str | None] = lambda _n: None) -> str:
+def sql_type(ft: ct.FieldType, enum_type: Callable[[str], str | None] = lambda _n: None) -> str:
     """The Postgres type a column of this Connect type is created with.
 
     ``enum_type(name)`` answers the target's own name for an enum type of the source (None:
@@ -72,13 +53,13 @@ def sql_type(ft: FieldType, enum_type: Callable[[str], str | None] = lambda _n: 
         while inner.type == "array" and inner.items is not None:   # n dims: one array type
             inner = inner.items
         return f"{sql_type(inner, enum_type)}[]"
-    if name == DECIMAL:
+    if name == ct.DECIMAL:
         if ft.precision:
             return f"numeric({ft.precision},{ft.scale or 0})"
         return "numeric"
-    if name == JSON:
+    if name == ct.JSON:
         return "json" if (ft.source_type or "").lower() == "json" else "jsonb"
-    if name == ENUM:
+    if name == ct.ENUM:
         found = enum_type(ft.source_type) if ft.source_type else None
         return found or "text"
     if name in _SEMANTIC_SQL:
@@ -151,41 +132,41 @@ def _array_text(items: list[Any], elem: Callable[[Any], Any]) -> str:
 
 
 def _scaled_int(unit: int) -> Callable[[Any], int]:
-    return lambda v: int_value(v) * unit
+    return lambda v: ct.int_value(v) * unit
 
 
-def typed_value(ft: FieldType) -> Callable[[Any], Any]:
+def typed_value(ft: ct.FieldType) -> Callable[[Any], Any]:
     """The function from a Debezium-encoded value of ``ft`` to its COPY value (text,
     bytes or a number)."""
     name = ft.name
     if ft.type == "array":
         elem = typed_value(ft.items) if ft.items is not None else str
         return lambda v: _array_text(v, elem) if isinstance(v, list) else v
-    if name in (DECIMAL, VARIABLE_DECIMAL):
-        return lambda v: str(decode_decimal(ft, v))
-    if name == DATE:
-        return lambda v: _date_text(int_value(v))
-    if name in (TIME, MICRO_TIME):
-        us = _scaled_int(1000 if name == TIME else 1)
+    if name in (ct.DECIMAL, ct.VARIABLE_DECIMAL):
+        return lambda v: str(ct.decode_decimal(ft, v))
+    if name == ct.DATE:
+        return lambda v: _date_text(ct.int_value(v))
+    if name in (ct.TIME, ct.MICRO_TIME):
+        us = _scaled_int(1000 if name == ct.TIME else 1)
         return lambda v: _clock(us(v))
-    if name in (TIMESTAMP, MICRO_TIMESTAMP):
-        unit = 1000 if name == TIMESTAMP else 1
+    if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP):
+        unit = 1000 if name == ct.TIMESTAMP else 1
 
         def ts(v: Any) -> str:
-            n = int_value(v)
+            n = ct.int_value(v)
             inf = infinite(n, unit == 1000)
             return "infinity" if inf > 0 else "-infinity" if inf < 0 else _timestamp_text(n * unit)
         return ts
-    if name == ZONED_TIMESTAMP:
+    if name == ct.ZONED_TIMESTAMP:
         return lambda v: _zoned_text(str(v))
-    if name == ZONED_TIME:
+    if name == ct.ZONED_TIME:
         return lambda v: str(v)[:-1] + "+00" if str(v).endswith("Z") else str(v)
-    if name == MICRO_DURATION:
-        return lambda v: f"{int_value(v)} microseconds"
-    if name == JSON or ft.type in ("struct", "map"):
+    if name == ct.MICRO_DURATION:
+        return lambda v: f"{ct.int_value(v)} microseconds"
+    if name == ct.JSON or ft.type in ("struct", "map"):
         return _json_text
     if ft.type == "bytes":
-        return decode_bytes
+        return ct.decode_bytes
     return _plain
 
 
@@ -232,7 +213,7 @@ def declared_value(sql: str) -> Callable[[Any], Any]:
     if base == "interval":
         return lambda v: f"{v} microseconds" if _is_int(v) else _text_only(sql, v)
     if base == "bytea":
-        return lambda v: decode_bytes(v) if isinstance(v, str) else _refuse(sql, v)
+        return lambda v: ct.decode_bytes(v) if isinstance(v, str) else _refuse(sql, v)
     if base in ("json", "jsonb"):
         return _json_text
     return _plain

@@ -33,8 +33,8 @@ from connectors import (
     PostgresSink,
     PostgresSinkSettings,
     Sink,
+    check_dsn,
 )
-from connectors._pg_config import check_dsn
 from ops._console import error, setup_logging
 from ops._signals import stop_on_signals
 from schemas import ConfigError, DataFlowError

@@ -1,16 +1,7 @@
 """Schemas, serde, the root error type and secret redaction (the leaf package: imports
 nothing of DataFlow)."""
 
-from schemas._connect import (
-    FieldType,
-    field_types,
-    inferred_schema,
-    is_unavailable,
-    row_fields,
-    row_schema,
-    unscaled_decimal,
-    unscaled_int,
-)
+from schemas import connect  # Kafka Connect / Debezium semantic types, as a namespace
 from schemas._debezium import (
     UNAVAILABLE_VALUE,
     ChangeEvent,
@@ -34,8 +25,19 @@ from schemas._errors import (
     StackError,
 )
 from schemas._redact import redact
+from schemas.connect import (
+    FieldType,
+    field_types,
+    inferred_schema,
+    is_unavailable,
+    row_fields,
+    row_schema,
+    unscaled_decimal,
+    unscaled_int,
+)
 
 __all__ = [
+    "connect",
     "UNAVAILABLE_VALUE",
     "ChangeEvent",
     "decode_change",

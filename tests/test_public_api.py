@@ -67,6 +67,21 @@ def test_dependencies_point_one_way(package: str) -> None:
 
 
 @pytest.mark.parametrize("package", PACKAGES)
+def test_other_packages_are_used_through_their_public_face(package: str) -> None:
+    """``connectors`` may not reach into ``schemas._x``: what a package offers is its face."""
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        is_package = rel.name == "__init__"
+        module = ".".join(rel.parts[:-1] if is_package else rel.parts)
+        for target in imported_modules(path.read_text(), module, is_package):
+            parts = target.split(".")
+            if parts[0] in PACKAGES and parts[0] != package and any(p.startswith("_") for p in parts):
+                bad.append(f"{path.relative_to(ROOT)}: imports {target}")
+    assert bad == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_public_face(package: str) -> None:
     mod = importlib.import_module(package)
     names = getattr(mod, "__all__", None)

@@ -8,8 +8,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from agents import DlqReader, replay_dlq
-from agents._dlq import header_map, stage_matches
+from agents import DlqReader, header_map, replay_dlq, stage_matches
 from ops.api._models import DeadLetterList, DeadLetterView, ReplayReport, ReplayRequest
 from schemas import SourceError, redact
 from streams import load_spec
