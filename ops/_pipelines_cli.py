@@ -1,7 +1,8 @@
 """``dataflow pipelines ...``: the REST API's pipelines from the command line.
 
 Every command is one or two HTTP calls to ``DATAFLOW_API_URL`` (default
-``http://127.0.0.1:8600``) as its OpenAPI document describes them. People get a table or
+``http://127.0.0.1:8600``) as its OpenAPI document describes them, with the credentials of
+``DATAFLOW_API_KEY`` or ``DATAFLOW_API_TOKEN`` (a bearer token). People get a table or
 a few lines; ``--json`` prints the API's own JSON for scripts. A pipeline is named by its
 name or its id. An API error prints ``STATUS code: message`` (and each bad field of an
 invalid spec) and exits 1; an API that does not answer exits 1 with the URL it tried.
@@ -47,9 +48,13 @@ class Response:
 class ApiClient:
     """A small synchronous client of the pipelines API (urllib: no extra dependency)."""
 
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, timeout: float = 30.0,
+                 credential: str | None = None) -> None:
         self.url = (url or os.environ.get("DATAFLOW_API_URL") or DEFAULT_URL).rstrip("/")
         self.timeout = timeout
+        #: an API key or a token: sent as ``Authorization: Bearer``
+        self.credential = credential or os.environ.get("DATAFLOW_API_KEY") or os.environ.get(
+            "DATAFLOW_API_TOKEN")
 
     def call(self, method: str, path: str, *, query: dict[str, Any] | None = None,
              body: bytes | None = None, content_type: str = "application/json",
@@ -59,6 +64,7 @@ class ApiClient:
         target = self.url + path + (f"?{urllib.parse.urlencode(q)}" if q else "")
         req = urllib.request.Request(target, data=body, method=method, headers={
             "Accept": "application/json", **({"Content-Type": content_type} if body else {}),
+            **({"Authorization": f"Bearer {self.credential}"} if self.credential else {}),
             **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
@@ -111,6 +117,8 @@ def _api_error(status: int, body: Any) -> ApiCallError:
     if not isinstance(err, dict):
         return ApiCallError(f"{status}: {str(body)[:300]}", status)
     where = f" ({err['field']})" if err.get("field") else ""
+    if status == 401:
+        where += " (set DATAFLOW_API_KEY or DATAFLOW_API_TOKEN)"
     items = [f"{e.get('field')}: {e.get('message')}" for e in err.get("errors") or ()]
     return ApiCallError(f"{status} {err.get('code')}: {err.get('message')}{where}", status, items)
 
@@ -138,12 +146,13 @@ def show_api_error(command: str, exc: ApiCallError) -> None:
         print(f"  {redact(line)}", file=sys.stderr)
 
 
-def _run(what: str, as_json: bool, fn: Callable[[], tuple[Any, str]]) -> int:
+def _run(what: str, as_json: bool, fn: Callable[[], tuple[Any, str]],
+         group: str = "pipelines") -> int:
     """Print what ``fn`` returns, the API's JSON or the text for people; 1 on an API error."""
     try:
         body, text = fn()
     except ApiCallError as exc:
-        show_api_error(f"dataflow pipelines {what}", exc)
+        show_api_error(f"dataflow {group} {what}", exc)
         return 1
     if as_json:
         print(json.dumps(body, indent=2, sort_keys=True, default=str))

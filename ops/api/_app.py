@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ops.api import _audit
 from ops.api._errors import ApiError
 from ops.api._models import ErrorResponse
 from ops.api._registry import RegistryError
@@ -28,6 +31,8 @@ from schemas import ConfigError, DataFlowError, redact
 
 log = logging.getLogger("dataflow.api")
 API: web.AppKey[Api] = web.AppKey("api", Api)
+_CALL = "dataflow.call"  # the request's (route, call), once a route matched
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -52,13 +57,18 @@ def _route_name(request: web.Request) -> str:
 async def _errors(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                   ) -> web.StreamResponse:
-    """Every answer is JSON, whatever failed; a 500 says nothing of the internals."""
+    """Every answer is JSON, whatever failed; a 500 says nothing of the internals. An
+    audited route's record is written here, whatever the outcome, before the answer."""
     api = request.app[API]
     started = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = _error(exc.status, exc.code, exc.message, exc.field, exc.errors)
+        challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        response = _error(exc.status, exc.code, exc.message, exc.field, exc.errors,
+                          headers=challenge)
     except RegistryError as exc:
         response = _error(503, "kafka_unavailable", redact(str(exc)))
     except SupervisorError as exc:  # e.g. a run in progress, a purge of live processes
@@ -87,10 +97,49 @@ async def _errors(request: web.Request,
         log.error("unexpected error on %s %s:\n%s", request.method, request.path,
                   redact(traceback.format_exc()))
         response = _error(500, "internal", "internal error (logged by the API)")
+    matched: tuple[Route, Call] | None = request.get(_CALL)
+    if matched is not None and matched[0].audit:
+        response = await _audit_call(matched[0], matched[1], response, request_id)
+    response.headers["X-Request-ID"] = request_id
     name = _route_name(request)
     api.metrics.requests.labels(request.method, name, str(response.status)).inc()
     api.metrics.latency.labels(request.method, name).observe(time.perf_counter() - started)
     return response
+
+
+async def _audit_call(route: Route, call: Call, response: web.StreamResponse,
+                      request_id: str) -> web.StreamResponse:
+    params = call.params
+    try:
+        await _audit.record(
+            call.api.registry, who=call.identity, tried=call.tried,
+            action=route.operation_id, method=route.method, path=call.request.path,
+            target=call.target or params.get("id") or params.get("name"),
+            status=response.status, request_id=request_id, address=call.request.remote)
+    except RegistryError as exc:
+        log.error("audit: %s %s not recorded: %s", route.method, call.request.path,
+                  redact(str(exc)))
+        return _error(503, "audit_unavailable", "the call's audit record could not be "
+                      "written (Kafka); check whether the change was applied")
+    return response
+
+
+def _authorize(route: Route, call: Call) -> None:
+    """The one gate: the route table's access against the caller's role (401/403)."""
+    access = route.access
+    if access == "metrics":
+        access = "viewer" if call.api.settings.metrics_auth else "open"
+    if access == "open":
+        return
+    if not call.api.auth_ready:
+        raise ApiError(503, "not_ready", call.api.registry.failure
+                       or "the registry is still loading")
+    headers = call.request.headers
+    who = call.api.identities.identify(headers.get("Authorization"), headers.get("X-API-Key"))
+    call.identity = who
+    if not who.allows(access):
+        raise ApiError(403, "forbidden", f"{route.operation_id} needs the role {access} "
+                       f"(the caller has {who.role})")
 
 
 def _invalid(exc: ValidationError, where: str) -> ApiError:
@@ -158,6 +207,8 @@ def _respond(route: Route, result: Any, call: Call) -> web.Response:
 def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         call = Call(request, request.app[API], dict(request.match_info))
+        request[_CALL] = (route, call)
+        _authorize(route, call)
         if route.query is not None:
             try:
                 call.query = route.query.model_validate(dict(request.query))
@@ -185,6 +236,18 @@ async def _start_registry(api: Api) -> None:
             await asyncio.sleep(2)
     while not api.registry.loaded.is_set():
         await asyncio.sleep(0.05)
+    while True:
+        try:
+            password = api.settings.admin_password
+            await asyncio.to_thread(api.identities.bootstrap,
+                                    password.get_secret_value() if password else None)
+            break
+        except RegistryError as exc:
+            api.registry.failure = redact(f"{type(exc).__name__}: {exc}")
+            log.warning("identities: %s (retrying)", api.registry.failure)
+            await asyncio.sleep(2)
+    api.registry.failure = None
+    api.auth_ready = True
     api.start_control()
 
 

@@ -309,3 +309,111 @@ class ReplayReport(_Strict):
     #: every record of the chosen stages was delivered
     complete: bool
     error: str | None
+
+
+# ------------------------------------------------------------------ identities and audit
+
+RoleName = Literal["viewer", "operator", "admin"]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+
+
+class TokenRequest(_Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenResponse(_Strict):
+    access_token: str
+    token_type: Literal["bearer"]
+    #: seconds
+    expires_in: int
+
+
+class Me(_Strict):
+    kind: Literal["user", "key"]
+    name: str
+    role: RoleName
+
+
+class User(_Strict):
+    name: str
+    role: RoleName
+    disabled: bool
+    created_at: datetime
+
+
+class UserList(_Strict):
+    items: list[User]
+
+
+class UserCreate(_Strict):
+    name: str = Field(pattern=_NAME)
+    role: RoleName
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class UserUpdate(_Strict):
+    role: RoleName | None = None
+    disabled: bool | None = None
+    password: str | None = Field(None, min_length=8, max_length=1024)
+
+
+class KeyCreate(_Strict):
+    name: str = Field(pattern=_NAME)
+    role: RoleName
+
+
+class ApiKey(_Strict):
+    id: str
+    name: str
+    role: RoleName
+    revoked: bool
+    created_at: datetime
+
+
+class ApiKeyCreated(_Strict):
+    id: str
+    name: str
+    role: RoleName
+    revoked: bool
+    created_at: datetime
+    #: the key itself: shown only in this answer, kept nowhere
+    key: str
+
+
+class ApiKeyList(_Strict):
+    items: list[ApiKey]
+
+
+class Removed(_Strict):
+    id: str
+    deleted: Literal[True]
+
+
+class PageQuery(_Strict):
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, min_length=1, max_length=400)
+
+
+class AuditRecord(_Strict):
+    #: user name, ``key:<name>``, or the username a login tried
+    who: str | None
+    role: RoleName | None
+    #: the operation (its OpenAPI operationId)
+    action: str
+    method: str
+    path: str
+    #: the resource acted on (a pipeline id, a user name, a key id), when there is one
+    target: str | None
+    at: datetime
+    #: the HTTP status answered
+    status: int
+    outcome: Literal["succeeded", "denied", "failed"]
+    request_id: str
+    address: str | None
+
+
+class AuditList(_Strict):
+    #: oldest first
+    items: list[AuditRecord]
+    next_cursor: str | None

@@ -1,6 +1,7 @@
-"""The registry: pipelines, status and runs in compacted Kafka topics, the API's only store.
+"""The registry: pipelines, status, runs, identities, audit and integrations in compacted
+Kafka topics, the API's only store.
 
-Each API process reads the three topics to their end offsets when it starts (``loaded``)
+Each API process reads the topics to their end offsets when it starts (``loaded``)
 and then follows them in a thread, so any number of API processes against one Kafka see
 the same pipelines. A write is produced (idempotent, ``acks=all``) and acknowledged by
 Kafka before the request is answered. Before a read or a checked write (duplicate name,
@@ -8,7 +9,10 @@ Kafka before the request is answered. Before a read or a checked write (duplicat
 write another API process had acknowledged by then.
 
 Keys: a pipeline's id in ``<prefix>.pipelines`` and ``<prefix>.status``;
-``<id>/<run id>`` in ``<prefix>.runs``. A delete is a tombstone (null value).
+``<id>/<run id>`` in ``<prefix>.runs``; ``user:<name>``, ``key:<id>`` and ``jwt-secret`` in
+``<prefix>.identities``; one unique, time-ordered key per record in ``<prefix>.audit``;
+an integration's id (and ``<id>/<delivery id>`` for its delivery log) in
+``<prefix>.integrations``. A delete is a tombstone (null value).
 """
 
 from __future__ import annotations
@@ -49,13 +53,21 @@ class Topics:
     pipelines: str
     status: str
     runs: str
+    identities: str
+    audit: str
+    integrations: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
-        return cls(f"{prefix}.pipelines", f"{prefix}.status", f"{prefix}.runs")
+        return cls(*(f"{prefix}.{name}" for name in SUFFIXES))
 
-    def all(self) -> tuple[str, str, str]:
-        return (self.pipelines, self.status, self.runs)
+    def all(self) -> tuple[str, ...]:
+        return (self.pipelines, self.status, self.runs, self.identities, self.audit,
+                self.integrations)
+
+
+#: the registry topics' names after ``<prefix>.``
+SUFFIXES = ("pipelines", "status", "runs", "identities", "audit", "integrations")
 
 
 class Registry:

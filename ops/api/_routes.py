@@ -7,10 +7,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import generate_latest
 
-from ops.api import _catalog, _dlq
+from ops.api import _access, _catalog, _dlq
 from ops.api._dryrun import dry_run
 from ops.api._errors import ApiError
 from ops.api._models import (
+    ApiKey,
+    ApiKeyCreated,
+    ApiKeyList,
+    AuditList,
     Catalog,
     DeadLetterList,
     Deleted,
@@ -21,21 +25,31 @@ from ops.api._models import (
     DryRunResult,
     Health,
     Index,
+    KeyCreate,
     Link,
     ListQuery,
+    Me,
     Monitoring,
+    PageQuery,
     Pipeline,
     PipelineFigures,
     PipelineList,
     PipelineStatusView,
     PipelineWrite,
     Ready,
+    Removed,
     ReplayReport,
     ReplayRequest,
     Run,
     RunList,
     RunQuery,
     RunsQuery,
+    TokenRequest,
+    TokenResponse,
+    User,
+    UserCreate,
+    UserList,
+    UserUpdate,
 )
 from ops.api._pipelines import parse_spec
 from ops.api._registry import Record
@@ -62,7 +76,7 @@ async def health(call: Call) -> Health:
 async def ready(call: Call) -> Ready:
     reg = call.api.registry
     kafka = await asyncio.to_thread(reg.kafka_reachable)
-    loaded = reg.loaded.is_set()
+    loaded = reg.loaded.is_set() and call.api.auth_ready
     body = Ready(ready=kafka and loaded, kafka=kafka, registry_loaded=loaded,
                  pipelines=len(reg.items(reg.topics.pipelines)) if loaded else 0)
     if not body.ready:
@@ -265,8 +279,12 @@ async def dead_letters(call: Call) -> DeadLetterList:
     await pipes.sync()
     rec = pipes.record(call.params["id"])
     query: DlqQuery = call.query
-    return await asyncio.to_thread(_dlq.browse, call.api.settings.bootstrap, rec["spec"],
-                                   query.stage, query.limit)
+    found = await asyncio.to_thread(_dlq.browse, call.api.settings.bootstrap, rec["spec"],
+                                    query.stage, query.limit)
+    if call.identity is not None and call.identity.allows("operator"):
+        return found
+    return found.model_copy(update={"items": [  # a viewer sees why, never the record
+        d.model_copy(update={"key": None, "value": None}) for d in found.items]})
 
 
 async def replay_dead_letters(call: Call) -> ReplayReport:
@@ -301,57 +319,93 @@ async def list_integrations(call: Call) -> Catalog:
 
 _BODY = (400, 413, 415, 422)
 _ID = "/api/v1/pipelines/{id}"
+_USER = "/api/v1/users/{name}"
+_KEY = "/api/v1/keys/{id}"
+#: ``access`` is the one role table: ``open``, ``metrics`` (open, or viewer with
+#: DATAFLOW_API_METRICS_AUTH=1), or the least role (viewer < operator < admin)
 ROUTES: list[Route] = [
-    Route("GET", "/", index, "name, version and links", Index),
-    Route("GET", "/health", health, "liveness", Health),
+    Route("GET", "/", index, "name, version and links", Index, access="open"),
+    Route("GET", "/health", health, "liveness", Health, access="open"),
     Route("GET", "/ready", ready, "Kafka reachable and the registry loaded", Ready,
-          errors=(503,)),
-    Route("GET", "/openapi.json", openapi, "this document", "application/json"),
-    Route("GET", "/metrics", metrics, "the API's Prometheus metrics", PROMETHEUS),
+          errors=(503,), access="open"),
+    Route("GET", "/openapi.json", openapi, "this document", "application/json",
+          access="open"),
+    Route("GET", "/metrics", metrics, "the API's Prometheus metrics", PROMETHEUS,
+          access="metrics"),
+    Route("POST", "/api/v1/auth/token", _access.issue_token,
+          "a bearer token for a user's name and password", TokenResponse, body=TokenRequest,
+          errors=(*_BODY, 401, 429, 503), tag="auth", access="open"),
+    Route("GET", "/api/v1/auth/me", _access.me, "who the credentials are", Me, tag="auth",
+          errors=(503,), access="viewer"),
+    Route("GET", "/api/v1/users", _access.list_users, "users", UserList, tag="auth",
+          errors=(503,), access="admin"),
+    Route("POST", "/api/v1/users", _access.create_user, "create a user", User, status=201,
+          body=UserCreate, errors=(*_BODY, 409, 503), tag="auth", access="admin"),
+    Route("PATCH", _USER, _access.update_user, "change a user's role, password or disabled",
+          User, body=UserUpdate, errors=(*_BODY, 404, 409, 503), tag="auth", access="admin"),
+    Route("DELETE", _USER, _access.delete_user, "delete a user (its tokens stop working)",
+          Removed, errors=(404, 409, 503), tag="auth", access="admin"),
+    Route("GET", "/api/v1/keys", _access.list_keys, "API keys (never the keys themselves)",
+          ApiKeyList, tag="auth", errors=(503,), access="admin"),
+    Route("POST", "/api/v1/keys", _access.create_key, "create an API key (shown only here)",
+          ApiKeyCreated, status=201, body=KeyCreate, errors=(*_BODY, 503), tag="auth",
+          access="admin"),
+    Route("POST", _KEY + "/revoke", _access.revoke_key, "revoke an API key (at once)", ApiKey,
+          errors=(404, 503), tag="auth", access="admin"),
+    Route("DELETE", _KEY, _access.delete_key, "delete an API key", Removed,
+          errors=(404, 503), tag="auth", access="admin"),
+    Route("GET", "/api/v1/audit", _access.audit_log, "the audit log (oldest first, paginated)",
+          AuditList, query=PageQuery, errors=(400, 422, 503), tag="auth", access="admin"),
     Route("GET", "/api/v1/pipelines", list_pipelines, "list pipelines (paginated)",
-          PipelineList, query=ListQuery, errors=(400, 422, 503), tag="pipelines"),
+          PipelineList, query=ListQuery, errors=(400, 422, 503), tag="pipelines",
+          access="viewer"),
     Route("POST", "/api/v1/pipelines", create_pipeline, "create a pipeline from a spec",
           Pipeline, status=201, body=PipelineWrite, yaml_body=True,
           errors=(*_BODY, 409, 503), tag="pipelines",
-          links=("get_pipeline", "replace_pipeline", "delete_pipeline")),
+          links=("get_pipeline", "replace_pipeline", "delete_pipeline"), access="admin"),
     Route("POST", "/api/v1/pipelines/dry-run", dry_run_pipeline,
           "what a spec makes of sample events (no Kafka)", DryRunResult, body=DryRunRequest,
-          errors=_BODY, tag="pipelines"),
+          errors=_BODY, tag="pipelines", audited=False, access="viewer"),
     Route("GET", "/api/v1/connectors", list_connectors, "source and sink kinds", Catalog,
-          tag="catalog"),
+          tag="catalog", access="viewer"),
     Route("GET", "/api/v1/transformations", list_transformations, "transformation kinds",
-          Catalog, tag="catalog"),
+          Catalog, tag="catalog", access="viewer"),
     Route("GET", "/api/v1/quality/rules", list_quality_rules, "quality rule kinds", Catalog,
-          tag="catalog"),
+          tag="catalog", access="viewer"),
     Route("GET", "/api/v1/integrations", list_integrations, "integrations (none yet)",
-          Catalog, tag="catalog"),
+          Catalog, tag="catalog", access="admin"),
     Route("GET", _ID, get_pipeline, "one pipeline", Pipeline, errors=(404, 503),
-          tag="pipelines"),
+          tag="pipelines", access="viewer"),
     Route("PUT", _ID, replace_pipeline, "a new version of a pipeline's spec", Pipeline,
           body=PipelineWrite, yaml_body=True,
           headers=(("If-Match", "the version this update is based on (409 when stale)"),),
-          errors=(*_BODY, 404, 409, 503), tag="pipelines"),
+          errors=(*_BODY, 404, 409, 503), tag="pipelines", access="admin"),
     Route("DELETE", _ID, delete_pipeline, "delete a pipeline (its processes stopped first)",
-          Deleted, query=DeleteQuery, errors=(404, 409, 422, 503), tag="pipelines"),
+          Deleted, query=DeleteQuery, errors=(404, 409, 422, 503), tag="pipelines",
+          access="admin"),
     Route("POST", _ID + "/run", run_pipeline, "start it (a scheduled pipeline: one run now)",
-          Pipeline, status=202, query=RunQuery, errors=(404, 409, 422, 503), tag="lifecycle"),
+          Pipeline, status=202, query=RunQuery, errors=(404, 409, 422, 503), tag="lifecycle",
+          access="operator"),
     Route("POST", _ID + "/pause", pause_pipeline, "stop its processes, keep its positions",
-          Pipeline, status=202, errors=(404, 503), tag="lifecycle"),
+          Pipeline, status=202, errors=(404, 503), tag="lifecycle", access="operator"),
     Route("POST", _ID + "/resume", resume_pipeline, "start it again where it paused",
-          Pipeline, status=202, errors=(404, 503), tag="lifecycle"),
+          Pipeline, status=202, errors=(404, 503), tag="lifecycle", access="operator"),
     Route("POST", _ID + "/stop", stop_pipeline, "stop its processes", Pipeline, status=202,
-          errors=(404, 503), tag="lifecycle"),
+          errors=(404, 503), tag="lifecycle", access="operator"),
     Route("GET", _ID + "/status", pipeline_status, "state, processes and figures",
-          PipelineStatusView, errors=(404, 503), tag="lifecycle"),
+          PipelineStatusView, errors=(404, 503), tag="lifecycle", access="viewer"),
     Route("GET", "/api/v1/monitoring/metrics", monitoring_metrics,
-          "every pipeline's figures (JSON)", Monitoring, errors=(503,), tag="monitoring"),
-    Route("GET", _ID + "/dlq", dead_letters, "the pipeline's dead letters (from the start)",
-          DeadLetterList, query=DlqQuery, errors=(404, 422, 503), tag="dead letters"),
+          "every pipeline's figures (JSON)", Monitoring, errors=(503,), tag="monitoring",
+          access="viewer"),
+    Route("GET", _ID + "/dlq", dead_letters, "the pipeline's dead letters (from the start; "
+          "key and value only for operators)", DeadLetterList, query=DlqQuery,
+          errors=(404, 422, 503), tag="dead letters", access="viewer"),
     Route("POST", _ID + "/dlq/replay", replay_dead_letters,
           "re-produce dead letters to the source topics (as dataflow dlq replay)",
-          ReplayReport, body=ReplayRequest, errors=(*_BODY, 404, 503), tag="dead letters"),
+          ReplayReport, body=ReplayRequest, errors=(*_BODY, 404, 503), tag="dead letters",
+          access="operator"),
     Route("GET", _ID + "/runs", pipeline_runs, "run history, newest first", RunList,
-          query=RunsQuery, errors=(404, 422, 503), tag="lifecycle"),
+          query=RunsQuery, errors=(404, 422, 503), tag="lifecycle", access="viewer"),
 ]
 
 

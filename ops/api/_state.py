@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ops._stack import default_home
+from ops.api._auth import Identities, LoginLimiter
 from ops.api._control import Control
 from ops.api._pipelines import Pipelines
 from ops.api._registry import Registry, Topics
@@ -17,8 +18,9 @@ from ops.api._registry import Registry, Topics
 
 class ApiSettings(BaseModel):
     """``dataflow api`` settings; :meth:`from_env` reads ``KAFKA_BOOTSTRAP_SERVERS``,
-    ``DATAFLOW_REGISTRY_PREFIX`` and ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
-    ``SUPERVISE``, ``HOME``)."""
+    ``DATAFLOW_REGISTRY_PREFIX``, ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
+    ``SUPERVISE``, ``HOME``, ``METRICS_AUTH``, ``LOGIN_ATTEMPTS``),
+    ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S`` and ``DATAFLOW_ADMIN_PASSWORD``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -33,6 +35,16 @@ class ApiSettings(BaseModel):
     supervise: bool = True
     #: the supervisor's folder (specs, logs, process records for adoption)
     home: Path = Field(default_factory=lambda: default_home() / "api")
+    #: the tokens' signing key (default: generated once, kept in ``<prefix>.identities``)
+    jwt_secret: SecretStr | None = Field(None, min_length=32)
+    #: a token's lifetime
+    jwt_ttl_s: int = Field(900, ge=10, le=86_400)
+    #: the password of user ``admin`` when no admin exists at start
+    admin_password: SecretStr | None = None
+    #: ``/metrics`` needs a viewer's credentials too
+    metrics_auth: bool = False
+    #: failed logins allowed per user and per address in a minute (then 429)
+    login_attempts: int = Field(5, ge=1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> ApiSettings:
@@ -48,6 +60,13 @@ class ApiSettings(BaseModel):
             values["supervise"] = env["DATAFLOW_API_SUPERVISE"]
         if env.get("DATAFLOW_API_HOME"):
             values["home"] = env["DATAFLOW_API_HOME"]
+        for name, key in (("DATAFLOW_JWT_SECRET", "jwt_secret"),
+                          ("DATAFLOW_JWT_TTL_S", "jwt_ttl_s"),
+                          ("DATAFLOW_ADMIN_PASSWORD", "admin_password"),
+                          ("DATAFLOW_API_METRICS_AUTH", "metrics_auth"),
+                          ("DATAFLOW_API_LOGIN_ATTEMPTS", "login_attempts")):
+            if env.get(name):
+                values[key] = env[name]
         values.update({k: v for k, v in given.items() if v is not None})
         return cls.model_validate(values)
 
@@ -70,6 +89,11 @@ class Api:
         self.settings = settings
         self.registry = Registry(settings.bootstrap, Topics.with_prefix(settings.registry_prefix))
         self.pipelines = Pipelines(self.registry)
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.identities = Identities(self.registry, secret=secret, ttl_s=settings.jwt_ttl_s)
+        self.logins = LoginLimiter(settings.login_attempts, 60.0)
+        #: the identities are loaded and the first admin made: guarded routes answer
+        self.auth_ready = False
         self.metrics = ApiMetrics()
         #: set once the registry is loaded, on a supervising API
         self.control: Control | None = None

@@ -16,6 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ops.api._auth import Access
+from ops.api._auth import Identity as Identity
 from ops.api._models import ErrorResponse
 from ops.api._state import Api
 
@@ -38,6 +40,12 @@ class Call:
     text: str | None = None
     #: headers to add to the response
     headers: dict[str, str] = field(default_factory=dict)
+    #: who called (None on an open route, or a login until it succeeded)
+    identity: Identity | None = None
+    #: what the call acted on, for the audit log (default: the path's id or name)
+    target: str | None = None
+    #: the username a login tried (audited when it fails)
+    tried: str | None = None
 
 
 Handler = Callable[[Call], Awaitable[BaseModel | str | dict[str, Any]]]
@@ -53,6 +61,9 @@ class Route:
     #: the response model, or the media type of a document that has none (Prometheus
     #: text, this OpenAPI document)
     response: type[BaseModel] | str
+    #: who may call it: the one role table (no default: a route without one cannot be
+    #: built, so the API does not start)
+    access: Access = field(kw_only=True)
     status: int = 200
     body: type[BaseModel] | None = None
     yaml_body: bool = False
@@ -64,6 +75,17 @@ class Route:
     tag: str = "service"
     #: operations that take the ``id`` of this route's response (OpenAPI links)
     links: tuple[str, ...] = ()
+    #: written to the audit log (default: every POST, PUT, PATCH and DELETE)
+    audited: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.access not in ("open", "metrics", "viewer", "operator", "admin"):
+            raise ValueError(f"route {self.method} {self.path}: unknown access "
+                             f"{self.access!r}")
+
+    @property
+    def audit(self) -> bool:
+        return self.method != "GET" if self.audited is None else self.audited
 
     @property
     def operation_id(self) -> str:
@@ -75,6 +97,7 @@ class Route:
 
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request",
+            401: "No or bad credentials", 403: "The role may not", 429: "Too many attempts",
             404: "Not found", 409: "Conflict", 413: "Body too large",
             415: "Unsupported media type", 422: "Invalid content", 500: "Internal error",
             503: "Not ready"}
@@ -135,10 +158,13 @@ def document(routes: list[Route], extra_models: list[type[BaseModel]],
             responses[str(r.status)]["links"] = {
                 op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
                 for op in r.links}
-        for status in sorted({*r.errors, 500}):
+        guarded = () if r.access == "open" else (401, 403)
+        for status in sorted({*r.errors, *guarded, 500}):
             responses[str(status)] = {"description": _REASONS[status], "content": error}
         op: dict[str, Any] = {"operationId": r.operation_id, "summary": r.summary,
-                              "tags": [r.tag], "responses": responses}
+                              "tags": [r.tag], "responses": responses,
+                              "x-dataflow-access": r.access,
+                              "security": _SECURITY[r.access]}
         if params:
             op["parameters"] = params
         if r.body is not None:
@@ -154,5 +180,14 @@ def document(routes: list[Route], extra_models: list[type[BaseModel]],
                  "description": "Pipelines as managed resources; every error is "
                                 "{\"error\": {\"code\", \"message\", \"field\"?}}."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                       "description": "a token from POST /api/v1/auth/token, or an API key"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
     }
+
+
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "open": [], "metrics": [{}, *_CREDENTIALS], "viewer": _CREDENTIALS,
+    "operator": _CREDENTIALS, "admin": _CREDENTIALS}

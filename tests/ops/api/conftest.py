@@ -22,7 +22,12 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from ops.api._registry import SUFFIXES
+
 ROOT = Path(__file__).resolve().parents[3]
+#: user ``admin``'s password in every test API (DATAFLOW_ADMIN_PASSWORD)
+ADMIN_PASSWORD = "admin-pw-for-tests"
+_ADMIN: Any = object()  # ``call``'s default credentials: the admin token of ``start``
 
 
 @dataclass
@@ -45,8 +50,11 @@ class ApiProcess:
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     log: Path = field(default_factory=lambda: Path("/dev/null"))
+    #: an admin's bearer token (logged in by ``start``)
+    token: str = ""
 
-    def start(self, log: Path, timeout: float = 60.0, wait_ready: bool = True) -> ApiProcess:
+    def start(self, log: Path, timeout: float = 60.0, wait_ready: bool = True,
+              login: bool = True) -> ApiProcess:
         self.log = log
         out = log.open("a")
         self.proc = subprocess.Popen(
@@ -61,7 +69,15 @@ class ApiProcess:
         while wait_ready and self.call("GET", "/ready").status != 200:
             assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
+        if wait_ready and login:
+            self.token = self.login("admin", ADMIN_PASSWORD)
         return self
+
+    def login(self, username: str, password: str) -> str:
+        reply = self.call("POST", "/api/v1/auth/token",
+                          {"username": username, "password": password}, auth=None)
+        assert reply.status == 200, reply.text
+        return str(reply.json["access_token"])
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -71,11 +87,14 @@ class ApiProcess:
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
              content_type: str = "application/json",
-             headers: dict[str, str] | None = None) -> Reply:
+             headers: dict[str, str] | None = None, auth: str | None = _ADMIN) -> Reply:
+        """``auth``: a bearer token or API key (default: the admin's token; None: none)."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={**({"Content-Type": content_type} if data
-                                                 is not None else {}), **(headers or {})})
+        credential = self.token if auth is _ADMIN else auth
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            **({"Content-Type": content_type} if data is not None else {}),
+            **({"Authorization": f"Bearer {credential}"} if credential else {}),
+            **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return Reply(resp.status, dict(resp.headers), resp.read().decode())
@@ -92,17 +111,20 @@ def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
     started: list[ApiProcess] = []
     prefixes: set[str] = set()
 
-    def make(prefix: str | None = None, wait_ready: bool = True, **env: str) -> ApiProcess:
+    def make(prefix: str | None = None, wait_ready: bool = True, login: bool = True,
+             **env: str) -> ApiProcess:
         prefix = prefix or f"_dataflow-test-{uuid.uuid4().hex[:10]}"
         prefixes.add(prefix)
         full = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "DATAFLOW_REGISTRY_PREFIX": prefix, "PYTHONPATH": str(ROOT),
                 "DATAFLOW_API_HOME": str(tmp_path / prefix),  # the same for a restarted API
                 "DATAFLOW_SUPERVISOR_BACKOFF_S": "0.5", "DATAFLOW_SUPERVISOR_READY_AFTER_S": "2",
-                "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5", **env}
+                "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5", "DATAFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                **env}
         api = ApiProcess(prefix, full)
         started.append(api)
-        return api.start(tmp_path / f"api-{len(started)}.log", wait_ready=wait_ready)
+        return api.start(tmp_path / f"api-{len(started)}.log", wait_ready=wait_ready,
+                         login=login)
 
     yield make
     for api in started:  # a failed test leaves no pipeline processes behind
@@ -113,7 +135,7 @@ def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., 
     for api in started:
         api.stop()
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    topics = [f"{p}.{t}" for p in prefixes for t in ("pipelines", "status", "runs")]
+    topics = [f"{p}.{t}" for p in prefixes for t in SUFFIXES]
     concurrent.futures.wait(list(admin.delete_topics(topics).values()), timeout=30)
 
 

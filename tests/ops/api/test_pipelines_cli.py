@@ -23,10 +23,11 @@ from tests.pipeline_support import produce
 pytestmark = pytest.mark.integration
 
 
-def dataflow(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def dataflow(api: ApiProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ops", "pipelines", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "DATAFLOW_API_URL": api_url})
+                          env={"PATH": "/usr/bin:/bin", "DATAFLOW_API_URL": api.url,
+                               "DATAFLOW_API_TOKEN": api.token})
 
 
 def _spec(path: Path, name: str, **extra: Any) -> Path:
@@ -41,7 +42,7 @@ def _spec(path: Path, name: str, **extra: Any) -> Path:
 
 def test_apply_list_get_delete_through_the_api(api: ApiProcess, tmp_path: Path) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    url = api.url
+    url = api
     assert (dataflow(url, "list").stdout, dataflow(url, "list", "--json").stdout) == (
         "no pipelines\n", "[]\n")
 
@@ -96,13 +97,13 @@ def test_apply_list_get_delete_through_the_api(api: ApiProcess, tmp_path: Path) 
 def test_errors_are_the_apis_with_every_bad_field(api: ApiProcess, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: Bad Name\nsource: {topics: [t], format: xml}\nparallelism: 0\n")
-    out = dataflow(api.url, "apply", "-f", str(bad))
+    out = dataflow(api, "apply", "-f", str(bad))
     assert out.returncode == 1 and out.stdout == ""
     first, *fields = out.stderr.splitlines()
     assert first.startswith("dataflow pipelines apply: 422 ")
     assert sorted(line.split(":")[0].strip() for line in fields) == [
         "spec.name", "spec.parallelism", "spec.source.format"], out.stderr
-    missing = dataflow(api.url, "get", "no-such-pipeline")
+    missing = dataflow(api, "get", "no-such-pipeline")
     assert missing.returncode == 1
     assert missing.stderr == ("dataflow pipelines get: 404 not_found: no pipeline named or "
                               "with id 'no-such-pipeline'\n")
@@ -130,7 +131,7 @@ def test_lifecycle_from_the_command_line(
     spec = tmp_path / "life.yaml"
     spec.write_text(yaml.safe_dump({"name": name, "source": {"topics": [src], "format": "json"},
                                     "transforms": [{"type": "map", "fields": {"m": "n * 2"}}]}))
-    url = api.url
+    url = api
     assert dataflow(url, "apply", "-f", str(spec)).returncode == 0
     pid = api.call("GET", "/api/v1/pipelines").json["items"][0]["id"]
 
@@ -182,9 +183,9 @@ def test_wait_ends_with_the_reason_when_the_pipeline_fails(
     name = f"cli-{uuid.uuid4().hex[:8]}"
     spec = tmp_path / "broken.yaml"
     spec.write_text(yaml.safe_dump({"name": name, "source": {"topics": [f"{name}-absent"]}}))
-    assert dataflow(api.url, "apply", "-f", str(spec)).returncode == 0
-    out = dataflow(api.url, "run", name, "--wait", "--timeout", "180")
+    assert dataflow(api, "apply", "-f", str(spec)).returncode == 0
+    out = dataflow(api, "run", name, "--wait", "--timeout", "180")
     assert out.returncode == 1, out.stdout
-    reason = json.loads(dataflow(api.url, "status", name, "--json").stdout)["reason"]
+    reason = json.loads(dataflow(api, "status", name, "--json").stdout)["reason"]
     assert reason and f"{name}-absent" in reason
     assert out.stderr.endswith(f"dataflow pipelines run: the pipeline failed: {reason}\n")
