@@ -135,6 +135,7 @@ def _if_match(call: Call) -> int | None:
 def _located(call: Call, pipeline: Pipeline) -> Pipeline:
     call.headers["ETag"] = f'"{pipeline.version}"'
     call.headers["Location"] = f"/api/v1/pipelines/{pipeline.id}"
+    call.target = pipeline.id
     return pipeline
 
 

@@ -182,12 +182,12 @@ def document(routes: list[Route], extra_models: list[type[BaseModel]],
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                       "description": "a token from POST /api/v1/auth/token, or an API key"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+                       "description": "a token from POST /api/v1/auth/token, or an API key "
+                                      "(which the X-API-Key header may carry instead)"}}},
     }
 
 
-_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearer": []}]
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "open": [], "metrics": [{}, *_CREDENTIALS], "viewer": _CREDENTIALS,
     "operator": _CREDENTIALS, "admin": _CREDENTIALS}

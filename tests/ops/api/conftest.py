@@ -104,6 +104,27 @@ class ApiProcess:
             return Reply(0, {}, str(exc))
 
 
+def audit_topic(bootstrap: str, prefix: str) -> list[dict[str, Any]]:
+    """Every record of ``<prefix>.audit`` as Kafka holds it, in order."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(f"{prefix}.audit", 0, OFFSET_BEGINNING)])
+    out: list[dict[str, Any]] = []
+    try:
+        while True:
+            msg = consumer.poll(10)
+            assert msg is not None, "the audit topic did not answer"
+            err = msg.error()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                return out
+            assert err is None, err
+            out.append(json.loads(msg.value() or b"null"))
+    finally:
+        consumer.close()
+
+
 @pytest.fixture
 def api_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     """``api_factory()`` starts an API on a fresh registry prefix; ``api_factory(prefix)``

@@ -1,6 +1,7 @@
-"""A Postgres-CDC pipeline driven only through the API: create from YAML, run, rows land,
-pause (changes wait), resume (they arrive, none lost or doubled), a new version, the API
-SIGKILLed and started again (it adopts the processes: no duplicates), delete with purge."""
+"""A Postgres-CDC pipeline driven only through the API (as admin, auth on): create from
+YAML, run, rows land, pause (changes wait), resume (they arrive, none lost or doubled), a
+new version, the API SIGKILLed and started again (it adopts the processes: no
+duplicates), delete with purge; the audit topic then holds exactly those calls."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.ops.api.conftest import ApiProcess
+from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess, audit_topic
 from tests.ops.api.sup_support import DDL, cdc_spec, gone, source_rows, sql, target_rows
 
 pytestmark = pytest.mark.e2e
@@ -113,6 +114,19 @@ def test_a_cdc_pipeline_through_the_api_only(
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                             (f"slot_{name}",)).fetchone() == (0,)
     assert again.call("GET", f"/api/v1/pipelines/{pid}").status == 404
+    audit = audit_topic(kafka_bootstrap, api.prefix)
+    assert [(a["who"], a["role"], a["action"], a["target"], a["status"], a["outcome"])
+            for a in audit] == [
+        ("admin", "admin", "issue_token", "admin", 200, "succeeded"),
+        ("admin", "admin", "create_pipeline", pid, 201, "succeeded"),
+        *[("admin", "admin", f"{verb}_pipeline", pid, 202, "succeeded")
+          for verb in ("run", "pause", "resume")],
+        ("admin", "admin", "replace_pipeline", pid, 200, "succeeded"),
+        ("admin", "admin", "issue_token", "admin", 200, "succeeded"),  # the second API
+        ("admin", "admin", "delete_pipeline", pid, 200, "succeeded")]
+    assert [a["path"] for a in audit][1:3] == ["/api/v1/pipelines", f"/api/v1/pipelines/{pid}/run"]
+    assert len({a["request_id"] for a in audit}) == len(audit)
+    assert all(a["at"] for a in audit) and ADMIN_PASSWORD not in str(audit)
 
 
 def test_a_batch_run_drains_stops_and_lands_in_run_history(
