@@ -312,6 +312,134 @@ def pipelines_runs(url: str, target: str, limit: int, as_json: bool) -> int:
     return runs(_api(url), target, limit, as_json)
 
 
+# -- identities through the REST API --------------------------------------------------------
+
+_API_URL = click.option("--api-url", envvar="DATAFLOW_API_URL", default="http://127.0.0.1:8600",
+                        show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
+_ROLE = click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
+_PASSWORD_STDIN = click.option("--password-stdin", is_flag=True,
+                               help="read the password from standard input (else: asked for)")
+
+
+def _password(from_stdin: bool, confirm: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("password", hide_input=True, confirmation_prompt=confirm))
+
+
+@cli.group()
+@_API_URL
+@click.pass_context
+def users(ctx: click.Context, api_url: str) -> None:
+    """Users of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN)."""
+    ctx.obj = api_url
+
+
+@users.command("create")
+@click.argument("name")
+@_ROLE
+@_PASSWORD_STDIN
+@_JSON
+@click.pass_obj
+def users_create(url: str, name: str, role: str, password_stdin: bool, as_json: bool) -> int:
+    """Create user NAME with ROLE."""
+    from ops._auth_cli import create_user
+
+    return create_user(_api(url), name, role, _password(password_stdin, True), as_json)
+
+
+@users.command("list")
+@_JSON
+@click.pass_obj
+def users_list(url: str, as_json: bool) -> int:
+    """List users: name, role, disabled."""
+    from ops._auth_cli import list_users
+
+    return list_users(_api(url), as_json)
+
+
+@users.command("delete")
+@click.argument("name")
+@_JSON
+@click.pass_obj
+def users_delete(url: str, name: str, as_json: bool) -> int:
+    """Delete user NAME (its tokens stop working at once)."""
+    from ops._auth_cli import delete_user
+
+    return delete_user(_api(url), name, as_json)
+
+
+@cli.group()
+@_API_URL
+@click.pass_context
+def keys(ctx: click.Context, api_url: str) -> None:
+    """API keys of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN)."""
+    ctx.obj = api_url
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="what the key is for")
+@_ROLE
+@_JSON
+@click.pass_obj
+def keys_create(url: str, name: str, role: str, as_json: bool) -> int:
+    """Create an API key; it is printed once and kept nowhere."""
+    from ops._auth_cli import create_key
+
+    return create_key(_api(url), name, role, as_json)
+
+
+@keys.command("list")
+@_JSON
+@click.pass_obj
+def keys_list(url: str, as_json: bool) -> int:
+    """List API keys (never the keys themselves)."""
+    from ops._auth_cli import list_keys
+
+    return list_keys(_api(url), as_json)
+
+
+@keys.command("revoke")
+@click.argument("key_id", metavar="ID")
+@_JSON
+@click.pass_obj
+def keys_revoke(url: str, key_id: str, as_json: bool) -> int:
+    """Revoke the API key ID (refused from the next request on)."""
+    from ops._auth_cli import revoke_key
+
+    return revoke_key(_api(url), key_id, as_json)
+
+
+@keys.command("delete")
+@click.argument("key_id", metavar="ID")
+@_JSON
+@click.pass_obj
+def keys_delete(url: str, key_id: str, as_json: bool) -> int:
+    """Delete the API key ID."""
+    from ops._auth_cli import delete_key
+
+    return delete_key(_api(url), key_id, as_json)
+
+
+@cli.group()
+@_API_URL
+@click.pass_context
+def auth(ctx: click.Context, api_url: str) -> None:
+    """Tokens of the REST API."""
+    ctx.obj = api_url
+
+
+@auth.command("token")
+@click.argument("username")
+@_PASSWORD_STDIN
+@click.pass_obj
+def auth_token(url: str, username: str, password_stdin: bool) -> int:
+    """Print a bearer token for USERNAME: export DATAFLOW_API_TOKEN=$(dataflow auth token ...)."""
+    from ops._auth_cli import token
+
+    return token(_api(url), username, _password(password_stdin, False))
+
+
 # -- demo ----------------------------------------------------------------------------------
 
 

@@ -93,6 +93,14 @@ def _found(ids: Identities, name: str) -> Record:
     return rec
 
 
+def _not_self(call: Call, name: str) -> None:
+    """Refuse an admin's own lock-out (ask another admin)."""
+    who = call.identity
+    if who is not None and who.kind == "user" and who.name == name:
+        raise ApiError(409, "self", "a user cannot delete, disable or demote themself",
+                       field="name")
+
+
 def _keeps_an_admin(ids: Identities, name: str, after: Record | None) -> None:
     """Refuse a change that leaves no enabled admin (nobody could manage the API)."""
     admins = [r for r in ids.of_kind("user") if r["role"] == "admin" and not r["disabled"]
@@ -117,6 +125,8 @@ async def create_user(call: Call) -> User:
 async def update_user(call: Call) -> User:
     body: UserUpdate = call.body
     name = call.params["name"]
+    if body.disabled or body.role not in (None, "admin"):
+        _not_self(call, name)
 
     def go(ids: Identities) -> Record:
         rec = dict(_found(ids, name))
@@ -137,6 +147,7 @@ async def delete_user(call: Call) -> Removed:
 
     def go(ids: Identities) -> None:
         _found(ids, name)
+        _not_self(call, name)
         _keeps_an_admin(ids, name, None)
         ids.delete_user(name)
     await _locked(call, go)

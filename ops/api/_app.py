@@ -260,6 +260,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await task
     if api.control is not None:
         await api.control.close()  # the processes keep running, for the next API to adopt
+    await api.integrations.close()
     await asyncio.to_thread(api.registry.close)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,8 @@ class Control:
         self._last: dict[str, Record] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: told (on the loop) of every status recorded: the status before, the new one
+        self.on_status: Callable[[Record | None, Record], None] | None = None
 
     # -------------------------------------------------------------- wiring
 
@@ -128,8 +131,11 @@ class Control:
         """``on_change`` of the supervisor: the status topic holds the latest."""
         value = {**status.model_dump(mode="json"),
                  "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        before = self.registry.get(self.registry.topics.status, status.pipeline_id)
         await asyncio.to_thread(self.registry.put, self.registry.topics.status,
                                 status.pipeline_id, value)
+        if self.on_status is not None:
+            self.on_status(before, value)
 
     async def record_run(self, record: RunRecord) -> None:
         await asyncio.to_thread(self.registry.put, self.registry.topics.runs,

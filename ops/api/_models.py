@@ -417,3 +417,59 @@ class AuditList(_Strict):
     #: oldest first
     items: list[AuditRecord]
     next_cursor: str | None
+
+
+# ------------------------------------------------------------------ integrations
+
+EventKind = Literal["state_changed", "failed"]
+
+
+class IntegrationCreate(_Strict):
+    name: str = Field(pattern=_NAME)
+    #: where events are POSTed (http or https, no credentials in it)
+    url: str = Field(pattern=r"^https?://[^\s@/]+(/\S*)?$", max_length=2000)
+    events: list[EventKind] = Field(min_length=1, max_length=8)
+    #: pipeline ids; empty: every pipeline
+    pipelines: list[str] = Field(default_factory=list, max_length=500)
+
+
+class Integration(_Strict):
+    id: str
+    name: str
+    url: str
+    events: list[EventKind]
+    pipelines: list[str]
+    created_at: datetime
+
+
+class IntegrationCreated(_Strict):
+    id: str
+    name: str
+    url: str
+    events: list[EventKind]
+    pipelines: list[str]
+    created_at: datetime
+    #: the HMAC-SHA256 key of the X-DataFlow-Signature header: shown only in this answer
+    secret: str
+
+
+class IntegrationList(_Strict):
+    items: list[Integration]
+
+
+class Delivery(_Strict):
+    id: str
+    event: EventKind
+    pipeline: str
+    #: POSTs made so far (retried with backoff until a 2xx or the last attempt)
+    attempts: int
+    outcome: Literal["pending", "delivered", "failed"]
+    #: the receiver's last HTTP status (null: it did not answer)
+    response_status: int | None
+    error: str | None
+    at: datetime
+
+
+class DeliveryList(_Strict):
+    #: oldest first
+    items: list[Delivery]

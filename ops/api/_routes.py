@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import generate_latest
 
-from ops.api import _access, _catalog, _dlq
+from ops.api import _access, _catalog, _dlq, _integrations
 from ops.api._dryrun import dry_run
 from ops.api._errors import ApiError
 from ops.api._models import (
@@ -19,12 +19,16 @@ from ops.api._models import (
     DeadLetterList,
     Deleted,
     DeleteQuery,
+    DeliveryList,
     Desired,
     DlqQuery,
     DryRunRequest,
     DryRunResult,
     Health,
     Index,
+    IntegrationCreate,
+    IntegrationCreated,
+    IntegrationList,
     KeyCreate,
     Link,
     ListQuery,
@@ -314,10 +318,6 @@ async def list_quality_rules(call: Call) -> Catalog:
     return Catalog.model_validate({"items": _catalog.rules()})
 
 
-async def list_integrations(call: Call) -> Catalog:
-    return Catalog(items=[])  # none yet (issue 11)
-
-
 _BODY = (400, 413, 415, 422)
 _ID = "/api/v1/pipelines/{id}"
 _USER = "/api/v1/users/{name}"
@@ -373,8 +373,19 @@ ROUTES: list[Route] = [
           Catalog, tag="catalog", access="viewer"),
     Route("GET", "/api/v1/quality/rules", list_quality_rules, "quality rule kinds", Catalog,
           tag="catalog", access="viewer"),
-    Route("GET", "/api/v1/integrations", list_integrations, "integrations (none yet)",
-          Catalog, tag="catalog", access="admin"),
+    Route("GET", "/api/v1/integrations", _integrations.list_integrations,
+          "outbound webhooks", IntegrationList, tag="integrations", errors=(503,),
+          access="admin"),
+    Route("POST", "/api/v1/integrations", _integrations.create_integration,
+          "an outbound webhook for pipeline events (its secret shown only here)",
+          IntegrationCreated, status=201, body=IntegrationCreate, errors=(*_BODY, 503),
+          tag="integrations", access="admin"),
+    Route("DELETE", "/api/v1/integrations/{id}", _integrations.delete_integration,
+          "delete a webhook and its delivery log", Removed, errors=(404, 503),
+          tag="integrations", access="admin"),
+    Route("GET", "/api/v1/integrations/{id}/deliveries", _integrations.integration_deliveries,
+          "a webhook's deliveries (oldest first)", DeliveryList, errors=(404, 503),
+          tag="integrations", access="admin"),
     Route("GET", _ID, get_pipeline, "one pipeline", Pipeline, errors=(404, 503),
           tag="pipelines", access="viewer"),
     Route("PUT", _ID, replace_pipeline, "a new version of a pipeline's spec", Pipeline,

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from ops._stack import default_home
 from ops.api._auth import Identities, LoginLimiter
 from ops.api._control import Control
+from ops.api._integrations import Integrations
 from ops.api._pipelines import Pipelines
 from ops.api._registry import Registry, Topics
 
@@ -92,6 +93,7 @@ class Api:
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.identities = Identities(self.registry, secret=secret, ttl_s=settings.jwt_ttl_s)
         self.logins = LoginLimiter(settings.login_attempts, 60.0)
+        self.integrations = Integrations(self.registry, self.identities)
         #: the identities are loaded and the first admin made: guarded routes answer
         self.auth_ready = False
         self.metrics = ApiMetrics()
@@ -109,5 +111,6 @@ class Api:
                                           "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap},
             on_change=lambda status: control.record_status(status)))
         self.control = control
+        control.on_status = self.integrations.status_changed
         self.registry.on_pipeline = control.changed
         control.start()

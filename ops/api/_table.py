@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -19,7 +19,9 @@ from pydantic.json_schema import models_json_schema
 from ops.api._auth import Access
 from ops.api._auth import Identity as Identity
 from ops.api._models import ErrorResponse
-from ops.api._state import Api
+
+if TYPE_CHECKING:  # the state imports the handlers' modules, which import this one
+    from ops.api._state import Api
 
 REF = "#/components/schemas/{model}"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")

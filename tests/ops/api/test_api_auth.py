@@ -120,6 +120,11 @@ def test_every_operation_answers_as_the_role_table_says(
     assert api.call("PATCH", "/api/v1/users/operator1", {"disabled": True}).status == 200
     assert api.call("GET", "/api/v1/auth/me", auth=tokens["operator"]).status == 401
     reply = api.call("DELETE", "/api/v1/users/admin")
+    assert (reply.status, reply.json["error"]["code"]) == (409, "self")
+    reply = api.call("PATCH", "/api/v1/users/admin", {"role": "viewer"})
+    assert (reply.status, reply.json["error"]["code"]) == (409, "self")
+    root = api.call("POST", "/api/v1/keys", {"name": "root", "role": "admin"}).json["key"]
+    reply = api.call("DELETE", "/api/v1/users/admin", auth=root)
     assert (reply.status, reply.json["error"]["code"]) == (409, "last_admin")
 
     # five wrong passwords for a user: then 429 for that user, even with the right one
