@@ -14,6 +14,8 @@ from typing import Any
 import jwt
 import pytest
 
+from ops.api._auth import LoginLimiter
+from ops.api._errors import ApiError
 from ops.api._routes import ROUTES
 from ops.api._table import Route
 from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess
@@ -61,6 +63,11 @@ def test_every_operation_answers_as_the_role_table_says(
                                                    "password": f"{name}-password"})
         assert (reply.status, reply.json["role"]) == (201, role), reply.text
         assert "password" not in reply.text
+    reply = api.call("POST", "/api/v1/auth/token", {"username": "viewer1",
+                                                    "password": "viewer1-password"}, auth=None)
+    assert (reply.json["token_type"], reply.json["expires_in"]) == ("bearer", 900)
+    assert jwt.decode(reply.json["access_token"], SECRET, algorithms=["HS256"])["role"] == (
+        "viewer")
     tokens = {"viewer": api.login("viewer1", "viewer1-password"),
               "operator": api.login("operator1", "operator1-password"), "admin": api.token}
     bad = {"none": None, "bad token": "not-a-token",
@@ -117,6 +124,10 @@ def test_every_operation_answers_as_the_role_table_says(
     # a deleted or disabled user's token fails at once
     assert api.call("DELETE", "/api/v1/users/viewer1").json == {"id": "viewer1", "deleted": True}
     assert api.call("GET", "/api/v1/auth/me", auth=tokens["viewer"]).status == 401
+    assert api.call("PATCH", "/api/v1/users/operator1", {"password": "operator1-new-pw",
+                                                          "role": "admin"}).json["role"] == "admin"
+    assert api.call("GET", "/api/v1/users", auth=api.login("operator1", "operator1-new-pw")
+                    ).status == 200  # the new role and password at once
     assert api.call("PATCH", "/api/v1/users/operator1", {"disabled": True}).status == 200
     assert api.call("GET", "/api/v1/auth/me", auth=tokens["operator"]).status == 401
     reply = api.call("DELETE", "/api/v1/users/admin")
@@ -139,6 +150,8 @@ def test_every_operation_answers_as_the_role_table_says(
     assert (reply.status, reply.json["error"]["code"]) == (429, "too_many_attempts")
     api.login("admin", ADMIN_PASSWORD)  # another user from the same address still may
 
+    mine = api.call("POST", "/api/v1/pipelines/0000/stop", headers={"X-Request-ID": "req-42"})
+    assert (mine.status, mine.headers["X-Request-ID"]) == (404, "req-42")
     audit = api.call("GET", "/api/v1/audit?limit=1000").json
     assert audit["next_cursor"] is None
     logins = [(a["who"], a["status"], a["outcome"]) for a in audit["items"]
@@ -146,7 +159,10 @@ def test_every_operation_answers_as_the_role_table_says(
     assert logins == [("slow", 401, "denied")] * 5 + [("slow", 429, "denied")]
     denied = [a for a in audit["items"] if a["status"] == 403]
     assert denied and {a["who"] for a in denied} == {"viewer1", "operator1"}
-    assert all(re.fullmatch(r"[0-9a-f]{32}", a["request_id"]) for a in audit["items"])
+    assert [(a["action"], a["target"], a["status"], a["address"]) for a in audit["items"]
+            if a["request_id"] == "req-42"] == [("stop_pipeline", "0000", 404, "127.0.0.1")]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", a["request_id"]) for a in audit["items"]
+               if a["request_id"] != "req-42")
     text = json.dumps(audit)
     for secret in ("viewer1-password", "slow-password", "guess-1234", ADMIN_PASSWORD,
                    key["key"], api.token):
@@ -165,6 +181,22 @@ def test_the_first_admin_password_is_shown_once(
     assert len(found) == 1
     first.login("admin", found[0])
     first.stop()
-    again = api_factory(first.prefix, DATAFLOW_ADMIN_PASSWORD="", login=False)
+    again = api_factory(first.prefix, DATAFLOW_ADMIN_PASSWORD="", login=False,
+                        DATAFLOW_API_METRICS_AUTH="1")
     assert "one-time password" not in again.log.read_text()
-    again.login("admin", found[0])  # the generated secret and the user were kept in Kafka
+    token = again.login("admin", found[0])  # the generated secret and the user were kept
+    assert again.call("GET", "/metrics", auth=None).status == 401  # metrics behind a token
+    assert again.call("GET", "/metrics", auth=token).status == 200
+
+
+def test_failed_logins_are_limited_per_user_and_per_address() -> None:
+    limiter = LoginLimiter(attempts=2, window_s=60)
+    for user in ("a", "a", "b", "b", "c", "c", "d", "d"):
+        limiter.check(user, "10.0.0.1")
+        limiter.failed(user, "10.0.0.1")
+    with pytest.raises(ApiError) as caught:
+        limiter.check("a", "10.0.0.2")  # this user, from anywhere
+    assert (caught.value.status, caught.value.code) == (429, "too_many_attempts")
+    with pytest.raises(ApiError):
+        limiter.check("e", "10.0.0.1")  # 8 = 4 x 2 from this address, whoever
+    limiter.check("e", "10.0.0.2")

@@ -1,6 +1,6 @@
-"""Dead letters through the API: browse (filtered by stage) and replay, with the
-semantics of ``dataflow dlq show|replay``; and ``dataflow dlq`` itself through the API
-(``DATAFLOW_API_URL`` or ``--api``)."""
+"""Dead letters through the API: browse (filtered by stage; a viewer sees no key or
+value) and replay, with the semantics of ``dataflow dlq show|replay``; and ``dataflow dlq``
+itself through the API (``DATAFLOW_API_URL`` or ``--api``)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def test_dead_letters_are_browsed_and_replayed(api: ApiProcess, kafka_bootstrap:
                         "value": '{"amount": -1}'}
     assert [(i["stage"], i["source_offset"]) for i in items] == [
         ("rule:amount_positive", 5), ("rule:amount_positive", 6), ("decode", 7)]
+    api.call("POST", "/api/v1/users", {"name": "watcher", "role": "viewer",
+                                       "password": "watcher-pw"})
+    seen = api.call("GET", f"/api/v1/pipelines/{pid}/dlq", auth=api.login("watcher",
+                                                                          "watcher-pw"))
+    assert seen.json["items"] == [{**i, "key": None, "value": None} for i in items]  # hidden
     picked = api.call("GET", f"/api/v1/pipelines/{pid}/dlq?stage=amount_positive&limit=1")
     assert [i["source_offset"] for i in picked.json["items"]] == [5]
 
