@@ -1,7 +1,10 @@
 """Outbound webhooks: a pipeline's events POSTed as signed JSON to the integrations that
 asked for them, retried with backoff, each delivery logged in ``<prefix>.integrations``.
 
-The supervising API sends them (it is the one that sees a pipeline's state change). A
+The supervising API sends them: ``state_changed`` and ``failed`` when the supervisor records
+a new state, ``dlq_growing`` and ``quality_below`` from the pipeline's figures, read every
+``DATAFLOW_INTEGRATIONS_POLL_S`` (``dlq_records`` grew; the quality score fell under the
+integration's ``quality_threshold``, once until it is back over). A
 POST carries ``X-DataFlow-Event``, ``X-DataFlow-Delivery`` (the same on every retry),
 ``X-DataFlow-Timestamp`` (unix seconds) and ``X-DataFlow-Signature: sha256=<hex>``, the
 HMAC-SHA256 of ``<timestamp>.<body>`` under the integration's secret. The secret is
@@ -34,6 +37,7 @@ from ops.api._models import (
     Removed,
 )
 from ops.api._registry import Record, Registry
+from ops.api._stats import stats
 from ops.api._table import Call
 
 log = logging.getLogger("dataflow.api.integrations")
@@ -58,6 +62,8 @@ class Integrations:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dlq: dict[str, int] = {}
+        self._below: dict[tuple[str, str], bool] = {}
 
     def secret(self, integration_id: str) -> str:
         key = self.identities.secret.encode()
@@ -82,11 +88,58 @@ class Integrations:
             self.emit("failed", after["pipeline_id"], data)
 
     def emit(self, event: str, pipeline_id: str, data: dict[str, Any]) -> None:
-        for rec in self.all():
-            if event in rec["events"] and (not rec["pipelines"] or pipeline_id in rec["pipelines"]):
-                task = asyncio.ensure_future(self._deliver(rec, event, pipeline_id, data))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        for rec in self._wanting(event, pipeline_id):
+            self._send(rec, event, pipeline_id, data)
+
+    def _wanting(self, event: str, pipeline_id: str) -> list[Record]:
+        return [r for r in self.all() if event in r["events"]
+                and (not r["pipelines"] or pipeline_id in r["pipelines"])]
+
+    def _send(self, rec: Record, event: str, pipeline_id: str, data: dict[str, Any]) -> None:
+        self._spawn(self._deliver(rec, event, pipeline_id, data))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def watch(self, bootstrap: str, poll_s: float) -> None:
+        """Every ``poll_s``: the figures of the pipelines an integration watches for
+        ``dlq_growing`` or ``quality_below``."""
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(poll_s)
+                try:
+                    await self._check(bootstrap)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.warning("integrations: figures not checked: %s", exc)
+        self._spawn(loop())
+
+    async def _check(self, bootstrap: str) -> None:
+        topics = self.registry.topics
+        for pipeline_id, rec in self.registry.items(topics.pipelines).items():
+            growing = self._wanting("dlq_growing", pipeline_id)
+            quality = self._wanting("quality_below", pipeline_id)
+            status = self.registry.get(topics.status, pipeline_id) or {}
+            processes = list(status.get("processes") or ())
+            if not (growing or quality) or not processes:
+                self._dlq.pop(pipeline_id, None)  # counts start again with the processes
+                continue
+            figures = await asyncio.to_thread(stats, bootstrap, rec["spec"], processes)
+            dead, before = figures.dlq_records, self._dlq.get(pipeline_id, 0)
+            if dead is not None:
+                self._dlq[pipeline_id] = dead
+                if dead > before:
+                    for hook in growing:
+                        self._send(hook, "dlq_growing", pipeline_id,
+                                   {"dlq_records": dead, "previous": before})
+            score = figures.quality_score
+            for hook in quality:
+                below = score is not None and score < hook["quality_threshold"]
+                if below and not self._below.get((hook["id"], pipeline_id)):
+                    self._send(hook, "quality_below", pipeline_id,
+                               {"quality_score": score, "threshold": hook["quality_threshold"]})
+                self._below[(hook["id"], pipeline_id)] = below
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, model_validator
 
 from ops.api._supervisor import ProcessInfo
 from streams import PipelineSpec
@@ -421,7 +421,7 @@ class AuditList(_Strict):
 
 # ------------------------------------------------------------------ integrations
 
-EventKind = Literal["state_changed", "failed"]
+EventKind = Literal["state_changed", "failed", "dlq_growing", "quality_below"]
 
 
 class IntegrationCreate(_Strict):
@@ -431,6 +431,14 @@ class IntegrationCreate(_Strict):
     events: list[EventKind] = Field(min_length=1, max_length=8)
     #: pipeline ids; empty: every pipeline
     pipelines: list[str] = Field(default_factory=list, max_length=500)
+    #: ``quality_below`` fires when the quality score falls under this
+    quality_threshold: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> IntegrationCreate:
+        if ("quality_below" in self.events) != (self.quality_threshold is not None):
+            raise ValueError("quality_below and quality_threshold go together")
+        return self
 
 
 class Integration(_Strict):
@@ -439,6 +447,7 @@ class Integration(_Strict):
     url: str
     events: list[EventKind]
     pipelines: list[str]
+    quality_threshold: float | None
     created_at: datetime
 
 
@@ -448,6 +457,7 @@ class IntegrationCreated(_Strict):
     url: str
     events: list[EventKind]
     pipelines: list[str]
+    quality_threshold: float | None
     created_at: datetime
     #: the HMAC-SHA256 key of the X-DataFlow-Signature header: shown only in this answer
     secret: str

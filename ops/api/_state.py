@@ -21,7 +21,8 @@ class ApiSettings(BaseModel):
     """``dataflow api`` settings; :meth:`from_env` reads ``KAFKA_BOOTSTRAP_SERVERS``,
     ``DATAFLOW_REGISTRY_PREFIX``, ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
     ``SUPERVISE``, ``HOME``, ``METRICS_AUTH``, ``LOGIN_ATTEMPTS``),
-    ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S`` and ``DATAFLOW_ADMIN_PASSWORD``."""
+    ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S``, ``DATAFLOW_ADMIN_PASSWORD`` and
+    ``DATAFLOW_INTEGRATIONS_POLL_S``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,6 +47,8 @@ class ApiSettings(BaseModel):
     metrics_auth: bool = False
     #: failed logins allowed per user and per address in a minute (then 429)
     login_attempts: int = Field(5, ge=1)
+    #: how often integrations' pipelines' figures are read (dlq_growing, quality_below)
+    integrations_poll_s: float = Field(15.0, gt=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> ApiSettings:
@@ -65,7 +68,8 @@ class ApiSettings(BaseModel):
                           ("DATAFLOW_JWT_TTL_S", "jwt_ttl_s"),
                           ("DATAFLOW_ADMIN_PASSWORD", "admin_password"),
                           ("DATAFLOW_API_METRICS_AUTH", "metrics_auth"),
-                          ("DATAFLOW_API_LOGIN_ATTEMPTS", "login_attempts")):
+                          ("DATAFLOW_API_LOGIN_ATTEMPTS", "login_attempts"),
+                          ("DATAFLOW_INTEGRATIONS_POLL_S", "integrations_poll_s")):
             if env.get(name):
                 values[key] = env[name]
         values.update({k: v for k, v in given.items() if v is not None})
@@ -114,3 +118,4 @@ class Api:
         control.on_status = self.integrations.status_changed
         self.registry.on_pipeline = control.changed
         control.start()
+        self.integrations.watch(self.settings.bootstrap, self.settings.integrations_poll_s)

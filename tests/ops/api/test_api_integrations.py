@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from tests.ops.api.conftest import ApiProcess
+from tests.pipeline_support import produce
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +138,37 @@ def test_a_failing_pipeline_sends_signed_retried_events(
             log[0]["error"]) == ("failed", pid, 2, 200, None)
     assert api.call("DELETE", f"/api/v1/integrations/{hook.json['id']}").status == 200
     assert api.call("GET", f"/api/v1/integrations/{hook.json['id']}/deliveries").status == 404
+
+
+def test_a_growing_dlq_and_a_low_quality_score_are_sent(
+        api_factory: Callable[..., ApiProcess], receiver: Receiver, kafka_bootstrap: str,
+        make_topic: Callable[..., str]) -> None:
+    src = make_topic("hook-src")
+    name = f"hook-{uuid.uuid4().hex[:8]}"
+    api = api_factory(DATAFLOW_INTEGRATIONS_POLL_S="1")
+    pid = api.call("POST", "/api/v1/pipelines", {"spec": {
+        "name": name, "source": {"topics": [src], "format": "json"},
+        "quality": [{"type": "range", "name": "amount_positive", "field": "amount", "min": 0,
+                     "exclusive": True}]}}).json["id"]
+    reply = api.call("POST", "/api/v1/integrations", {
+        "name": "impact", "url": f"{receiver.url}/impact", "events": ["quality_below"]})
+    assert (reply.status, reply.json["error"]["field"]) == (422, "body")  # no threshold
+    hook = api.call("POST", "/api/v1/integrations", {
+        "name": "impact", "url": f"{receiver.url}/impact", "pipelines": [pid],
+        "events": ["dlq_growing", "quality_below"], "quality_threshold": 0.9})
+    assert hook.status == 201, hook.text
+    produce(kafka_bootstrap, src, [(orjson.dumps({"id": i}), orjson.dumps({"id": i, "amount": a}))
+                                   for i, a in enumerate((5, -1, 7, -2, 9))])
+    assert api.call("POST", f"/api/v1/pipelines/{pid}/run").status == 202
+
+    def delivered(event: str) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, h, body, status in receiver.got
+                if h["X-DataFlow-Event"] == event and status == 200]
+    grew = wait(lambda: [d for d in delivered("dlq_growing")
+                         if d["data"]["dlq_records"] == 2], 120, "dlq_growing")
+    assert grew[0]["data"]["previous"] in (0, 1) and grew[0]["pipeline"]["id"] == pid
+    low = wait(lambda: delivered("quality_below"), 30, "quality_below")
+    assert low[0]["data"] == {"quality_score": 0.6, "threshold": 0.9}
+    for _, headers, body, _ in receiver.got:
+        assert verify(hook.json["secret"], headers, body)
+    assert api.call("POST", f"/api/v1/pipelines/{pid}/stop").status == 202
