@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,8 @@ class _Run:
         self.target_table = "orders_clean"
         self.api_home = self.home / "api"                # the supervisor's specs, logs, records
         self.registry_prefix = f"_dataflow-demo-{self.run}"
+        #: user admin's password on this run's fresh registry (the demo logs in with it)
+        self.admin_password = secrets.token_urlsafe(18)
 
     @property
     def dsn(self) -> str:
@@ -190,7 +193,7 @@ def _api_env(r: _Run) -> dict[str, str]:
     return {**os.environ, **r.env, "PYTHONPATH": str(ROOT),
             "DATAFLOW_REGISTRY_PREFIX": r.registry_prefix, "DATAFLOW_API_HOME": str(r.api_home),
             "DATAFLOW_API_SUPERVISE": "1", "DATAFLOW_SUPERVISOR_READY_AFTER_S": "2",
-            "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5"}
+            "DATAFLOW_SUPERVISOR_STOP_GRACE_S": "5", "DATAFLOW_ADMIN_PASSWORD": r.admin_password}
 
 
 def _start(r: _Run, what: str, args: list[str], bound_s: int) -> None:
@@ -217,6 +220,9 @@ def _start_api(r: _Run, bound_s: int, deadline: float) -> ApiClient:
     while True:
         try:
             if api.get("/ready")["ready"]:
+                login = orjson.dumps({"username": "admin", "password": r.admin_password})
+                api.credential = api.call("POST", "/api/v1/auth/token",
+                                          body=login).body["access_token"]
                 return api
         except ApiCallError:
             pass   # 503 until the registry topics are read

@@ -76,6 +76,10 @@ class ApiSettings(BaseModel):
         return cls.model_validate(values)
 
 
+#: the API's own secrets, not passed on to the pipelines' processes
+_API_ONLY = ("DATAFLOW_ADMIN_PASSWORD", "DATAFLOW_JWT_SECRET")
+
+
 class ApiMetrics:
     """The API's own Prometheus metrics (served at ``/metrics``)."""
 
@@ -111,7 +115,8 @@ class Api:
         from ops.api._supervisor import Supervisor
 
         control = Control(self.registry, Supervisor(
-            home=self.settings.home, env={**os.environ,
+            home=self.settings.home, env={**{k: v for k, v in os.environ.items()
+                                             if k not in _API_ONLY},
                                           "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap},
             on_change=lambda status: control.record_status(status)))
         self.control = control

@@ -94,7 +94,7 @@ def test_dataflow_dlq_through_the_api(api: ApiProcess, kafka_bootstrap: str,
         rec = dlq_record(dead, name, failed_at_ms=2000)
         producer.produce(dlq, rec.value, rec.key, headers=rec.headers)
     assert producer.flush(30) == 0
-    env = {"DATAFLOW_API_URL": api.url}
+    env = {"DATAFLOW_API_URL": api.url, "DATAFLOW_API_TOKEN": api.token}
 
     shown = _dlq_cli(env, "show", name)        # by name, for people
     assert (shown.returncode, shown.stdout) == (0, (
@@ -102,7 +102,7 @@ def test_dataflow_dlq_through_the_api(api: ApiProcess, kafka_bootstrap: str,
         f"0/1  rule:amount_positive     {source}/0/6  amount < 0\n"
         f"0/2  decode                   elsewhere/0/7  not JSON\n"
         f"3 record(s) shown from {dlq}\n")), shown.stderr
-    picked = _dlq_cli({}, "show", pid, "--api", api.url, "--stage", "amount_positive",
+    picked = _dlq_cli({"DATAFLOW_API_TOKEN": api.token}, "show", pid, "--api", api.url, "--stage", "amount_positive",
                       "--limit", "1", "--json")   # by id, --api, the API's JSON
     assert picked.returncode == 0, picked.stderr
     assert json.loads(picked.stdout) == api.call(
