@@ -5,9 +5,18 @@ PY      = $(VENV)/bin/python
 DF      = $(VENV)/bin/dataflow
 PKGS    = streams agents schemas connectors ops
 
-.PHONY: setup stack down test unit lint typecheck demo bench clean
+.PHONY: setup stack down test unit lint typecheck demo bench clean dashboard
 
-setup: $(VENV)/.installed
+WEB     = ops/dashboard/web
+setup: $(VENV)/.installed dashboard
+
+# the web dashboard's assets (served by `dataflow api` at /ui; built here, never committed)
+dashboard: $(WEB)/dist/index.html
+
+$(WEB)/dist/index.html: $(WEB)/package-lock.json $(WEB)/index.html $(WEB)/vite.config.ts \
+		$(WEB)/tsconfig.json $(wildcard $(WEB)/src/*.ts $(WEB)/src/*.tsx $(WEB)/src/*.css \
+		$(WEB)/src/pages/*.tsx)
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -188,7 +188,9 @@ async def _read_body(route: Route, request: web.Request, call: Call) -> None:
         raise _invalid(exc, "body") from None
 
 
-def _respond(route: Route, result: Any, call: Call) -> web.Response:
+def _respond(route: Route, result: Any, call: Call) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):  # the handler answered itself
+        return result
     if isinstance(route.response, str):
         if isinstance(result, str):
             return web.Response(status=route.status, text=result, headers=call.headers,
@@ -204,8 +206,8 @@ def _respond(route: Route, result: Any, call: Call) -> web.Response:
                         body=orjson.dumps(result.model_dump(mode="json")))
 
 
-def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
+def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
         call = Call(request, request.app[API], dict(request.match_info))
         request[_CALL] = (route, call)
         _authorize(route, call)

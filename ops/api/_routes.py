@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from prometheus_client import generate_latest
 
 from ops.api import _access, _catalog, _dlq, _integrations
+from ops.api._dashboard import dashboard_asset, dashboard_page, events
 from ops.api._dryrun import dry_run
 from ops.api._errors import ApiError
 from ops.api._models import (
@@ -416,6 +417,13 @@ ROUTES: list[Route] = [
           "re-produce dead letters to the source topics (as dataflow dlq replay)",
           ReplayReport, body=ReplayRequest, errors=(*_BODY, 404, 503), tag="dead letters",
           access="operator"),
+    Route("GET", "/api/v1/events", events, "every pipeline's state and figures each second "
+          "(Server-Sent Events, ``event: figures``; a stream lasts 10 s, then reconnect)",
+          "text/event-stream", errors=(503,), tag="monitoring", access="viewer"),
+    Route("GET", "/ui", dashboard_page, "the web dashboard (open: it holds no data)",
+          "text/html", errors=(503,), tag="dashboard", access="open"),
+    Route("GET", "/ui/assets/{name}", dashboard_asset, "the dashboard's built assets",
+          "application/octet-stream", errors=(404,), tag="dashboard", access="open"),
     Route("GET", _ID + "/runs", pipeline_runs, "run history, newest first", RunList,
           query=RunsQuery, errors=(404, 422, 503), tag="lifecycle", access="viewer"),
 ]

@@ -50,7 +50,8 @@ class Call:
     tried: str | None = None
 
 
-Handler = Callable[[Call], Awaitable[BaseModel | str | dict[str, Any]]]
+#: a handler may answer a response itself (a page, an asset, an event stream)
+Handler = Callable[[Call], Awaitable[BaseModel | str | dict[str, Any] | web.StreamResponse]]
 PROMETHEUS = "text/plain; version=0.0.4"
 
 
@@ -151,7 +152,8 @@ def document(routes: list[Route], extra_models: list[type[BaseModel]],
         if r.response == PROMETHEUS:
             ok = {"text/plain": {"schema": {"type": "string"}}}
         elif isinstance(r.response, str):
-            ok = {r.response: {"schema": {"type": "object"}}}
+            kind = "string" if r.response.startswith("text/") else "object"
+            ok = {r.response: {"schema": {"type": kind}}}
         else:
             ok = {"application/json": {"schema": ref(r.response, "serialization")}}
         responses: dict[str, Any] = {str(r.status): {"description": _REASONS[r.status],

@@ -1,0 +1,160 @@
+import { useEffect, useMemo, useRef, useState } from "react";
+import { stringify } from "yaml";
+import { api, ApiError, isAdmin, type Pipeline, type Session } from "../api";
+import { diffLines, fieldPath, lineOf, parseSpec, type LineError } from "../specmap";
+import { Problem } from "../ui";
+
+const TEMPLATE = `name: my_pipeline
+source:
+  topics: [orders]
+  format: json
+quality:
+  - name: amount_positive
+    type: range
+    field: amount
+    min: 0
+dlq:
+  topic: orders-dlq
+`;
+
+interface DryRun { outputs: { topic: string; key: unknown; value: unknown }[];
+  dead_letters: { index: number; stage: string; error: string }[] }
+
+function parseEvents(text: string): { key?: unknown; value: unknown }[] {
+  const t = text.trim();
+  if (!t) return [];
+  if (t.startsWith("[")) return (JSON.parse(t) as unknown[]).map((value) => ({ value }));
+  return t.split("\n").filter((l) => l.trim()).map((l) => ({ value: JSON.parse(l) }));
+}
+
+export function Editor({ id, session }: { id?: string; session: Session }) {
+  const [deployed, setDeployed] = useState<Pipeline>();
+  const [text, setText] = useState(id ? "" : TEMPLATE);
+  const [errors, setErrors] = useState<LineError[]>([]);
+  const [note, setNote] = useState("");
+  const [checking, setChecking] = useState(false);
+  const [events, setEvents] = useState('{"amount": 5}\n{"amount": -1}');
+  const [dry, setDry] = useState<DryRun>();
+  const [problem, setProblem] = useState<unknown>();
+  const [review, setReview] = useState(false);
+  const [saved, setSaved] = useState<Pipeline>();
+  const gutter = useRef<HTMLPreElement>(null);
+  const area = useRef<HTMLTextAreaElement>(null);
+
+  useEffect(() => {
+    if (!id) return;
+    api<Pipeline>("GET", `/api/v1/pipelines/${id}`).then((p) => {
+      setDeployed(p); setText(stringify(p.spec));
+    }, setProblem);
+  }, [id]);
+
+  const parsed = useMemo(() => parseSpec(text), [text]);
+
+  // validation as you type: the API judges the spec (a dry run of no event)
+  useEffect(() => {
+    if (parsed.errors.length) { setErrors(parsed.errors); setNote(""); return; }
+    let live = true;
+    setChecking(true);
+    const timer = setTimeout(async () => {
+      try {
+        await api("POST", "/api/v1/pipelines/dry-run", { spec: parsed.value, events: [] });
+        if (live) { setErrors([]); setNote(""); }
+      } catch (e) {
+        if (!live) return;
+        if (e instanceof ApiError && e.code === "invalid_spec") {
+          const items = e.errors.length ? e.errors : [{ field: e.field ?? "spec", message: e.message }];
+          setErrors(items.map((x) => ({ field: x.field, message: x.message,
+                                         line: lineOf(parsed.doc, parsed.lc, fieldPath(x.field)) })));
+          setNote("");
+        } else if (e instanceof ApiError && e.status === 422) {
+          setErrors([]); setNote(e.message);  // valid, but beyond what a dry run covers
+        } else { setProblem(e); }
+      } finally { if (live) setChecking(false); }
+    }, 300);
+    return () => { live = false; clearTimeout(timer); };
+  }, [parsed]);
+
+  const bad = new Set(errors.map((e) => e.line));
+  const lines = text.split("\n");
+  const admin = isAdmin(session);
+
+  async function dryRun() {
+    setProblem(undefined);
+    try {
+      setDry(await api<DryRun>("POST", "/api/v1/pipelines/dry-run",
+                               { spec: parsed.value, events: parseEvents(events) }));
+    } catch (e) { setProblem(e); }
+  }
+  async function apply() {
+    setProblem(undefined);
+    try {
+      const p = deployed
+        ? await api<Pipeline>("PUT", `/api/v1/pipelines/${deployed.id}`, text, "application/yaml",
+                              { "If-Match": `"${deployed.version}"` })
+        : await api<Pipeline>("POST", "/api/v1/pipelines", text, "application/yaml");
+      setSaved(p); setReview(false);
+      if (!deployed) location.hash = `#/pipelines/${p.id}`;
+      else setDeployed(p);
+    } catch (e) { setProblem(e); }
+  }
+  const diff = diffLines(deployed ? stringify(deployed.spec) : "", text);
+  return (
+    <section>
+      <h1>{deployed ? `Edit ${deployed.name} (version ${deployed.version})` : "New pipeline"}</h1>
+      <div className="editor">
+        <pre className="gutter" ref={gutter} aria-hidden="true">{lines.map((_, i) =>
+          <span key={i} className={bad.has(i + 1) ? "bad" : ""} data-line={i + 1}>{i + 1}{"\n"}</span>)}</pre>
+        <textarea ref={area} aria-label="pipeline spec (YAML)" name="spec" spellCheck={false}
+                  value={text} onChange={(e) => setText(e.target.value)}
+                  onScroll={(e) => { if (gutter.current) gutter.current.scrollTop = e.currentTarget.scrollTop; }}
+                  onKeyDown={(e) => { if (e.key === "Tab" && !e.shiftKey && !e.ctrlKey) {
+                    // two spaces, as YAML wants; Escape then Tab leaves the editor
+                    if ((e.target as HTMLTextAreaElement).dataset.escaped === "1") return;
+                    e.preventDefault();
+                    const t = e.currentTarget, at = t.selectionStart;
+                    setText(text.slice(0, at) + "  " + text.slice(t.selectionEnd));
+                    requestAnimationFrame(() => { t.selectionStart = t.selectionEnd = at + 2; });
+                  } else (e.target as HTMLTextAreaElement).dataset.escaped = e.key === "Escape" ? "1" : "0"; }}
+                  rows={Math.max(14, lines.length + 1)} />
+      </div>
+      <p className="muted" aria-live="polite" data-testid="validity">
+        {checking ? "checking…" : errors.length ? `${errors.length} problem${errors.length > 1 ? "s" : ""}`
+          : "valid"}{note && ` · ${note}`}</p>
+      <ul className="errors">{errors.map((e, i) =>
+        <li key={i} data-testid="spec-error" data-line={e.line}>
+          <button className="link" onClick={() => jump(area.current, text, e.line)}>line {e.line}</button>
+          {" "}<code>{e.field}</code>: {e.message}</li>)}</ul>
+      {text.includes("*****") && <p className="problem">This spec holds masked secrets (********):
+        reference them as {"${env:NAME}"} before applying.</p>}
+      <h2>Dry run</h2>
+      <label className="block">Sample events (one JSON value per line, or a JSON array)
+        <textarea name="events" rows={4} value={events} onChange={(e) => setEvents(e.target.value)} /></label>
+      <button onClick={dryRun} disabled={!!errors.length}>Dry run</button>
+      {dry && <div data-testid="dry-result">
+        <h3>Outputs ({dry.outputs.length})</h3>
+        <pre className="code">{dry.outputs.map((o) => JSON.stringify(o.value)).join("\n")}</pre>
+        <h3>Dead letters ({dry.dead_letters.length})</h3>
+        <ul>{dry.dead_letters.map((d) => <li key={d.index}>event {d.index + 1}: {d.stage}: {d.error}</li>)}</ul>
+      </div>}
+      {admin && <>
+        <h2>Apply</h2>
+        {!review ? <button className="primary" disabled={!!errors.length}
+                           onClick={() => setReview(true)}>Review changes</button> : <>
+          <pre className="code diff" data-testid="diff">{diff.map(([k, l], i) =>
+            <span key={i} className={k === "+" ? "add" : k === "-" ? "del" : ""}>{k} {l}{"\n"}</span>)}</pre>
+          <button className="primary" onClick={apply}>{deployed ? "Apply new version" : "Create pipeline"}</button>
+          {" "}<button onClick={() => setReview(false)}>Back</button>
+        </>}
+        {saved && <p role="status">Saved version {saved.version}.</p>}
+      </>}
+      <Problem error={problem} />
+    </section>
+  );
+}
+
+function jump(t: HTMLTextAreaElement | null, text: string, line: number) {
+  if (!t) return;
+  const at = text.split("\n").slice(0, line - 1).reduce((n, l) => n + l.length + 1, 0);
+  t.focus();
+  t.setSelectionRange(at, at);
+}

@@ -1,0 +1,77 @@
+import { stringify } from "yaml";
+import { api, type Pipeline, type Run, type Session, type StatusView } from "../api";
+import { Actions } from "../actions";
+import { Badge, Problem, fmt, pct, useAsync, useLive } from "../ui";
+
+type Spec = Record<string, unknown>;
+const kinds = (xs: unknown): string[] => (Array.isArray(xs) ? xs : []).map((x) =>
+  String((x as Spec).type ?? (x as Spec).name ?? "?"));
+
+function Stage({ title, items, counter, testid }: { title: string; items: string[];
+  counter: string; testid: string }) {
+  return (
+    <li className="stage" data-testid={testid}>
+      <div className="stage-title">{title}</div>
+      <div className="stage-items">{items.length ? items.join(", ") : "—"}</div>
+      <div className="stage-counter">{counter}</div>
+    </li>
+  );
+}
+
+export function PipelineDetail({ id, session }: { id: string; session: Session }) {
+  const samples = useLive(2);
+  const tick = samples.length ? samples[samples.length - 1].at : 0;
+  const [p, error, reload] = useAsync(() => api<Pipeline>("GET", `/api/v1/pipelines/${id}`), [id, tick]);
+  const [st] = useAsync(() => api<StatusView>("GET", `/api/v1/pipelines/${id}/status`), [id, tick]);
+  const [runs] = useAsync(() => api<{ items: Run[] }>("GET", `/api/v1/pipelines/${id}/runs?limit=20`),
+                          [id]);
+  if (!p) return <section><Problem error={error} />{!error && "Loading…"}</section>;
+  const spec = p.spec as Spec;
+  const s = st?.stats;
+  const source = (spec.source ?? {}) as Spec;
+  const sinks = Object.keys((spec.sinks ?? {}) as Spec);
+  const age = st?.updated_at ? Math.max(0, (Date.now() - Date.parse(st.updated_at)) / 1000) : null;
+  return (
+    <section>
+      <h1>{p.name} <Badge state={p.state} /></h1>
+      <p className="muted">version {p.version} · desired {p.desired} · <a href={`#/dlq/${p.id}`}>dead letters</a>
+        {st?.reason && <> · <span className="problem-inline">{st.reason}</span></>}</p>
+      <Actions p={p} session={session} done={reload} />
+      <h2>Topology</h2>
+      <ol className="topology" aria-label="topology">
+        <Stage testid="stage-source" title={`source (${String(source.type ?? "kafka")})`}
+               items={(source.topics as string[] | undefined) ?? []} counter={`in ${fmt(s?.events_in)}`} />
+        <Stage testid="stage-transforms" title="transforms" items={kinds(spec.transforms)}
+               counter={`out ${fmt(s?.events_out)}`} />
+        <Stage testid="stage-quality" title="quality" items={kinds(spec.quality)}
+               counter={`score ${pct(s?.quality_score)} · dlq ${fmt(s?.dlq_records)}`} />
+        <Stage testid="stage-stateful" title="stateful" items={kinds(spec.stateful)} counter="" />
+        <Stage testid="stage-sinks" title="sinks" items={sinks} counter={`written ${fmt(s?.rows_written)}`} />
+      </ol>
+      <dl className="facts">
+        <dt>Consumer lag</dt><dd data-testid="lag">{fmt(s?.consumer_lag)}</dd>
+        <dt>Events/s (since start)</dt><dd>{fmt(s?.events_per_s, 2)}</dd>
+        <dt>Success rate</dt><dd>{pct(s?.success_rate)}</dd>
+        <dt>Status freshness</dt><dd>{age === null ? "–" : `${fmt(age, 0)} s ago`}</dd>
+        <dt>Errors</dt><dd>{fmt(s?.errors)}</dd>
+      </dl>
+      <h2>Processes</h2>
+      <div className="scroll"><table>
+        <thead><tr><th>Role</th><th>PID</th><th>Host</th><th>Restarts</th><th>Started</th></tr></thead>
+        <tbody>{(st?.processes ?? []).map((x) => <tr key={x.pid}><td>{x.role}</td><td>{x.pid}</td>
+          <td>{x.host}</td><td>{x.restarts}</td><td>{new Date(x.started_at).toLocaleString()}</td></tr>)}
+          {st && !st.processes.length && <tr><td colSpan={5}>None running.</td></tr>}</tbody>
+      </table></div>
+      <h2>Run history</h2>
+      <div className="scroll"><table>
+        <thead><tr><th>Run</th><th>Outcome</th><th>Started</th><th>In</th><th>Out</th><th>Failed</th></tr></thead>
+        <tbody>{(runs?.items ?? []).map((r) => <tr key={r.run_id}><td>{r.run_id}</td><td>{r.outcome}</td>
+          <td>{new Date(r.started_at).toLocaleString()}</td><td>{r.rows_in}</td><td>{r.rows_out}</td>
+          <td>{r.rows_failed}</td></tr>)}
+          {runs && !runs.items.length && <tr><td colSpan={6}>No batch run (a streaming pipeline runs continuously).</td></tr>}</tbody>
+      </table></div>
+      <h2>Spec</h2>
+      <pre className="code" data-testid="spec">{stringify(spec)}</pre>
+    </section>
+  );
+}
