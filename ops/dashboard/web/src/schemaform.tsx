@@ -21,8 +21,8 @@ function resolve(schema: S, root: S): S {
   return s;
 }
 
-function Field({ name, schema, root, value, set, path }: { name: string; schema: S; root: S;
-  value: unknown; set: (v: unknown) => void; path: string }) {
+function Field({ name, schema, root, value, set, path, needed }: { name: string; schema: S; root: S;
+  value: unknown; set: (v: unknown) => void; path: string; needed: boolean }) {
   const s = resolve(schema, root);
   const label = String(s.title ?? name);
   const id = `f-${path}`;
@@ -46,21 +46,21 @@ function Field({ name, schema, root, value, set, path }: { name: string; schema:
     input = <input id={id} placeholder="comma separated" value={Array.isArray(value) ? value.join(", ") : ""}
       onChange={(e) => set(e.target.value ? e.target.value.split(",").map((x) => x.trim()) : undefined)} />;
   } else {
-    input = <input id={id} type={s.format === "password" ? "password" : "text"}
+    input = <input id={id} type={s.format === "password" ? "password" : "text"} autoComplete="off"
       placeholder={s.default === undefined ? "" : String(s.default)} value={String(value ?? "")}
       onChange={(e) => set(e.target.value || undefined)} />;
   }
-  return <div className="field"><label htmlFor={id}>{label}{(s as { required?: boolean }).required ? " *" : ""}</label>
+  return <div className="field"><label htmlFor={id}>{label}{needed ? " *" : ""}</label>
     {input}{hint && <small>{hint}</small>}</div>;
 }
 
 function Fields({ schema, root, value, set, path }: { schema: S; root: S; value: S;
   set: (v: S) => void; path: string }) {
   const props = (schema.properties ?? {}) as Record<string, S>;
-  const required = new Set((schema.required as string[]) ?? []);
+  const required = new Set(Array.isArray(schema.required) ? schema.required as string[] : []);
   return <>{Object.entries(props).map(([k, p]) => (
     <Field key={k} name={k} path={`${path}-${k}`} root={root}
-           schema={{ ...p, required: required.has(k) }} value={value[k]}
+           schema={p} needed={required.has(k)} value={value[k]}
            set={(v) => { const next = { ...value }; if (v === undefined) delete next[k]; else next[k] = v; set(next); }} />))}</>;
 }
 

@@ -1,0 +1,268 @@
+"""The web dashboard in a real browser (Debian's chromium driven by Playwright) against a
+real ``dataflow api`` with real pipelines on the local stack: a spec written in the editor
+(a bad one shows its errors at their lines), counters that move as rows change in
+Postgres, pause and resume, a dead letter browsed and replayed after its rule is fixed,
+every page free of console errors, screenshotted, and its load time printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from ops.api._dashboard import DIST
+from tests.ops.api.conftest import ApiProcess
+from tests.ops.api.sup_support import DDL, cdc_spec, sql
+from tests.pipeline_support import read_topic
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+CHROMIUM = Path(os.environ.get("DATAFLOW_CHROMIUM", "/usr/bin/chromium"))
+
+BAD_SPEC = """name: bad_one
+source:
+  topics: [somewhere]
+  format: jsn
+transforms:
+  - type: nope
+quality:
+  - name: q
+    type: range
+    field: amount
+    min: lots
+"""
+
+
+class Browser:
+    """One page of a headless chromium; console errors and load times are collected."""
+
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page, self.base, self.shots = page, base, shots
+        self.errors: list[str] = []
+        self.loads: dict[str, float] = {}
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _console(self, m: Any) -> None:
+        """Every console error counts, but the browser's own note of the 422 the editor
+        asks for when it checks a bad spec (a failed HTTP status is logged by Chromium as
+        a console error; the page itself logged nothing)."""
+        url = (m.location or {}).get("url", "")
+        if m.type == "error" and not (
+                url.endswith("/api/v1/pipelines/dry-run") and "status of 422" in m.text):
+            self.errors.append(f"{m.type}: {m.text} ({url})")
+
+    def open(self, route: str, ready: str, name: str) -> None:
+        """Go to ``#/route``, wait for ``ready`` (a selector), note the time, screenshot."""
+        started = time.perf_counter()
+        self.page.goto(f"{self.base}/ui#/{route}")
+        self.page.wait_for_selector(ready, timeout=20_000)
+        self.loads[name] = time.perf_counter() - started
+        self.shot(name)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+    def text(self, selector: str) -> str:
+        return str(self.page.locator(selector).first.inner_text())
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    if not (DIST / "index.html").is_file():
+        pytest.fail("the dashboard is not built: make dashboard (make setup does)")
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    pw = playwright.sync_playwright().start()
+    chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+    made: list[Browser] = []
+
+    def make(base: str, viewport: tuple[int, int] = (1280, 900)) -> Browser:
+        ctx = chromium.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        made.append(Browser(ctx.new_page(), base, shots))
+        return made[-1]
+
+    yield make
+    chromium.close()
+    pw.stop()
+    keep = os.environ.get("DATAFLOW_SCREENSHOTS")  # e.g. docs/ for the README's pictures
+    if keep:
+        shutil.copytree(shots, keep, dirs_exist_ok=True)
+    for b in made:
+        print("page load times (s):", {k: round(v, 3) for k, v in b.loads.items()})
+    print("screenshots:", shots)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def counter(b: Browser, stage: str, word: str) -> int:
+    text = b.text(f"[data-testid=stage-{stage}] .stage-counter")
+    value = text.split(word, 1)[1].split("·")[0].strip().replace(",", "")
+    return -1 if value == "–" else int(value)
+
+
+def test_the_dashboard_drives_real_pipelines(
+        fresh_db: str, api_factory: Callable[..., ApiProcess], kafka_bootstrap: str,
+        make_topic: Callable[..., str], unique: str,
+        browser: Callable[..., Browser]) -> None:
+    sql(fresh_db, DDL, "INSERT INTO items VALUES (1, 'a', 1)")
+    api = api_factory()
+    b = browser(api.url)
+    page = b.page
+
+    # the page and its assets are open, and every one comes from the API itself
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+    b.open("", "[data-testid=card-running]", "dashboard")
+    nav = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+    print(f"first load of /ui: {nav:.0f} ms (navigation timing)")
+
+    # keyboard: the first Tab reaches the skip link, Enter puts the focus on the page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+
+    # the editor: a bad spec's errors at their lines
+    b.open("editor", "textarea[name=spec]", "editor")
+    page.fill("textarea[name=spec]", BAD_SPEC)
+    page.wait_for_selector("[data-testid=spec-error]")
+    wait_for(lambda: page.locator("[data-testid=spec-error]").count() == 3, 10, "3 errors")
+    lines = {page.locator("[data-testid=spec-error] code").nth(i).inner_text():
+             int(page.locator("[data-testid=spec-error]").nth(i).get_attribute("data-line"))
+             for i in range(3)}
+    assert lines == {"spec.source.format": 4, "spec.transforms[0].type": 6,
+                     "spec.quality[0].min": 11}, lines
+    assert page.locator(".gutter .bad").count() == 3
+    b.shot("editor-errors")
+    page.fill("textarea[name=spec]", "name: x\nsource: [unclosed\n")  # YAML itself broken
+    wait_for(lambda: page.locator("[data-testid=spec-error]").count() >= 1, 10, "a YAML error")
+
+    # ... then a CDC pipeline written there, reviewed as a diff, created
+    name = f"ui_{unique}"
+    spec = cdc_spec(name, fresh_db, kafka_bootstrap)
+    page.fill("textarea[name=spec]", yaml.safe_dump(spec, sort_keys=False))
+    wait_for(lambda: b.text("[data-testid=validity]") == "valid", 15, "a valid spec")
+    page.click("text=Review changes")
+    assert f"+ name: {name}" in b.text("[data-testid=diff]")
+    page.click("text=Create pipeline")
+    page.wait_for_url("**/ui#/pipelines/*")
+    pid = page.url.rsplit("/", 1)[1]
+
+    # the pipelines table: search, filter, badge; run it from there
+    b.open("pipelines", f"[data-testid=row-{name}]", "pipelines")
+    page.fill("input[type=search]", "no-such-name")
+    assert page.locator(f"[data-testid=row-{name}]").count() == 0
+    page.fill("input[type=search]", name)
+    page.select_option("select", "stopped")
+    row = page.locator(f"[data-testid=row-{name}]")
+    assert row.locator("[data-testid=state]").inner_text() == "stopped"
+    row.locator(f"button[aria-label='run {name}']").click()
+
+    # the detail page: running, counters move as rows change in Postgres
+    b.open(f"pipelines/{pid}", "[data-testid=stage-source]", "pipeline-detail")
+    wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 90, "running")
+    sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(2, 40) g")
+    wait_for(lambda: counter(b, "sinks", "written") >= 40, 60, "40 rows written")
+    before = counter(b, "source", "in")
+    sql(fresh_db, "UPDATE items SET qty = qty + 1 WHERE id <= 10")
+    wait_for(lambda: counter(b, "source", "in") >= before + 10, 60, "10 more events in")
+    b.shot("pipeline-detail")
+
+    # pause and resume from the detail page
+    page.click(f"button[aria-label='pause {name}']")
+    wait_for(lambda: b.text("h1 [data-testid=state]") == "paused", 60, "paused")
+    page.click(f"button[aria-label='resume {name}']")
+    wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 60, "running again")
+
+    b.open("", "[data-testid=card-running]", "dashboard")
+    wait_for(lambda: b.text("[data-testid=card-running] .card-value") == "1", 20, "1 running")
+    b.open("monitoring", "[data-testid=chart-lag] canvas", "monitoring")
+    page.wait_for_timeout(2500)  # a few samples on the charts
+    b.shot("monitoring")
+    b.open("connectors", "[data-testid=catalog-postgres]", "connectors")
+    page.locator("[data-testid=catalog-postgres] button").first.click()
+    page.wait_for_selector("[data-testid=catalog-postgres] form input")
+    b.shot("connectors")
+    api.call("POST", f"/api/v1/pipelines/{pid}/stop")  # its processes leave the CPU to the next
+
+    # a dead letter: browsed, its rule fixed in the editor, replayed
+    source, dlq, out = make_topic("ui-in"), make_topic("ui-dlq"), make_topic("ui-out")
+    json_spec = {"name": f"uj_{unique}", "source": {"topics": [source], "format": "json"},
+                 "quality": [{"name": "amount_positive", "type": "range", "field": "amount",
+                              "min": 0}],
+                 "sinks": {"kafka": {"topic": out}}, "dlq": {"topic": dlq}}
+    reply = api.call("POST", "/api/v1/pipelines", {"spec": json_spec})
+    assert reply.status == 201, reply.text
+    jid = reply.json["id"]
+    assert api.call("POST", f"/api/v1/pipelines/{jid}/run").status == 202
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in ({"amount": 3}, {"amount": -7}):
+        producer.produce(source, json.dumps(value).encode(), b"k")
+    assert producer.flush(30) == 0
+    b.open(f"dlq/{jid}", "h1", "dlq")
+    def dead_letters() -> int:
+        page.reload()
+        page.wait_for_selector("text=shown")
+        return int(page.locator("[data-testid=dead-letter]").count())
+
+    wait_for(lambda: dead_letters() == 1, 90, "one dead letter")
+    page.fill("input[placeholder='rule:* or a rule name']", "amount_positive")
+    page.fill("input[placeholder=contains]", "amount")
+    page.wait_for_selector("[data-testid=dead-letter]")
+    page.click("[data-testid=dead-letter] button:text('show')")
+    assert json.loads(b.text("[data-testid=payload] pre >> nth=1")) == {"amount": -7}
+    b.shot("dlq")
+
+    b.open(f"editor/{jid}", "textarea[name=spec]", "editor-existing")
+    wait_for(lambda: "amount_positive" in page.input_value("textarea[name=spec]"), 10, "spec")
+    text = page.input_value("textarea[name=spec]")
+    fixed = text.replace("min: 0", "min: -10", 1)
+    assert fixed != text
+    page.fill("textarea[name=spec]", fixed)
+    wait_for(lambda: b.text("[data-testid=validity]") == "valid", 15, "valid")
+    page.click("text=Review changes")
+    diff = b.text("[data-testid=diff]")
+    assert "- " in diff and "+ " in diff and "min: -10" in diff
+    b.shot("editor-diff")
+    page.click("text=Apply new version")
+    page.wait_for_selector("text=Saved version 2")
+    wait_for(lambda: api.call("GET", f"/api/v1/pipelines/{jid}/status").json["version"] == 2
+             and api.call("GET", f"/api/v1/pipelines/{jid}/status").json["state"] == "running",
+             60, "version 2 running")
+    b.open(f"dlq/{jid}", "[data-testid=dead-letter]", "dlq")
+    page.locator("[data-testid=dead-letter] input[type=checkbox]").check()
+    page.click("text=Replay selected")
+    assert "replayed 1 of 1" in page.locator("[data-testid=replay-report]").inner_text()
+    wait_for(lambda: {json.loads(v)["amount"] for _, v, _ in read_topic(kafka_bootstrap, out)
+                      if v} == {3, -7}, 60, "the replayed record passed the fixed rule")
+
+    # a phone: the menu opens from its button
+    phone = browser(api.url, (390, 844))
+    phone.open("", "[data-testid=card-running]", "phone-dashboard")
+    assert not phone.page.locator("nav a").first.is_visible()
+    phone.page.click(".menu-btn")
+    assert phone.page.locator("nav a").first.is_visible()
+    phone.shot("phone-menu")
+
+    assert hosts == {api.url.split("/")[2]}, hosts  # nothing from another host
+    assert b.errors == [] and phone.errors == [], b.errors + phone.errors
