@@ -4,8 +4,8 @@
 The page and its assets are open: they hold no data. Every figure the page shows comes
 from the API's own routes, with the caller's credentials, and ``/api/v1/events`` is one of
 those routes: Server-Sent Events carrying every pipeline's state and figures once a second.
-A stream ends after :data:`STREAM_S` seconds (``retry`` tells the client to come back at
-once), so no request is held open for long and a stopping API waits for none.
+A stream ends after :data:`STREAM_S` seconds (``retry`` tells the client to come back
+within half a second), so no request is held open for long and a stopping API waits for none.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ops.api._errors import ApiError
 from ops.api._table import Call
 
 DIST = Path(__file__).resolve().parents[1] / "dashboard" / "web" / "dist"
-STREAM_S = 10.0
+STREAM_S = 4.0
 INTERVAL_S = 1.0
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
           ".woff2": "font/woff2", ".png": "image/png", ".ico": "image/x-icon",

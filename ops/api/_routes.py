@@ -418,7 +418,7 @@ ROUTES: list[Route] = [
           ReplayReport, body=ReplayRequest, errors=(*_BODY, 404, 503), tag="dead letters",
           access="operator"),
     Route("GET", "/api/v1/events", events, "every pipeline's state and figures each second "
-          "(Server-Sent Events, ``event: figures``; a stream lasts 10 s, then reconnect)",
+          "(Server-Sent Events, ``event: figures``; a stream lasts 4 s, then reconnect)",
           "text/event-stream", errors=(503,), tag="monitoring", access="viewer"),
     Route("GET", "/ui", dashboard_page, "the web dashboard (open: it holds no data)",
           "text/html", errors=(503,), tag="dashboard", access="open"),

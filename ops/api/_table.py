@@ -152,7 +152,8 @@ def document(routes: list[Route], extra_models: list[type[BaseModel]],
         if r.response == PROMETHEUS:
             ok = {"text/plain": {"schema": {"type": "string"}}}
         elif isinstance(r.response, str):
-            kind = "string" if r.response.startswith("text/") else "object"
+            # an event stream's schema is that of one event (``event``, ``data``, ``id``)
+            kind = "string" if r.response.startswith("text/html") else "object"
             ok = {r.response: {"schema": {"type": kind}}}
         else:
             ok = {"application/json": {"schema": ref(r.response, "serialization")}}
