@@ -1,8 +1,9 @@
 """The web dashboard in a real browser (Debian's chromium driven by Playwright) against a
-real ``dataflow api`` with real pipelines on the local stack: a spec written in the editor
-(a bad one shows its errors at their lines), counters that move as rows change in
-Postgres, pause and resume, a dead letter browsed and replayed after its rule is fixed,
-every page free of console errors, screenshotted, and its load time printed."""
+real ``dataflow api`` with real pipelines on the local stack: a login, a spec written in
+the editor (a bad one shows its errors at their lines), counters that move as rows change
+in Postgres, pause and resume, a dead letter browsed and replayed after its rule is fixed,
+a viewer who sees no mutating control and whose forged request is refused, the audit
+page; every page free of console errors, screenshotted, and its load time printed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import yaml
 from confluent_kafka import Producer
 
 from ops.api._dashboard import DIST
-from tests.ops.api.conftest import ApiProcess
+from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess
 from tests.ops.api.sup_support import DDL, cdc_spec, sql
 from tests.pipeline_support import read_topic
 
@@ -67,6 +68,19 @@ class Browser:
         self.page.wait_for_selector(ready, timeout=20_000)
         self.loads[name] = time.perf_counter() - started
         self.shot(name)
+
+    def login(self, user: str, password: str) -> None:
+        """With the keyboard only: the user field has the focus, Tab, Enter."""
+        started = time.perf_counter()
+        self.page.goto(f"{self.base}/ui")
+        self.page.wait_for_selector("form[aria-label='log in'] input:focus")
+        self.loads["login"] = time.perf_counter() - started
+        self.shot("login")
+        self.page.keyboard.type(user)
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.type(password)
+        self.page.keyboard.press("Enter")
+        self.page.wait_for_selector(f"[data-testid=who]:has-text('{user}')", state="attached")
 
     def shot(self, name: str) -> None:
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
@@ -132,8 +146,9 @@ def test_the_dashboard_drives_real_pipelines(
     # the page and its assets are open, and every one comes from the API itself
     hosts: set[str] = set()
     page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
-    b.open("", "[data-testid=card-running]", "dashboard")
+    b.login("admin", ADMIN_PASSWORD)
     nav = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+    b.open("", "[data-testid=card-running]", "dashboard")
     print(f"first load of /ui: {nav:.0f} ms (navigation timing)")
 
     # keyboard: the first Tab reaches the skip link, Enter puts the focus on the page
@@ -256,8 +271,39 @@ def test_the_dashboard_drives_real_pipelines(
     wait_for(lambda: {json.loads(v)["amount"] for _, v, _ in read_topic(kafka_bootstrap, out)
                       if v} == {3, -7}, 60, "the replayed record passed the fixed rule")
 
+    # a viewer sees no mutating control, and the API refuses one forged anyway
+    reply = api.call("POST", "/api/v1/users", {"name": "watcher", "role": "viewer",
+                                               "password": "watcher-pw-1"})
+    assert reply.status == 201, reply.text
+    viewer = browser(api.url)
+    viewer.login("watcher", "watcher-pw-1")
+    viewer.open("pipelines", f"[data-testid=row-{name}]", "viewer-pipelines")
+    assert viewer.page.locator("[data-testid=actions]").count() == 0
+    assert viewer.page.locator("text=New pipeline").count() == 0
+    assert viewer.page.locator("nav a:text('Audit')").count() == 0
+    viewer.open(f"dlq/{jid}", "h1", "viewer-dlq")
+    viewer.page.wait_for_selector("text=shown")
+    assert viewer.page.locator("input[type=checkbox]").count() == 0
+    assert viewer.page.locator("text=Replay selected").count() == 0
+    viewer.open(f"editor/{jid}", "textarea[name=spec]", "viewer-editor")
+    assert viewer.page.locator("text=Review changes").count() == 0
+    token = api.login("watcher", "watcher-pw-1")
+    for method, path in (("POST", f"/api/v1/pipelines/{jid}/pause"),
+                         ("DELETE", f"/api/v1/pipelines/{jid}"),
+                         ("POST", f"/api/v1/pipelines/{jid}/dlq/replay")):
+        forged = api.call(method, path, {} if method == "POST" else None, auth=token)
+        assert forged.status == 403, (method, path, forged.text)
+    assert api.call("GET", f"/api/v1/pipelines/{jid}").json["desired"] == "running"
+
+    # the audit page (an admin's): the editor's create and the viewer's refused pause
+    b.open("audit", "[data-testid=audit-row]", "audit")
+    rows = page.locator("[data-testid=audit-row]").all_inner_texts()
+    assert any("create_pipeline" in r and "admin" in r and "succeeded" in r for r in rows)
+    assert any("pause_pipeline" in r and "watcher" in r and "denied" in r for r in rows)
+
     # a phone: the menu opens from its button
     phone = browser(api.url, (390, 844))
+    phone.login("admin", ADMIN_PASSWORD)
     phone.open("", "[data-testid=card-running]", "phone-dashboard")
     assert not phone.page.locator("nav a").first.is_visible()
     phone.page.click(".menu-btn")
@@ -265,4 +311,4 @@ def test_the_dashboard_drives_real_pipelines(
     phone.shot("phone-menu")
 
     assert hosts == {api.url.split("/")[2]}, hosts  # nothing from another host
-    assert b.errors == [] and phone.errors == [], b.errors + phone.errors
+    assert b.errors == viewer.errors == phone.errors == [], b.errors + viewer.errors + phone.errors

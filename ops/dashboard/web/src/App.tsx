@@ -1,5 +1,5 @@
 import { useEffect, useState } from "react";
-import { currentSession, isAdmin, onSession, probeOpen, setSession, type Session } from "./api";
+import { authRequired, currentSession, isAdmin, onSession, setSession, type Session } from "./api";
 import { Login } from "./pages/Login";
 import { Dashboard } from "./pages/Dashboard";
 import { Pipelines } from "./pages/Pipelines";
@@ -26,8 +26,8 @@ function useSession(): Session | null | undefined {
   useEffect(() => {
     if (s !== undefined) return;
     // no stored session: an API without auth needs none (everyone is admin there)
-    probeOpen().then((open) => open ? setSession({ token: null, role: "admin", user: "(no auth)" })
-                                    : setS(null), () => setS(null));
+    authRequired().then((needed) => needed ? setS(null)
+      : setSession({ token: null, role: "admin", user: "(no auth)" }), () => setS(null));
   }, [s]);
   return s;
 }

@@ -51,25 +51,23 @@ export async function api<T>(method: string, path: string, body?: unknown,
   return (await r.json()) as T;
 }
 
-function claims(token: string): Record<string, unknown> {
-  const part = token.split(".")[1] ?? "";
-  const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
-  return JSON.parse(json);
-}
-
-/** POST /api/v1/auth/token; the role and user are the token's claims. */
+/** POST /api/v1/auth/token, then GET /api/v1/auth/me for the role the API gives. */
 export async function login(username: string, password: string): Promise<void> {
   const t = await api<{ access_token: string }>("POST", "/api/v1/auth/token",
                                                 { username, password });
-  const c = claims(t.access_token);
-  const role = (["viewer", "operator", "admin"].includes(String(c.role)) ? c.role : "viewer") as Role;
-  setSession({ token: t.access_token, role, user: String(c.sub ?? username) });
+  const r = await fetch("/api/v1/auth/me", { headers: { Accept: "application/json",
+                                                         Authorization: `Bearer ${t.access_token}` } });
+  if (!r.ok) return fail(r);
+  const me = (await r.json()) as { name: string; role: Role };
+  setSession({ token: t.access_token, role: me.role, user: me.name });
 }
 
-/** An API without auth answers data calls without a token: then there is nobody to log in. */
-export async function probeOpen(): Promise<boolean> {
-  const r = await fetch("/api/v1/pipelines?limit=1", { headers: { Accept: "application/json" } });
-  return r.ok;
+/** Whether the API asks for credentials (its document has the token route); read from an
+ * open route, so no refused request is made to find out. */
+export async function authRequired(): Promise<boolean> {
+  const r = await fetch("/openapi.json", { headers: { Accept: "application/json" } });
+  const doc = (await r.json()) as { paths: Record<string, unknown> };
+  return "/api/v1/auth/token" in doc.paths;
 }
 
 // ------------------------------------------------------------------ live figures (SSE)

@@ -1,11 +1,13 @@
-import { api, listPipelines } from "../api";
+import { api, currentSession, isAdmin, listPipelines } from "../api";
 import { rates } from "../live";
 import { Badge, Card, LineChart, Problem, fmt, pct, timeLabel, useAsync, useLive } from "../ui";
 
 export function Dashboard() {
   const samples = useLive();
   const [pipes, error] = useAsync(listPipelines, []);
-  const [integrations] = useAsync(() => api<{ items: unknown[] }>("GET", "/api/v1/integrations"), []);
+  const admin = isAdmin(currentSession());  // integrations are an admin's to see
+  const [integrations] = useAsync(() => admin ? api<{ items: unknown[] }>("GET", "/api/v1/integrations")
+    : Promise.resolve(undefined), [admin]);
   const last = samples[samples.length - 1]?.m.pipelines ?? [];
   const r = rates(samples);
   const now = r[r.length - 1];
@@ -41,7 +43,8 @@ export function Dashboard() {
         </div>
         <div>
           <h2>Integrations</h2>
-          <p>{integrations ? `${integrations.items.length} configured` : "–"}</p>
+          <p>{integrations ? `${integrations.items.length} webhook${integrations.items.length === 1 ? "" : "s"} configured`
+            : admin ? "–" : "shown to admins"}</p>
         </div>
       </div>
     </section>

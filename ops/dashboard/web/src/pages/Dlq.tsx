@@ -60,7 +60,8 @@ export function Dlq({ id, session }: { id?: string; session: Session }) {
         <h2>Record {key(shown)} <button onClick={() => setShown(undefined)}>close</button></h2>
         <p><strong>{shown.stage}</strong>: {shown.error}</p>
         <h3>Key</h3><pre className="code">{shown.key ?? "null"}</pre>
-        <h3>Original payload</h3><pre className="code">{shown.value === null ? "null" : pretty(shown.value)}</pre>
+        <h3>Original payload</h3><pre className="code">{shown.value === null
+          ? (canMutate(session) ? "null" : "(hidden: operators and admins see payloads)") : pretty(shown.value)}</pre>
       </div>}
       {canMutate(session) && id && <p>
         <button className="primary" disabled={!chosen.length} onClick={replay}>Replay selected</button>
