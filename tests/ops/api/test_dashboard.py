@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
+from playwright.sync_api import sync_playwright
 
 from ops.api._dashboard import DIST
 from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess
 from tests.ops.api.sup_support import DDL, cdc_spec, sql
 from tests.pipeline_support import read_topic
 
-playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 CHROMIUM = Path(os.environ.get("DATAFLOW_CHROMIUM", "/usr/bin/chromium"))
 
@@ -40,8 +40,6 @@ quality:
     field: amount
     min: lots
 """
-
-
 class Browser:
     """One page of a headless chromium; console errors and load times are collected."""
 
@@ -97,7 +95,7 @@ def browser(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
         pytest.fail("the dashboard is not built: make dashboard (make setup does)")
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    pw = playwright.sync_playwright().start()
+    pw = sync_playwright().start()
     chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
     made: list[Browser] = []
 
@@ -172,6 +170,19 @@ def test_the_dashboard_drives_real_pipelines(
     page.fill("textarea[name=spec]", "name: x\nsource: [unclosed\n")  # YAML itself broken
     wait_for(lambda: page.locator("[data-testid=spec-error]").count() >= 1, 10, "a YAML error")
 
+    # a dry run of pasted sample events on the new pipeline's template (a JSON source with
+    # rule amount_positive): one passes, one fails
+    page.reload()
+    page.wait_for_selector("textarea[name=spec]")
+    wait_for(lambda: b.text("[data-testid=validity]") == "valid", 15, "a valid spec")
+    page.fill("textarea[name=events]", '{"amount": 5}\n{"amount": -1}')
+    page.click("button:text-is('Dry run')")
+    result = page.locator("[data-testid=dry-result]")
+    result.wait_for()
+    assert "Outputs (1)" in result.inner_text() and "Dead letters (1)" in result.inner_text()
+    assert "event 2: rule:amount_positive" in result.inner_text()
+    b.shot("editor-dry-run")
+
     # ... then a CDC pipeline written there, reviewed as a diff, created
     name = f"ui_{unique}"
     spec = cdc_spec(name, fresh_db, kafka_bootstrap)
@@ -211,6 +222,11 @@ def test_the_dashboard_drives_real_pipelines(
 
     b.open("", "[data-testid=card-running]", "dashboard")
     wait_for(lambda: b.text("[data-testid=card-running] .card-value") == "1", 20, "1 running")
+    sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(41, 400) g")
+    wait_for(lambda: b.text("[data-testid=card-in] .card-value") not in ("–", "0.0"), 30,
+             "events/s in on the dashboard")
+    page.wait_for_timeout(2000)  # a few more samples on the throughput chart
+    b.shot("dashboard")
     b.open("monitoring", "[data-testid=chart-lag] canvas", "monitoring")
     page.wait_for_timeout(2500)  # a few samples on the charts
     b.shot("monitoring")
