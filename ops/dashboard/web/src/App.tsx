@@ -1,5 +1,5 @@
 import { useEffect, useState } from "react";
-import { authRequired, currentSession, isAdmin, onSession, setSession, type Session } from "./api";
+import { currentSession, isAdmin, onSession, setSession, type Session } from "./api";
 import { Login } from "./pages/Login";
 import { Dashboard } from "./pages/Dashboard";
 import { Pipelines } from "./pages/Pipelines";
@@ -20,15 +20,9 @@ function useHash(): string {
   return hash;
 }
 
-function useSession(): Session | null | undefined {
-  const [s, setS] = useState<Session | null | undefined>(currentSession() ?? undefined);
+function useSession(): Session | null {
+  const [s, setS] = useState<Session | null>(currentSession());
   useEffect(() => onSession(() => setS(currentSession())), []);
-  useEffect(() => {
-    if (s !== undefined) return;
-    // no stored session: an API without auth needs none (everyone is admin there)
-    authRequired().then((needed) => needed ? setS(null)
-      : setSession({ token: null, role: "admin", user: "(no auth)" }), () => setS(null));
-  }, [s]);
   return s;
 }
 
@@ -41,7 +35,6 @@ export function App() {
   const session = useSession();
   const hash = useHash();
   const [menu, setMenu] = useState(false);
-  if (session === undefined) return <main className="loading">Loading…</main>;
   if (session === null) return <Login />;
   const path = hash.slice(1).split("?")[0];
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
@@ -66,8 +59,7 @@ export function App() {
                 onClick={() => setMenu(!menu)}>☰ <span className="sr">menu</span></button>
         <strong className="brand">DataFlow</strong>
         <span className="who" data-testid="who">{session.user} · {session.role}</span>
-        {session.token && <button onClick={() => { setSession(null); location.hash = "#/"; }}>
-          Log out</button>}
+        <button onClick={() => { setSession(null); location.hash = "#/"; }}>Log out</button>
       </header>
       <nav id="nav" className={menu ? "open" : ""} aria-label="main">
         {nav.map(([href, label]) => (

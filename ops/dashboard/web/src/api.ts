@@ -2,7 +2,7 @@
 // the session (back to the login page).
 
 export type Role = "viewer" | "operator" | "admin";
-export interface Session { token: string | null; role: Role; user: string }
+export interface Session { token: string; role: Role; user: string }
 
 export interface ErrorItem { field: string; message: string }
 export class ApiError extends Error {
@@ -60,14 +60,6 @@ export async function login(username: string, password: string): Promise<void> {
   if (!r.ok) return fail(r);
   const me = (await r.json()) as { name: string; role: Role };
   setSession({ token: t.access_token, role: me.role, user: me.name });
-}
-
-/** Whether the API asks for credentials (its document has the token route); read from an
- * open route, so no refused request is made to find out. */
-export async function authRequired(): Promise<boolean> {
-  const r = await fetch("/openapi.json", { headers: { Accept: "application/json" } });
-  const doc = (await r.json()) as { paths: Record<string, unknown> };
-  return "/api/v1/auth/token" in doc.paths;
 }
 
 // ------------------------------------------------------------------ live figures (SSE)
