@@ -11,6 +11,7 @@ within half a second), so no request is held open for long and a stopping API wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import time
 from pathlib import Path
@@ -29,12 +30,16 @@ _TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
           ".map": "application/json"}
 
 
+_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:", "X-Content-Type-Options": "nosniff"}
+
+
 def _file(path: Path, content_type: str, cache: str) -> web.Response:
-    return web.Response(body=path.read_bytes(), content_type=content_type,
-                        headers={"Cache-Control": cache,
-                                 "Content-Security-Policy": "default-src 'self'; "
-                                 "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
-                                 "X-Content-Type-Options": "nosniff"})
+    response = web.Response(body=path.read_bytes(), content_type=content_type,
+                            headers={**_HEADERS, "Cache-Control": cache})
+    if not content_type.startswith(("image/", "font/")):
+        response.enable_compression()  # gzip or deflate when the browser accepts it
+    return response
 
 
 async def dashboard_page(call: Call) -> web.Response:
@@ -63,8 +68,11 @@ async def events(call: Call) -> web.StreamResponse:
     first = await monitoring_metrics(call)  # a registry still loading is a 503, not a stream
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
-    await response.prepare(call.request)
-    await response.write(b"retry: 500\n\n")
+    try:
+        await response.prepare(call.request)
+        await response.write(b"retry: 500\n\n")
+    except ConnectionResetError:  # the client went away (aiohttp's reset error is one too)
+        return response
     ends = time.monotonic() + STREAM_S
     figures = first
     n = 0
@@ -73,7 +81,7 @@ async def events(call: Call) -> web.StreamResponse:
         data = orjson.dumps(figures.model_dump(mode="json"))
         try:
             await response.write(b"id: %d\nevent: figures\ndata: %s\n\n" % (n, data))
-        except (ConnectionResetError, RuntimeError):  # the client went away
+        except ConnectionResetError:  # the client went away
             return response
         if time.monotonic() + INTERVAL_S > ends:
             break
@@ -82,5 +90,6 @@ async def events(call: Call) -> web.StreamResponse:
             figures = await monitoring_metrics(call)
         except Exception:  # noqa: BLE001 - headers are sent: end the stream, the client returns
             break
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response

@@ -223,7 +223,7 @@ def test_the_dashboard_drives_real_pipelines(
     b.open("", "[data-testid=card-running]", "dashboard")
     wait_for(lambda: b.text("[data-testid=card-running] .card-value") == "1", 20, "1 running")
     sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(41, 400) g")
-    wait_for(lambda: b.text("[data-testid=card-in] .card-value") not in ("–", "0.0"), 30,
+    wait_for(lambda: b.text("[data-testid=card-in] .card-value") not in ("–", "0.0"), 60,
              "events/s in on the dashboard")
     page.wait_for_timeout(2000)  # a few more samples on the throughput chart
     b.shot("dashboard")
@@ -327,4 +327,5 @@ def test_the_dashboard_drives_real_pipelines(
     phone.shot("phone-menu")
 
     assert hosts == {api.url.split("/")[2]}, hosts  # nothing from another host
+    assert "unexpected error" not in api.log.read_text()  # no 500 behind the pages either
     assert b.errors == viewer.errors == phone.errors == [], b.errors + viewer.errors + phone.errors
