@@ -212,14 +212,10 @@ def test_the_dashboard_drives_real_pipelines(
     before = counter(b, "source", "in")
     sql(fresh_db, "UPDATE items SET qty = qty + 1 WHERE id <= 10")
     wait_for(lambda: counter(b, "source", "in") >= before + 10, 60, "10 more events in")
+    assert b.text("[data-testid=freshness]").endswith("s ago")  # last_event_time, shown
     b.shot("pipeline-detail")
 
-    # pause and resume from the detail page
-    page.click(f"button[aria-label='pause {name}']")
-    wait_for(lambda: b.text("h1 [data-testid=state]") == "paused", 60, "paused")
-    page.click(f"button[aria-label='resume {name}']")
-    wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 60, "running again")
-
+    # the dashboard's cards and live chart while rows flow
     b.open("", "[data-testid=card-running]", "dashboard")
     wait_for(lambda: b.text("[data-testid=card-running] .card-value") == "1", 20, "1 running")
     sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(41, 400) g")
@@ -227,7 +223,15 @@ def test_the_dashboard_drives_real_pipelines(
              "events/s in on the dashboard")
     page.wait_for_timeout(2000)  # a few more samples on the throughput chart
     b.shot("dashboard")
-    b.open("monitoring", "[data-testid=chart-lag] canvas", "monitoring")
+
+    # pause and resume from the detail page
+    b.open(f"pipelines/{pid}", "[data-testid=stage-source]", "pipeline-detail-again")
+    page.click(f"button[aria-label='pause {name}']")
+    wait_for(lambda: b.text("h1 [data-testid=state]") == "paused", 60, "paused")
+    page.click(f"button[aria-label='resume {name}']")
+    wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 60, "running again")
+
+    b.open("monitoring", "[data-testid=chart-freshness] canvas", "monitoring")
     page.wait_for_timeout(2500)  # a few samples on the charts
     b.shot("monitoring")
     b.open("connectors", "[data-testid=catalog-postgres]", "connectors")

@@ -68,7 +68,7 @@ export interface Stats {
   consumer_lag: number | null; complete: boolean; events_in: number | null;
   events_out: number | null; dlq_records: number | null; rows_written: number | null;
   errors: number | null; events_per_s: number | null; success_rate: number | null;
-  quality_score: number | null;
+  quality_score: number | null; last_event_time?: string | null;
 }
 export interface Figures { id: string; name: string; state: string; stats: Stats }
 export interface Monitoring { pipelines: Figures[] }

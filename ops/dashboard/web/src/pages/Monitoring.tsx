@@ -12,6 +12,10 @@ export function MonitoringPage() {
   const figure = (id: string, i: number, k: "consumer_lag" | "dlq_records" | "errors" | "quality_score") =>
     samples[i].m.pipelines.find((p) => p.id === id)?.stats[k] ?? null;
   const rateOf = new Map(ids.map((id) => [id, rates(samples, id)]));
+  const freshness = (id: string, i: number) => {
+    const t = samples[i].m.pipelines.find((p) => p.id === id)?.stats.last_event_time;
+    return t ? Math.max(0, (samples[i].at - Date.parse(t)) / 1000) : null;
+  };
   return (
     <section>
       <h1>Monitoring</h1>
@@ -21,6 +25,8 @@ export function MonitoringPage() {
                    series={per((id, i) => rateOf.get(id)![i - 1]?.in ?? null)} />
         <LineChart testid="chart-lag" title="Consumer lag (records)" labels={labels}
                    series={per((id, i) => figure(id, i, "consumer_lag"))} />
+        <LineChart testid="chart-freshness" title="Seconds since a worker last read a record" labels={labels}
+                   series={per(freshness)} />
         <LineChart testid="chart-dlq" title="Quality failures (dead letters)" labels={labels}
                    series={per((id, i) => figure(id, i, "dlq_records"))} />
         <LineChart testid="chart-quality" title="Quality score" labels={labels}
