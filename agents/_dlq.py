@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from agents._decode import encode_json, encode_key
 from agents._event import DeadLetter
+from connectors import kafka_config
 from schemas import ConfigError, SourceError
 
 HEADER_PREFIX = "dataflow."
@@ -142,10 +143,9 @@ class DlqReader:
         self.topic = topic
         self.timeout = timeout
         self.from_start = from_start
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", **(config or {}),
-        })
+        self.consumer = Consumer(kafka_config(bootstrap, {
+            "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            **(config or {})}))
 
     def __enter__(self) -> DlqReader:
         return self
@@ -313,10 +313,8 @@ def replay_dlq(
     targets = _Targets(source_topics, to_topic, dlq_topic)
     group = group or f"dataflow-dlq-replay.{dlq_topic}" + (f".{stage}" if stage else "")
     result = ReplayResult()
-    producer = None if dry_run else Producer({
-        "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-        "linger.ms": 20, **(config or {}),
-    })
+    producer = None if dry_run else Producer(kafka_config(bootstrap, {
+        "enable.idempotence": True, "acks": "all", "linger.ms": 20, **(config or {})}))
     cursor = _Cursor()
     with DlqReader(bootstrap, dlq_topic, group, from_start, timeout) as reader:
         try:

@@ -49,7 +49,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents._decode import Decoder
 from agents._dlq import DlqRecord, dlq_records
 from agents._event import DeadLetter, Event
-from connectors import Metrics, Rejected, Sink, SinkRecord, StageMetrics, metrics_endpoint
+from connectors import (
+    Metrics,
+    Rejected,
+    Sink,
+    SinkRecord,
+    StageMetrics,
+    check_access,
+    kafka_config,
+    metrics_endpoint,
+)
 from schemas import FieldType, SinkBackpressure, SinkError, SourceError, field_types
 
 log = logging.getLogger(__name__)
@@ -317,8 +326,7 @@ class Loader:
     # -- Kafka clients -----------------------------------------------------------------
 
     def _consumer_config(self) -> dict[str, Any]:
-        return {
-            "bootstrap.servers": self.settings.bootstrap_servers,
+        return kafka_config(self.settings.bootstrap_servers, {
             "group.id": self.settings.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -328,12 +336,12 @@ class Loader:
             "heartbeat.interval.ms": 2_000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             **self.settings.consumer,
-        }
+        })
 
     def _dlq_producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
-                                       "enable.idempotence": True, "linger.ms": 5})
+            self._producer = Producer(kafka_config(self.settings.bootstrap_servers, {
+                "enable.idempotence": True, "linger.ms": 5}))
         return self._producer
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -355,6 +363,7 @@ class Loader:
         if metrics.serve(self.settings.metrics_port, self.settings.metrics_host):
             metrics.process_started(self.settings.pipeline, "loader")
             metrics.sink_started(self.settings.pipeline, self.sink.kind)
+        check_access(self.settings.bootstrap_servers)  # wrong credentials: fail now
         config = self._consumer_config()
         if drain:
             config["enable.partition.eof"] = True

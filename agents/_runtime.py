@@ -34,9 +34,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.auth import CredentialsT
 
 from agents._offsets import ack_range, next_offset
 from agents._seam import missing
+from connectors import KafkaSecurity, kafka_config
 from schemas import ConfigError, SinkError
 
 log = logging.getLogger(__name__)
@@ -326,7 +328,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return cast(Mapping[TP, int], await super()._highwaters(partitions))
         servers = ",".join(f"{u.host}:{u.port or 9092}" for u in self.app.conf.broker_consumer)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, committed_ends, servers, list(partitions))
+        security: KafkaSecurity | None = getattr(self.app, "security", None)
+        return await loop.run_in_executor(None, committed_ends, servers, list(partitions),
+                                          security)
 
     async def _fetch_records(self, *args: Any, **kwargs: Any) -> Any:
         async with self._fetch_lock():
@@ -336,11 +340,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 self.taken_at = self.seeks
 
 
-def committed_ends(servers: str, partitions: Sequence[TP]) -> dict[TP, int]:
+def committed_ends(servers: str, partitions: Sequence[TP],
+                   security: KafkaSecurity | None = None) -> dict[TP, int]:
     """Per partition, one past its last record visible to ``read_committed`` (blocking)."""
-    probe = Consumer({"bootstrap.servers": servers, "group.id": "dataflow-probe",
-                      "enable.auto.commit": False, "isolation.level": "read_committed",
-                      "enable.partition.eof": True})
+    probe = Consumer(kafka_config(servers, security=security, conf={
+        "group.id": "dataflow-probe", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True}))
     out: dict[TP, int] = {}
     try:
         for tp in partitions:
@@ -763,14 +768,34 @@ class BatchTransport(faust_aiokafka.Transport):
     Consumer = BatchConsumer
 
 
-class BatchApp(faust.App):
-    """A Faust app that runs batch handlers on its topics (see module docstring)."""
+def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """Faust's ``broker_credentials`` (its aiokafka clients) for ``security``: SASL
+    (PLAIN, SCRAM) with or without TLS, or TLS alone; None for plaintext."""
+    context = security.ssl_context()
+    if security.sasl:
+        assert security.sasl_password is not None
+        return faust.SASLCredentials(
+            username=security.sasl_username, password=security.sasl_password.get_secret_value(),
+            mechanism=security.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
-    def __init__(self, id: str, *, producer_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+
+class BatchApp(faust.App):
+    """A Faust app that runs batch handlers on its topics (see module docstring).
+
+    ``security`` (default: ``DATAFLOW_KAFKA_*``) reaches Kafka for Faust's aiokafka
+    clients and the runtime's librdkafka ones alike."""
+
+    def __init__(self, id: str, *, producer_config: Mapping[str, Any] | None = None,
+                 security: KafkaSecurity | None = None, **kwargs: Any) -> None:
         gone = missing()
         if gone:
             raise ConfigError(f"the installed Faust/aiokafka lack names the runtime needs: "
                               f"{gone} (install the versions pinned in pyproject.toml)")
+        self.security = KafkaSecurity.from_env() if security is None else security
+        kwargs.setdefault("broker_credentials", faust_credentials(self.security))
         super().__init__(id, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
         #: topic -> gate(tp): False holds the partition's batches back (see ``batch_agent``)
@@ -792,8 +817,8 @@ class BatchApp(faust.App):
                 f"{url.host}:{url.port or 9092}" for url in self.conf.broker_producer
             )
             self._fast_producer = FastProducer(
-                {"bootstrap.servers": servers, **self._producer_config}, self.refused_record
-            )
+                kafka_config(servers, self._producer_config, security=self.security),
+                self.refused_record)
         return self._fast_producer
 
     def batch_agent(self, topics: Sequence[faust.TopicT | str], handler: BatchHandler,

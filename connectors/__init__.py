@@ -1,5 +1,6 @@
 """DataFlow connectors package."""
 
+from connectors._kafka import KafkaSecurity, check_access, kafka_config
 from connectors._metrics import (
     Metrics,
     StageMetrics,
@@ -18,4 +19,5 @@ __all__: list[str] = [
     "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",
     "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
     "Metrics", "StageMetrics", "metrics_endpoint", "pipeline_stats", "scrape_metrics",
+    "KafkaSecurity", "check_access", "kafka_config",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped", "check_dsn"]

@@ -31,6 +31,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from connectors._kafka import check_access
 from connectors._metrics import Metrics
 from connectors._pg_config import PostgresCDCConfig
 from connectors._pg_kafka import (
@@ -168,6 +169,7 @@ class PostgresCDCSource:
         the start of streaming is in Kafka and confirmed.
         """
         self._drain = drain
+        check_access(self.config.kafka.bootstrap_servers)  # wrong credentials: fail now
         if self.metrics.serve(self.config.metrics_port, self.config.metrics_host):
             self.metrics.process_started(self.config.source_name, "source")
         delay = 1.0

@@ -15,6 +15,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from connectors._kafka import kafka_config
 from connectors._metrics import env_metrics_host, env_metrics_port
 from schemas import ConfigError, redact
 
@@ -51,8 +52,7 @@ class KafkaSettings(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)
 
     def producer_config(self) -> dict[str, Any]:
-        return {
-            "bootstrap.servers": self.bootstrap_servers,
+        return kafka_config(self.bootstrap_servers, {
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": self.compression,
@@ -63,7 +63,7 @@ class KafkaSettings(BaseModel):
             "message.timeout.ms": self.message_timeout_ms,
             "message.max.bytes": 10_000_000,
             **self.extra,
-        }
+        })
 
 
 class PostgresCDCConfig(BaseModel):

@@ -18,6 +18,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors._kafka import kafka_config
 from connectors._pg_config import KafkaSettings
 from schemas import SourceError
 
@@ -143,7 +144,7 @@ class KafkaAdmin:
 
     def __init__(self, settings: KafkaSettings, stop: Callable[[], bool]) -> None:
         self._settings = settings
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        self._admin = AdminClient(kafka_config(settings.bootstrap_servers))
         self._stop = stop
 
     def ensure_topics(self, names: list[str], config: dict[str, str] | None = None,
@@ -183,12 +184,11 @@ class KafkaAdmin:
         """The latest state record for ``key`` in the compacted ``topic`` (None if none)."""
         from confluent_kafka import Consumer
 
-        consumer = Consumer({
-            "bootstrap.servers": self._settings.bootstrap_servers,
+        consumer = Consumer(kafka_config(self._settings.bootstrap_servers, {
             "group.id": "dataflow-state-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-        })
+        }))
         try:
             md = consumer.list_topics(topic, timeout=30)
             parts = list(md.topics[topic].partitions) if topic in md.topics else []

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import yaml
 
+from connectors import kafka_config
 from ops._console import error
 from ops._pipelines_cli import ApiCallError, ApiClient
 from schemas import DataFlowError, redact
@@ -276,7 +277,7 @@ def _end_offsets(r: _Run, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic``; ``{}`` while it is not there yet."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": f"dataflow-demo-{r.run}-probe"})
+    c = Consumer(kafka_config(r.bootstrap, {"group.id": f"dataflow-demo-{r.run}-probe"}))
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -301,7 +302,7 @@ def _caught_up(r: _Run, group: str, topic: str) -> bool:
     ends = {p: e for p, e in _end_offsets(r, topic).items() if e > 0}
     if not ends:
         return False
-    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(kafka_config(r.bootstrap, {"group.id": group, "enable.auto.commit": False}))
     try:
         done = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
         return all(tp.offset >= ends[tp.partition] for tp in done)
@@ -317,8 +318,8 @@ def _read_all(r: _Run, topic: str) -> list[tuple[bytes | None, bytes | None, dic
     out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
     if not ends:
         return out
-    c = Consumer({"bootstrap.servers": r.bootstrap, "group.id": f"dataflow-demo-{r.run}-reader",
-                  "enable.auto.commit": False})
+    c = Consumer(kafka_config(r.bootstrap, {"group.id": f"dataflow-demo-{r.run}-reader",
+                                          "enable.auto.commit": False}))
     try:
         c.assign([TopicPartition(topic, p, 0) for p in ends])
         left = dict(ends)
@@ -497,7 +498,7 @@ def _cleanup(r: _Run, api: ApiClient | None) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{r.db}" WITH (FORCE)')
     except psycopg.Error as exc:
         error(f"dataflow demo: cleanup of {r.db}/{r.slot} failed", exc)
-    admin = AdminClient({"bootstrap.servers": r.bootstrap})
+    admin = AdminClient(kafka_config(r.bootstrap))
     try:
         topics = [t for t in admin.list_topics(timeout=10).topics if r.run in t]
         if topics:

@@ -254,11 +254,42 @@ def fetch_maven(pom: Path, dest: Path, props: dict[str, str], probe: Path, what:
         (dest / ".complete").write_text(what)
 
 
+@dataclass(frozen=True)
+class KafkaListener:
+    """A listener beside the broker's own PLAINTEXT one (which stays for the broker itself):
+    ``name`` (e.g. ``SECURE``) on a free loopback port, speaking ``protocol``
+    (``SASL_PLAINTEXT``, ``SASL_SSL`` or ``SSL``); its SASL and TLS settings go in
+    ``Kafka(properties=...)`` as Kafka names them (``listener.name.secure....``)."""
+
+    name: str
+    protocol: str
+
+
 class Kafka(Service):
-    """Apache Kafka 4.x, one KRaft node (broker + controller), jars from Maven Central."""
+    """Apache Kafka 4.x, one KRaft node (broker + controller), jars from Maven Central.
+
+    The stack's broker has one PLAINTEXT listener. A test that needs a secured broker
+    starts its own with ``listeners`` (extra listeners), ``properties`` (more
+    ``server.properties`` lines) and ``scram`` (``kafka-storage format --add-scram``
+    entries such as ``SCRAM-SHA-512=[name=alice,password=...]``, users that exist from the
+    first start); :meth:`address` is where a listener answers.
+    """
 
     name = "kafka"
     env_var = "KAFKA_BOOTSTRAP_SERVERS"
+
+    def __init__(self, home: Path, state: StackState, *,
+                 listeners: tuple[KafkaListener, ...] = (),
+                 properties: dict[str, str] | None = None,
+                 scram: tuple[str, ...] = ()) -> None:
+        super().__init__(home, state)
+        self.listeners = listeners
+        self.properties = dict(properties or {})
+        self.scram = scram
+
+    def address(self, listener: str) -> str:
+        """``127.0.0.1:<port>`` of the extra listener ``listener`` (after ``start``)."""
+        return f"127.0.0.1:{self.state.get(self.name)[f'port.{listener}']}"
 
     @property
     def libs(self) -> Path:
@@ -285,15 +316,23 @@ class Kafka(Service):
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.dir / "data"
         props = self.dir / "server.properties"
-        props.write_text(_KAFKA_PROPS.format(port=port, cport=cport, data=data))
+        taken = {port, cport}
+        for listener in self.listeners:
+            extra = free_port(st.get(f"port.{listener.name}", 0))
+            while extra in taken:
+                extra = free_port(0)
+            taken.add(extra)
+            st[f"port.{listener.name}"] = extra
+        props.write_text(self._properties(port, cport, data))
         (self.dir / "log4j2.properties").write_text(_LOG4J.format(log=self.dir / "server.log"))
         classpath = f"{self.libs}/*"
         java = shutil.which("java") or "java"
         if not (data / "meta.properties").exists():
             shutil.rmtree(data, ignore_errors=True)
+            scram = [arg for entry in self.scram for arg in ("--add-scram", entry)]
             fmt = subprocess.run(
                 [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", "ZGF0YWZsb3ctbG9jYWwx", "-c", str(props)],
+                 "-t", "ZGF0YWZsb3ctbG9jYWwx", "-c", str(props), *scram],
                 capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise StackError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
@@ -312,6 +351,21 @@ class Kafka(Service):
             raise StackError(f"Kafka exited with {proc.returncode}; see {log}")
         wait_until(self._ready, 90, "Kafka metadata", log)
         self._wait_for_coordinator(log)
+
+    def _properties(self, port: int, cport: int, data: Path) -> str:
+        """``server.properties``: the stack's, with the extra listeners and properties."""
+        text = _KAFKA_PROPS.format(port=port, cport=cport, data=data)
+        if not self.listeners and not self.properties:
+            return text
+        st = self.state.get(self.name)
+        lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        for listener in self.listeners:
+            url = f"{listener.name}://127.0.0.1:{st[f'port.{listener.name}']}"
+            lines["listeners"] += f",{url}"
+            lines["advertised.listeners"] += f",{url}"
+            lines["listener.security.protocol.map"] += f",{listener.name}:{listener.protocol}"
+        lines.update(self.properties)
+        return "".join(f"{key}={value}\n" for key, value in lines.items())
 
     def _ready(self) -> bool:
         from confluent_kafka.admin import AdminClient

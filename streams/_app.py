@@ -55,7 +55,7 @@ from agents import (
     encode_event,
     group_value,
 )
-from connectors import StageMetrics
+from connectors import KafkaSecurity, StageMetrics, check_access, kafka_config
 from schemas import ConfigError, SerdeError, env_values
 from streams._compile import compile_chain, decoder_for
 from streams._metrics import serve_metrics
@@ -73,11 +73,13 @@ KEY_HEADER = "dataflow.key"
 
 
 class WorkerSettings(BaseModel):
-    """Runtime settings of a pipeline worker (``DATAFLOW_*`` and ``KAFKA_BOOTSTRAP_SERVERS``)."""
+    """Runtime settings of a pipeline worker (``DATAFLOW_*`` and ``KAFKA_BOOTSTRAP_SERVERS``;
+    ``security`` from ``DATAFLOW_KAFKA_*``)."""
 
     model_config = ConfigDict(frozen=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     data_dir: Path = Path(".dataflow/workers")
     store: str = Field("memory://", pattern=r"^(memory|rocksdb)://$")
     commit_interval_s: float = Field(1.0, gt=0)
@@ -98,7 +100,8 @@ class WorkerSettings(BaseModel):
         values: dict[str, Any] = {}
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
             values["kafka_bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-        values.update(env_values(cls.model_fields, environ=env))
+        values.update(env_values((n for n in cls.model_fields if n != "security"), environ=env))
+        values["security"] = KafkaSecurity.from_env(env)
         if "DATAFLOW_HOME" in env and "data_dir" not in values:
             values["data_dir"] = Path(env["DATAFLOW_HOME"]) / "workers"
         try:
@@ -107,8 +110,10 @@ class WorkerSettings(BaseModel):
             raise ConfigError(f"worker settings: {exc}") from exc
 
 
-def _partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def _partitions(bootstrap: str, topics: Sequence[str],
+                security: KafkaSecurity) -> dict[str, int]:
+    check_access(bootstrap, security)
+    admin = AdminClient(kafka_config(bootstrap, security=security))
     meta = admin.list_topics(timeout=30)
     out = {}
     for t in topics:
@@ -315,10 +320,10 @@ class TableGate:
     """
 
     def __init__(self, bootstrap: str, group: str, table_topic: str,
-                 internal_topic: str | None) -> None:
-        self._conf = {"bootstrap.servers": bootstrap, "group.id": group,
-                      "enable.auto.commit": False, "isolation.level": "read_committed",
-                      "enable.partition.eof": True}
+                 internal_topic: str | None, security: KafkaSecurity | None = None) -> None:
+        self._conf = kafka_config(bootstrap, security=security, conf={
+            "group.id": group, "enable.auto.commit": False,
+            "isolation.level": "read_committed", "enable.partition.eof": True})
         self.table_topic, self.internal_topic = table_topic, internal_topic
         self.ready: set[int] = set()
         self.done = False
@@ -433,7 +438,8 @@ def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format
             feed.apply(tp.partition, [(k, row) for k, row, _ in rows(tp, records, dead)], outbox)
             pipeline.dead_letters(dead, outbox)
         app.batch_agent([table_topic], direct)
-        pipeline.table_gates[feed] = TableGate(pipeline.bootstrap, app.conf.id, table_topic, None)
+        pipeline.table_gates[feed] = TableGate(pipeline.bootstrap, app.conf.id, table_topic, None,
+                                               app.security)
         return feed
 
     internal = pipeline.internal_topic(f"{name}-table")
@@ -455,7 +461,7 @@ def _table_feed(pipeline: Pipeline, name: str, *, table_topic: str, table_format
     app.batch_agent([table_topic], rekey)
     app.batch_agent([internal], apply)
     pipeline.table_gates[feed] = TableGate(pipeline.bootstrap, app.conf.id, table_topic,
-                                           internal_name)
+                                           internal_name, app.security)
     return feed
 
 
@@ -556,7 +562,7 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     settings = settings or WorkerSettings.from_env()
     topics = spec.source.topics
     assert topics, "load_spec refuses a source without topics"
-    counts = _partitions(settings.kafka_bootstrap_servers, topics)
+    counts = _partitions(settings.kafka_bootstrap_servers, topics, settings.security)
     partitions = max(counts.values())
     app_id = f"dataflow-{spec.name}"
     data_dir = settings.data_dir / app_id
@@ -572,6 +578,7 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     app = BatchApp(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        security=settings.security,
         store=settings.store,
         datadir=str(data_dir),
         topic_partitions=partitions,
@@ -619,7 +626,7 @@ def declare_topics(bootstrap: str, app: BatchApp, replication: int) -> None:
         wanted[topic.get_topic_name()] = (topic.partitions or app.conf.topic_partitions, config)
     if not wanted:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_config(bootstrap, security=app.security))
     futures = admin.create_topics([NewTopic(name, num_partitions=n, replication_factor=replication,
                                             config=config)
                                    for name, (n, config) in wanted.items()])

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from agents import BatchApp
+from connectors import KafkaSecurity
 from streams._app import Pipeline, TableGate
 
 
 class Drain:
     """Whether the group has caught up with its input as it was at start (blocking checks)."""
 
-    def __init__(self, bootstrap: str, group: str, sources: list[str], internal: list[str]) -> None:
-        self._bootstrap, self._group = bootstrap, group
-        self._gates = [TableGate(bootstrap, group, t, None) for t in sources]
+    def __init__(self, bootstrap: str, group: str, sources: list[str], internal: list[str],
+                 security: KafkaSecurity | None = None) -> None:
+        self._bootstrap, self._group, self._security = bootstrap, group, security
+        self._gates = [TableGate(bootstrap, group, t, None, security) for t in sources]
         self._internal = list(internal)
         self.done = False
 
@@ -39,7 +41,7 @@ class Drain:
                     return False
         if self._internal:   # the next stage's targets are read only now
             self._gates.append(TableGate(self._bootstrap, self._group, self._internal.pop(0),
-                                         None))
+                                         None, self._security))
             return self.check()
         self.done = True
         return True
@@ -50,7 +52,7 @@ def install_drain(app: BatchApp, on_drained: Callable[[], None], interval: float
     ``on_drained`` once when it is done. The source topics' end offsets are read now."""
     pipeline: Pipeline = app.pipeline  # type: ignore[attr-defined]
     drain = Drain(pipeline.bootstrap, app.conf.id, list(pipeline.spec.source.topics or ()),
-                  [s.topics[0] for s in pipeline.stages[1:]])
+                  [s.topics[0] for s in pipeline.stages[1:]], app.security)
     drain.check()
     fired = False
 

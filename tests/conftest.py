@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.secure_kafka import SecureKafka, start_secure_kafka
 from tests.support import ServiceEnv, start_services
 
 
@@ -28,6 +29,17 @@ def services() -> Iterator[ServiceEnv]:
         yield env
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A broker of the session's own that requires SASL (plaintext and TLS listeners; see
+    ``tests/secure_kafka.py``), started only for the tests that ask for it."""
+    broker = start_secure_kafka(tmp_path_factory.mktemp("secure-kafka"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

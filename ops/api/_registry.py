@@ -37,6 +37,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from connectors import check_access, kafka_config
 from schemas import DataFlowError, redact
 
 log = logging.getLogger("dataflow.api.registry")
@@ -97,7 +98,7 @@ class Registry:
         """The admin client, the producer and a consumer for end offsets, made on first
         use (building the app touches no Kafka)."""
         if self._clients is None:
-            servers = {"bootstrap.servers": self.bootstrap}
+            servers = kafka_config(self.bootstrap)
             self._clients = (
                 AdminClient(servers),
                 Producer({**servers, "enable.idempotence": True, "acks": "all",
@@ -124,14 +125,15 @@ class Registry:
         """Create the topics if missing (compacted), then follow them from the start.
 
         Blocking; ``loaded`` is set once the follower reached the end offsets it found."""
+        check_access(self.bootstrap)  # wrong credentials: say so (``/ready``), not a timeout
         self._ensure_topics()
         self._partitions = self._discover()
         initial = self._end_offsets()
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap, "enable.auto.commit": False,
+        consumer = Consumer(kafka_config(self.bootstrap, {
+            "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
             "group.id": f"dataflow-api-follower.{uuid.uuid4().hex[:8]}",  # never committed
-        })
+        }))
         consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self._partitions])
         self._consumer = consumer
         self._thread = threading.Thread(target=self._follow, args=(initial,),

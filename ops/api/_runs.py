@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors import kafka_config
 from ops.api._layout import Layout, Want, layout
 from ops.api._procs import Proc, log_tail
 from schemas import DataFlowError, redact
@@ -48,9 +49,9 @@ def _bootstrap(env: Mapping[str, str]) -> str:
 
 
 def _consumer(bootstrap: str, group: str, committed: bool = True) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                     "enable.auto.commit": False, "enable.partition.eof": True,
-                     "isolation.level": "read_committed" if committed else "read_uncommitted"})
+    return Consumer(kafka_config(bootstrap, {
+        "group.id": group, "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_committed" if committed else "read_uncommitted"}))
 
 
 def _partitions(c: Consumer, topics: Sequence[str]) -> list[TopicPartition]:
@@ -135,7 +136,7 @@ def ensure_source_topics(bootstrap: str, lay: Layout) -> None:
     broker make it with its default partitions)."""
     if lay.source is None or not lay.spec.source.topics:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_config(bootstrap))
     parts, rf = lay.source.kafka.topic_partitions, lay.source.kafka.topic_replication_factor
     new = [NewTopic(t, num_partitions=parts, replication_factor=rf)
            for t in _cdc_topics_read(lay)]
@@ -269,7 +270,7 @@ def _purge(env: Mapping[str, str], spec: dict[str, Any]) -> None:
     app = f"dataflow-{checked.name}"
     groups = [app] + [f"{app}-load-{kind}" for kind in ("postgres", "mongodb", "objectstore")
                       if getattr(checked.sinks, kind) is not None]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_config(bootstrap))
     existing = {g.group_id for g in admin.list_consumer_groups(request_timeout=30)
                 .result(timeout=30).valid}
     doomed = [g for g in groups if g in existing]
@@ -287,7 +288,7 @@ def _purge(env: Mapping[str, str], spec: dict[str, Any]) -> None:
         config = checked.source.cdc_config()
         _drop_slot(config.dsn.get_secret_value(), config.slot, config.publication)
         # forget the source's state record: a new source of this name starts afresh
-        producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers})
+        producer = Producer(kafka_config(config.kafka.bootstrap_servers))
         producer.produce(config.state_topic, None, config.source_name.encode())
         producer.flush(30)
 

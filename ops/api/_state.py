@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors import KafkaSecurity
 from ops._stack import default_home
 from ops.api._auth import Identities, LoginLimiter
 from ops.api._control import Control
@@ -19,6 +20,7 @@ from ops.api._registry import Registry, Topics
 
 class ApiSettings(BaseModel):
     """``dataflow api`` settings; :meth:`from_env` reads ``KAFKA_BOOTSTRAP_SERVERS``,
+    checks ``DATAFLOW_KAFKA_*`` (every Kafka client reads them), reads
     ``DATAFLOW_REGISTRY_PREFIX``, ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
     ``SUPERVISE``, ``HOME``, ``METRICS_AUTH``, ``LOGIN_ATTEMPTS``),
     ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S``, ``DATAFLOW_ADMIN_PASSWORD`` and
@@ -73,6 +75,7 @@ class ApiSettings(BaseModel):
             if env.get(name):
                 values[key] = env[name]
         values.update({k: v for k, v in given.items() if v is not None})
+        KafkaSecurity.from_env(env)  # bad DATAFLOW_KAFKA_* settings: refused at start
         return cls.model_validate(values)
 
 
