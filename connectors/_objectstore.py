@@ -39,7 +39,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from connectors._pg_types import (
     DATE_INFINITY,
@@ -69,6 +69,9 @@ class ObjectStoreSinkSettings(RetrySettings):
     max_interval: float = 60.0              # record-time span of one roll, seconds
     max_open: float | None = None           # wall-clock bound on buffering (default: max_interval)
     options: dict[str, str] = Field(default_factory=dict)  # passed to the store (credentials, region)
+    #: S3 credentials (default: the usual AWS variables, or ``options``)
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
 
 
 def open_store(settings: ObjectStoreSinkSettings) -> ObjectStore:
@@ -81,6 +84,10 @@ def open_store(settings: ObjectStoreSinkSettings) -> ObjectStore:
         os.makedirs(root, exist_ok=True)
         return LocalStore(root)
     opts: dict[str, Any] = dict(settings.options)
+    if settings.access_key_id is not None:
+        opts["aws_access_key_id"] = settings.access_key_id
+    if settings.secret_access_key is not None:
+        opts["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
     if url.startswith(("s3://", "s3a://")):
         if settings.endpoint_url:
             opts.setdefault("endpoint", settings.endpoint_url)

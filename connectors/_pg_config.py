@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors._kafka import kafka_config
 from connectors._metrics import env_metrics_host, env_metrics_port
-from schemas import ConfigError, redact
+from schemas import ENV_REF, ConfigError, redact
 
 SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -25,9 +25,12 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 def check_dsn(dsn: str, where: str) -> None:
     """A DSN libpq cannot parse is a config error at start (its password redacted), not a
-    driver error when the first connection is made."""
+    driver error when the first connection is made. A DSN with ``${env:NAME}`` references
+    not filled in yet is checked where they are (the process that connects)."""
     from psycopg import ProgrammingError, conninfo
 
+    if ENV_REF.search(dsn):
+        return
     try:
         conninfo.conninfo_to_dict(dsn)
     except ProgrammingError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from schemas import redact
 
@@ -26,6 +27,14 @@ def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
     logging.basicConfig(level=level, format=fmt)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(fmt))
+
+
+def redacting_logging_config(fmt: str = LOG_FORMAT) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` addition (Faust's ``logging_config``, merged with
+    its own) whose formatters redact every line."""
+    redacting = {"()": RedactingFormatter, "fmt": fmt}
+    return {"merge": True, "version": 1,
+            "formatters": {"default": redacting, "colored": redacting}}
 
 
 def error(prefix: str, exc: BaseException | str) -> None:

@@ -38,7 +38,7 @@ from connectors import (
 from ops._console import error, setup_logging
 from ops._signals import stop_on_signals
 from schemas import ConfigError, DataFlowError
-from streams import PipelineSpec, load_spec
+from streams import PipelineSpec, load_spec, reveal_secret
 
 SINK_KINDS = ("postgres", "mongodb", "objectstore")
 #: a stop request ends the process within this many seconds, however stuck (issue 18: 10 s)
@@ -111,18 +111,23 @@ def from_spec(spec: PipelineSpec, kind: str | None) -> tuple[LoaderSettings, Sin
         opts = {"table": table, "schema": schema or "public", "key_fields": loader.key_fields,
                 "create_table": section.create_table}
         if section.dsn is not None:
-            opts["dsn"] = section.dsn.get_secret_value()
+            opts["dsn"] = reveal_secret(section.dsn, "sinks.postgres.dsn")
     elif kind == "mongodb":
         opts = {"database": section.database, "collection": section.collection,
                 "key_fields": loader.key_fields}
         if section.uri is not None:
-            opts["uri"] = section.uri.get_secret_value()
+            opts["uri"] = reveal_secret(section.uri, "sinks.mongodb.uri")
     else:
         opts = {"url": section.url, "format": section.format, "compression": section.compression,
                 "partition_by": section.partition_by, "max_records": section.max_records,
                 "max_interval": section.max_interval / 1000}
         if section.endpoint_url:
             opts["endpoint_url"] = section.endpoint_url
+        if section.access_key_id is not None:
+            opts["access_key_id"] = section.access_key_id
+        if section.secret_access_key is not None:
+            opts["secret_access_key"] = reveal_secret(section.secret_access_key,
+                                                      "sinks.objectstore.secret_access_key")
     return loader, build_sink(kind, opts, f"sinks.{kind}")
 
 

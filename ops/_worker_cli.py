@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ops._console import error
+from ops._console import error, redacting_logging_config
 from schemas import ConfigError, redact
 from streams import SpecError, WorkerSettings, build_app, install_drain, load_spec
 
@@ -63,7 +63,8 @@ def run_worker(file: Path, *, store: str | None = None, web_port: int | None = N
             hard_stop.start()
 
         install_drain(app, _done)
-    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=True,
+                          logging_config=redacting_logging_config())
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -24,7 +24,7 @@ from schemas._errors import (
     SourceError,
     StackError,
 )
-from schemas._redact import redact
+from schemas._redact import ENV_REF, redact, resolve_env
 from schemas.connect import (
     FieldType,
     field_types,
@@ -65,4 +65,6 @@ __all__ = [
     "StackError",
     "env_values",
     "redact",
+    "ENV_REF",
+    "resolve_env",
 ]

@@ -44,6 +44,7 @@ from streams._spec import (
     UnwrapSpec,
     WindowSpec,
     load_spec,
+    reveal_secret,
 )
 
 __all__ = [
@@ -95,4 +96,5 @@ __all__ = [
     "compile_chain",
     "decoder_for",
     "load_spec",
+    "reveal_secret",
 ]

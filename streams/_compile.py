@@ -61,6 +61,7 @@ from streams._spec import (
     SelectSpec,
     TypeRuleSpec,
     UnwrapSpec,
+    reveal_secret,
 )
 
 
@@ -88,7 +89,7 @@ def build_transform(t: Any) -> Transform:
         return Mask(t.fields, t.keep_last, t.keep_first, t.char, name)
     if isinstance(t, HashSpec):
         if t.salt is not None:
-            salt = t.salt.get_secret_value()
+            salt = reveal_secret(t.salt, f"transform {name}: salt")
         else:
             assert t.salt_env is not None
             if t.salt_env not in os.environ:

@@ -55,7 +55,7 @@ from agents import (
     compile_regex,
 )
 from connectors import PostgresCDCConfig
-from schemas import ConfigError
+from schemas import ConfigError, resolve_env
 
 # ------------------------------------------------------------------ building blocks
 
@@ -68,6 +68,17 @@ class SpecError(ConfigError):
         n = len(self.errors)
         super().__init__(f"invalid pipeline spec ({n} error{'s' if n != 1 else ''}):\n  "
                          + "\n  ".join(self.errors))
+
+
+def reveal_secret(secret: SecretStr, path: str) -> str:
+    """The value of a spec's secret field, each ``${env:NAME}`` in it read from this
+    process's environment now (only the process that connects calls this; the spec, the
+    registry and the files a supervisor writes keep the reference). A NAME that is not
+    set is a ``SpecError`` naming the field."""
+    try:
+        return resolve_env(secret.get_secret_value())
+    except ConfigError as exc:
+        raise SpecError([f"{path}: {exc}"]) from None
 
 
 class _FieldError(ValueError):
@@ -237,13 +248,17 @@ class SourceSpec(_Model):
                                             "table_include and table_exclude let through)")
         return self
 
-    def cdc_config(self) -> PostgresCDCConfig:
+    def cdc_config(self, resolve: bool = True) -> PostgresCDCConfig:
         """The inline CDC source's settings, the environment's defaults (``DATAFLOW_PG_DSN``,
-        ``KAFKA_BOOTSTRAP_SERVERS``) filled in now, checked for running."""
+        ``KAFKA_BOOTSTRAP_SERVERS``) filled in now, checked for running; ``resolve``: the
+        ``${env:NAME}`` references in its ``dsn`` too (for the process that connects)."""
         if self.postgres is None:
             raise ConfigError("source: the pipeline reads Kafka topics; it has no CDC source "
                               "(type: postgres) to run")
-        return PostgresCDCConfig.parse(self.postgres.model_dump(exclude_unset=True), "source")
+        doc = self.postgres.model_dump(exclude_unset=True)
+        if resolve and "dsn" in doc:
+            doc["dsn"] = reveal_secret(self.postgres.dsn, "source.dsn")
+        return PostgresCDCConfig.parse(doc, "source")
 
 
 # ------------------------------------------------------------------ transforms
@@ -679,6 +694,10 @@ class ObjectStoreSinkSpec(_LoaderSpec):
 
     url: str = Field(pattern=r"^(s3://[^/]+(/.*)?|file://.+)$")
     endpoint_url: str | None = None
+    #: S3 credentials for this sink (default: the usual AWS variables); the secret is best
+    #: a reference, ``${env:NAME}``
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
     format: Literal["parquet", "jsonl"] = "parquet"
     compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
     partition_by: tuple[FieldName, ...] = ()
@@ -822,7 +841,7 @@ def _name_items(items: list[Any] | tuple[Any, ...]) -> list[Any]:
 
 # ------------------------------------------------------------------ error messages
 
-_SECRET_FIELDS = {"dsn", "uri", "salt", "password"}
+_SECRET_FIELDS = {"dsn", "uri", "salt", "password", "secret_access_key"}
 _UNION_SECTIONS = {"transforms", "quality", "stateful"}
 
 

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ops._console import setup_logging
 from ops.api import _audit
 from ops.api._errors import ApiError
 from ops.api._models import ErrorResponse
@@ -306,8 +307,7 @@ def _bootstrap() -> str | None:
 
 def run_api(host: str | None = None, port: int | None = None) -> int:
     """``dataflow api [--host 127.0.0.1] [--port 8600]``: serve until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()  # every line redacted
     try:
         settings = ApiSettings.from_env(host=host, port=port, bootstrap=_bootstrap())
     except (ValidationError, ConfigError) as exc:

@@ -76,7 +76,9 @@ def layout(folder: Path, version: int, spec: Mapping[str, Any], *,
     if snapshot_mode is not None and isinstance(doc.get("source"), Mapping):
         doc["source"] = {**doc["source"], "snapshot_mode": snapshot_mode}
     checked = load_spec(doc)
-    config = checked.source.cdc_config() if checked.source.postgres is not None else None
+    # the secrets stay references here: the processes read them from their environment
+    config = (checked.source.cdc_config(resolve=False) if checked.source.postgres is not None
+              else None)
     spec_file = write_private(private_dir(folder) / f"v{version}{tag}.yaml", doc)
     wants: list[Want] = []
     if config is not None:
