@@ -1,9 +1,7 @@
 """How every DataFlow process reaches Kafka: one frozen security settings object.
 
 ``KafkaSecurity.from_env()`` reads ``DATAFLOW_KAFKA_*`` (``SECURITY_PROTOCOL``,
-``SASL_MECHANISM``, ``SASL_USERNAME``, ``SASL_PASSWORD``, ``SSL_CA_LOCATION``,
-``SSL_CERTIFICATE_LOCATION``, ``SSL_KEY_LOCATION``, ``SSL_KEY_PASSWORD``,
-``SSL_CHECK_HOSTNAME``). Every confluent-kafka client (producer, consumer, admin) is built
+``SASL_MECHANISM``, ``SASL_USERNAME``, ``SASL_PASSWORD``, ``SSL_CA_LOCATION``). Every confluent-kafka client (producer, consumer, admin) is built
 from :func:`kafka_config`; the Faust worker's aiokafka clients get the same settings as
 Faust credentials (``agents`` turns them into ``faust.SASLCredentials`` /
 ``SSLCredentials`` with :meth:`KafkaSecurity.ssl_context`). :func:`check_access` tells
@@ -31,6 +29,10 @@ Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ENV_PREFIX = "DATAFLOW_KAFKA_"
 
 
+def _vars(fields: list[str]) -> str:
+    return ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in fields)
+
+
 class KafkaSecurity(BaseModel):
     """SASL and TLS settings of this process's Kafka clients (default: plaintext)."""
 
@@ -40,14 +42,9 @@ class KafkaSecurity(BaseModel):
     sasl_mechanism: Mechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    #: the CA certificates (PEM) that sign the brokers' certificates; default: the system's
+    #: the CA certificates (PEM) that sign the brokers' certificates (which must name the
+    #: host connected to); default: the system's
     ssl_ca_location: Path | None = None
-    #: a client certificate and its key (PEM), for brokers that ask for one
-    ssl_certificate_location: Path | None = None
-    ssl_key_location: Path | None = None
-    ssl_key_password: SecretStr | None = None
-    #: the broker's certificate must name the host connected to
-    ssl_check_hostname: bool = True
 
     @property
     def sasl(self) -> bool:
@@ -61,26 +58,21 @@ class KafkaSecurity(BaseModel):
     def _consistent(self) -> KafkaSecurity:
         """A setting the protocol does not use is refused, so is a missing one it needs."""
         sasl = ("sasl_mechanism", "sasl_username", "sasl_password")
-        tls = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
-               "ssl_key_password")
         given = {name for name in self.model_fields_set if getattr(self, name) is not None}
         if self.sasl:
             missing = [name for name in sasl if getattr(self, name) is None]
             if missing:
-                raise ValueError(f"{', '.join(missing)}: required with security_protocol "
+                raise ValueError(f"{_vars(missing)}: required with security protocol "
                                  f"{self.security_protocol}")
         elif given & set(sasl):
-            raise ValueError(f"{', '.join(sorted(given & set(sasl)))}: SASL settings need "
-                             f"security_protocol SASL_PLAINTEXT or SASL_SSL")
-        if not self.tls and given & {*tls, "ssl_check_hostname"}:
-            raise ValueError(f"{', '.join(sorted(given & {*tls, 'ssl_check_hostname'}))}: TLS "
-                             f"settings need security_protocol SSL or SASL_SSL")
-        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
-            raise ValueError("ssl_certificate_location and ssl_key_location go together")
-        for name in tls[:3]:
-            path = getattr(self, name)
-            if path is not None and not os.access(path, os.R_OK):
-                raise ValueError(f"{name}: cannot read {path}")
+            raise ValueError(f"{_vars(sorted(given & set(sasl)))}: SASL settings need security "
+                             f"protocol SASL_PLAINTEXT or SASL_SSL")
+        ca = self.ssl_ca_location
+        if ca is not None and not self.tls:
+            raise ValueError(f"{_vars(['ssl_ca_location'])}: a TLS setting needs security "
+                             f"protocol SSL or SASL_SSL")
+        if ca is not None and not os.access(ca, os.R_OK):
+            raise ValueError(f"{_vars(['ssl_ca_location'])}: cannot read {ca}")
         return self
 
     @classmethod
@@ -106,15 +98,9 @@ class KafkaSecurity(BaseModel):
                          "sasl.username": self.sasl_username,
                          "sasl.password": self.sasl_password.get_secret_value()})
         if self.tls:
-            conf["ssl.endpoint.identification.algorithm"] = (
-                "https" if self.ssl_check_hostname else "none")
+            conf["ssl.endpoint.identification.algorithm"] = "https"
             if self.ssl_ca_location is not None:
                 conf["ssl.ca.location"] = str(self.ssl_ca_location)
-            if self.ssl_certificate_location is not None:
-                conf["ssl.certificate.location"] = str(self.ssl_certificate_location)
-                conf["ssl.key.location"] = str(self.ssl_key_location)
-            if self.ssl_key_password is not None:
-                conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -122,17 +108,10 @@ class KafkaSecurity(BaseModel):
         if not self.tls:
             return None
         try:
-            context = ssl.create_default_context(
+            return ssl.create_default_context(
                 cafile=None if self.ssl_ca_location is None else str(self.ssl_ca_location))
-            context.check_hostname = self.ssl_check_hostname
-            if self.ssl_certificate_location is not None:
-                context.load_cert_chain(
-                    str(self.ssl_certificate_location), str(self.ssl_key_location),
-                    None if self.ssl_key_password is None
-                    else self.ssl_key_password.get_secret_value())
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"kafka settings: TLS files: {exc}") from None
-        return context
+            raise ConfigError(f"kafka settings: DATAFLOW_KAFKA_SSL_CA_LOCATION: {exc}") from None
 
 
 def kafka_config(bootstrap: str, conf: Mapping[str, Any] | None = None, *,

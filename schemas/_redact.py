@@ -32,18 +32,19 @@ _URI_PASSWORD = re.compile(
     r"(?P<secret>[^\s'\"/?#]*?)"
     r"(?=@[^@\s'\"/?#]*(?:[/?#\s'\",;)\]}]|$))"
 )
-# password=..., password: ..., 'password': '...', "password":"..." (quoted or bare values),
-# also with a prefix or suffix (sasl.password, aws_secret_access_key, access_token, X-API-Key)
+_VALUE = r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&,;'\"}\]]+)"
+# password=..., password: ..., 'password': '...', "password":"..." (quoted or bare values)
 _KEYWORD_PASSWORD = re.compile(
-    r"(?P<head>\b(?:[\w.-]*[_.-])?(?:password|passwd|pwd|secret|token|api[_-]?key)"
-    r"(?:[_-]access[_-]key)?"
-    r"['\"]?\s*[=:]\s*)"
-    r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&,;'\"}\]]+)",
-    re.IGNORECASE,
-)
+    r"(?P<head>\b(?:password|passwd|pwd)['\"]?\s*[=:]\s*)" + _VALUE, re.IGNORECASE)
+# a key that names a secret, with = or as a quoted key (sasl.password=..., aws_secret_access_key=,
+# 'secret_access_key': ..., "access_token": ..., X-API-Key: ...); a bare ``field: reason``
+# (an error naming the field) is not one
+_KEYWORD_SECRET = re.compile(
+    r"(?P<head>(?:\b[\w.-]*?(?:password|passwd|pwd|secret|token|api[_-]?key)"
+    r"(?:[_-]access[_-]key)?(?:\s*=|['\"]\s*:)|\bX-API-Key:)\s*)" + _VALUE, re.IGNORECASE)
 
-
-_BEARER = re.compile(r"(?P<head>\bBearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
+# Authorization: Bearer <token> (a token, not the word in a sentence)
+_BEARER = re.compile(r"(?P<head>\bBearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]{8,})")
 
 #: ``${env:NAME}``: a secret read from the environment of the process that uses it
 ENV_REF = re.compile(r"\$\{env:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -51,10 +52,11 @@ ENV_REF = re.compile(r"\$\{env:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
 
 def redact(text: str) -> str:
     """``text`` with every password, secret key and token in it replaced by ``***``."""
-    if ":" not in text and "=" not in text and "earer" not in text:
+    if ":" not in text and "=" not in text and "Bearer" not in text:
         return text
     text = _URI_PASSWORD.sub(lambda m: m["head"] + MASK, text)
     text = _BEARER.sub(lambda m: m["head"] + MASK, text)
+    text = _KEYWORD_SECRET.sub(lambda m: m["head"] + MASK, text)
     return _KEYWORD_PASSWORD.sub(lambda m: m["head"] + MASK, text)
 
 

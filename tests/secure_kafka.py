@@ -6,7 +6,8 @@ own and no client of the test uses it):
 
 - ``SCRAM``: ``SASL_PLAINTEXT`` with SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN;
 - ``SECURE``: ``SASL_SSL`` with the same mechanisms, its certificate (``127.0.0.1`` and
-  ``localhost``) signed by a test CA made here with ``cryptography`` (a PEM keystore).
+  ``localhost``) signed by a test CA made here with ``cryptography`` (a PEM keystore);
+- ``TLS``: ``SSL`` (TLS without SASL), the same certificate.
 
 Users: ``USER`` with ``PASSWORD`` for SCRAM-SHA-256 and -512 (``kafka-storage format
 --add-scram``) and for PLAIN (in the listener's JAAS line).
@@ -37,10 +38,15 @@ class SecureKafka:
     ca: Path          # the test CA's certificate (PEM)
     sasl_plaintext: str
     sasl_ssl: str
+    ssl: str
 
-    def env(self, mechanism: str = "SCRAM-SHA-512", password: str = PASSWORD,
+    def env(self, mechanism: str | None = "SCRAM-SHA-512", password: str = PASSWORD,
             tls: bool = True) -> dict[str, str]:
-        """The ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATAFLOW_KAFKA_*`` a process needs."""
+        """The ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATAFLOW_KAFKA_*`` a process needs
+        (``mechanism`` None: TLS without SASL)."""
+        if mechanism is None:
+            return {"KAFKA_BOOTSTRAP_SERVERS": self.ssl, "DATAFLOW_KAFKA_SECURITY_PROTOCOL": "SSL",
+                    "DATAFLOW_KAFKA_SSL_CA_LOCATION": str(self.ca)}
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.sasl_ssl if tls else self.sasl_plaintext,
                "DATAFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL" if tls else "SASL_PLAINTEXT",
                "DATAFLOW_KAFKA_SASL_MECHANISM": mechanism,
@@ -112,7 +118,8 @@ def start_secure_kafka(home: Path) -> SecureKafka:
         properties[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain_jaas
     broker = Kafka(
         home, StackState(home / "stack" / "state.json"),
-        listeners=(KafkaListener("SCRAM", "SASL_PLAINTEXT"), KafkaListener("SECURE", "SASL_SSL")),
+        listeners=(KafkaListener("SCRAM", "SASL_PLAINTEXT"), KafkaListener("SECURE", "SASL_SSL"),
+                   KafkaListener("TLS", "SSL")),
         properties=properties,
         scram=(f"SCRAM-SHA-256=[name={USER},password={PASSWORD}]",
                f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"))
@@ -121,4 +128,5 @@ def start_secure_kafka(home: Path) -> SecureKafka:
     except BaseException:
         broker.stop()
         raise
-    return SecureKafka(broker, ca, broker.address("SCRAM"), broker.address("SECURE"))
+    return SecureKafka(broker, ca, broker.address("SCRAM"), broker.address("SECURE"),
+                       broker.address("TLS"))

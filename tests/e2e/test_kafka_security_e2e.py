@@ -77,7 +77,7 @@ def test_source_worker_and_loader_through_scram_over_tls(
         log = (tmp_path / f"bad-{role}.log").read_text()
         assert "SASL authentication failed as 'dataflow-app' (SCRAM-SHA-512)" in log, log
         assert "wrong-pw-5e0c" not in log and PASSWORD not in log, log
-    assert (bad_source.returncode, bad_worker.returncode, bad_loader.returncode) != (0, 0, 0)
+    assert (bad_source.returncode, bad_worker.returncode, bad_loader.returncode) == (1, 2, 1)
     assert _target(fresh_db) == []
 
     env = {**secure_kafka.env("SCRAM-SHA-512"), "DATAFLOW_DATA_DIR": str(tmp_path / "workers")}
