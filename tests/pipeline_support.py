@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -151,3 +152,14 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
+
+
+def orders_out(dsn: str) -> list[tuple[Any, ...]]:
+    """``(id, amount, status)`` rows of the ``orders_out`` table a test's loader fills, by id
+    (none while the loader has not created it)."""
+    try:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT id, amount, status FROM orders_out ORDER BY id").fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []
+    return [(i, float(a), st) for i, a, st in rows]

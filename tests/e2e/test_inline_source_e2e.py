@@ -9,13 +9,12 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.pipeline_support import python_process, write_spec
+from tests.pipeline_support import orders_out, python_process, write_spec
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -36,15 +35,6 @@ _CHANGES = (
     "INSERT INTO audit VALUES (2, 'still not captured')",
 )
 EXPECTED = [(1, 21.0, "paid"), (2, 6.0, "paid"), (4, 10.0, "new")]
-
-
-def _target(dsn: str) -> list[tuple[Any, ...]]:
-    try:
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute("SELECT id, amount, status FROM orders_out ORDER BY id").fetchall()
-    except psycopg.errors.UndefinedTable:
-        return []
-    return [(i, float(a), s) for i, a, s in rows]
 
 
 def _topics(bootstrap: str) -> set[str]:
@@ -98,16 +88,16 @@ def test_one_spec_file_runs_source_worker_and_loader(
                             log=tmp_path / "worker.log") as worker, \
                 python_process(["-m", "ops", "load", str(spec)], bound_s=300, env=env,
                                log=tmp_path / "load.log") as loader:
-            wait_for(lambda: len(_target(fresh_db)) == 3, timeout=120, what="the snapshot")
-            assert _target(fresh_db) == [(1, 19.99, "paid"), (2, 5.0, "new"), (3, 42.5, "shipped")]
+            wait_for(lambda: len(orders_out(fresh_db)) == 3, timeout=120, what="the snapshot")
+            assert orders_out(fresh_db) == [(1, 19.99, "paid"), (2, 5.0, "new"), (3, 42.5, "shipped")]
             with psycopg.connect(fresh_db, autocommit=True) as conn:
                 for sql in _CHANGES:
                     conn.execute(sql)
             try:
-                wait_for(lambda: _target(fresh_db) == EXPECTED, timeout=120, what="the changes")
+                wait_for(lambda: orders_out(fresh_db) == EXPECTED, timeout=120, what="the changes")
             finally:
                 logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
-            assert _target(fresh_db) == EXPECTED, logs
+            assert orders_out(fresh_db) == EXPECTED, logs
             assert (source.poll(), worker.poll(), loader.poll()) == (None, None, None), logs
             # only the table table_include names is captured
             assert f"{prefix}.public.audit" not in _topics(kafka_bootstrap)

@@ -10,14 +10,13 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from connectors import KafkaSecurity, kafka_config
-from tests.pipeline_support import python_process, write_spec
+from tests.pipeline_support import orders_out, python_process, write_spec
 from tests.secure_kafka import PASSWORD, SecureKafka
 from tests.support import wait_for
 
@@ -32,15 +31,6 @@ _CHANGES = ("INSERT INTO orders VALUES (4, 10.00, 'new')",
             "UPDATE orders SET status = 'paid' WHERE id = 2",
             "DELETE FROM orders WHERE id = 3")
 EXPECTED = [(1, 19.99, "paid"), (2, 5.0, "paid"), (4, 10.0, "new")]
-
-
-def _target(dsn: str) -> list[tuple[Any, ...]]:
-    try:
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute("SELECT id, amount, status FROM orders_out ORDER BY id").fetchall()
-    except psycopg.errors.UndefinedTable:
-        return []
-    return [(i, float(a), s) for i, a, s in rows]
 
 
 def test_source_worker_and_loader_through_scram_over_tls(
@@ -78,7 +68,7 @@ def test_source_worker_and_loader_through_scram_over_tls(
         assert "SASL authentication failed as 'dataflow-app' (SCRAM-SHA-512)" in log, log
         assert "wrong-pw-5e0c" not in log and PASSWORD not in log, log
     assert (bad_source.returncode, bad_worker.returncode, bad_loader.returncode) == (1, 2, 1)
-    assert _target(fresh_db) == []
+    assert orders_out(fresh_db) == []
 
     env = {**secure_kafka.env("SCRAM-SHA-512"), "DATAFLOW_DATA_DIR": str(tmp_path / "workers")}
     topic = f"{prefix}.public.orders"
@@ -95,15 +85,15 @@ def test_source_worker_and_loader_through_scram_over_tls(
             def logs() -> dict[str, str]:
                 return {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
 
-            wait_for(lambda: len(_target(fresh_db)) == 3 or source.poll() is not None
+            wait_for(lambda: len(orders_out(fresh_db)) == 3 or source.poll() is not None
                      or worker.poll() is not None, timeout=90, what="the snapshot")
-            assert _target(fresh_db) == [(1, 19.99, "paid"), (2, 5.0, "new"), (3, 42.5, "shipped")], logs()
+            assert orders_out(fresh_db) == [(1, 19.99, "paid"), (2, 5.0, "new"), (3, 42.5, "shipped")], logs()
             with psycopg.connect(fresh_db, autocommit=True) as conn:
                 for sql in _CHANGES:
                     conn.execute(sql)
-            wait_for(lambda: _target(fresh_db) == EXPECTED or loader.poll() is not None,
+            wait_for(lambda: orders_out(fresh_db) == EXPECTED or loader.poll() is not None,
                      timeout=60, what="the changes")
-            assert _target(fresh_db) == EXPECTED, logs()
+            assert orders_out(fresh_db) == EXPECTED, logs()
             assert (source.poll(), worker.poll(), loader.poll()) == (None, None, None), logs()
         os.killpg(source.pid, signal.SIGTERM)  # its slot is released before the database goes
         assert source.wait(timeout=30) == 0, logs()

@@ -30,22 +30,12 @@ from tests.ops.api.conftest import ROOT, ApiProcess, Reply
 from tests.ops.api.sup_support import DDL, sql
 from tests.secure_kafka import PASSWORD as KAFKA_PASSWORD
 from tests.secure_kafka import SecureKafka
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
 PG_PASSWORD = "pgPw-31c7e9d2a4"
 S3_SECRET = "s3Secret-8f2b6a0d5c-Zq"
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def _every_record(env: dict[str, str]) -> list[bytes]:
@@ -138,12 +128,12 @@ def test_no_secret_in_logs_responses_metrics_or_topics(
         return [o["Key"] for o in listed.get("Contents", [])]
 
     try:
-        _wait(lambda: target() == [(1, "a", 1), (2, "b", 2)], 120,
+        wait_for(lambda: target() == [(1, "a", 1), (2, "b", 2)], 120,
               f"the rows ({api.log.read_text()[-2000:]})")
         sql(fresh_db, "UPDATE items SET qty = 20 WHERE id = 2")
-        _wait(lambda: target() == [(1, "a", 1), (2, "b", 20)], 60, "the change")
-        _wait(files, 60, "object-store files")
-        status = _wait(lambda: (s := call("GET", f"/api/v1/pipelines/{pid}/status").json)
+        wait_for(lambda: target() == [(1, "a", 1), (2, "b", 20)], 60, "the change")
+        wait_for(files, 60, "object-store files")
+        status = wait_for(lambda: (s := call("GET", f"/api/v1/pipelines/{pid}/status").json)
                        ["stats"]["dlq_records"] == 1 and s, 60, "the DLQ record in the stats")
         assert status["state"] == "running", status
         roles = sorted(p["role"] for p in status["processes"])
