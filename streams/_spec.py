@@ -55,7 +55,7 @@ from agents import (
     compile_regex,
 )
 from connectors import PostgresCDCConfig
-from schemas import ConfigError, resolve_env
+from schemas import ENV_REF, ConfigError, resolve_env
 
 # ------------------------------------------------------------------ building blocks
 
@@ -845,6 +845,19 @@ _SECRET_FIELDS = {"dsn", "uri", "salt", "password", "secret_access_key"}
 _UNION_SECTIONS = {"transforms", "quality", "stateful"}
 
 
+def _misplaced_references(data: Any, at: str = "") -> list[str]:
+    """``${env:NAME}`` outside a secret field: nothing would read it, so it is refused."""
+    if isinstance(data, dict):
+        return [err for k, v in data.items() if not (k in _SECRET_FIELDS and isinstance(v, str))
+                for err in _misplaced_references(v, f"{at}.{k}" if at else str(k))]
+    if isinstance(data, list | tuple):
+        return [err for i, v in enumerate(data) for err in _misplaced_references(v, f"{at}[{i}]")]
+    if isinstance(data, str) and ENV_REF.search(data):
+        return [f"{at}: ${{env:...}} is read only in a secret field "
+                f"({', '.join(sorted(_SECRET_FIELDS - {'password'}))})"]
+    return []
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for i, step in enumerate(loc):
@@ -1248,6 +1261,9 @@ def load_spec(
         data = _parse(text, limits)
     if not isinstance(data, dict):
         raise SpecError([f"(spec): expected a mapping at the top, got {type(data).__name__}"])
+    misplaced = _misplaced_references(data)
+    if misplaced:
+        raise SpecError(misplaced)
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:

@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DSN = "postgresql://loader:${env:DF_T_PG_PW}@127.0.0.1:5432/shop"
 
 
+@pytest.fixture(autouse=True)
+def _kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+
+
 def _spec() -> dict[str, Any]:
     return {
         "name": "refs",
@@ -80,6 +85,19 @@ def test_an_unset_name_is_a_spec_error_naming_the_field(monkeypatch: pytest.Monk
         compile_chain(spec)
     with pytest.raises(ConfigError, match="variables A, B are not set"):
         resolve_env("${env:B}:${env:A}", {})
+
+
+def test_a_reference_outside_a_secret_field_is_refused() -> None:
+    doc = _spec()
+    doc["sinks"]["objectstore"]["url"] = "s3://${env:BUCKET}/items"
+    doc["transforms"].append({"type": "filter", "expr": "name != '${env:X}'"})
+    with pytest.raises(SpecError) as caught:
+        load_spec(doc)
+    assert caught.value.errors == [
+        "transforms[2].expr: ${env:...} is read only in a secret field (dsn, salt, "
+        "secret_access_key, uri)",
+        "sinks.objectstore.url: ${env:...} is read only in a secret field (dsn, salt, "
+        "secret_access_key, uri)"]
 
 
 def test_dataflow_load_with_an_unset_name_exits_2_and_says_which(tmp_path: Path) -> None:
