@@ -37,7 +37,7 @@ from connectors import (
 )
 from ops._console import error, setup_logging
 from ops._signals import stop_on_signals
-from schemas import ConfigError, DataFlowError
+from schemas import ConfigError, DataFlowError, resolve_env
 from streams import PipelineSpec, load_spec, reveal_secret
 
 SINK_KINDS = ("postgres", "mongodb", "objectstore")
@@ -137,6 +137,12 @@ def from_config(doc: dict[str, Any]) -> tuple[LoaderSettings, Sink]:
     loader.setdefault("bootstrap_servers", os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
     sink = dict(doc.get("sink") or {})
     kind = sink.pop("kind", None)
+    for field in ("dsn", "uri", "secret_access_key"):  # ${env:NAME} references, read now
+        if isinstance(sink.get(field), str):
+            try:
+                sink[field] = resolve_env(sink[field])
+            except ConfigError as exc:
+                raise ConfigError(f"sink.{field}: {exc}") from None
     return _validate(LoaderSettings, loader, "loader"), build_sink(str(kind), sink)
 
 

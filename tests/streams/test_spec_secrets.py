@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ops._load_cli import from_spec
+from ops._load_cli import from_config, from_spec
 from schemas import ConfigError, redact, resolve_env
 from streams import SpecError, compile_chain, load_spec
 
@@ -85,6 +85,17 @@ def test_an_unset_name_is_a_spec_error_naming_the_field(monkeypatch: pytest.Monk
         compile_chain(spec)
     with pytest.raises(ConfigError, match="variables A, B are not set"):
         resolve_env("${env:B}:${env:A}", {})
+
+
+def test_a_loader_config_reads_its_references_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = {"loader": {"topics": ["t"], "group_id": "g"},
+           "sink": {"kind": "postgres", "table": "items", "dsn": DSN}}
+    monkeypatch.delenv("DF_T_PG_PW", raising=False)
+    with pytest.raises(ConfigError, match=r"sink\.dsn: \$\{env:DF_T_PG_PW\}: the environment"):
+        from_config(doc)
+    monkeypatch.setenv("DF_T_PG_PW", "pg-Secret-3")
+    _, sink = from_config(doc)
+    assert sink.settings.dsn.get_secret_value().endswith(":pg-Secret-3@127.0.0.1:5432/shop")  # type: ignore[attr-defined]
 
 
 def test_a_reference_outside_a_secret_field_is_refused() -> None:
