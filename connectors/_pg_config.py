@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors._kafka import kafka_config
 from connectors._metrics import env_metrics_host, env_metrics_port
-from schemas import ENV_REF, ConfigError, redact
+from schemas import ENV_REF, ConfigError, redact, resolve_env
 
 SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -165,6 +165,11 @@ class PostgresCDCConfig(BaseModel):
             doc = doc["source"]
         if not isinstance(doc, dict):
             raise ConfigError(f"{p}: expected a mapping of settings")
+        if isinstance(doc.get("dsn"), str):  # ${env:NAME} references: this process connects
+            try:
+                doc = {**doc, "dsn": resolve_env(doc["dsn"])}
+            except ConfigError as exc:
+                raise ConfigError(f"{p}: dsn: {exc}") from None
         return cls.parse({**doc, **overrides}, where=str(p))
 
     @classmethod

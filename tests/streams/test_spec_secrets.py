@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from connectors import PostgresCDCConfig
 from ops._load_cli import from_config, from_spec
 from schemas import ConfigError, redact, resolve_env
 from streams import SpecError, compile_chain, load_spec
@@ -96,6 +97,17 @@ def test_a_loader_config_reads_its_references_too(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DF_T_PG_PW", "pg-Secret-3")
     _, sink = from_config(doc)
     assert sink.settings.dsn.get_secret_value().endswith(":pg-Secret-3@127.0.0.1:5432/shop")  # type: ignore[attr-defined]
+
+
+def test_a_source_config_file_reads_its_reference(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    path = tmp_path / "source.yaml"
+    path.write_text(yaml.safe_dump({"topic_prefix": "refs", "dsn": DSN}))
+    monkeypatch.delenv("DF_T_PG_PW", raising=False)
+    with pytest.raises(ConfigError, match=r"source\.yaml: dsn: \$\{env:DF_T_PG_PW\}: the env"):
+        PostgresCDCConfig.load(path)
+    monkeypatch.setenv("DF_T_PG_PW", "pg-Secret-4")
+    assert PostgresCDCConfig.load(path).dsn.get_secret_value().endswith(":pg-Secret-4@127.0.0.1:5432/shop")
 
 
 def test_a_reference_outside_a_secret_field_is_refused() -> None:
