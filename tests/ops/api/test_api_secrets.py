@@ -154,7 +154,9 @@ def test_no_secret_in_logs_responses_metrics_or_topics(
             capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr
     finally:
-        call("DELETE", f"/api/v1/pipelines/{pid}?purge=true")
+        # the purge drops the slot: the API reads the DSN's reference to connect
+        purged = call("DELETE", f"/api/v1/pipelines/{pid}?purge=true")
+    assert (purged.status, purged.json.get("purged")) == (200, True), purged.text
 
     records = _every_record(kafka_env)
     home = Path(api.env["DATAFLOW_API_HOME"])
