@@ -3,9 +3,10 @@
 CDC source and Postgres sink and a secret S3 key for its object-store sink, all given as
 ``${env:NAME}`` references, so the registry never holds them. Then every log file the
 processes wrote, every API response of the test, the CLI's output, every process's
-``/metrics`` and every topic of the broker (registry, status, runs, the source's state,
-the pipeline's output and DLQ) are searched for the secrets: none is found, and the
-supervisor's spec files hold the references only."""
+``/metrics`` and every topic of the broker (registry, status, runs, audit, identities, the
+source's state, the pipeline's output and DLQ) are searched for the secrets (and the Kafka
+password, the admin's password and the admin's token the test calls with): none is found,
+and the supervisor's spec files hold the references only."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import yaml
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors import KafkaSecurity, kafka_config
-from tests.ops.api.conftest import ROOT, ApiProcess, Reply
+from tests.ops.api.conftest import ADMIN_PASSWORD, ROOT, ApiProcess, Reply
 from tests.ops.api.sup_support import DDL, sql
 from tests.secure_kafka import PASSWORD as KAFKA_PASSWORD
 from tests.secure_kafka import SecureKafka
@@ -150,7 +151,8 @@ def test_no_secret_in_logs_responses_metrics_or_topics(
         assert all("dataflow_" in text for text in metrics.values()), metrics
         cli = subprocess.run(
             [sys.executable, "-m", "ops", "pipelines", "get", pid, "--json"], cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "DATAFLOW_API_URL": api.url},
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DATAFLOW_API_URL": api.url,
+                 "DATAFLOW_API_TOKEN": api.token},
             capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr
     finally:
@@ -166,7 +168,8 @@ def test_no_secret_in_logs_responses_metrics_or_topics(
     assert spec_files and all("${env:DF_TEST_PG_PASSWORD}" in text and
                               "${env:DF_TEST_S3_SECRET}" in text for text in spec_files)
     assert any(f"{prefix}.public.items".encode() in r or b"qty_positive" in r for r in records)
-    for secret in (PG_PASSWORD, S3_SECRET, KAFKA_PASSWORD):
+    assert api.token  # the test's calls are an admin's
+    for secret in (PG_PASSWORD, S3_SECRET, KAFKA_PASSWORD, ADMIN_PASSWORD, api.token):
         found = [f"log {path}" for path, text in logs.items() if secret in text]
         found += [f"response {r.status} {r.text[:200]}" for r in replies if secret in r.text]
         found += [f"/metrics of {role}" for role, text in metrics.items() if secret in text]
