@@ -211,7 +211,10 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
     async def handle(request: web.Request) -> web.StreamResponse:
         call = Call(request, request.app[API], dict(request.match_info))
         request[_CALL] = (route, call)
-        _authorize(route, call)
+        if call.api.identities.oidc is None:
+            _authorize(route, call)
+        else:  # a provider's keys may have to be fetched: never on the event loop
+            await asyncio.to_thread(_authorize, route, call)
         if route.query is not None:
             try:
                 call.query = route.query.model_validate(dict(request.query))

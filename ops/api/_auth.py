@@ -11,6 +11,12 @@ view on every request, so a deleted or disabled user and a revoked key are refus
 Tokens are HS256 JWTs (PyJWT) with ``sub``, ``role``, ``iat`` and ``exp`` required; only
 HS256 is accepted, so ``alg: none`` and algorithm confusion fail. An API key is
 ``dfk_<id>_<secret>``, sent as ``X-API-Key`` or ``Authorization: Bearer``.
+
+An external identity provider (OIDC) plugs in by its JWKS: a bearer token signed with an
+asymmetric algorithm (RS*/PS*/ES*) is verified against the provider's published keys, its
+``iss`` and ``aud`` checked, and its role read from one claim (a role name, or a list whose
+highest DataFlow role counts). Such a token is never checked against the HS256 secret, nor
+an HS256 token against a provider's key.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def now() -> str:
 class Identity:
     """The caller of one request."""
 
-    kind: Literal["user", "key"]
+    kind: Literal["user", "key", "oidc"]
     #: the user's name, or the key's name
     name: str
     role: Role
@@ -63,7 +69,7 @@ class Identity:
 
     @property
     def who(self) -> str:
-        return self.name if self.kind == "user" else f"key:{self.name}"
+        return self.name if self.kind == "user" else f"{self.kind}:{self.name}"
 
     def allows(self, role: str) -> bool:
         return RANKS[self.role] >= RANKS[role]
@@ -107,10 +113,51 @@ class LoginLimiter:
                 self._recent(key, at).append(at)
 
 
+#: the algorithms a provider's token may use (never HS*: its key is public)
+OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+@dataclass(frozen=True)
+class Oidc:
+    """An external identity provider: where its keys are, who it is, who tokens are for."""
+
+    jwks_url: str
+    issuer: str
+    audience: str
+    role_claim: str = "role"
+
+    @functools.cached_property
+    def keys(self) -> jwt.PyJWKClient:
+        return jwt.PyJWKClient(self.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+
+    def identify(self, credential: str) -> Identity:
+        try:
+            key = self.keys.get_signing_key_from_jwt(credential)
+            claims = jwt.decode(credential, key.key, algorithms=list(OIDC_ALGORITHMS),
+                                audience=self.audience, issuer=self.issuer,
+                                options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("the token has expired") from None
+        except jwt.PyJWKClientError as exc:
+            log.warning("OIDC keys: %s", exc)
+            raise unauthorized("the token's signing key is not the provider's") from None
+        except jwt.InvalidTokenError:
+            raise unauthorized("the token is not valid") from None
+        given = claims.get(self.role_claim)
+        names = given if isinstance(given, list) else [given]
+        roles: list[Role] = [r for r in ("admin", "operator", "viewer") if r in names]
+        if not roles:
+            raise ApiError(403, "forbidden", f"the token's claim {self.role_claim!r} names no "
+                           "DataFlow role (viewer, operator, admin)")
+        return Identity("oidc", str(claims["sub"]), roles[0])  # the highest it names
+
+
 class Identities:
     """Users, API keys and the signing key over ``<prefix>.identities``."""
 
-    def __init__(self, registry: Registry, *, secret: str | None, ttl_s: int) -> None:
+    def __init__(self, registry: Registry, *, secret: str | None, ttl_s: int,
+                 oidc: Oidc | None = None) -> None:
+        self.oidc = oidc
         self.registry = registry
         self.topic = registry.topics.identities
         self.ttl_s = ttl_s
@@ -222,6 +269,8 @@ class Identities:
                                "X-API-Key)")
         if credential.startswith(_KEY_PREFIX):
             return self._by_key(credential)
+        if self.oidc is not None and _algorithm(credential) in OIDC_ALGORITHMS:
+            return self.oidc.identify(credential)
         return self._by_token(credential)
 
     def _by_key(self, credential: str) -> Identity:
@@ -250,6 +299,13 @@ class Identities:
         if role not in RANKS:
             raise unauthorized("the token is not valid")
         return Identity("user", rec["name"], role)
+
+
+def _algorithm(token: str) -> str | None:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg"))
+    except jwt.InvalidTokenError:
+        return None
 
 
 @functools.cache

@@ -330,7 +330,7 @@ class TokenResponse(_Strict):
 
 
 class Me(_Strict):
-    kind: Literal["user", "key"]
+    kind: Literal["user", "key", "oidc"]
     name: str
     role: RoleName
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from connectors import KafkaSecurity
 from ops._stack import default_home
-from ops.api._auth import Identities, LoginLimiter
+from ops.api._auth import Identities, LoginLimiter, Oidc
 from ops.api._control import Control
 from ops.api._integrations import Integrations
 from ops.api._pipelines import Pipelines
@@ -23,8 +23,9 @@ class ApiSettings(BaseModel):
     checks ``DATAFLOW_KAFKA_*`` (every Kafka client reads them), reads
     ``DATAFLOW_REGISTRY_PREFIX``, ``DATAFLOW_API_<FIELD>`` (``MAX_BODY_BYTES``,
     ``SUPERVISE``, ``HOME``, ``METRICS_AUTH``, ``LOGIN_ATTEMPTS``),
-    ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S``, ``DATAFLOW_ADMIN_PASSWORD`` and
-    ``DATAFLOW_INTEGRATIONS_POLL_S``."""
+    ``DATAFLOW_JWT_SECRET``, ``DATAFLOW_JWT_TTL_S``, ``DATAFLOW_ADMIN_PASSWORD``,
+    ``DATAFLOW_INTEGRATIONS_POLL_S`` and ``DATAFLOW_OIDC_*`` (``JWKS_URL``, ``ISSUER``,
+    ``AUDIENCE``, ``ROLE_CLAIM``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,6 +52,27 @@ class ApiSettings(BaseModel):
     login_attempts: int = Field(5, ge=1)
     #: how often integrations' pipelines' figures are read (dlq_growing, quality_below)
     integrations_poll_s: float = Field(15.0, gt=0)
+    #: an external identity provider's JWKS URL, issuer and audience (all three, or none)
+    oidc_jwks_url: str | None = Field(None, pattern=r"^https?://")
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    #: the provider token's claim holding the DataFlow role (a name or a list of names)
+    oidc_role_claim: str = "role"
+
+    @model_validator(mode="after")
+    def _oidc_whole(self) -> ApiSettings:
+        given = [self.oidc_jwks_url, self.oidc_issuer, self.oidc_audience]
+        if any(given) and not all(given):
+            raise ValueError("DATAFLOW_OIDC_JWKS_URL, DATAFLOW_OIDC_ISSUER and "
+                             "DATAFLOW_OIDC_AUDIENCE go together")
+        return self
+
+    @property
+    def oidc(self) -> Oidc | None:
+        if not (self.oidc_jwks_url and self.oidc_issuer and self.oidc_audience):
+            return None
+        return Oidc(self.oidc_jwks_url, self.oidc_issuer, self.oidc_audience,
+                    self.oidc_role_claim)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: object) -> ApiSettings:
@@ -71,7 +93,11 @@ class ApiSettings(BaseModel):
                           ("DATAFLOW_ADMIN_PASSWORD", "admin_password"),
                           ("DATAFLOW_API_METRICS_AUTH", "metrics_auth"),
                           ("DATAFLOW_API_LOGIN_ATTEMPTS", "login_attempts"),
-                          ("DATAFLOW_INTEGRATIONS_POLL_S", "integrations_poll_s")):
+                          ("DATAFLOW_INTEGRATIONS_POLL_S", "integrations_poll_s"),
+                          ("DATAFLOW_OIDC_JWKS_URL", "oidc_jwks_url"),
+                          ("DATAFLOW_OIDC_ISSUER", "oidc_issuer"),
+                          ("DATAFLOW_OIDC_AUDIENCE", "oidc_audience"),
+                          ("DATAFLOW_OIDC_ROLE_CLAIM", "oidc_role_claim")):
             if env.get(name):
                 values[key] = env[name]
         values.update({k: v for k, v in given.items() if v is not None})
@@ -102,7 +128,8 @@ class Api:
         self.registry = Registry(settings.bootstrap, Topics.with_prefix(settings.registry_prefix))
         self.pipelines = Pipelines(self.registry)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        self.identities = Identities(self.registry, secret=secret, ttl_s=settings.jwt_ttl_s)
+        self.identities = Identities(self.registry, secret=secret, ttl_s=settings.jwt_ttl_s,
+                                     oidc=settings.oidc)
         self.logins = LoginLimiter(settings.login_attempts, 60.0)
         self.integrations = Integrations(self.registry, self.identities)
         #: the identities are loaded and the first admin made: guarded routes answer
