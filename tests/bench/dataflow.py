@@ -53,10 +53,10 @@ def _missing(*modules: str) -> str | None:
 
 def _command_missing(name: str) -> str | None:
     try:
-        from ops._cli import COMMANDS
+        from ops._cli import cli
     except ImportError as exc:
         return f"ops._cli does not import: {exc}"
-    return None if name in COMMANDS else f"'dataflow {name}' is not in this checkout yet"
+    return None if name in cli.commands else f"'dataflow {name}' is not in this checkout yet"
 
 
 def _needs(command: str, *modules: str) -> Callable[[Env], str | None]:
