@@ -104,8 +104,21 @@ async def test_a_schedule_starts_real_runs_at_its_times(
     sup = supervisor(tmp_path)
     runs: list[RunRecord] = []
 
+    failed: list[BaseException] = []
+
     async def fire(pipeline_id: str) -> None:
-        runs.append(await sup.run_once(pipeline_id, 1, spec))
+        try:
+            runs.append(await sup.run_once(pipeline_id, 1, spec))
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    async def until(n: int) -> None:  # bounded: a run that fails is the test's failure
+        deadline = asyncio.get_running_loop().time() + 150
+        while len(runs) < n:
+            assert not failed, f"a scheduled run failed: {failed[0]!r}"
+            assert asyncio.get_running_loop().time() < deadline, f"{len(runs)} of {n} runs"
+            await asyncio.sleep(0.5)
 
     s = Scheduler(fire, seconds_field=True)
     s.set(pid_, "* * * * * */20")
@@ -113,11 +126,9 @@ async def test_a_schedule_starts_real_runs_at_its_times(
     assert due is not None and due.second % 20 == 0
     s.start()
     try:
-        while len(runs) < 1:
-            await asyncio.sleep(0.5)
+        await until(1)
         sql(fresh_db, "INSERT INTO items VALUES (2, 'b', 2)")
-        while len(runs) < 2:
-            await asyncio.sleep(0.5)
+        await until(2)
     finally:
         await s.close()
         await sup.purge(pid_, spec)
