@@ -12,6 +12,12 @@ Order of work in ``run()``, written down once:
    (bounded memory), and the transaction's end LSN is confirmed to Postgres only once
    Kafka acknowledged every event of it and of all transactions before it.
 
+While streaming, tables are snapshotted without a pause or a lock (an *incremental*
+snapshot, DBLog's watermark algorithm, see ``_Incremental``): a table created after the
+start that matches ``table_include`` (found by a catalog poll, added to the publication),
+and the tables an ``execute-snapshot`` signal names (a transactional logical message with
+prefix ``dataflow.signal``).
+
 A crash anywhere loses nothing: Postgres resends everything after the last confirmed LSN
 (repeats are possible, losses are not). A snapshot cut short is redone from a new slot.
 """
@@ -23,6 +29,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +151,8 @@ class PostgresCDCSource:
         self._last_status = 0.0
         self._repl: ReplicationConnection | None = None
         self._drain = False
+        self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
+        self.incremental = _Incremental(self)
         self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
         # what Debezium puts on every record (``__debezium.context.*``); the run id is new per run
         self.context_headers: list[tuple[str, bytes]] = [
@@ -296,9 +305,11 @@ class PostgresCDCSource:
                                   self.config.time_precision_mode,
                                   self.config.propagate_source_types)
 
-    def _discover(self, conn: psycopg.Connection[Any]) -> None:
-        """The captured tables with their key columns; clear errors for keyless ones."""
-        rows = conn.execute(
+    @staticmethod
+    def _catalog(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, bool, list[str]]]:
+        """Every ordinary or partitioned table (not a partition): schema, name, replica
+        identity, SELECT privilege, primary key columns."""
+        return conn.execute(
             """
             SELECT n.nspname::text, c.relname::text, c.relreplident::text,
                    has_table_privilege(c.oid, 'SELECT'),
@@ -313,6 +324,10 @@ class PostgresCDCSource:
             ORDER BY 1, 2
             """
         ).fetchall()
+
+    def _discover(self, conn: psycopg.Connection[Any]) -> None:
+        """The captured tables with their key columns; clear errors for keyless ones."""
+        rows = self._catalog(conn)
         cfg = self.config
         no_select, keyless, no_ident = [], [], []
         tables: dict[tuple[str, str], _Table] = {}
@@ -375,6 +390,39 @@ class PostgresCDCSource:
                 f"postgres: cannot {'alter' if exists else 'create'} publication {pub!r}: {exc}. "
                 "The role must own the tables (or a superuser creates the publication)"
             ) from exc
+
+    def _add_new_tables(self, conn: psycopg.Connection[Any]) -> list[_Table]:
+        """Tables created since the start that match ``table_include``: each added to the
+        publication (its changes stream from the commit of that ALTER on) and returned, to
+        be snapshotted incrementally for what it held before. A table that cannot be
+        captured (no key, no SELECT) is named in the log once and left out."""
+        cfg = self.config
+        added: list[_Table] = []
+        for schema, name, ident, can_select, pk in self._catalog(conn):
+            if (schema, name) in self._tables or (schema, name) in self._refused \
+                    or not cfg.wants(schema, name):
+                continue
+            full = f"{schema}.{name}"
+            key = list(cfg.key_columns.get(full) or pk)
+            why = ("no SELECT privilege" if not can_select else "no primary key nor key_columns"
+                   if not key else "key_columns but no usable replica identity"
+                   if not pk and ident not in ("f", "i") else "")
+            if why:
+                self._refused.add((schema, name))
+                log.warning("postgres source %s: new table %s is not captured: %s",
+                            cfg.source_name, full, why)
+                continue
+            table = _Table(schema, name, key, cfg.topic(schema, name))
+            KafkaAdmin(cfg.kafka, self._stop.is_set).ensure_topics([table.topic])
+            try:
+                conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(cfg.publication), sql.Identifier(schema, name)))
+            except psycopg.errors.DuplicateObject:
+                pass  # added by someone else: its changes stream already
+            self._tables[(schema, name)] = table
+            log.info("postgres source %s: new table %s added to the publication", cfg.source_name, full)
+            added.append(table)
+        return added
 
     def _slot_info(self, conn: psycopg.Connection[Any]) -> int | None:
         """The slot's confirmed LSN, None when absent; waits for a dead owner to leave."""
@@ -612,16 +660,36 @@ class PostgresCDCSource:
         repl.start(cfg.slot, cfg.publication, start)
         log.info("streaming slot %s from %s", cfg.slot, lsn_to_str(start))
         window = AckWindow()
+        self._last_status = time.monotonic()
+        dec = _TxnDecoder(self, producer, window)
+        ctl = _connect(self._dsn)  # new tables, chunks and watermarks of incremental snapshots
+        try:
+            self._stream_loop(repl, producer, window, dec, ctl, start, until)
+        finally:
+            ctl.close()
+
+    def _stream_loop(self, repl: ReplicationConnection, producer: EventProducer, window: AckWindow,
+                     dec: _TxnDecoder, ctl: psycopg.Connection[Any], start: int,
+                     until: int | None) -> None:
+        """Read the slot; poll for new tables and take incremental snapshot chunks between
+        reads; confirm what Kafka acknowledged; on stop, confirm what is in flight."""
+        cfg = self.config
+        poll_every = cfg.table_poll_interval_ms / 1000
+        last_poll = time.monotonic()
         name = cfg.source_name
         m = self.metrics
         status_every = cfg.status_interval_ms / 1000
         heartbeat_every = cfg.heartbeat_interval_ms / 1000
-        self._last_status = time.monotonic()
         last_heartbeat = time.monotonic()
         sent = -1
         server_end = start
-        dec = _TxnDecoder(self, producer)
+        inc = self.incremental
         while not self._stop.is_set():
+            if time.monotonic() - last_poll >= poll_every and not self._drain:
+                for table in self._add_new_tables(ctl):
+                    inc.add(table)
+                last_poll = time.monotonic()
+            inc.step(ctl)
             msgs = repl.read(0.2)
             reply = False
             for msg in msgs:
@@ -674,12 +742,188 @@ class PostgresCDCSource:
         log.info("stopped; confirmed %s", lsn_to_str(self.confirmed_lsn))
 
 
+SIGNAL_PREFIX = "dataflow.signal"
+_WATERMARK_PREFIX = "dataflow.watermark"
+
+
+@dataclass
+class _Chunk:
+    """One chunk of an incremental snapshot, read between its two watermarks."""
+
+    id: str
+    table: _Table
+    rows: dict[bytes, dict[str, Any]]  # key -> after, in key order; superseded ones removed
+    last: list[str | None] | None  # key texts of its last row: where the next chunk starts
+    full: bool  # as many rows as asked for: there may be more
+    xip: set[int]  # transactions in progress for the chunk's snapshot (32-bit xids)
+    xmax: int  # the snapshot's first unassigned xid (32 bits): it and later are invisible
+    open: bool = False  # the low watermark has been read from the stream
+    stale: bool = False  # a transaction the chunk did not see streamed before its window
+
+    def invisible(self, xid: int) -> bool:
+        """True when transaction ``xid`` (32 bits, as pgoutput gives it) is not visible to
+        the chunk's snapshot: in progress, or at or after its xmax (modulo 2^32)."""
+        return xid in self.xip or (xid - self.xmax) % (1 << 32) < (1 << 31)
+
+
+class _Incremental:
+    """Snapshots taken while streaming, DBLog's watermark algorithm (Debezium's incremental
+    snapshots), one chunk at a time, no lock:
+
+    1. write a *low* watermark into the WAL (a non-transactional logical message, prefix
+       ``dataflow.watermark.<source>``), read the next ``incremental_chunk_size`` rows by
+       primary key in one REPEATABLE READ snapshot, write a *high* watermark;
+    2. while the stream is between the two watermarks, a change to a key of the chunk
+       removes that row from the chunk (the streamed event is newer or as new);
+    3. at the high watermark, the rows left are produced as ``op: r`` events
+       (``source.snapshot: incremental``).
+
+    Every change committed before the low watermark is visible to the chunk's snapshot, so
+    an ``r`` row is never older than the stream before it — except for a transaction whose
+    commit record was written just before the low watermark but was still in progress for
+    the snapshot (its commit record written, its end not yet seen by snapshots): the chunk
+    keeps its snapshot (xmax and in-progress xids), and when a transaction it cannot see is
+    streamed before the low watermark the chunk is read again.
+    A rebuilt table therefore equals the source: nothing is lost, and no row is older than
+    what the stream said; an ``r`` event may repeat a row's current state (as Debezium's).
+    The chunk's events are confirmed like a transaction (after Kafka acknowledged them and
+    everything before). Jobs live in memory: a restart forgets a snapshot under way.
+    """
+
+    def __init__(self, source: PostgresCDCSource) -> None:
+        self.s = source
+        self.jobs: deque[tuple[_Table, list[str | None] | None]] = deque()
+        self.chunk: _Chunk | None = None
+        self.recent: deque[int] = deque(maxlen=10_000)  # xids of the last transactions streamed
+        self.prefix = f"{_WATERMARK_PREFIX}.{source.config.source_name}"
+        self.finished: list[str] = []  # "schema.table" of each snapshot done, in order
+
+    @property
+    def pending(self) -> int:
+        """Tables whose incremental snapshot is queued or under way."""
+        return len(self.jobs)
+
+    def add(self, table: _Table) -> None:
+        if all(t is not table for t, _ in self.jobs):
+            self.jobs.append((table, None))
+            log.info("incremental snapshot of %s.%s queued", table.schema, table.name)
+
+    def signal(self, content: bytes) -> None:
+        """An ``execute-snapshot`` signal: {"type": "execute-snapshot", "data":
+        {"data-collections": ["schema.table", ...], "type": "incremental"}}."""
+        try:
+            doc = orjson.loads(content)
+            kind = doc.get("type")
+            data = doc.get("data") or {}
+            names = data.get("data-collections")
+            if kind != "execute-snapshot" or data.get("type", "incremental").lower() != "incremental" \
+                    or not isinstance(names, list):
+                raise ValueError("expected {\"type\": \"execute-snapshot\", \"data\": "
+                                 "{\"data-collections\": [\"schema.table\", ...]}}")
+        except (ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+            log.warning("postgres source %s: signal ignored: %s", self.s.config.source_name, exc)
+            return
+        for name in names:
+            schema, _, table_name = str(name).rpartition(".")
+            table = self.s._tables.get((schema or "public", table_name))
+            if table is None:
+                log.warning("postgres source %s: signal names %s, which is not captured",
+                            self.s.config.source_name, name)
+            else:
+                self.add(table)
+
+    def step(self, conn: psycopg.Connection[Any]) -> None:
+        """Read the next chunk (between its watermarks) when none is open."""
+        if self.chunk is not None or not self.jobs:
+            return
+        table, start = self.jobs[0]
+        if start is None:
+            self.s._columns_of(conn, table)
+        cid = uuid.uuid4().hex
+        conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (self.prefix, f"{cid}:low"))
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in table.key)
+        where: sql.Composable = sql.SQL("")
+        if start is not None:
+            where = sql.SQL(" WHERE ({}) > ({})").format(
+                keys, sql.SQL(", ").join(sql.Literal(v) for v in start))
+        query = sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
+            cols, sql.Identifier(table.schema, table.name), where, keys,
+            sql.Literal(self.s.config.incremental_chunk_size))
+        convs, names, key_idx = table.convs, table.columns, table.key_idx
+        dumps = orjson.dumps
+        rows: dict[bytes, dict[str, Any]] = {}
+        last: list[str | None] | None = None
+        n = 0
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            snap = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            assert snap is not None
+            _xmin, xmax, xips = str(snap[0]).split(":")
+            xip = {int(x) & 0xFFFFFFFF for x in xips.split(",") if x}
+            with conn.cursor().copy(query) as copy:
+                for data in copy:
+                    vals = copy_fields(bytes(data))
+                    after = {c: (None if v is None else f(v)) for c, v, f in zip(names, vals, convs, strict=True)}
+                    rows[dumps({k: after[k] for k in table.key})] = after
+                    last = [vals[i] for i in key_idx]
+                    n += 1
+        finally:
+            conn.execute("COMMIT")
+        conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (self.prefix, f"{cid}:high"))
+        self.chunk = _Chunk(cid, table, rows, last, n >= self.s.config.incremental_chunk_size,
+                            xip, int(xmax) & 0xFFFFFFFF)
+
+    def watermark(self, content: bytes, lsn: int, dec: _TxnDecoder, window: AckWindow) -> None:
+        chunk = self.chunk
+        cid, _, mark = content.decode(errors="replace").partition(":")
+        if chunk is None or cid != chunk.id:
+            return  # a watermark of a chunk before a restart
+        if mark == "low":
+            chunk.open = True
+            chunk.stale = any(chunk.invisible(xid) for xid in self.recent)
+            return
+        self.chunk = None
+        table = chunk.table
+        if chunk.stale:
+            log.info("chunk of %s.%s read again (a transaction raced its snapshot)",
+                     table.schema, table.name)
+            return
+        if chunk.rows:
+            tracker = AckTracker()
+            ts_us = time.time_ns() // 1000
+            src = self.s._source(table, ts_us, "incremental", lsn, None)
+            src["sequence"] = f'[{dec.prev_end},"{lsn}"]'
+            for key, after in chunk.rows.items():
+                now_us = time.time_ns() // 1000
+                k, v = table.wrap(key, orjson.dumps(envelope("r", None, after, src, now_us // 1000, now_us)))
+                dec.producer.produce(table.topic, k, v, tracker, dec.headers)
+                table.count("r")
+            window.close(tracker, self.s.confirmed_lsn)
+        if chunk.full and chunk.last is not None:
+            self.jobs[0] = (table, chunk.last)
+        else:
+            self.jobs.popleft()
+            self.finished.append(f"{table.schema}.{table.name}")
+            log.info("incremental snapshot of %s.%s done", table.schema, table.name)
+
+    def superseded(self, table: _Table, key: bytes | None) -> None:
+        """A streamed change of ``key`` (None: a truncate) inside the open window."""
+        chunk = self.chunk
+        if chunk is not None and chunk.open and chunk.table is table:
+            if key is None:
+                chunk.rows.clear()
+            else:
+                chunk.rows.pop(key, None)
+
+
 class _TxnDecoder:
     """pgoutput messages of the stream -> produced events, one tracker per transaction."""
 
-    def __init__(self, source: PostgresCDCSource, producer: EventProducer) -> None:
+    def __init__(self, source: PostgresCDCSource, producer: EventProducer, window: AckWindow) -> None:
         self.s = source
         self.producer = producer
+        self.window = window
         self.tracker: AckTracker | None = None
         self.closed: AckTracker = AckTracker()
         self.xid = 0
@@ -711,6 +955,7 @@ class _TxnDecoder:
         if kind == 0x43:  # C
             _flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, 1)
             self.prev_end = f'"{end_lsn}"'
+            self.s.incremental.recent.append(self.xid)
             self.last_commit_us = ts + PG_EPOCH_US
             self.last_lsn = end_lsn
             self.closed = self.tracker or AckTracker()
@@ -732,11 +977,23 @@ class _TxnDecoder:
                 pos += 4
                 table = self.s._relations.get(oid)
                 if table is not None:
+                    self.s.incremental.superseded(table, None)
                     value = envelope("t", None, None, self._source(table, _lsn(msg)), *self._now())
                     self._produce(table, None, self.dumps(value))
                     table.count("t")
             return None
-        return None  # Y (type), O (origin), M (message): nothing to emit
+        if kind == 0x4D:  # M: a watermark of an incremental snapshot, or a signal
+            end = buf.index(b"\0", 10)
+            prefix = buf[10:end].decode(errors="replace")
+            (size,) = _U32.unpack_from(buf, end + 1)
+            content = buf[end + 5:end + 5 + size]
+            inc = self.s.incremental
+            if prefix == inc.prefix:
+                inc.watermark(content, _lsn(msg), self, self.window)
+            elif prefix == SIGNAL_PREFIX and buf[1] & 1:
+                inc.signal(content)
+            return None
+        return None  # Y (type), O (origin): nothing to emit
 
     def _source(self, table: _Table, lsn: int) -> dict[str, Any]:
         """This transaction's ``source`` block for ``table`` at ``lsn`` (base built once)."""
@@ -785,6 +1042,7 @@ class _TxnDecoder:
         if kind == 0x44:  # delete
             assert before is not None
             key = dumps({k: before[k] for k in key_names})
+            self.s.incremental.superseded(table, key)
             self._produce(table, key, dumps(envelope("d", before, None, src, *now)))
             self._produce(table, key, None)
             table.count("d")
@@ -801,6 +1059,7 @@ class _TxnDecoder:
                     after[c] = table.placeholders[c]
         key_dict = {k: after[k] for k in key_names}
         key = dumps(key_dict)
+        self.s.incremental.superseded(table, key)
         if kind == 0x49:
             self._produce(table, key, dumps(envelope("c", None, after, src, *now)))
             table.count("c")
@@ -809,6 +1068,7 @@ class _TxnDecoder:
             old_key = {k: before[k] for k in key_names}
             if old_key != key_dict:  # key change: delete + tombstone old key, create new key
                 okey = dumps(old_key)
+                self.s.incremental.superseded(table, okey)
                 self._produce(table, okey, dumps(envelope("d", before, None, src, *now)),
                               [("__debezium.newkey", key)])
                 self._produce(table, okey, None, [("__debezium.newkey", key)])

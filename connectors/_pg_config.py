@@ -85,6 +85,10 @@ class PostgresCDCConfig(BaseModel):
     publication_name: str = ""
     snapshot_mode: SnapshotMode = "initial"
     heartbeat_interval_ms: int = 10_000
+    #: while streaming, how often the catalog is read for new tables matching table_include
+    table_poll_interval_ms: int = Field(default=1500, ge=100)
+    #: rows per chunk of an incremental snapshot (new tables, ``execute-snapshot`` signals)
+    incremental_chunk_size: int = Field(default=1024, ge=1)
     status_interval_ms: int = 1_000
     # "schema.table" -> key columns, for tables without a primary key
     key_columns: dict[str, list[str]] = Field(default_factory=dict)

@@ -156,7 +156,7 @@ class ReplicationConnection:
     def start(self, slot: str, publication: str, lsn: int) -> None:
         sql = (
             f"START_REPLICATION SLOT {slot} LOGICAL {lsn_to_str(lsn)} "
-            f"(proto_version '1', publication_names '{publication}')"
+            f"(proto_version '1', publication_names '{publication}', messages 'true')"
         )
         res = self._pg.exec_(sql.encode())
         if res.status != pq.ExecStatus.COPY_BOTH:
