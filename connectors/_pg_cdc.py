@@ -419,6 +419,11 @@ class PostgresCDCSource:
                     sql.Identifier(cfg.publication), sql.Identifier(schema, name)))
             except psycopg.errors.DuplicateObject:
                 pass  # added by someone else: its changes stream already
+            except psycopg.errors.InsufficientPrivilege as exc:
+                self._refused.add((schema, name))
+                log.warning("postgres source %s: new table %s is not captured: cannot add it to "
+                            "publication %s: %s", cfg.source_name, full, cfg.publication, exc)
+                continue
             self._tables[(schema, name)] = table
             log.info("postgres source %s: new table %s added to the publication", cfg.source_name, full)
             added.append(table)

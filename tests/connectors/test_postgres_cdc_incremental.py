@@ -80,7 +80,12 @@ def test_new_table_and_signalled_snapshot_rebuild_exactly(fresh_db: str, kafka_b
             wait_streaming(source)
             t.start()
             with psycopg.connect(fresh_db, autocommit=True) as conn:
+                # a malformed signal and one naming a table not captured: logged, ignored
+                for bad in ("{not json", SIGNAL.replace("public.big", "public.nope")):
+                    conn.execute("SELECT pg_logical_emit_message(true, 'dataflow.signal', %s)", (bad,))
                 conn.execute("SELECT pg_logical_emit_message(true, 'dataflow.signal', %s)", (SIGNAL,))
+                # a new table without a key: named in the log, not captured
+                conn.execute("CREATE TABLE nokey (v text); INSERT INTO nokey VALUES ('a')")
                 # a new table, written to before the source sees it and while it is captured
                 conn.execute("CREATE TABLE late (id bigint PRIMARY KEY, v text, n int);"
                              "INSERT INTO late SELECT g, md5(g::text), g FROM generate_series(1, 2000) g")
@@ -98,6 +103,7 @@ def test_new_table_and_signalled_snapshot_rebuild_exactly(fresh_db: str, kafka_b
             t.join(30)
             w.wait_confirmed(fresh_db, cfg.slot)
             assert source.state == "streaming"
+            assert ("public", "nokey") not in source._tables
     finally:
         stop.set()
         if t.is_alive():
