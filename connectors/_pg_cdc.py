@@ -152,6 +152,7 @@ class PostgresCDCSource:
         self._repl: ReplicationConnection | None = None
         self._drain = False
         self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
+        self._state_lsn = 0
         self.incremental = _Incremental(self)
         self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
         # what Debezium puts on every record (``__debezium.context.*``); the run id is new per run
@@ -236,6 +237,12 @@ class PostgresCDCSource:
             else:
                 assert slot is not None
                 start = slot
+                self._state_lsn = int((state or {}).get("lsn", 0))
+                # incremental snapshots under way when the source stopped: start them again
+                for full in (state or {}).get("incremental", []):
+                    schema, _, name = str(full).partition(".")
+                    if (schema, name) in self._tables:
+                        self.incremental.add(self._tables[(schema, name)])
             self.confirmed_lsn = start
             until = None
             if self._drain:
@@ -391,13 +398,14 @@ class PostgresCDCSource:
                 "The role must own the tables (or a superuser creates the publication)"
             ) from exc
 
-    def _add_new_tables(self, conn: psycopg.Connection[Any]) -> list[_Table]:
+    def _add_new_tables(self, conn: psycopg.Connection[Any], producer: EventProducer) -> None:
         """Tables created since the start that match ``table_include``: each added to the
         publication (its changes stream from the commit of that ALTER on) and returned, to
-        be snapshotted incrementally for what it held before. A table that cannot be
-        captured (no key, no SELECT) is named in the log once and left out."""
+        snapshotted incrementally for what it held before; that snapshot is in the state
+        record before the ALTER, so a crash in between redoes it. A table that cannot be
+        captured (no key, no SELECT, no right to alter the publication) is named in the log
+        once and left out."""
         cfg = self.config
-        added: list[_Table] = []
         for schema, name, ident, can_select, pk in self._catalog(conn):
             if (schema, name) in self._tables or (schema, name) in self._refused \
                     or not cfg.wants(schema, name):
@@ -414,6 +422,9 @@ class PostgresCDCSource:
                 continue
             table = _Table(schema, name, key, cfg.topic(schema, name))
             KafkaAdmin(cfg.kafka, self._stop.is_set).ensure_topics([table.topic])
+            self._tables[(schema, name)] = table
+            self.incremental.add(table)
+            self._write_state(producer, "streaming", self._state_lsn)
             try:
                 conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                     sql.Identifier(cfg.publication), sql.Identifier(schema, name)))
@@ -421,13 +432,12 @@ class PostgresCDCSource:
                 pass  # added by someone else: its changes stream already
             except psycopg.errors.InsufficientPrivilege as exc:
                 self._refused.add((schema, name))
+                del self._tables[(schema, name)]
+                self.incremental.jobs = deque(j for j in self.incremental.jobs if j[0] is not table)
                 log.warning("postgres source %s: new table %s is not captured: cannot add it to "
                             "publication %s: %s", cfg.source_name, full, cfg.publication, exc)
                 continue
-            self._tables[(schema, name)] = table
             log.info("postgres source %s: new table %s added to the publication", cfg.source_name, full)
-            added.append(table)
-        return added
 
     def _slot_info(self, conn: psycopg.Connection[Any]) -> int | None:
         """The slot's confirmed LSN, None when absent; waits for a dead owner to leave."""
@@ -468,10 +478,14 @@ class PostgresCDCSource:
         return lsn_to_int(point), snap
 
     def _write_state(self, producer: EventProducer, status: str, lsn: int) -> None:
+        """The state record: the slot, its status and creation LSN, and the tables whose
+        incremental snapshot is queued or under way (redone after a restart)."""
         tracker = AckTracker()
+        self._state_lsn = lsn
         value = orjson.dumps({
             "slot": self.config.slot, "status": status, "lsn": lsn,
             "ts_ms": int(time.time() * 1000),
+            "incremental": [f"{t.schema}.{t.name}" for t, _ in self.incremental.jobs],
         })
         producer.produce(self.config.state_topic, self.config.source_name.encode(), value, tracker)
         producer.drain(tracker)
@@ -667,6 +681,7 @@ class PostgresCDCSource:
         window = AckWindow()
         self._last_status = time.monotonic()
         dec = _TxnDecoder(self, producer, window)
+        self.incremental.restart()
         ctl = _connect(self._dsn)  # new tables, chunks and watermarks of incremental snapshots
         try:
             self._stream_loop(repl, producer, window, dec, ctl, start, until)
@@ -691,8 +706,7 @@ class PostgresCDCSource:
         inc = self.incremental
         while not self._stop.is_set():
             if time.monotonic() - last_poll >= poll_every and not self._drain:
-                for table in self._add_new_tables(ctl):
-                    inc.add(table)
+                self._add_new_tables(ctl, producer)
                 last_poll = time.monotonic()
             inc.step(ctl)
             msgs = repl.read(0.2)
@@ -711,6 +725,9 @@ class PostgresCDCSource:
                         # nothing in flight: everything before wal_end is ours already
                         self.confirmed_lsn = wal_end
             producer.poll()
+            if inc.dirty:  # snapshots queued (by a signal) or done: in the state before confirming
+                inc.dirty = False
+                self._write_state(producer, "streaming", self._state_lsn)
             self.confirmed_lsn = window.confirmable(self.confirmed_lsn)
             if until is not None and self.confirmed_lsn >= until and dec.tracker is None \
                     and not len(window):
@@ -775,7 +792,7 @@ class _Incremental:
     """Snapshots taken while streaming, DBLog's watermark algorithm (Debezium's incremental
     snapshots), one chunk at a time, no lock:
 
-    1. write a *low* watermark into the WAL (a non-transactional logical message, prefix
+    1. write a *low* watermark into the WAL (a logical message in its own committed transaction, which flushes the WAL; prefix
        ``dataflow.watermark.<source>``), read the next ``incremental_chunk_size`` rows by
        primary key in one REPEATABLE READ snapshot, write a *high* watermark;
     2. while the stream is between the two watermarks, a change to a key of the chunk
@@ -792,7 +809,8 @@ class _Incremental:
     A rebuilt table therefore equals the source: nothing is lost, and no row is older than
     what the stream said; an ``r`` event may repeat a row's current state (as Debezium's).
     The chunk's events are confirmed like a transaction (after Kafka acknowledged them and
-    everything before). Jobs live in memory: a restart forgets a snapshot under way.
+    everything before). The queued tables are in the state record (``incremental``), so a
+    restart takes each again from its first row.
     """
 
     def __init__(self, source: PostgresCDCSource) -> None:
@@ -802,15 +820,26 @@ class _Incremental:
         self.recent: deque[int] = deque(maxlen=10_000)  # xids of the last transactions streamed
         self.prefix = f"{_WATERMARK_PREFIX}.{source.config.source_name}"
         self.finished: list[str] = []  # "schema.table" of each snapshot done, in order
+        self.dirty = False  # jobs changed since the state record was written
 
     @property
     def pending(self) -> int:
         """Tables whose incremental snapshot is queued or under way."""
         return len(self.jobs)
 
+    def restart(self) -> None:
+        """A new streaming session (after a retry): the open chunk's watermarks may never
+        come and its events may not all be in Kafka, so each job starts again from its
+        first row (repeating ``r`` events, losing none)."""
+        self.chunk = None
+        tables = self.s._tables  # found again by the session: new objects
+        names = dict.fromkeys((t.schema, t.name) for t, _ in self.jobs)
+        self.jobs = deque((tables[n], None) for n in names if n in tables)
+
     def add(self, table: _Table) -> None:
         if all(t is not table for t, _ in self.jobs):
             self.jobs.append((table, None))
+            self.dirty = True
             log.info("incremental snapshot of %s.%s queued", table.schema, table.name)
 
     def signal(self, content: bytes) -> None:
@@ -845,7 +874,7 @@ class _Incremental:
         if start is None:
             self.s._columns_of(conn, table)
         cid = uuid.uuid4().hex
-        conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (self.prefix, f"{cid}:low"))
+        conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (self.prefix, f"{cid}:low"))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in table.key)
         where: sql.Composable = sql.SQL("")
@@ -875,7 +904,7 @@ class _Incremental:
                     n += 1
         finally:
             conn.execute("COMMIT")
-        conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (self.prefix, f"{cid}:high"))
+        conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (self.prefix, f"{cid}:high"))
         self.chunk = _Chunk(cid, table, rows, last, n >= self.s.config.incremental_chunk_size,
                             xip, int(xmax) & 0xFFFFFFFF)
 
@@ -910,6 +939,7 @@ class _Incremental:
         else:
             self.jobs.popleft()
             self.finished.append(f"{table.schema}.{table.name}")
+            self.dirty = True
             log.info("incremental snapshot of %s.%s done", table.schema, table.name)
 
     def superseded(self, table: _Table, key: bytes | None) -> None:

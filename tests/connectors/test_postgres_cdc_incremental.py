@@ -117,3 +117,29 @@ def test_new_table_and_signalled_snapshot_rebuild_exactly(fresh_db: str, kafka_b
         assert rp.ops["r"] > 0
     finally:
         rp.close()
+
+
+def test_incremental_snapshot_resumes_after_a_restart(fresh_db: str, kafka_bootstrap: str,
+                                                     prefix: str) -> None:  # noqa: F811
+    """A source stopped while a signalled snapshot runs does it again when it starts (the
+    state record holds it); rows changed while it was down are rebuilt too."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, v text, n int);"
+                     "INSERT INTO big SELECT g, md5(g::text), g FROM generate_series(1, 600) g")
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix, snapshot_mode="no_data",
+                      incremental_chunk_size=1)
+    with running(cfg) as source:
+        wait_streaming(source)
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("SELECT pg_logical_emit_message(true, 'dataflow.signal', %s)", (SIGNAL,))
+        inc = source.incremental
+        wait_for(lambda: bool(inc.finished) or bool(inc.jobs) and inc.jobs[0][1] is not None,
+                 60, "the snapshot to pass its first chunk")
+    assert not source.incremental.finished
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("UPDATE big SET n = -n WHERE id % 7 = 0; DELETE FROM big WHERE id % 11 = 0")
+    with running(cfg) as source:
+        wait_for(lambda: "public.big" in source.incremental.finished, 120, "the snapshot to finish")
+        w.wait_confirmed(fresh_db, cfg.slot)
+    got = w.replay_topics(kafka_bootstrap, topics_of(prefix, ["public.big"]))
+    assert w.diff_states(got, w.snapshot_tables(fresh_db, ["public.big"])) == ""
