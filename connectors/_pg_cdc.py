@@ -400,7 +400,7 @@ class PostgresCDCSource:
 
     def _add_new_tables(self, conn: psycopg.Connection[Any], producer: EventProducer) -> None:
         """Tables created since the start that match ``table_include``: each added to the
-        publication (its changes stream from the commit of that ALTER on) and returned, to
+        publication (its changes stream from the commit of that ALTER on) and queued to be
         snapshotted incrementally for what it held before; that snapshot is in the state
         record before the ALTER, so a crash in between redoes it. A table that cannot be
         captured (no key, no SELECT, no right to alter the publication) is named in the log
@@ -867,9 +867,19 @@ class _Incremental:
                 self.add(table)
 
     def step(self, conn: psycopg.Connection[Any]) -> None:
-        """Read the next chunk (between its watermarks) when none is open."""
+        """Read the next chunk (between its watermarks) when none is open; a table dropped
+        meanwhile ends its job (named in the log)."""
         if self.chunk is not None or not self.jobs:
             return
+        table = self.jobs[0][0]
+        try:
+            self._read_chunk(conn)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+            log.warning("incremental snapshot of %s.%s ends: %s", table.schema, table.name, exc)
+            self.jobs.popleft()
+            self.dirty = True
+
+    def _read_chunk(self, conn: psycopg.Connection[Any]) -> None:
         table, start = self.jobs[0]
         if start is None:
             self.s._columns_of(conn, table)
