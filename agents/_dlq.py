@@ -131,20 +131,28 @@ def stage_matches(stage: str, wanted: str | None) -> bool:
 
 
 class DlqReader:
-    """Reads a DLQ topic from a group's cursor up to the end seen at start.
+    """Reads a DLQ topic up to the end offsets seen at start.
 
-    Use as a context manager; :meth:`commit` moves the cursor past what was handled.
+    With ``group`` it reads from that group's cursor (``from_start`` ignores it) and
+    :meth:`commit` moves the cursor past what was handled; without one it is a browse: the
+    partitions are assigned at their low watermarks, no group coordinator is asked, no
+    cursor moves. A partition ends when the consumer's position reaches its end offset or
+    at its EOF, so a DLQ written in transactions (a commit marker at ``high - 1``) ends too.
+    Use as a context manager.
     """
 
     def __init__(
-        self, bootstrap: str, topic: str, group: str, from_start: bool = False,
+        self, bootstrap: str, topic: str, group: str | None = None, from_start: bool = False,
         timeout: float = 30.0, config: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.timeout = timeout
-        self.from_start = from_start
+        self.cursor = group is not None
+        self.from_start = from_start or group is None
         self.consumer = Consumer(kafka_config(bootstrap, {
-            "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            # librdkafka wants a group id; a browse never joins, fetches or commits it
+            "group.id": group or "dataflow-dlq-browse", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "enable.partition.eof": True,
             **(config or {})}))
 
     def __enter__(self) -> DlqReader:
@@ -159,13 +167,14 @@ class DlqReader:
         if tmeta is None or tmeta.error is not None:
             raise SourceError(f"DLQ topic {topic!r} not found")
         parts = [TopicPartition(topic, p) for p in sorted(tmeta.partitions)]
-        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=timeout)}
+        committed = ({tp.partition: tp.offset for tp in c.committed(parts, timeout=timeout)}
+                     if self.cursor and not self.from_start else {})
         ends: dict[int, int] = {}
         assign: list[TopicPartition] = []
         for tp in parts:
             low, high = c.get_watermark_offsets(tp, timeout=timeout)
-            done = committed[tp.partition]
-            start = low if self.from_start or done < 0 else max(done, low)
+            done = committed.get(tp.partition, -1)
+            start = low if done < 0 else max(done, low)
             if start < high:
                 ends[tp.partition] = high
                 assign.append(TopicPartition(topic, tp.partition, start))
@@ -173,24 +182,37 @@ class DlqReader:
             c.assign(assign)
         return ends
 
+    def _reached(self, ends: dict[int, int]) -> None:
+        """Drop the partitions whose position reached their end offset."""
+        positions = self.consumer.position([TopicPartition(self.topic, p) for p in ends])
+        for tp in positions:
+            if tp.offset >= 0 and tp.offset >= ends[tp.partition]:
+                del ends[tp.partition]
+
     def messages(self) -> Iterator[Message]:
         """Every record between the cursor and the end offsets taken when reading began."""
         try:
             ends = self._assign()
             deadline = time.monotonic() + self.timeout
             while ends and time.monotonic() < deadline:
-                for msg in self.consumer.consume(500, timeout=1.0):
+                # a short wait: consume() waits its whole timeout unless the batch fills
+                for msg in self.consumer.consume(500, timeout=0.05):
                     err = msg.error()
+                    p = msg.partition()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
+                            if p in ends and (msg.offset() or 0) >= ends[p]:
+                                del ends[p]
                             continue
                         raise SourceError(f"reading DLQ {self.topic!r}: {err}")
-                    p, off = msg.partition(), msg.offset()
+                    off = msg.offset()
                     if p not in ends or off is None or off >= ends[p]:
                         continue
                     yield msg
                     if off + 1 >= ends[p]:
                         del ends[p]
+                if ends:
+                    self._reached(ends)
             if ends:
                 raise SourceError(f"reading DLQ {self.topic!r}: timed out before the end of "
                                   f"partitions {sorted(ends)}")

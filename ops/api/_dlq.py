@@ -4,7 +4,6 @@ unless ``to_topic``; a cursor per DLQ topic and stage)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,9 +26,8 @@ def browse_topic(bootstrap: str, topic: str, stage: str | None, limit: int,
     """Up to ``limit`` dead letters from the start of ``topic`` (blocking; no cursor moves;
     no such topic: none)."""
     items: list[DeadLetterView] = []
-    group = f"dataflow-dlq-show.{uuid.uuid4().hex[:8]}"  # never committed
     try:
-        with DlqReader(bootstrap, topic, group, from_start=True, timeout=timeout) as reader:
+        with DlqReader(bootstrap, topic, timeout=timeout) as reader:  # a browse: no cursor
             for msg in reader.messages():
                 info = header_map(msg.headers())
                 if not stage_matches(info.get("stage", ""), stage):

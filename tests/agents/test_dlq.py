@@ -182,3 +182,34 @@ def test_replay_targets_are_the_source_topics_or_to_topic() -> None:
         _Targets([], None, "dlq")
     with pytest.raises(ConfigError, match="the DLQ topic itself"):
         _Targets(["orders"], "dlq", "dlq")
+
+
+@pytest.mark.integration
+def test_a_transactional_dlq_is_browsed_and_replayed_to_its_end_promptly(
+    kafka_bootstrap: str, make_topic: Callable[..., str],
+) -> None:
+    """An exactly_once worker writes its DLQ in transactions: a commit marker sits at
+    ``high - 1``, so a partition ends by the consumer's position (or EOF), not by the
+    last record's offset; a browse asks no group for a cursor."""
+    from agents import DlqReader
+
+    dlq = make_topic("txdlq", partitions=2)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap,
+                         "transactional.id": f"txdlq-{uuid.uuid4().hex[:6]}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    dead = [DeadLetter(ev(offset=n), "rule:amount_positive", "amount < 0") for n in range(3)]
+    for n, rec in enumerate(dlq_records(dead, "txp")):
+        producer.produce(dlq, rec.value, rec.key, partition=n % 2, headers=rec.headers)
+    producer.commit_transaction(30)
+
+    started = time.monotonic()
+    with DlqReader(kafka_bootstrap, dlq, timeout=20) as reader:
+        got = sorted((m.partition(), m.offset()) for m in reader.messages())
+    browsed = time.monotonic() - started
+    assert got == [(0, 0), (0, 1), (1, 0)]
+    assert browsed < 5, f"a browse of 3 records took {browsed:.1f} s"
+    started = time.monotonic()
+    result = replay_dlq(kafka_bootstrap, dlq, source_topics=["src"], dry_run=True, timeout=20)
+    assert (result.read, result.replayed, result.error) == (3, 3, None)
+    assert time.monotonic() - started < 5
