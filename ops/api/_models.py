@@ -234,6 +234,26 @@ class DryRunRequest(_Strict):
     events: list[SampleEvent] = Field(max_length=1000)
 
 
+class ValidateRequest(_Strict):
+    #: a mapping, or YAML text (then each problem has its line)
+    spec: SpecDocument
+
+
+class SpecProblem(_Strict):
+    #: the field, as in a 422's ``errors`` (``spec.quality[0].min``)
+    loc: str
+    #: 1-based line in the YAML text of the deepest part of ``loc`` present (null: a mapping)
+    line: int | None
+    msg: str
+
+
+class SpecCheck(_Strict):
+    valid: bool
+    errors: list[SpecProblem]
+    #: why a dry run does not cover this (valid) spec, if it does not
+    note: str | None = None
+
+
 class DryRunOutput(_Strict):
     topic: str
     key: Any

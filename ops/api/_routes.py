@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 
 from ops.api import _access, _catalog, _dlq, _integrations
 from ops.api._dashboard import dashboard_asset, dashboard_page, events
-from ops.api._dryrun import dry_run
+from ops.api._dryrun import dry_run, validate
 from ops.api._errors import ApiError
 from ops.api._models import (
     ApiKey,
@@ -49,12 +49,14 @@ from ops.api._models import (
     RunList,
     RunQuery,
     RunsQuery,
+    SpecCheck,
     TokenRequest,
     TokenResponse,
     User,
     UserCreate,
     UserList,
     UserUpdate,
+    ValidateRequest,
 )
 from ops.api._pipelines import parse_spec
 from ops.api._registry import Record
@@ -307,6 +309,11 @@ async def dry_run_pipeline(call: Call) -> DryRunResult:
     return dry_run(parse_spec(body.spec), body.events)
 
 
+async def validate_spec(call: Call) -> SpecCheck:
+    body: ValidateRequest = call.body
+    return validate(body.spec)
+
+
 async def list_connectors(call: Call) -> Catalog:
     return Catalog.model_validate({"items": _catalog.connectors()})
 
@@ -368,6 +375,10 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/pipelines/dry-run", dry_run_pipeline,
           "what a spec makes of sample events (no Kafka)", DryRunResult, body=DryRunRequest,
           errors=_BODY, tag="pipelines", audited=False, access="viewer"),
+    Route("POST", "/api/v1/pipelines/validate", validate_spec,
+          "whether a spec is valid, each problem at its field and line (200 either way)",
+          SpecCheck, body=ValidateRequest, errors=(400, 413, 415), tag="pipelines",
+          audited=False, access="viewer"),
     Route("GET", "/api/v1/connectors", list_connectors, "source and sink kinds", Catalog,
           tag="catalog", access="viewer"),
     Route("GET", "/api/v1/transformations", list_transformations, "transformation kinds",

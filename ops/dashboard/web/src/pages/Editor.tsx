@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useRef, useState } from "react";
 import { stringify } from "yaml";
-import { api, ApiError, isAdmin, type Pipeline, type Session } from "../api";
+import { api, isAdmin, type Pipeline, type Session } from "../api";
 import { diffLines, fieldPath, lineOf, parseSpec, type LineError } from "../specmap";
 import { Problem } from "../ui";
 
@@ -16,6 +16,9 @@ quality:
 dlq:
   topic: orders-dlq
 `;
+
+interface SpecCheck { valid: boolean; errors: { loc: string; line: number | null; msg: string }[];
+  note: string | null }
 
 interface DryRun { outputs: { topic: string; key: unknown; value: unknown }[];
   dead_letters: { index: number; stage: string; error: string }[] }
@@ -50,29 +53,24 @@ export function Editor({ id, session }: { id?: string; session: Session }) {
 
   const parsed = useMemo(() => parseSpec(text), [text]);
 
-  // validation as you type: the API judges the spec (a dry run of no event)
+  // validation as you type: the API judges the text (200 either way: no HTTP error)
   useEffect(() => {
     if (parsed.errors.length) { setErrors(parsed.errors); setNote(""); return; }
     let live = true;
     setChecking(true);
     const timer = setTimeout(async () => {
       try {
-        await api("POST", "/api/v1/pipelines/dry-run", { spec: parsed.value, events: [] });
-        if (live) { setErrors([]); setNote(""); }
-      } catch (e) {
+        const check = await api<SpecCheck>("POST", "/api/v1/pipelines/validate", { spec: text });
         if (!live) return;
-        if (e instanceof ApiError && e.code === "invalid_spec") {
-          const items = e.errors.length ? e.errors : [{ field: e.field ?? "spec", message: e.message }];
-          setErrors(items.map((x) => ({ field: x.field, message: x.message,
-                                         line: lineOf(parsed.doc, parsed.lc, fieldPath(x.field)) })));
-          setNote("");
-        } else if (e instanceof ApiError && e.status === 422) {
-          setErrors([]); setNote(e.message);  // valid, but beyond what a dry run covers
-        } else { setProblem(e); }
+        setErrors(check.errors.map((x) => ({ field: x.loc, message: x.msg,
+          line: x.line ?? lineOf(parsed.doc, parsed.lc, fieldPath(x.loc)) })));
+        setNote(check.note ?? "");  // valid, but beyond what a dry run covers
+      } catch (e) {
+        if (live) setProblem(e);
       } finally { if (live) setChecking(false); }
     }, 300);
     return () => { live = false; clearTimeout(timer); };
-  }, [parsed]);
+  }, [parsed, text]);
 
   const bad = new Set(errors.map((e) => e.line));
   const lines = text.split("\n");
