@@ -149,6 +149,9 @@ class DlqReader:
         self.timeout = timeout
         self.cursor = group is not None
         self.from_start = from_start or group is None
+        self.committed: dict[int, int] = {}
+        self.ranges: dict[int, tuple[int, int]] = {}
+        self._ends: dict[int, int] | None = None
         self.consumer = Consumer(kafka_config(bootstrap, {
             # librdkafka wants a group id; a browse never joins, fetches or commits it
             "group.id": group or "dataflow-dlq-browse", "enable.auto.commit": False,
@@ -167,20 +170,31 @@ class DlqReader:
         if tmeta is None or tmeta.error is not None:
             raise SourceError(f"DLQ topic {topic!r} not found")
         parts = [TopicPartition(topic, p) for p in sorted(tmeta.partitions)]
-        committed = ({tp.partition: tp.offset for tp in c.committed(parts, timeout=timeout)}
-                     if self.cursor and not self.from_start else {})
+        if self.cursor:
+            self.committed = {tp.partition: tp.offset
+                              for tp in c.committed(parts, timeout=timeout)}
         ends: dict[int, int] = {}
         assign: list[TopicPartition] = []
         for tp in parts:
             low, high = c.get_watermark_offsets(tp, timeout=timeout)
-            done = committed.get(tp.partition, -1)
+            done = -1 if self.from_start else self.committed.get(tp.partition, -1)
             start = low if done < 0 else max(done, low)
             if start < high:
                 ends[tp.partition] = high
+                self.ranges[tp.partition] = (start, high)
                 assign.append(TopicPartition(topic, tp.partition, start))
         if assign:
             c.assign(assign)
         return ends
+
+    def pending(self) -> dict[int, tuple[int, int]]:
+        """``{partition: (first offset, end offset)}`` this reader reads (it assigns them)."""
+        if self._ends is None:
+            try:
+                self._ends = self._assign()
+            except KafkaException as exc:
+                raise SourceError(f"reading DLQ {self.topic!r}: {exc}") from exc
+        return dict(self.ranges)
 
     def _reached(self, ends: dict[int, int]) -> None:
         """Drop the partitions whose position reached their end offset."""
@@ -191,8 +205,9 @@ class DlqReader:
 
     def messages(self) -> Iterator[Message]:
         """Every record between the cursor and the end offsets taken when reading began."""
+        self.pending()
+        ends = dict(self._ends or {})
         try:
-            ends = self._assign()
             deadline = time.monotonic() + self.timeout
             while ends and time.monotonic() < deadline:
                 # a short wait: consume() waits its whole timeout unless the batch fills
@@ -219,10 +234,12 @@ class DlqReader:
         except KafkaException as exc:
             raise SourceError(f"reading DLQ {self.topic!r}: {exc}") from exc
 
-    def commit(self, last: dict[int, int]) -> None:
-        """Move the cursor past ``{partition: last handled offset}``."""
-        if last:
-            offsets = [TopicPartition(self.topic, p, off + 1) for p, off in last.items()]
+    def commit(self, last: dict[int, int], forward_only: bool = False) -> None:
+        """Move the cursor past ``{partition: last handled offset}`` (``forward_only``: only
+        where that is past the committed cursor)."""
+        offsets = [TopicPartition(self.topic, p, off + 1) for p, off in last.items()
+                   if not forward_only or off + 1 > self.committed.get(p, -1)]
+        if offsets:
             self.consumer.commit(offsets=offsets, asynchronous=False)
 
 
@@ -288,34 +305,52 @@ class _Out:
 
 class _Cursor:
     """Per DLQ partition, the records read since the last commit in offset order: handled
-    without producing (``None``: another stage, refused) or on their way (``_Out``)."""
+    without producing (``None``: another stage, refused), on their way (``_Out``), or kept
+    (not chosen by a replay of chosen records: the cursor stays before it for good)."""
 
     def __init__(self) -> None:
-        self.entries: dict[int, list[tuple[int, _Out | None]]] = {}
+        self.entries: dict[int, list[tuple[int, _Out | None, bool]]] = {}
+        self.kept: set[int] = set()  # partitions whose cursor stays before a kept record
 
-    def add(self, partition: int, offset: int, out: _Out | None = None) -> None:
-        self.entries.setdefault(partition, []).append((offset, out))
+    def add(self, partition: int, offset: int, out: _Out | None = None,
+            kept: bool = False) -> None:
+        self.entries.setdefault(partition, []).append((offset, out, kept))
 
     def outs(self) -> list[_Out]:
-        return [o for entries in self.entries.values() for _, o in entries if o is not None]
+        return [o for entries in self.entries.values() for _, o, _ in entries if o is not None]
 
     def handled(self) -> dict[int, int]:
         """``{partition: last offset}`` up to the first record neither delivered nor
-        reported undeliverable; what follows it stays unread for the next replay."""
+        reported undeliverable, or kept; what follows it stays unread for the next replay."""
         last: dict[int, int] = {}
         for partition, entries in self.entries.items():
-            for offset, out in entries:
-                if out is not None and not out.delivered and not out.record_error:
+            for offset, out, kept in entries:
+                if kept:
+                    self.kept.add(partition)
+                if partition in self.kept or (
+                        out is not None and not out.delivered and not out.record_error):
                     break
                 last[partition] = offset
         self.entries.clear()
         return last
 
 
+def _check_chosen(chosen: set[tuple[int, int]], pending: dict[int, tuple[int, int]],
+                  topic: str) -> None:
+    """Every chosen ``(partition, offset)`` lies where this replay reads, else ConfigError."""
+    unknown = sorted((p, o) for p, o in chosen
+                     if p not in pending or not pending[p][0] <= o < pending[p][1])
+    if unknown:
+        shown = ", ".join(f"{p}/{o}" for p, o in unknown[:10])
+        raise ConfigError(f"replay: records {shown} of {topic!r} are not pending (unknown, or "
+                          f"behind the replay cursor: all=true reads from the start)")
+
+
 def replay_dlq(
     bootstrap: str, dlq_topic: str, *, source_topics: Iterable[str] = (),
     to_topic: str | None = None, stage: str | None = None,
     from_start: bool = False, dry_run: bool = False, group: str | None = None,
+    records: Iterable[tuple[int, int]] | None = None,
     timeout: float = 30.0, config: dict[str, Any] | None = None,
 ) -> ReplayResult:
     """Re-produce DLQ records (original key, value, headers) to the pipeline's source topics.
@@ -325,6 +360,10 @@ def replay_dlq(
     record there instead. A header naming any other topic is refused: reported, never
     written. ``stage`` filters (exact stage, glob such as ``rule:*``, or a bare rule name);
     ``from_start`` ignores the cursor; ``dry_run`` counts without producing or moving it.
+    ``records`` (``(partition, offset)`` pairs) re-produces only those: each must lie between
+    the cursor (or the start) and the end, else ConfigError before anything is sent; the
+    cursor of a partition moves only across a leading run of chosen records, never back,
+    so the records not chosen stay pending for the next replay.
 
     The cursor moves past every record handled: delivered (acknowledged by Kafka),
     refused, of another stage, or undeliverable (the target refused that one record even
@@ -338,11 +377,22 @@ def replay_dlq(
     producer = None if dry_run else Producer(kafka_config(bootstrap, {
         "enable.idempotence": True, "acks": "all", "linger.ms": 20, **(config or {})}))
     cursor = _Cursor()
+    chosen = None if records is None else set(records)
     with DlqReader(bootstrap, dlq_topic, group, from_start, timeout) as reader:
+        if chosen is not None:
+            _check_chosen(chosen, reader.pending(), dlq_topic)
+        left = set(chosen or ())
         try:
             for msg in reader.messages():
+                if chosen is not None and not left:
+                    break  # every chosen record was read; the rest stays pending
                 result.read += 1
                 p, off = msg.partition(), msg.offset()
+                if chosen is not None and (p, off) not in chosen:
+                    result.skipped += 1
+                    cursor.add(p, off, kept=True)
+                    continue
+                left.discard((p, off))
                 raw_headers = msg.headers() or []
                 info = header_map(raw_headers)
                 if not stage_matches(info.get("stage", ""), stage):
@@ -363,11 +413,11 @@ def replay_dlq(
                 cursor.add(p, off, out)
                 _produce(producer, out)
                 if result.read % _BATCH == 0 and not _settle(producer, cursor, reader, result,
-                                                             timeout):
+                                                             timeout, chosen is not None):
                     break
         finally:  # also when reading failed: what was delivered is not sent again
             if producer is not None:
-                _settle(producer, cursor, reader, result, timeout)
+                _settle(producer, cursor, reader, result, timeout, chosen is not None)
     return result
 
 
@@ -388,7 +438,7 @@ def _produce(producer: Producer, out: _Out) -> None:
 
 
 def _settle(producer: Producer, cursor: _Cursor, reader: DlqReader, result: ReplayResult,
-            timeout: float) -> bool:
+            timeout: float, forward_only: bool = False) -> bool:
     """The commit point of a replay, in this order:
 
     1. flush the producer: every record is acknowledged or failed;
@@ -414,7 +464,7 @@ def _settle(producer: Producer, cursor: _Cursor, reader: DlqReader, result: Repl
                                                       str(out.error)))
         elif stopped is None:
             stopped = out
-    reader.commit(cursor.handled())
+    reader.commit(cursor.handled(), forward_only)
     if stopped is not None:
         why = str(stopped.error) if stopped.error is not None else (
             f"not acknowledged within {timeout:.0f} s")

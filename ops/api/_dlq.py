@@ -59,7 +59,9 @@ def replay_topic(bootstrap: str, topic: str, source_topics: Iterable[str],
     report (blocking)."""
     result = replay_dlq(bootstrap, topic, source_topics=source_topics,
                         to_topic=req.to_topic, stage=req.stage, from_start=req.all,
-                        dry_run=req.dry_run, timeout=timeout)
+                        dry_run=req.dry_run, timeout=timeout,
+                        records=None if req.records is None else
+                        [(r.partition, r.offset) for r in req.records])
 
     def problems(items: list[Any]) -> list[dict[str, Any]]:
         return [{"partition": p.partition, "offset": p.offset, "topic": p.topic,

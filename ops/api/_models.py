@@ -301,6 +301,11 @@ class DeadLetterList(_Strict):
     items: list[DeadLetterView]
 
 
+class RecordRef(_Strict):
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
 class ReplayRequest(_Strict):
     stage: str | None = Field(None, max_length=200)
     #: send every record here instead of back to its source topic
@@ -309,6 +314,8 @@ class ReplayRequest(_Strict):
     all: bool = False
     #: count only: produce nothing, move no cursor
     dry_run: bool = False
+    #: only these DLQ records (each pending, else 422); the others stay pending
+    records: list[RecordRef] | None = Field(None, min_length=1, max_length=1000)
 
 
 class ReplayProblemView(_Strict):

@@ -61,12 +61,22 @@ def test_dead_letters_are_browsed_and_replayed(api: ApiProcess, kafka_bootstrap:
     reply = api.call("POST", path, {"stage": "rule:*", "dry_run": True})
     assert (reply.status, reply.json["replayed"], reply.json["complete"]) == (200, 2, True)
     assert read_topic(kafka_bootstrap, source) == []  # a dry run produces nothing
-    report = api.call("POST", path, {}).json
-    assert (report["read"], report["replayed"], report["by_topic"]) == (3, 2, {source: 2})
+    # chosen records only: the one at 0/1 (0/0 stays pending, so the cursor stays before it)
+    chosen = api.call("POST", path, {"records": [{"partition": 0, "offset": 1}]}).json
+    assert (chosen["read"], chosen["replayed"], chosen["skipped"]) == (2, 1, 1)
+    assert [(k, v) for k, v, _ in read_topic(kafka_bootstrap, source)] == [
+        (b"k6", b'{"amount": -2}')]  # the original bytes
+    unknown = api.call("POST", path, {"records": [{"partition": 0, "offset": 1},
+                                                  {"partition": 3, "offset": 0}]})
+    assert unknown.status == 422 and "3/0" in unknown.json["error"]["message"], unknown.text
+    first = api.call("POST", path, {"records": [{"partition": 0, "offset": 0}]}).json
+    assert (first["read"], first["replayed"]) == (1, 1)  # a leading run: the cursor moves
+    assert api.call("POST", path, {"records": [{"partition": 0, "offset": 0}]}).status == 422
+    report = api.call("POST", path, {}).json  # the rest, from the cursor: 0/1 again, 0/2
+    assert (report["read"], report["replayed"], report["by_topic"]) == (2, 1, {source: 1})
     assert [(p["offset"], p["topic"]) for p in report["refused"]] == [(2, "elsewhere")]
     assert report["complete"] is False
-    assert [(k, v) for k, v, _ in read_topic(kafka_bootstrap, source)] == [
-        (b"k5", b'{"amount": -1}'), (b"k6", b'{"amount": -2}')]  # the original bytes
+    assert [k for k, _, _ in read_topic(kafka_bootstrap, source)] == [b"k6", b"k5", b"k6"]
     again = api.call("POST", path, {}).json
     assert (again["read"], again["replayed"]) == (0, 0)  # the cursor moved past them
     reply = api.call("POST", path, {"to_topic": "not a topic"})

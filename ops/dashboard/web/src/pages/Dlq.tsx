@@ -23,9 +23,8 @@ export function Dlq({ id, session }: { id?: string; session: Session }) {
   async function replay() {
     setProblem(undefined);
     try {
-      const stages = [...new Set(chosen.map((d) => d.stage))];
-      setReport(await Promise.all(stages.map((s) =>
-        api<Report>("POST", `/api/v1/pipelines/${id}/dlq/replay`, { stage: s }))));
+      setReport([await api<Report>("POST", `/api/v1/pipelines/${id}/dlq/replay`,
+        { records: chosen.map((d) => ({ partition: d.partition, offset: d.offset })) })]);
       setPicked(new Set());
       setN(n + 1);
     } catch (e) { setProblem(e); }
@@ -65,8 +64,8 @@ export function Dlq({ id, session }: { id?: string; session: Session }) {
       </div>}
       {canMutate(session) && id && <p>
         <button className="primary" disabled={!chosen.length} onClick={replay}>Replay selected</button>
-        {" "}<span className="muted">replays the pending records of the selected records' stage(s) to the
-          source topic (a replay cursor skips what was replayed before)</span></p>}
+        {" "}<span className="muted">replays only the selected records to the source topic (each must
+          still be pending: a replay cursor skips what was replayed before)</span></p>}
       {report && <p role="status" data-testid="replay-report">
         replayed {report.reduce((t, r) => t + r.replayed, 0)} of {report.reduce((t, r) => t + r.read, 0)} read
         {report.some((r) => !r.complete) && " (incomplete)"}</p>}
