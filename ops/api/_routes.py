@@ -376,8 +376,9 @@ ROUTES: list[Route] = [
           "what a spec makes of sample events (no Kafka)", DryRunResult, body=DryRunRequest,
           errors=_BODY, tag="pipelines", audited=False, access="viewer"),
     Route("POST", "/api/v1/pipelines/validate", validate_spec,
-          "whether a spec is valid, each problem at its field and line (200 either way)",
-          SpecCheck, body=ValidateRequest, errors=(400, 413, 415), tag="pipelines",
+          "whether a spec is valid, each problem at its field and line (200 whatever the "
+          "spec; 422 only for a body that is no {spec})",
+          SpecCheck, body=ValidateRequest, errors=_BODY, tag="pipelines",
           audited=False, access="viewer"),
     Route("GET", "/api/v1/connectors", list_connectors, "source and sink kinds", Catalog,
           tag="catalog", access="viewer"),

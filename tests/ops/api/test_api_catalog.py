@@ -48,6 +48,22 @@ def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
                                                           "events": []})
     assert (reply.status, reply.json["error"]["field"]) == (422, "spec.name")
 
+    # validation as the editor types: 200 either way, each problem at its line in the text
+    text = ("name: v\nsource:\n  topics: [a]\n  format: jsn\nquality:\n  - name: r\n"
+            "    type: range\n    field: amount\n    min: lots\n")
+    reply = api.call("POST", "/api/v1/pipelines/validate", {"spec": text})
+    assert reply.status == 200 and reply.json["valid"] is False, reply.text
+    assert [(e["loc"], e["line"]) for e in reply.json["errors"]] == [
+        ("spec.source.format", 4), ("spec.quality[0].min", 9)]
+    reply = api.call("POST", "/api/v1/pipelines/validate", {"spec": "name: [\n"})
+    assert (reply.status, reply.json["valid"], reply.json["errors"][0]["line"]) == (200, False, 2)
+    reply = api.call("POST", "/api/v1/pipelines/validate", {"spec": {
+        **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]}})
+    assert (reply.json["valid"], reply.json["errors"]) == (True, [])
+    assert "stateful operators" in reply.json["note"]  # valid, beyond what a dry run covers
+    reply = api.call("POST", "/api/v1/pipelines", {"spec": text})
+    assert (reply.status, reply.json["error"]["code"]) == (422, "invalid_spec")  # create: 422
+
 
 def test_catalogs_list_every_kind_with_its_schema(api: ApiProcess) -> None:
     connectors = api.call("GET", "/api/v1/connectors").json["items"]
