@@ -311,6 +311,14 @@ def test_the_dashboard_drives_real_pipelines(
         forged = api.call(method, path, {} if method == "POST" else None, auth=token)
         assert forged.status == 403, (method, path, forged.text)
     assert api.call("GET", f"/api/v1/pipelines/{jid}").json["desired"] == "running"
+    # an API key logs in on the login page too (its role: an operator's controls)
+    created = api.call("POST", "/api/v1/keys", {"name": f"ui-{unique}", "role": "operator"})
+    assert created.status == 201, created.text
+    viewer.page.click("text=Log out")
+    viewer.page.fill("input[name=api_key]", created.json["key"])
+    viewer.page.click("text=Log in with the key")
+    viewer.page.wait_for_selector("[data-testid=who]:has-text('operator')")
+    viewer.open(f"dlq/{jid}", "[data-testid=dead-letter] input[type=checkbox]", "key-dlq")
 
     # the audit page (an admin's): the editor's create and the viewer's refused pause
     b.open("audit", "[data-testid=audit-row]", "audit")

@@ -2,7 +2,8 @@
 // the session (back to the login page).
 
 export type Role = "viewer" | "operator" | "admin";
-export interface Session { token: string; role: Role; user: string }
+/** ``key``: ``token`` is an API key (sent as X-API-Key), not a bearer token. */
+export interface Session { token: string; role: Role; user: string; key?: boolean }
 
 export interface ErrorItem { field: string; message: string }
 export class ApiError extends Error {
@@ -27,7 +28,8 @@ export function setSession(s: Session | null): void {
 
 function headers(extra?: Record<string, string>): Record<string, string> {
   const h: Record<string, string> = { Accept: "application/json", ...extra };
-  if (session?.token) h.Authorization = `Bearer ${session.token}`;
+  if (session?.token && session.key) h["X-API-Key"] = session.token;
+  else if (session?.token) h.Authorization = `Bearer ${session.token}`;
   return h;
 }
 
@@ -60,6 +62,15 @@ export async function login(username: string, password: string): Promise<void> {
   if (!r.ok) return fail(r);
   const me = (await r.json()) as { name: string; role: Role };
   setSession({ token: t.access_token, role: me.role, user: me.name });
+}
+
+/** An API key instead of a password: GET /api/v1/auth/me with it says whose and its role. */
+export async function loginWithKey(key: string): Promise<void> {
+  const r = await fetch("/api/v1/auth/me", { headers: { Accept: "application/json",
+                                                         "X-API-Key": key } });
+  if (!r.ok) return fail(r);
+  const me = (await r.json()) as { name: string; role: Role };
+  setSession({ token: key, role: me.role, user: me.name, key: true });
 }
 
 // ------------------------------------------------------------------ live figures (SSE)

@@ -1,5 +1,5 @@
 import { useState, type FormEvent } from "react";
-import { login } from "../api";
+import { login, loginWithKey } from "../api";
 import { Problem } from "../ui";
 
 export function Login() {
@@ -7,14 +7,15 @@ export function Login() {
   const [password, setPassword] = useState("");
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
-  async function submit(e: FormEvent) {
+  const [key, setKey] = useState("");
+  async function run(e: FormEvent, f: () => Promise<void>) {
     e.preventDefault();
     setBusy(true);
-    try { await login(user, password); } catch (err) { setError(err); } finally { setBusy(false); }
+    try { await f(); } catch (err) { setError(err); } finally { setBusy(false); }
   }
   return (
     <main className="login">
-      <form onSubmit={submit} aria-label="log in">
+      <form onSubmit={(e) => run(e, () => login(user, password))} aria-label="log in">
         <h1>DataFlow</h1>
         <label>User <input name="username" autoComplete="username" value={user} autoFocus
                            onChange={(e) => setUser(e.target.value)} required /></label>
@@ -23,6 +24,11 @@ export function Login() {
                                required /></label>
         <button type="submit" disabled={busy}>Log in</button>
         <Problem error={error} />
+      </form>
+      <form onSubmit={(e) => run(e, () => loginWithKey(key))} aria-label="log in with an API key">
+        <label>API key <input name="api_key" type="password" autoComplete="off" value={key}
+                              onChange={(e) => setKey(e.target.value)} required /></label>
+        <button type="submit" disabled={busy}>Log in with the key</button>
       </form>
     </main>
   );
