@@ -103,3 +103,12 @@ def test_provider_settings_go_together() -> None:
 
     with pytest.raises(ValueError, match="go together"):
         ApiSettings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "x:1", "DATAFLOW_OIDC_ISSUER": ISSUER})
+
+
+def test_a_short_signing_key_is_refused() -> None:
+    from ops.api._state import ApiSettings
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "x:1"}
+    with pytest.raises(ValueError, match="at least 32"):
+        ApiSettings.from_env({**env, "DATAFLOW_JWT_SECRET": "k" * 31})
+    assert ApiSettings.from_env({**env, "DATAFLOW_JWT_SECRET": "k" * 32}).jwt_secret is not None
