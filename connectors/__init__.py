@@ -8,12 +8,12 @@ from connectors._metrics import (
     pipeline_stats,
     scrape_metrics,
 )
-from connectors._mongo_sink import MongoSink, MongoSinkSettings
-from connectors._objectstore import ObjectStoreSink, ObjectStoreSinkSettings, open_store
-from connectors._pg_cdc import PostgresCDCSource, SlotDropped
-from connectors._pg_config import KafkaSettings, PostgresCDCConfig, check_dsn
-from connectors._pg_sink import PostgresSink, PostgresSinkSettings
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
+from connectors.mongo._sink import MongoSink, MongoSinkSettings
+from connectors.objectstore._sink import ObjectStoreSink, ObjectStoreSinkSettings, open_store
+from connectors.postgres._cdc import PostgresCDCSource, SlotDropped
+from connectors.postgres._config import KafkaSettings, PostgresCDCConfig, check_dsn
+from connectors.postgres._sink import PostgresSink, PostgresSinkSettings
 
 __all__: list[str] = [
     "BatchingSink", "MongoSink", "MongoSinkSettings", "ObjectStoreSink", "ObjectStoreSinkSettings",

@@ -316,10 +316,10 @@ def systems(slow_max: int = SLOW_MAX_EVENTS) -> list[System]:
                _worker(W4_SPEC), available=worker, expect=lambda e: (e.w4_out, 0), check=check_w4,
                max_events=slow_max),
         System("df-w5", "DataFlow W5: loader, Postgres upsert with LSN guard (dataflow load)", _w5_command,
-               available=_needs("load", "agents._loader", "connectors._pg_sink"), done="committed",
+               available=_needs("load", "agents._loader", "connectors.postgres._sink"), done="committed",
                latency=False, check=check_w5, teardown=_w5_teardown, max_events=slow_max),
         System("df-w6", "DataFlow W6: loader, Parquet files (dataflow load)", _w6_command,
-               available=_needs("load", "agents._loader", "connectors._objectstore"), latency=False,
+               available=_needs("load", "agents._loader", "connectors.objectstore._sink"), latency=False,
                progress=w6_partitions_done, target=lambda e, _wl: len(e.last_value_offsets),
                check=check_w6, teardown=_w6_teardown, max_events=slow_max),
     ]

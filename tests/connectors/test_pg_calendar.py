@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from connectors._pg_types import TS_INFINITY_MS, PgType, TypeMapper, civil_from_days
+from connectors.postgres._types import TS_INFINITY_MS, PgType, TypeMapper, civil_from_days
 
 pytestmark = pytest.mark.integration
 

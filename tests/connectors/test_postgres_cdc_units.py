@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from connectors import PostgresCDCConfig
-from connectors._pg_kafka import AckTracker, AckWindow, KafkaDeliveryFailed
-from connectors._pg_proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
-from connectors._pg_types import (
+from connectors.postgres._kafka import AckTracker, AckWindow, KafkaDeliveryFailed
+from connectors.postgres._proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
+from connectors.postgres._types import (
     TS_INFINITY_MS,
     PgType,
     TypeMapper,

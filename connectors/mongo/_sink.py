@@ -60,13 +60,6 @@ from bson.errors import InvalidDocument
 from pydantic import Field, SecretStr
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from connectors._pg_types import (
-    DATE_INFINITY,
-    DATE_NEG_INFINITY,
-    days_from_civil,
-    infinite,
-    zoned_us,
-)
 from connectors._sink import (
     BatchingSink,
     Rejected,
@@ -74,6 +67,13 @@ from connectors._sink import (
     SinkRecord,
     latest_per_key,
     retry_transient,
+)
+from connectors.postgres._types import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    days_from_civil,
+    infinite,
+    zoned_us,
 )
 from schemas import FieldType, SinkError, is_unavailable
 from schemas import connect as ct

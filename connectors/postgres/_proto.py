@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import psycopg.pq as pq
 
-from connectors._pg_types import SESSION_OPTIONS
+from connectors.postgres._types import SESSION_OPTIONS
 from schemas import SourceError
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in us since 1970-01-01

@@ -56,7 +56,6 @@ import psycopg
 from psycopg import sql
 from pydantic import Field, SecretStr, field_validator
 
-from connectors._pg_values import declared_value, sql_type, typed_value
 from connectors._sink import (
     BatchingSink,
     Rejected,
@@ -65,6 +64,7 @@ from connectors._sink import (
     latest_per_key,
     retry_transient,
 )
+from connectors.postgres._values import declared_value, sql_type, typed_value
 from schemas import FieldType, SinkError, is_unavailable
 
 _DELETE_FLAG = "__df_delete"

@@ -1,5 +1,5 @@
 """Typed values -> Postgres column types and COPY text (the loader's side of
-``_pg_types``, which maps the other way).
+``_types``, which maps the other way).
 
 With a Connect schema (``FieldType``) a column gets its native type and every value its
 Postgres text form, decoded from Debezium's encoding (see ``schemas.connect``): so a
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from connectors._pg_types import (
+from connectors.postgres._types import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     INT64_MAX,

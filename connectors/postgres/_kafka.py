@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors._kafka import kafka_config
-from connectors._pg_config import KafkaSettings
+from connectors.postgres._config import KafkaSettings
 from schemas import SourceError
 
 log = logging.getLogger("dataflow.source.postgres")

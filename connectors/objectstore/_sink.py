@@ -41,14 +41,14 @@ import pyarrow.parquet as pq
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field, SecretStr
 
-from connectors._pg_types import (
+from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
+from connectors.postgres._types import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     days_from_civil,
     infinite,
     zoned_us,
 )
-from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
 from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
 from schemas import connect as ct
 

@@ -40,15 +40,15 @@ from psycopg import sql
 
 from connectors._kafka import check_access
 from connectors._metrics import Metrics
-from connectors._pg_config import PostgresCDCConfig
-from connectors._pg_kafka import (
+from connectors.postgres._config import PostgresCDCConfig
+from connectors.postgres._kafka import (
     AckTracker,
     AckWindow,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
 )
-from connectors._pg_proto import (
+from connectors.postgres._proto import (
     PG_EPOCH_US,
     Relation,
     ReplicationConnection,
@@ -59,7 +59,7 @@ from connectors._pg_proto import (
     parse_keepalive,
     parse_relation,
 )
-from connectors._pg_types import (
+from connectors.postgres._types import (
     SESSION_OPTIONS,
     Converter,
     PgType,

@@ -1,0 +1,1 @@
+"""MongoDB: the sink (FerretDB on the local stack); used through ``connectors``."""

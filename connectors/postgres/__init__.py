@@ -1,0 +1,1 @@
+"""Postgres: the pgoutput CDC source and the sink; used through ``connectors``."""
