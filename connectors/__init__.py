@@ -9,7 +9,7 @@ from connectors._metrics import (
     scrape_metrics,
 )
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
-from connectors.mongo._sink import MongoSink, MongoSinkSettings
+from connectors.mongodb._sink import MongoSink, MongoSinkSettings
 from connectors.objectstore._sink import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors.postgres._cdc import PostgresCDCSource, SlotDropped
 from connectors.postgres._config import KafkaSettings, PostgresCDCConfig, check_dsn
