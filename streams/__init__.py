@@ -1,6 +1,6 @@
 """The pipeline spec, its compiler into a chain, and (runtime) the Faust app factory."""
 
-from streams._app import Pipeline, WorkerSettings, build_app
+from streams._app import Pipeline, WorkerSettings, build_app, dry_run
 from streams._compile import build_rule, build_transform, compile_chain, decoder_for
 from streams._drain import install_drain
 from streams._spec import (
@@ -95,6 +95,7 @@ __all__ = [
     "build_transform",
     "compile_chain",
     "decoder_for",
+    "dry_run",
     "load_spec",
     "reveal_secret",
 ]

@@ -31,6 +31,7 @@ from typing import Any, cast
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import (
@@ -268,7 +269,8 @@ class Pipeline:
     """A compiled pipeline bound to its app: chain, decoder, stages, table feeds."""
 
     def __init__(self, spec: PipelineSpec, app: BatchApp, partitions: int,
-                 chain: Chain | None = None, bootstrap: str = "127.0.0.1:9092") -> None:
+                 chain: Chain | None = None, bootstrap: str = "127.0.0.1:9092",
+                 registry: CollectorRegistry | None = None) -> None:
         self.spec = spec
         self.app = app
         self.partitions = partitions
@@ -279,7 +281,7 @@ class Pipeline:
         self.encode_row = orjson.dumps
         self.bootstrap = bootstrap
         self.table_gates: dict[TableFeed, TableGate] = {}
-        self.metrics = StageMetrics(spec.name, "worker")
+        self.metrics = StageMetrics(spec.name, "worker", registry)
 
     def internal_topic(self, suffix: str) -> Any:
         return self.app.topic(f"{self.app.conf.id}-{suffix}", partitions=self.partitions,
@@ -604,6 +606,36 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     declare_topics(settings.kafka_bootstrap_servers, app, settings.replication_factor)
     serve_metrics(spec.name, settings.metrics_port, settings.metrics_host)
     return app
+
+
+def dry_run(spec: PipelineSpec, messages: Sequence[Sequence[Any]],
+            ) -> tuple[list[tuple[str, bytes | None, bytes | None]], list[DeadLetter]]:
+    """What the pipeline makes of ``messages`` (``(key, value, topic, partition, offset,
+    timestamp, headers)``), in process and without Kafka: the worker's chain, then its
+    stateful operators on fresh in-memory tables (one partition; reference tables of joins
+    and referential rules start empty), then the output key. Returns the output records
+    and the dead letters; metrics go to a throwaway registry."""
+    chain = compile_chain(spec, metrics=False)
+    if not (spec.stateful or spec.stateful_rules):
+        return chain.run(messages, decoder_for(spec), spec.output_topic)
+    app = BatchApp(f"dataflow-dry-run-{spec.name}", broker="kafka://127.0.0.1:1",
+                   store="memory://", web_enabled=False, autodiscover=False)
+    pipeline = Pipeline(spec, app, 1, chain, registry=CollectorRegistry())
+    outbox = Outbox()
+    events, dead = chain.ingest(messages, pipeline.decoder)
+    for op in _operators(pipeline):
+        if not events:
+            break
+        events = op.process(0, events, outbox, dead)
+    events, failed = chain.rekey(events)
+    dead.extend(failed)
+    records = []
+    for ev in events:
+        try:
+            records.append(encode_event(ev, spec.output_topic))
+        except SerdeError as exc:
+            dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
+    return records, dead
 
 
 def declare_topics(bootstrap: str, app: BatchApp, replication: int) -> None:

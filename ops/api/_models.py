@@ -234,6 +234,12 @@ class DryRunRequest(_Strict):
     events: list[SampleEvent] = Field(max_length=1000)
 
 
+class DryRunSampleRequest(_Strict):
+    spec: SpecDocument
+    #: how many of the source topic's last records (by timestamp) to run
+    limit: int = Field(10, ge=1, le=200)
+
+
 class ValidateRequest(_Strict):
     #: a mapping, or YAML text (then each problem has its line)
     spec: SpecDocument
@@ -250,7 +256,7 @@ class SpecProblem(_Strict):
 class SpecCheck(_Strict):
     valid: bool
     errors: list[SpecProblem]
-    #: why a dry run does not cover this (valid) spec, if it does not
+    #: what a dry run of this (valid) spec starts from that a running pipeline does not
     note: str | None = None
 
 
@@ -270,6 +276,10 @@ class DryRunDead(_Strict):
 class DryRunResult(_Strict):
     outputs: list[DryRunOutput]
     dead_letters: list[DryRunDead]
+    #: what the run started from that a running pipeline does not (stateful: empty state)
+    note: str | None = None
+    #: the events it ran on (a dry run of the source topic's last records: those records)
+    events: list[SampleEvent] | None = None
 
 
 # ------------------------------------------------------------------ dead letters

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 
 from ops.api import _access, _catalog, _dlq, _integrations
 from ops.api._dashboard import dashboard_asset, dashboard_page, events
-from ops.api._dryrun import dry_run, validate
+from ops.api._dryrun import dry_run, dry_run_sample, validate
 from ops.api._errors import ApiError
 from ops.api._models import (
     ApiKey,
@@ -25,6 +25,7 @@ from ops.api._models import (
     DlqQuery,
     DryRunRequest,
     DryRunResult,
+    DryRunSampleRequest,
     Health,
     Index,
     IntegrationCreate,
@@ -306,7 +307,13 @@ async def replay_dead_letters(call: Call) -> ReplayReport:
 
 async def dry_run_pipeline(call: Call) -> DryRunResult:
     body: DryRunRequest = call.body
-    return dry_run(parse_spec(body.spec), body.events)
+    return await asyncio.to_thread(dry_run, parse_spec(body.spec), body.events)
+
+
+async def dry_run_source_sample(call: Call) -> DryRunResult:
+    body: DryRunSampleRequest = call.body
+    return await asyncio.to_thread(dry_run_sample, call.api.settings.bootstrap,
+                                   parse_spec(body.spec), body.limit)
 
 
 async def validate_spec(call: Call) -> SpecCheck:
@@ -375,6 +382,10 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/pipelines/dry-run", dry_run_pipeline,
           "what a spec makes of sample events (no Kafka)", DryRunResult, body=DryRunRequest,
           errors=_BODY, tag="pipelines", audited=False, access="viewer"),
+    Route("POST", "/api/v1/pipelines/dry-run/sample", dry_run_source_sample,
+          "what a spec makes of the last records of its source topic (read for at most "
+          "5 s; nothing is committed or written)", DryRunResult, body=DryRunSampleRequest,
+          errors=(*_BODY, 404, 503), tag="pipelines", audited=False, access="viewer"),
     Route("POST", "/api/v1/pipelines/validate", validate_spec,
           "whether a spec is valid, each problem at its field and line (200 whatever the "
           "spec; 422 only for a body that is no {spec})",

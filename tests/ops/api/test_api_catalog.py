@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from streams import load_spec
 from tests.ops.api.conftest import ApiProcess
@@ -34,12 +37,20 @@ def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
     dead = reply.json["dead_letters"]
     assert [(d["index"], d["stage"]) for d in dead] == [(2, "rule:total_positive"), (3, "decode")]
     assert api.call("GET", "/api/v1/pipelines").json["items"] == []  # nothing was created
+    # stateful operators and table rules run too, on fresh in-memory state
     reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {
-        **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]}, "events": []})
-    assert (reply.status, reply.json["error"]["field"]) == (422, "spec.stateful")
+        **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]},
+        "events": [events[0], events[0]]})
+    assert reply.status == 200, reply.text
+    assert [o["key"] for o in reply.json["outputs"]] == [1]  # the duplicate dropped
+    assert "fresh, empty state" in reply.json["note"]
     reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {
-        **SPEC, "quality": [{"type": "unique", "key": "id"}]}, "events": []})
-    assert (reply.status, reply.json["error"]["field"]) == (422, "spec.quality")
+        **SPEC, "quality": [{"type": "unique", "key": "id", "name": "one_id"}]},
+        "events": [events[0], events[0]]})
+    assert reply.status == 200, reply.text
+    assert ([o["key"] for o in reply.json["outputs"]],
+            [(d["index"], d["stage"]) for d in reply.json["dead_letters"]]) == (
+        [1], [(1, "rule:one_id")])
     reply = api.call("POST", "/api/v1/pipelines/dry-run", {"spec": {**SPEC, "name": "X"},
                                                           "events": [{"value": 1, "x": 2}]})
     assert reply.status == 422
@@ -60,7 +71,7 @@ def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
     reply = api.call("POST", "/api/v1/pipelines/validate", {"spec": {
         **SPEC, "stateful": [{"type": "dedup", "key": "id", "ttl": "1h"}]}})
     assert (reply.json["valid"], reply.json["errors"]) == (True, [])
-    assert "stateful operators" in reply.json["note"]  # valid, beyond what a dry run covers
+    assert "fresh, empty state" in reply.json["note"]  # valid; what a dry run starts from
     reply = api.call("POST", "/api/v1/pipelines", {"spec": text})
     assert (reply.status, reply.json["error"]["code"]) == (422, "invalid_spec")  # create: 422
 
@@ -88,3 +99,34 @@ def test_catalogs_list_every_kind_with_its_schema(api: ApiProcess) -> None:
             load_spec({"name": "x", "source": {"topics": ["x.in"]}, "transforms": [t["example"]]})
     assert all(t["example"] for t in transforms if t["kind"] != "compute")
     assert api.call("GET", "/api/v1/integrations").json == {"items": []}
+
+
+def test_a_dry_run_on_the_last_records_of_the_source_topic(
+        api: ApiProcess, kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("dry-src", partitions=2)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(1, 16):  # 15 records over two partitions, in time order
+        producer.produce(topic, json.dumps({"id": i, "status": "new", "qty": 1,
+                                            "price": 1 if i != 14 else -1}).encode(),
+                         str(i).encode(), partition=i % 2, timestamp=1_700_000_000_000 + i)
+    assert producer.flush(30) == 0
+    spec = {**SPEC, "source": {"topics": [topic], "format": "json"}}
+    reply = api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": spec, "limit": 3})
+    assert reply.status == 200, reply.text
+    assert [e["value"]["id"] for e in reply.json["events"]] == [13, 14, 15]  # the last three
+    assert [o["key"] for o in reply.json["outputs"]] == [13, 15]
+    assert [(d["index"], d["stage"]) for d in reply.json["dead_letters"]] == [
+        (1, "rule:total_positive")]
+    # read-only, yet a caller needs credentials; a viewer may
+    assert api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": spec},
+                    auth=None).status == 401
+    assert api.call("POST", "/api/v1/users", {"name": "peek", "role": "viewer",
+                                              "password": "peek-pw-123"}).status == 201
+    viewer = api.login("peek", "peek-pw-123")
+    reply = api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": spec}, auth=viewer)
+    assert (reply.status, len(reply.json["events"])) == (200, 10)  # limit: 10 by default
+    missing = {**SPEC, "source": {"topics": [f"{topic}-missing"], "format": "json"}}
+    reply = api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": missing})
+    assert (reply.status, reply.json["error"]["code"]) == (404, "no_topic")
+    reply = api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": spec, "limit": 0})
+    assert reply.status == 422

@@ -1,14 +1,19 @@
-import { useEffect, useState } from "react";
+import { lazy, Suspense, useEffect, useState } from "react";
 import { currentSession, isAdmin, onSession, setSession, type Session } from "./api";
 import { Login } from "./pages/Login";
-import { Dashboard } from "./pages/Dashboard";
-import { Pipelines } from "./pages/Pipelines";
-import { PipelineDetail } from "./pages/PipelineDetail";
-import { Editor } from "./pages/Editor";
-import { Connectors } from "./pages/Connectors";
-import { MonitoringPage } from "./pages/Monitoring";
-import { Dlq } from "./pages/Dlq";
-import { Audit } from "./pages/Audit";
+
+// One chunk per page, fetched when the page is first opened (the login page is in the
+// entry chunk: it is the first paint), so no page waits for another's code or Chart.js.
+const Dashboard = lazy(() => import("./pages/Dashboard").then((m) => ({ default: m.Dashboard })));
+const Pipelines = lazy(() => import("./pages/Pipelines").then((m) => ({ default: m.Pipelines })));
+const PipelineDetail = lazy(() => import("./pages/PipelineDetail")
+  .then((m) => ({ default: m.PipelineDetail })));
+const Editor = lazy(() => import("./pages/Editor").then((m) => ({ default: m.Editor })));
+const Connectors = lazy(() => import("./pages/Connectors").then((m) => ({ default: m.Connectors })));
+const MonitoringPage = lazy(() => import("./pages/Monitoring")
+  .then((m) => ({ default: m.MonitoringPage })));
+const Dlq = lazy(() => import("./pages/Dlq").then((m) => ({ default: m.Dlq })));
+const Audit = lazy(() => import("./pages/Audit").then((m) => ({ default: m.Audit })));
 
 function useHash(): string {
   const [hash, setHash] = useState(location.hash || "#/");
@@ -67,7 +72,7 @@ export function App() {
              aria-current={current === href || (href === "#/" && current === "#/") ? "page" : undefined}>
             {label}</a>))}
       </nav>
-      <main id="main" tabIndex={-1}>{page}</main>
+      <main id="main" tabIndex={-1}><Suspense fallback={<p className="muted">Loading…</p>}>{page}</Suspense></main>
     </div>
   );
 }

@@ -1,9 +1,5 @@
-import { useEffect, useRef, useState } from "react";
-import { Chart, registerables, type ChartConfiguration } from "chart.js";
+import { useEffect, useState } from "react";
 import { ApiError, follow, type Monitoring } from "./api";
-
-Chart.register(...registerables);
-Chart.defaults.animation = false;
 
 export function Badge({ state }: { state: string }) {
   return <span className={`badge badge-${state}`} data-testid="state">{state}</span>;
@@ -30,36 +26,6 @@ export function Problem({ error }: { error: unknown }) {
   const msg = error instanceof ApiError ? `${error.status} ${error.code}: ${error.message}`
     : String(error);
   return <div className="problem" role="alert">{msg}</div>;
-}
-
-/** A Chart.js line chart whose datasets are replaced on every render. */
-export function LineChart({ labels, series, title, testid }: {
-  labels: string[]; series: { label: string; data: (number | null)[] }[]; title: string;
-  testid: string;
-}) {
-  const canvas = useRef<HTMLCanvasElement>(null);
-  const chart = useRef<Chart | null>(null);
-  useEffect(() => {
-    const config: ChartConfiguration<"line"> = {
-      type: "line",
-      data: { labels: [], datasets: [] },
-      options: { responsive: true, maintainAspectRatio: false,
-                 plugins: { title: { display: true, text: title } },
-                 scales: { y: { beginAtZero: true } } },
-    };
-    chart.current = new Chart(canvas.current!, config);
-    return () => chart.current?.destroy();
-  }, [title]);
-  useEffect(() => {
-    const c = chart.current;
-    if (!c) return;
-    c.data.labels = labels;
-    c.data.datasets = series.map((s) => ({ label: s.label, data: s.data, tension: 0.2,
-                                           pointRadius: 0, spanGaps: true }));
-    c.update();
-  });
-  return <div className="chart" data-testid={testid}><canvas ref={canvas} role="img"
-    aria-label={title} /></div>;
 }
 
 export interface Sample { at: number; m: Monitoring }

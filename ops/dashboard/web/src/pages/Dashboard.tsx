@@ -1,6 +1,7 @@
 import { api, currentSession, isAdmin, listPipelines } from "../api";
 import { rates } from "../live";
-import { Badge, Card, LineChart, Problem, fmt, pct, timeLabel, useAsync, useLive } from "../ui";
+import { LineChart } from "../chart";
+import { Badge, Card, Problem, fmt, pct, timeLabel, useAsync, useLive } from "../ui";
 
 export function Dashboard() {
   const samples = useLive();

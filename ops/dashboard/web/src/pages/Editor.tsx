@@ -21,7 +21,8 @@ interface SpecCheck { valid: boolean; errors: { loc: string; line: number | null
   note: string | null }
 
 interface DryRun { outputs: { topic: string; key: unknown; value: unknown }[];
-  dead_letters: { index: number; stage: string; error: string }[] }
+  dead_letters: { index: number; stage: string; error: string }[]; note: string | null;
+  events: { key: unknown; value: unknown; topic: string | null }[] | null }
 
 function parseEvents(text: string): { key?: unknown; value: unknown }[] {
   const t = text.trim();
@@ -83,6 +84,14 @@ export function Editor({ id, session }: { id?: string; session: Session }) {
                                { spec: parsed.value, events: parseEvents(events) }));
     } catch (e) { setProblem(e); }
   }
+  /** The same dry run on the last records of the spec's source topic (read by the API). */
+  async function dryRunSource() {
+    setProblem(undefined);
+    try {
+      setDry(await api<DryRun>("POST", "/api/v1/pipelines/dry-run/sample",
+                               { spec: parsed.value, limit: 10 }));
+    } catch (e) { setProblem(e); }
+  }
   async function apply() {
     setProblem(undefined);
     try {
@@ -128,7 +137,11 @@ export function Editor({ id, session }: { id?: string; session: Session }) {
       <label className="block">Sample events (one JSON value per line, or a JSON array)
         <textarea name="events" rows={4} value={events} onChange={(e) => setEvents(e.target.value)} /></label>
       <button onClick={dryRun} disabled={!!errors.length}>Dry run</button>
+      {" "}<button onClick={dryRunSource} disabled={!!errors.length}>Dry run on the source topic's last 10 records</button>
       {dry && <div data-testid="dry-result">
+        {dry.note && <p className="muted">{dry.note}</p>}
+        {dry.events && <><h3>Sampled from the source topic ({dry.events.length})</h3>
+          <pre className="code" data-testid="dry-sample">{dry.events.map((e) => JSON.stringify(e.value)).join("\n")}</pre></>}
         <h3>Outputs ({dry.outputs.length})</h3>
         <pre className="code">{dry.outputs.map((o) => JSON.stringify(o.value)).join("\n")}</pre>
         <h3>Dead letters ({dry.dead_letters.length})</h3>

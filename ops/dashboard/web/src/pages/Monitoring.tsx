@@ -1,5 +1,6 @@
 import { rates } from "../live";
-import { LineChart, timeLabel, useLive } from "../ui";
+import { LineChart } from "../chart";
+import { timeLabel, useLive } from "../ui";
 
 export function MonitoringPage() {
   const samples = useLive(180);
