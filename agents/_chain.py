@@ -57,6 +57,7 @@ class Chain:
         self._pre, self._post = steps[: self.rules_after], steps[self.rules_after:]
         self._has_rules = bool(self.checks.rules)
         self._keep = self.checks.keep if self._has_rules else None
+        self._checked = self._kept = 0  # rows the rules checked / kept, since start
 
     def _count_dead(self, dead: list[DeadLetter]) -> None:
         by = self.dead_by_stage
@@ -223,10 +224,35 @@ class Chain:
     def _settle(self, n: int, out: Sized, dead: list[DeadLetter], checked: int, kept: int) -> None:
         if self._has_rules:
             self.checks.settle(checked, kept)
+            self._checked += checked
+            self._kept += kept
         self.events_in += n
         self.events_out += len(out)
         if dead:
             self._count_dead(dead)
+
+    def stage_counts(self) -> list[tuple[str, int, int, int, int]]:
+        """``(stage, in, out, dropped, failed)`` per stage in the order events go through
+        them, since start: worked out from the per-batch counters (an event leaves the
+        chain at the first stage that drops or fails it), so the hot loop counts nothing
+        more. The rules are one stage, ``quality`` (a tombstone passes it unchecked)."""
+        by = self.dead_by_stage
+        n = self.events_in - by.get("decode", 0)
+        out: list[tuple[str, int, int, int, int]] = []
+        for t, _ in self._pre:
+            gone = t.dropped + t.failed
+            out.append((t.stage, n, n - gone, t.dropped, t.failed))
+            n -= gone
+        if self._has_rules:
+            removed = self._checked - self._kept
+            failed = sum(v for k, v in by.items() if k.startswith("rule:"))
+            out.append(("quality", n, n - removed, max(0, removed - failed), failed))
+            n -= removed
+        for t, _ in self._post:
+            gone = t.dropped + t.failed
+            out.append((t.stage, n, n - gone, t.dropped, t.failed))
+            n -= gone
+        return out
 
     @property
     def counters(self) -> dict[str, Any]:

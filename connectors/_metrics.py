@@ -155,6 +155,10 @@ class Metrics:
                            ("pipeline", "stage", "rule"), **kw)
         self.lag = Gauge("dataflow_consumer_lag", "Records in the partition after the last "
                          "one processed", ("pipeline", "topic", "partition"), **kw)
+        self.stage_records = Counter("dataflow_stage_records", "Records through one step of "
+                                     "a worker (a transform, quality, a stateful operator) "
+                                     "by outcome: in, out, dropped, failed (to the DLQ)",
+                                     ("pipeline", "stage", "outcome"), **kw)
         self.last_event = Gauge("dataflow_last_event_time_seconds", "Unix time the stage "
                                 "last read a record (0: none yet)", pipeline_stage, **kw)
         # -- quality rules (workers)
@@ -261,6 +265,9 @@ class Metrics:
                                     [(now - ts) / 1000 for ts in source_ms if ts > 0])
 
 
+_OUTCOMES = ("in", "out", "dropped", "failed")
+
+
 class StageMetrics:
     """One pipeline stage's children (``worker``, ``sink:<kind>``), bound once."""
 
@@ -272,6 +279,8 @@ class StageMetrics:
         self._last = m.last_event.labels(pipeline, stage)
         self._lag: dict[tuple[str, int], Any] = {}
         self._dlq: dict[str, Any] = {}
+        #: (step, outcome) -> [child, total published]
+        self._steps: dict[tuple[str, str], list[Any]] = {}
 
     def received(self, n: int) -> None:
         if n:
@@ -281,6 +290,28 @@ class StageMetrics:
     def sent(self, n: int) -> None:
         if n:
             self._out.inc(n)
+
+    def step(self, step: str, outcome: str, n: int) -> None:
+        """``n`` more records of one step's ``outcome`` (in, out, dropped, failed)."""
+        if n > 0:
+            self._step(step, outcome)[0].inc(n)
+
+    def steps(self, totals: Iterable[tuple[str, int, int, int, int]]) -> None:
+        """``(step, in, out, dropped, failed)`` totals since start: each counter moves by
+        what its total gained since the last call."""
+        for step, *values in totals:
+            for outcome, total in zip(_OUTCOMES, values, strict=True):
+                entry = self._step(step, outcome)
+                if total > entry[1]:
+                    entry[0].inc(total - entry[1])
+                    entry[1] = total
+
+    def _step(self, step: str, outcome: str) -> list[Any]:
+        entry = self._steps.get((step, outcome))
+        if entry is None:
+            child = self.metrics.stage_records.labels(self.pipeline, step, outcome)
+            entry = self._steps[(step, outcome)] = [child, 0]
+        return entry
 
     def dead(self, stages: Iterable[str]) -> None:
         """Dead letters of one batch, by their DLQ ``stage`` (``rule:<name>`` names a rule)."""

@@ -170,10 +170,18 @@ class Stage:
 
     def _run_ops(self, partition: int, events: list[Event], outbox: Outbox,
                  dead: list[DeadLetter], start: int = 0) -> list[Event]:
+        metrics = self.pipeline.metrics
         for op in self.ops[start:]:
             if not events:
                 break
+            n, before = len(events), len(dead)
             events = op.process(partition, events, outbox, dead)
+            failed = len(dead) - before
+            metrics.step(op.stage, "in", n)
+            metrics.step(op.stage, "out", len(events))
+            metrics.step(op.stage, "failed", failed)
+            if not isinstance(op, WindowAggregate):  # a window holds events, it drops none
+                metrics.step(op.stage, "dropped", n - len(events) - failed)
         return events
 
     def _emit(self, events: list[Event], outbox: Outbox, dead: list[DeadLetter]) -> None:
@@ -237,9 +245,11 @@ class Stage:
                 out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic)
                 outbox.plain.extend(out)
                 p.metrics.sent(len(out))
+                p.metrics.steps(p.chain.stage_counts())
                 p.dead_letters(dead, outbox)
                 return
             events, dead = p.chain.ingest(msgs, p.decoder)
+            p.metrics.steps(p.chain.stage_counts())
         else:
             events = _decode_internal(records, topic, partition, dead)
         events = self._run_ops(partition, events, outbox, dead)
@@ -259,6 +269,7 @@ class Stage:
         dead: list[DeadLetter] = []
         for i, op in enumerate(self.ops):
             out = op.tick(partition, now_ms, outbox)
+            self.pipeline.metrics.step(op.stage, "out", len(out))  # e.g. a window closed
             if out:
                 out = self._run_ops(partition, out, outbox, dead, i + 1)
                 self._emit(out, outbox, dead)

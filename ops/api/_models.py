@@ -126,6 +126,18 @@ class RunQuery(_Strict):
     backfill: bool = False
 
 
+class StageFigures(_Strict):
+    """One step of the pipeline since its processes started: a worker's transform, its
+    rules (``quality``) or stateful operator (``dataflow_stage_records_total``), or a
+    loader's sink (``sink:<kind>``: read, written, refused)."""
+
+    stage: str
+    records_in: int
+    records_out: int
+    dropped: int
+    failed: int
+
+
 class Stats(_Strict):
     """Figures of the pipeline: counts since its live processes started (from their
     Prometheus endpoints), lag from Kafka; null where nothing measured them."""
@@ -153,6 +165,17 @@ class Stats(_Strict):
     #: share of checked rows that passed every quality rule (the workers' scores weighted
     #: by the checks each made; null when no row was checked)
     quality_score: float | None = None
+    #: rows each quality rule failed (stateless rules: ``dataflow_quality_checks_total``;
+    #: unique and referential: their dead letters)
+    quality_failures: dict[str, int] = Field(default_factory=dict)
+    #: end-to-end freshness of the rows the loaders wrote (``dataflow_freshness_seconds``,
+    #: interpolated in its buckets as Prometheus does), seconds; null before a row
+    freshness_p50_s: float | None = None
+    freshness_p99_s: float | None = None
+    #: restarts of the pipeline's processes counted by the supervisor
+    restarts: int | None = None
+    #: per step, in the order records go through them
+    stages: list[StageFigures] = Field(default_factory=list)
 
 
 class PipelineStatusView(_Strict):

@@ -163,3 +163,19 @@ def test_an_output_json_cannot_hold_is_a_dead_letter() -> None:
     assert [v for _, _, v in records] == [b'{"id":1}', b'{"id":3}']
     assert [(d.stage, d.event.offset, d.event.raw_value) for d in dead] == [("sink:kafka", 1, deep)]
     assert "cannot encode value as JSON" in dead[0].error
+
+
+def test_stage_counts_follow_each_event_to_the_step_it_leaves_at() -> None:
+    chain = Chain([Filter(compile_expr("amount > 0"), "positive"),
+                   Compute({"double": compile_expr("amount * 2")}, "dbl"),
+                   Compute({"inverse": compile_expr("1 / (amount - 5)")}, "inv")],
+                  QualityChecks([TypeRule("types", {"amount": "int"})], metrics=False),
+                  rules_after=2)
+    msgs = [(None, orjson.dumps(v), "in", 0, i, 0, []) for i, v in enumerate(
+        [{"amount": 1}, {"amount": -1}, {"amount": 2.5}, {"amount": 5}, None, {"amount": 3}])]
+    msgs[4] = (None, b"{not json", "in", 0, 4, 0, [])
+    records, dead = chain.run(msgs, Decoder("json"), "out")
+    assert len(records) == 2 and len(dead) == 3  # a decode, a rule and a transform failure
+    assert chain.stage_counts() == [
+        ("transform:positive", 5, 4, 1, 0), ("transform:dbl", 4, 4, 0, 0),
+        ("quality", 4, 3, 0, 1), ("transform:inv", 3, 2, 0, 1)]

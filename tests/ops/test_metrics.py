@@ -193,6 +193,13 @@ def test_each_process_serves_the_documented_metrics(
     assert total(w, "dataflow_quality_checks_total", pipeline=name, rule="positive",
                  result="fail") == N_BAD
     assert total(w, "dataflow_consumer_lag", pipeline=name, topic=src, partition="0") == 0
+    # per step of the worker: unwrap passes all 21 on, quality keeps 17 and fails 4
+    steps = {(s.labels["stage"], s.labels["outcome"]): s.value for s in w
+             if s.name == "dataflow_stage_records_total" and s.labels["pipeline"] == name}
+    assert steps == {("transform:unwrap", "in"): n_in, ("transform:unwrap", "out"): n_in,
+                     ("transform:unwrap", "dropped"): 0, ("transform:unwrap", "failed"): 0,
+                     ("quality", "in"): n_in, ("quality", "out"): n_in - N_BAD,
+                     ("quality", "dropped"): 0, ("quality", "failed"): N_BAD}, steps
     last = total(w, "dataflow_last_event_time_seconds", pipeline=name, stage="worker") or 0
     assert time.time() - 240 < last <= time.time()
     # the spec's loader: 16 rows written, the long-named one refused into the DLQ

@@ -96,8 +96,15 @@ def browser(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
     chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
     made: list[Browser] = []
 
-    def make(base: str, viewport: tuple[int, int] = (1280, 900)) -> Browser:
+    def make(base: str, viewport: tuple[int, int] = (1280, 900),
+             session: str | None = None) -> Browser:
+        """A new context: an empty HTTP cache; ``session`` (the page's stored session, as
+        JSON) logged in from its first paint."""
         ctx = chromium.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        if session is not None:
+            origin, stored = json.dumps(base), json.dumps(session)
+            ctx.add_init_script(f"try {{ if (location.origin === {origin}) sessionStorage"
+                                f".setItem('dataflow.session', {stored}); }} catch (e) {{}}")
         made.append(Browser(ctx.new_page(), base, shots))
         return made[-1]
 
@@ -112,6 +119,53 @@ def browser(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
     print("screenshots:", shots)
 
 
+_NAV = """(() => { const n = performance.getEntriesByType('navigation')[0];
+  return {dcl: n.domContentLoadedEventEnd, load: n.loadEventEnd}; })()"""
+
+
+def full_load(b: Browser, route: str, ready: str) -> dict[str, float]:
+    """One document load of ``#/route``: ms until ``ready`` shows (the page's content, its
+    data fetched) and the navigation timing's DOMContentLoaded and load event ends."""
+    started = time.perf_counter()
+    b.page.goto(f"{b.base}/ui#/{route}")
+    b.page.wait_for_selector(ready, timeout=20_000)
+    ready_ms = (time.perf_counter() - started) * 1000
+    b.page.wait_for_function("performance.getEntriesByType('navigation')[0].loadEventEnd > 0")
+    nav = b.page.evaluate(_NAV)
+    return {"ready_ms": round(ready_ms, 1), "dom_content_loaded_ms": round(nav["dcl"], 1),
+            "load_event_ms": round(nav["load"], 1)}
+
+
+def cold_and_warm(browser: Callable[..., Browser], base: str, session: str | None,
+                  route: str, ready: str, errors: list[str]) -> dict[str, dict[str, float]]:
+    """A first load in a fresh context (empty cache), then a second one after leaving;
+    the page's console errors go to ``errors``."""
+    b = browser(base, session=session)
+    cold = full_load(b, route, ready)
+    b.page.goto("about:blank")
+    warm = full_load(b, route, ready)
+    errors.extend(b.errors)
+    b.page.context.close()
+    return {"cold": cold, "warm": warm}
+
+
+def write_load_report(shots: Path, loads: dict[str, dict[str, dict[str, float]]]) -> str:
+    """``load-times.json`` and ``load-times.md`` beside the screenshots; the table's text."""
+    (shots / "load-times.json").write_text(json.dumps(loads, indent=2) + "\n")
+    lines = ["| page | cold: ready ms | cold: load event ms | warm: ready ms | warm: load event ms |",
+             "|---|---|---|---|---|"]
+    for page, t in loads.items():
+        warm = t.get("warm", {})
+        lines.append(f"| {page} | {t['cold']['ready_ms']} | {t['cold']['load_event_ms']} | "
+                     f"{warm.get('ready_ms', '–')} | {warm.get('load_event_ms', '–')} |")
+    table = "\n".join(lines) + "\n"
+    (shots / "load-times.md").write_text(
+        "# Dashboard page loads (measured by tests/ops/api/test_dashboard.py; not asserted)\n\n"
+        "cold: a new browser context (empty cache); warm: the same page loaded again. ready: "
+        "until the page shows its content; load event: navigation timing.\n\n" + table)
+    return table
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     last = None
@@ -121,6 +175,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def step(b: Browser, stage: str, outcome: str) -> int:
+    """A topology step's live counter (``in``, ``out``, ``dropped``, ``failed``)."""
+    loc = b.page.locator(f"[data-testid='step-{stage}'] [data-n={outcome}]")
+    return int(loc.inner_text().replace(",", "")) if loc.count() else -1
+
+
+def points(b: Browser, chart: str) -> int:
+    """Values the chart draws (its ``data-points``)."""
+    return int(b.page.get_attribute(f"[data-testid={chart}]", "data-points") or 0)
 
 
 def counter(b: Browser, stage: str, word: str) -> int:
@@ -142,9 +207,13 @@ def test_the_dashboard_drives_real_pipelines(
     hosts: set[str] = set()
     page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
     b.login("admin", ADMIN_PASSWORD)
-    nav = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+    nav = page.evaluate(_NAV)
+    loads: dict[str, dict[str, dict[str, float]]] = {"login (the browser's first page)": {
+        "cold": {"ready_ms": round(b.loads["login"] * 1000, 1),
+                 "dom_content_loaded_ms": round(nav["dcl"], 1),
+                 "load_event_ms": round(nav["load"], 1)}}}
+    session = page.evaluate("sessionStorage.getItem('dataflow.session')")
     b.open("", "[data-testid=card-running]", "dashboard")
-    print(f"first load of /ui: {nav:.0f} ms (navigation timing)")
 
     # keyboard: the first Tab reaches the skip link, Enter puts the focus on the page
     page.keyboard.press("Tab")
@@ -179,6 +248,17 @@ def test_the_dashboard_drives_real_pipelines(
     assert "Outputs (1)" in result.inner_text() and "Dead letters (1)" in result.inner_text()
     assert "event 2: rule:amount_positive" in result.inner_text()
     b.shot("editor-dry-run")
+    # a stateful operator runs too, on fresh state: the duplicate is dropped
+    template = page.input_value("textarea[name=spec]")
+    page.fill("textarea[name=spec]", template + "stateful:\n  - type: dedup\n    key: id\n"
+              "    ttl: 1h\n")
+    wait_for(lambda: b.text("[data-testid=validity]").startswith("valid"), 15, "valid")
+    page.fill("textarea[name=events]", '{"id": 1, "amount": 5}\n{"id": 1, "amount": 6}\n'
+              '{"id": 2, "amount": 7}')
+    page.click("button:text-is('Dry run')")
+    wait_for(lambda: "Outputs (2)" in result.inner_text(), 10, "two outputs of three")
+    assert '{"id":1,"amount":5}\n{"id":2,"amount":7}' in b.text("[data-testid=dry-result] pre")
+    assert "fresh, empty state" in result.inner_text()
 
     # ... then a CDC pipeline written there, reviewed as a diff, created
     name = f"ui_{unique}"
@@ -206,10 +286,17 @@ def test_the_dashboard_drives_real_pipelines(
     wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 90, "running")
     sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(2, 40) g")
     wait_for(lambda: counter(b, "sinks", "written") >= 40, 60, "40 rows written")
+    # the topology's steps: unwrap passed the 40 rows on, the Postgres sink wrote them
+    wait_for(lambda: step(b, "sink:postgres", "out") >= 40, 30, "the sink step's 40 rows")
+    assert step(b, "transform:unwrap", "out") >= 40
     before = counter(b, "source", "in")
+    unwrapped = step(b, "transform:unwrap", "in")
     sql(fresh_db, "UPDATE items SET qty = qty + 1 WHERE id <= 10")
     wait_for(lambda: counter(b, "source", "in") >= before + 10, 60, "10 more events in")
+    wait_for(lambda: step(b, "transform:unwrap", "in") >= unwrapped + 10, 30, "unwrap: +10")
     assert b.text("[data-testid=freshness]").endswith("s ago")  # last_event_time, shown
+    assert b.text("[data-testid=freshness-pct]").endswith(" s")  # p50 / p99 of rows written
+    assert b.text("[data-testid=restarts]") == "0"
     b.shot("pipeline-detail")
 
     # the dashboard's cards and live chart while rows flow
@@ -228,8 +315,12 @@ def test_the_dashboard_drives_real_pipelines(
     page.click(f"button[aria-label='resume {name}']")
     wait_for(lambda: b.text("h1 [data-testid=state]") == "running", 60, "running again")
 
+    sql(fresh_db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(401, 420) g")
     b.open("monitoring", "[data-testid=chart-freshness] canvas", "monitoring")
-    page.wait_for_timeout(2500)  # a few samples on the charts
+    # end-to-end freshness p50/p99 (of the rows the resumed loader wrote) and restarts
+    wait_for(lambda: points(b, "chart-freshness-pct") >= 4, 60, "freshness p50/p99 points")
+    wait_for(lambda: points(b, "chart-restarts") >= 2, 20, "restart points")
+    page.wait_for_timeout(1500)  # a few more samples on the charts
     b.shot("monitoring")
     b.open("connectors", "[data-testid=catalog-postgres]", "connectors")
     page.locator("[data-testid=catalog-postgres] button").first.click()
@@ -265,8 +356,22 @@ def test_the_dashboard_drives_real_pipelines(
     assert json.loads(b.text("[data-testid=payload] pre >> nth=1")) == {"amount": -7}
     b.shot("dlq")
 
+    # quality failures by rule, charted
+    b.open("monitoring", "[data-testid=chart-rules] canvas", "monitoring-rules")
+    wait_for(lambda: points(b, "chart-rules") >= 2, 20, "failures of amount_positive")
+    b.shot("monitoring-rules")
+
     b.open(f"editor/{jid}", "textarea[name=spec]", "editor-existing")
     wait_for(lambda: "amount_positive" in page.input_value("textarea[name=spec]"), 10, "spec")
+    # a dry run on the source topic's last records: the two produced, one failing the rule
+    wait_for(lambda: b.text("[data-testid=validity]") == "valid", 15, "valid")
+    page.click("text=Dry run on the source topic's last 10 records")
+    page.wait_for_selector("[data-testid=dry-sample]")
+    assert b.text("[data-testid=dry-sample]").split("\n") == ['{"amount":3}', '{"amount":-7}']
+    result = page.locator("[data-testid=dry-result]")
+    assert "Outputs (1)" in result.inner_text() and "Dead letters (1)" in result.inner_text()
+    assert "event 2: rule:amount_positive" in result.inner_text()
+    b.shot("editor-dry-run-source")
     text = page.input_value("textarea[name=spec]")
     fixed = text.replace("min: 0", "min: -10", 1)
     assert fixed != text
@@ -335,6 +440,24 @@ def test_the_dashboard_drives_real_pipelines(
     assert phone.page.locator("nav a").first.is_visible()
     phone.shot("phone-menu")
 
+    # every page's load: cold (an empty cache) and warm; reported, not asserted
+    pages = {"login": ("", "form[aria-label='log in'] input:focus", None),
+             "dashboard": ("", "[data-testid=card-running]", session),
+             "pipelines": ("pipelines", f"[data-testid=row-{name}]", session),
+             "pipeline-detail": (f"pipelines/{pid}", "[data-testid=stage-source]", session),
+             "editor": ("editor", "textarea[name=spec]", session),
+             "editor-existing": (f"editor/{jid}", "textarea[name=spec]", session),
+             "connectors": ("connectors", "[data-testid=catalog-postgres]", session),
+             "monitoring": ("monitoring", "[data-testid=chart-freshness] canvas", session),
+             "dlq": (f"dlq/{jid}", "[data-testid=dead-letter]", session),
+             "audit": ("audit", "[data-testid=audit-row]", session)}
+    measured_errors: list[str] = []
+    for page_name, (route, ready, as_user) in pages.items():
+        loads[page_name] = cold_and_warm(browser, api.url, as_user, route, ready,
+                                         measured_errors)
+    print("page loads (ms; not asserted):\n" + write_load_report(b.shots, loads))
+
     assert hosts == {api.url.split("/")[2]}, hosts  # nothing from another host
     assert "unexpected error" not in api.log.read_text()  # no 500 behind the pages either
     assert b.errors == viewer.errors == phone.errors == [], b.errors + viewer.errors + phone.errors
+    assert measured_errors == [], measured_errors

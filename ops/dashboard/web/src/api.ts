@@ -80,7 +80,12 @@ export interface Stats {
   events_out: number | null; dlq_records: number | null; rows_written: number | null;
   errors: number | null; events_per_s: number | null; success_rate: number | null;
   quality_score: number | null; last_event_time?: string | null;
+  quality_failures?: Record<string, number>; freshness_p50_s?: number | null;
+  freshness_p99_s?: number | null; restarts?: number | null; stages?: StageFigures[];
 }
+/** One step's records since its processes started (GET .../status, the event stream). */
+export interface StageFigures { stage: string; records_in: number; records_out: number;
+  dropped: number; failed: number }
 export interface Figures { id: string; name: string; state: string; stats: Stats }
 export interface Monitoring { pipelines: Figures[] }
 

@@ -1,5 +1,5 @@
 import { stringify } from "yaml";
-import { api, type Pipeline, type Run, type Session, type StatusView } from "../api";
+import { api, type Pipeline, type Run, type Session, type StageFigures, type StatusView } from "../api";
 import { Actions } from "../actions";
 import { Badge, Problem, fmt, pct, useAsync, useLive } from "../ui";
 
@@ -7,12 +7,31 @@ type Spec = Record<string, unknown>;
 const kinds = (xs: unknown): string[] => (Array.isArray(xs) ? xs : []).map((x) =>
   String((x as Spec).type ?? (x as Spec).name ?? "?"));
 
-function Stage({ title, items, counter, testid }: { title: string; items: string[];
-  counter: string; testid: string }) {
+/** The group a step's name belongs to in the topology. */
+function groupOf(stage: string): string {
+  if (stage.startsWith("transform:")) return "transforms";
+  if (stage === "quality") return "quality";
+  if (stage.startsWith("sink:")) return "sinks";
+  return "stateful";  // window:, join:, dedup:, rule: (unique, referential)
+}
+
+function Step({ f }: { f: StageFigures }) {
+  return (
+    <li className="step" data-testid={`step-${f.stage}`}>
+      <span className="step-name">{f.stage}</span>
+      <span className="step-counts">in <b data-n="in">{fmt(f.records_in)}</b> · out <b data-n="out">{fmt(f.records_out)}</b>
+        {" "}· dropped <b data-n="dropped">{fmt(f.dropped)}</b> · failed <b data-n="failed">{fmt(f.failed)}</b></span>
+    </li>
+  );
+}
+
+function Stage({ title, items, counter, testid, steps }: { title: string; items: string[];
+  counter: string; testid: string; steps?: StageFigures[] }) {
   return (
     <li className="stage" data-testid={testid}>
       <div className="stage-title">{title}</div>
-      <div className="stage-items">{items.length ? items.join(", ") : "—"}</div>
+      {steps && steps.length ? <ul className="steps">{steps.map((f) => <Step key={f.stage} f={f} />)}</ul>
+        : <div className="stage-items">{items.length ? items.join(", ") : "—"}</div>}
       <div className="stage-counter">{counter}</div>
     </li>
   );
@@ -33,6 +52,7 @@ export function PipelineDetail({ id, session }: { id: string; session: Session }
   const since = (t: string | null | undefined) => t ? Math.max(0, (Date.now() - Date.parse(t)) / 1000) : null;
   const age = since(st?.updated_at);
   const fresh = since(s?.last_event_time);
+  const steps = (group: string) => (s?.stages ?? []).filter((f) => groupOf(f.stage) === group);
   return (
     <section>
       <h1>{p.name} <Badge state={p.state} /></h1>
@@ -44,11 +64,13 @@ export function PipelineDetail({ id, session }: { id: string; session: Session }
         <Stage testid="stage-source" title={`source (${String(source.type ?? "kafka")})`}
                items={(source.topics as string[] | undefined) ?? []} counter={`in ${fmt(s?.events_in)}`} />
         <Stage testid="stage-transforms" title="transforms" items={kinds(spec.transforms)}
-               counter={`out ${fmt(s?.events_out)}`} />
-        <Stage testid="stage-quality" title="quality" items={kinds(spec.quality)}
+               steps={steps("transforms")} counter={`out ${fmt(s?.events_out)}`} />
+        <Stage testid="stage-quality" title="quality" items={kinds(spec.quality)} steps={steps("quality")}
                counter={`score ${pct(s?.quality_score)} · dlq ${fmt(s?.dlq_records)}`} />
-        <Stage testid="stage-stateful" title="stateful" items={kinds(spec.stateful)} counter="" />
-        <Stage testid="stage-sinks" title="sinks" items={sinks} counter={`written ${fmt(s?.rows_written)}`} />
+        <Stage testid="stage-stateful" title="stateful" items={kinds(spec.stateful)}
+               steps={steps("stateful")} counter="" />
+        <Stage testid="stage-sinks" title="sinks" items={sinks} steps={steps("sinks")}
+               counter={`written ${fmt(s?.rows_written)}`} />
       </ol>
       <dl className="facts">
         <dt>Consumer lag</dt><dd data-testid="lag">{fmt(s?.consumer_lag)}</dd>
@@ -56,6 +78,9 @@ export function PipelineDetail({ id, session }: { id: string; session: Session }
         <dt>Success rate</dt><dd>{pct(s?.success_rate)}</dd>
         <dt>Last event read</dt><dd data-testid="freshness">{fresh === null ? "–" : `${fmt(fresh, 0)} s ago`}</dd>
         <dt>Status reported</dt><dd>{age === null ? "–" : `${fmt(age, 0)} s ago`}</dd>
+        <dt>Freshness p50 / p99</dt><dd data-testid="freshness-pct">{s?.freshness_p50_s == null ? "–"
+          : `${fmt(s.freshness_p50_s, 2)} s / ${fmt(s.freshness_p99_s, 2)} s`}</dd>
+        <dt>Restarts</dt><dd data-testid="restarts">{fmt(s?.restarts)}</dd>
         <dt>Errors</dt><dd>{fmt(s?.errors)}</dd>
       </dl>
       <h2>Processes</h2>
