@@ -7,10 +7,13 @@ page; every page free of console errors, screenshotted, and its load time printe
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import shutil
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,8 +208,13 @@ def test_the_dashboard_drives_real_pipelines(
 
     # the page and its assets are open, and every one comes from the API itself
     hosts: set[str] = set()
-    page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+    assets: list[str] = []
+    page.on("request", lambda r: (hosts.add(r.url.split("/")[2]),
+                                  assets.append(r.url.rsplit("/", 1)[1])))
     b.login("admin", ADMIN_PASSWORD)
+    # the login page loads the entry chunk only: no page's code, no Chart.js
+    assert [a for a in assets if a.endswith(".js")] == [
+        a for a in assets if a.startswith("index-") and a.endswith(".js")], assets
     nav = page.evaluate(_NAV)
     loads: dict[str, dict[str, dict[str, float]]] = {"login (the browser's first page)": {
         "cold": {"ready_ms": round(b.loads["login"] * 1000, 1),
@@ -214,6 +222,8 @@ def test_the_dashboard_drives_real_pipelines(
                  "load_event_ms": round(nav["load"], 1)}}}
     session = page.evaluate("sessionStorage.getItem('dataflow.session')")
     b.open("", "[data-testid=card-running]", "dashboard")
+    assert any(a.startswith("Dashboard-") for a in assets)
+    assert any(a.startswith("chart-") for a in assets)  # a page that charts: Chart.js
 
     # keyboard: the first Tab reaches the skip link, Enter puts the focus on the page
     page.keyboard.press("Tab")
@@ -461,3 +471,28 @@ def test_the_dashboard_drives_real_pipelines(
     assert "unexpected error" not in api.log.read_text()  # no 500 behind the pages either
     assert b.errors == viewer.errors == phone.errors == [], b.errors + viewer.errors + phone.errors
     assert measured_errors == [], measured_errors
+
+
+def test_assets_are_gzipped_and_hashed_ones_cached(
+        api_factory: Callable[..., ApiProcess]) -> None:
+    if not (DIST / "index.html").is_file():
+        pytest.fail("the dashboard is not built: make dashboard (make setup does)")
+    api = api_factory()
+    gz = {"Accept-Encoding": "gzip"}
+    page = api.call("GET", "/ui", auth=None)
+    assert (page.status, page.headers["Cache-Control"]) == (200, "no-cache")
+    entry = re.search(r'src="/ui/assets/([^"]+)"', page.text)
+    assert entry, page.text
+    path = f"/ui/assets/{entry.group(1)}"
+    req = urllib.request.Request(api.url + path, headers=gz)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body, headers = resp.read(), resp.headers
+    assert (headers["Content-Encoding"], headers["Vary"], headers["Content-Type"]) == (
+        "gzip", "Accept-Encoding", "text/javascript")
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    raw = (DIST / "assets" / entry.group(1)).read_bytes()
+    assert gzip.decompress(body) == raw and len(body) < len(raw) / 2
+    plain = api.call("GET", path, auth=None)  # no Accept-Encoding: the file as it is
+    assert plain.status == 200 and "Content-Encoding" not in plain.headers
+    assert plain.text.encode() == raw
+    assert api.call("GET", "/ui/assets/nope.js", auth=None).status == 404
