@@ -24,6 +24,7 @@ from ops.api._dashboard import DIST
 from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess
 from tests.ops.api.sup_support import DDL, cdc_spec, sql
 from tests.pipeline_support import read_topic
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 CHROMIUM = Path(os.environ.get("DATAFLOW_CHROMIUM", "/usr/bin/chromium"))
@@ -111,16 +112,6 @@ def browser(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
         print("page load times (s):", {k: round(v, 3) for k, v in b.loads.items()})
     print("screenshots:", shots)
 
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def counter(b: Browser, stage: str, word: str) -> int:
