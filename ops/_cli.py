@@ -9,6 +9,7 @@ the implementation, imported inside the function so that ``dataflow --help`` or
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -183,13 +184,23 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="print the API's JS
 _TARGET = click.argument("target", metavar="NAME_OR_ID")
 
 
-@cli.group()
-@click.option("--api-url", envvar="DATAFLOW_API_URL", default="http://127.0.0.1:8600",
-              show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
-@click.pass_context
-def pipelines(ctx: click.Context, api_url: str) -> None:
-    """Pipelines as resources of the REST API (`dataflow api`): apply, run, pause, watch."""
-    ctx.obj = api_url
+_API_URL = click.option("--api-url", envvar="DATAFLOW_API_URL", default="http://127.0.0.1:8600",
+                        show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
+
+
+def _api_group(name: str, help_: str) -> click.Group:
+    """``dataflow NAME --api-url URL ...``: the commands below get the URL as their object."""
+    @_API_URL
+    @click.pass_context
+    def group(ctx: click.Context, api_url: str) -> None:
+        ctx.obj = api_url
+
+    made: click.Group = cli.group(name, help=help_)(group)
+    return made
+
+
+pipelines = _api_group(
+    "pipelines", "Pipelines as resources of the REST API (`dataflow api`): apply, run, pause, watch.")
 
 
 def _api(url: str) -> Any:
@@ -279,25 +290,24 @@ for _verb, _help in (
     _action(_verb, _help)
 
 
-def _view(verb: str, help_: str) -> None:
-    """``dataflow pipelines VERB NAME_OR_ID [--json]``: ``ops._pipelines_cli.<verb>``."""
-    @_TARGET
-    @_JSON
-    @click.pass_obj
-    def run(url: str, target: str, as_json: bool) -> int:
-        from ops import _pipelines_cli
+def _api_command(group: click.Group, verb: str, target: str, help_: str,
+                 argument: Callable[[Any], Any] | None = None) -> None:
+    """``dataflow GROUP VERB [ARGUMENT] [--json]``: ``target`` (``module:function``) called
+    with the API client, the argument and ``as_json``; the module is imported when it runs."""
+    def run(url: str, as_json: bool, **args: str) -> int:
+        module, name = target.split(":")
+        call: Callable[..., int] = getattr(importlib.import_module(module), name)
+        return call(_api(url), *args.values(), as_json)
 
-        show: Callable[[Any, str, bool], int] = getattr(_pipelines_cli, verb)
-        return show(_api(url), target, as_json)
-
-    pipelines.command(verb, help=help_)(run)
+    command = click.pass_obj(_JSON(run))
+    group.command(verb, help=help_)(argument(command) if argument else command)
 
 
 for _verb, _help in (
     ("get", "Show one pipeline and its spec (secrets masked)."),
     ("status", "State, processes and figures of a pipeline."),
 ):
-    _view(_verb, _help)
+    _api_command(pipelines, _verb, f"ops._pipelines_cli:{_verb}", _help, _TARGET)
 
 
 @pipelines.command("runs")
@@ -314,8 +324,6 @@ def pipelines_runs(url: str, target: str, limit: int, as_json: bool) -> int:
 
 # -- identities through the REST API --------------------------------------------------------
 
-_API_URL = click.option("--api-url", envvar="DATAFLOW_API_URL", default="http://127.0.0.1:8600",
-                        show_default=True, help="the `dataflow api` to talk to (DATAFLOW_API_URL)")
 _ROLE = click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
 _PASSWORD_STDIN = click.option("--password-stdin", is_flag=True,
                                help="read the password from standard input (else: asked for)")
@@ -327,12 +335,8 @@ def _password(from_stdin: bool, confirm: bool) -> str:
     return str(click.prompt("password", hide_input=True, confirmation_prompt=confirm))
 
 
-@cli.group()
-@_API_URL
-@click.pass_context
-def users(ctx: click.Context, api_url: str) -> None:
-    """Users of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN)."""
-    ctx.obj = api_url
+users = _api_group(
+    "users", "Users of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN).")
 
 
 @users.command("create")
@@ -348,33 +352,13 @@ def users_create(url: str, name: str, role: str, password_stdin: bool, as_json: 
     return create_user(_api(url), name, role, _password(password_stdin, True), as_json)
 
 
-@users.command("list")
-@_JSON
-@click.pass_obj
-def users_list(url: str, as_json: bool) -> int:
-    """List users: name, role, disabled."""
-    from ops._auth_cli import list_users
-
-    return list_users(_api(url), as_json)
+_api_command(users, "list", "ops._auth_cli:list_users", "List users: name, role, disabled.")
+_api_command(users, "delete", "ops._auth_cli:delete_user",
+             "Delete user NAME (its tokens stop working at once).", click.argument("name"))
 
 
-@users.command("delete")
-@click.argument("name")
-@_JSON
-@click.pass_obj
-def users_delete(url: str, name: str, as_json: bool) -> int:
-    """Delete user NAME (its tokens stop working at once)."""
-    from ops._auth_cli import delete_user
-
-    return delete_user(_api(url), name, as_json)
-
-
-@cli.group()
-@_API_URL
-@click.pass_context
-def keys(ctx: click.Context, api_url: str) -> None:
-    """API keys of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN)."""
-    ctx.obj = api_url
+keys = _api_group(
+    "keys", "API keys of the REST API (an admin's credentials: DATAFLOW_API_KEY or DATAFLOW_API_TOKEN).")
 
 
 @keys.command("create")
@@ -389,44 +373,15 @@ def keys_create(url: str, name: str, role: str, as_json: bool) -> int:
     return create_key(_api(url), name, role, as_json)
 
 
-@keys.command("list")
-@_JSON
-@click.pass_obj
-def keys_list(url: str, as_json: bool) -> int:
-    """List API keys (never the keys themselves)."""
-    from ops._auth_cli import list_keys
-
-    return list_keys(_api(url), as_json)
+_api_command(keys, "list", "ops._auth_cli:list_keys",
+             "List API keys (never the keys themselves).")
+_ID = click.argument("key_id", metavar="ID")
+_api_command(keys, "revoke", "ops._auth_cli:revoke_key",
+             "Revoke the API key ID (refused from the next request on).", _ID)
+_api_command(keys, "delete", "ops._auth_cli:delete_key", "Delete the API key ID.", _ID)
 
 
-@keys.command("revoke")
-@click.argument("key_id", metavar="ID")
-@_JSON
-@click.pass_obj
-def keys_revoke(url: str, key_id: str, as_json: bool) -> int:
-    """Revoke the API key ID (refused from the next request on)."""
-    from ops._auth_cli import revoke_key
-
-    return revoke_key(_api(url), key_id, as_json)
-
-
-@keys.command("delete")
-@click.argument("key_id", metavar="ID")
-@_JSON
-@click.pass_obj
-def keys_delete(url: str, key_id: str, as_json: bool) -> int:
-    """Delete the API key ID."""
-    from ops._auth_cli import delete_key
-
-    return delete_key(_api(url), key_id, as_json)
-
-
-@cli.group()
-@_API_URL
-@click.pass_context
-def auth(ctx: click.Context, api_url: str) -> None:
-    """Tokens of the REST API."""
-    ctx.obj = api_url
+auth = _api_group("auth", "Tokens of the REST API.")
 
 
 @auth.command("token")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -58,10 +59,9 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    """Create a fresh topic: ``make_topic("orders", partitions=4, config={...})``."""
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+@contextmanager
+def _topic_maker(bootstrap: str) -> Iterator[Callable[..., str]]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     created: list[str] = []
 
     def _make(prefix: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
@@ -80,6 +80,20 @@ def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
                 fut.result(timeout=30)
             except Exception:
                 pass
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Create a fresh topic: ``make_topic("orders", partitions=4, config={...})``."""
+    with _topic_maker(kafka_bootstrap) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_topics(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """``make_topic`` for a module-scoped fixture (its topics are deleted after the module)."""
+    with _topic_maker(kafka_bootstrap) as make:
+        yield make
 
 
 @pytest.fixture

@@ -163,3 +163,23 @@ def orders_out(dsn: str) -> list[tuple[Any, ...]]:
     except psycopg.errors.UndefinedTable:
         return []
     return [(i, float(a), st) for i, a, st in rows]
+
+
+def orders_spec(path: Path, name: str, tag: str, dsn: str, *, where: str | None = None,
+                **source: Any) -> Path:
+    """A one-file pipeline: the inline Postgres CDC source of ``public.orders`` (topic prefix,
+    slot and publication named after ``tag``), unwrapped, ``amount`` cast to float, ``where``
+    (if given) kept, into the ``orders_out`` table of the same database."""
+    keep = [{"type": "filter", "expr": where}] if where else []
+    return write_spec(path, {
+        "name": name,
+        "source": {"type": "postgres", "topic_prefix": tag, "dsn": dsn,
+                   "table_include": [r"public\.orders"], "slot_name": f"{tag}_slot",
+                   "publication_name": f"{tag}_pub", **source},
+        "transforms": [{"type": "unwrap", "deletes": "rewrite"},
+                       {"type": "cast", "fields": {"amount": "float"}}, *keep,
+                       {"type": "select", "fields": ["id", "amount", "status", "__deleted",
+                                                     "__lsn"]}],
+        "sinks": {"postgres": {"table": "orders_out", "key": ["id"], "dsn": dsn,
+                               "version_field": "__lsn", "flush_interval": "200ms"}},
+    })

@@ -511,14 +511,7 @@ class Integration(_Strict):
     created_at: datetime
 
 
-class IntegrationCreated(_Strict):
-    id: str
-    name: str
-    url: str
-    events: list[EventKind]
-    pipelines: list[str]
-    quality_threshold: float | None
-    created_at: datetime
+class IntegrationCreated(Integration):
     #: the HMAC-SHA256 key of the X-DataFlow-Signature header: shown only in this answer
     secret: str
 

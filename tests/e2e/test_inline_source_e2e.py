@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.pipeline_support import orders_out, python_process, write_spec
+from tests.pipeline_support import orders_out, orders_spec, python_process
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -59,21 +59,9 @@ def test_one_spec_file_runs_source_worker_and_loader(
     name, prefix = f"inline-{run}", f"inl{run}"
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute(_SCHEMA)
-    spec = write_spec(tmp_path / "pipeline.yaml", {
-        "name": name,
-        "source": {"type": "postgres", "topic_prefix": prefix, "dsn": fresh_db,
-                   "table_include": [r"public\.orders"], "slot_name": f"inl_{run}",
-                   "publication_name": f"inl_{run}",
-                   "kafka": {"bootstrap_servers": kafka_bootstrap}},
-        "transforms": [
-            {"type": "unwrap", "deletes": "rewrite"},
-            {"type": "cast", "fields": {"amount": "float"}},
-            {"type": "filter", "expr": '__deleted or status != "cancelled"'},
-            {"type": "select", "fields": ["id", "amount", "status", "__deleted", "__lsn"]},
-        ],
-        "sinks": {"postgres": {"table": "orders_out", "key": ["id"], "dsn": fresh_db,
-                               "version_field": "__lsn", "flush_interval": "200ms"}},
-    })
+    spec = orders_spec(tmp_path / "pipeline.yaml", name, prefix, fresh_db,
+                       where='__deleted or status != "cancelled"',
+                       kafka={"bootstrap_servers": kafka_bootstrap})
     topic = f"{prefix}.public.orders"
     env = {"DATAFLOW_DATA_DIR": str(tmp_path / "workers")}
     created = [topic, f"{prefix}.public.audit", f"__debezium-heartbeat.{prefix}",

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from connectors import KafkaSecurity, kafka_config
-from tests.pipeline_support import orders_out, python_process, write_spec
+from tests.pipeline_support import orders_out, orders_spec, python_process
 from tests.secure_kafka import PASSWORD, SecureKafka
 from tests.support import wait_for
 
@@ -39,18 +39,7 @@ def test_source_worker_and_loader_through_scram_over_tls(
     name, prefix = f"sec-{run}", f"sec{run}"
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute(_SCHEMA)
-    spec = write_spec(tmp_path / "pipeline.yaml", {
-        "name": name,
-        "source": {"type": "postgres", "topic_prefix": prefix, "dsn": fresh_db,
-                   "table_include": [r"public\.orders"], "slot_name": f"sec_{run}",
-                   "publication_name": f"sec_{run}"},
-        "transforms": [{"type": "unwrap", "deletes": "rewrite"},
-                       {"type": "cast", "fields": {"amount": "float"}},
-                       {"type": "select", "fields": ["id", "amount", "status", "__deleted",
-                                                     "__lsn"]}],
-        "sinks": {"postgres": {"table": "orders_out", "key": ["id"], "dsn": fresh_db,
-                               "version_field": "__lsn", "flush_interval": "200ms"}},
-    })
+    spec = orders_spec(tmp_path / "pipeline.yaml", name, prefix, fresh_db)
 
     # a wrong password: every process stops at once and says why
     wrong = {**secure_kafka.env("SCRAM-SHA-512", password="wrong-pw-5e0c"),

@@ -11,7 +11,9 @@ compared with the truth computed without Kafka:
   not exist; an empty DLQ (no spurious ``window:late``);
 - ``at_least_once``: every window at least once, never counted below the truth.
 
-Two workers run, so a kill also rebalances the survivor mid-batch. ``allowed_lateness``
+Two workers run, so a kill also rebalances the survivor mid-batch. The two guarantees' runs
+(about two minutes each, mostly the paced stream and the idle close) run at the same time,
+on their own topics, groups and state directories; each test checks its own. ``allowed_lateness``
 (5 minutes of event time) covers the event-time skew a catch-up after a kill causes
 (the backlog's partitions are read at different speeds), so a late record here is a
 processing error, not the data's. The join is an inner join, so a customer row that a
@@ -23,7 +25,10 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,9 @@ KNOWN = CUSTOMERS - 4
 STEP_MS = 25             # event time between orders: 24k orders span 10 minutes
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
 KILLS = 3
+#: what a run gives its test: the truth, the windows emitted, the dead letters
+Result = tuple[dict[tuple[int, int], tuple[int, int]],
+               list[tuple[tuple[int, int], tuple[int, int]]], list[Any]]
 ENV = {
        "DATAFLOW_SESSION_TIMEOUT_S": "6", "DATAFLOW_TICK_INTERVAL_S": "0.5"}
 
@@ -116,8 +124,7 @@ def _windows(bootstrap: str, topic: str) -> list[tuple[tuple[int, int], tuple[in
 
 
 def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, guarantee: str,
-         seed: int) -> tuple[dict[tuple[int, int], tuple[int, int]],
-                             list[tuple[tuple[int, int], tuple[int, int]]], list[Any]]:
+         seed: int) -> Result:
     doc = _spec(tmp_path, make_topic, unique, guarantee)
     spec_path = tmp_path / "chaos.yaml"
     src, out = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"]
@@ -168,11 +175,27 @@ def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, gua
     return truth, _windows(kafka_bootstrap, out), dlq
 
 
+_RUNS = {"test_exactly_once_windows_join_dedup_under_sigkill": ("exactly_once", 7),
+         "test_at_least_once_windows_never_below_truth_under_sigkill": ("at_least_once", 11)}
+
+
+@pytest.fixture(scope="module")
+def chaos_runs(request: pytest.FixtureRequest, kafka_bootstrap: str, module_topics: Any,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Result]]]:
+    """The runs of the selected tests, started together: guarantee -> its (truth, windows, dlq)."""
+    selected = {getattr(i, "originalname", i.name) for i in request.session.items
+                if getattr(i, "module", None) is request.module}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {guarantee: pool.submit(_run, tmp_path_factory.mktemp(guarantee), module_topics,
+                                      uuid.uuid4().hex[:10], kafka_bootstrap, guarantee, seed)
+               for test, (guarantee, seed) in _RUNS.items() if test in selected}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_exactly_once_windows_join_dedup_under_sigkill(
-        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
-    truth, windows, dlq = _run(tmp_path, make_topic, unique, kafka_bootstrap, "exactly_once", 7)
+        chaos_runs: dict[str, Future[Result]]) -> None:
+    truth, windows, dlq = chaos_runs["exactly_once"].result()
     emitted = Counter(k for k, _ in windows)
     doubled = {k: n for k, n in emitted.items() if n > 1}
     wrong = {k: (v, truth.get(k)) for k, v in windows if truth.get(k) != v}
@@ -188,8 +211,8 @@ def test_exactly_once_windows_join_dedup_under_sigkill(
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_at_least_once_windows_never_below_truth_under_sigkill(
-        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
-    truth, windows, _ = _run(tmp_path, make_topic, unique, kafka_bootstrap, "at_least_once", 11)
+        chaos_runs: dict[str, Future[Result]]) -> None:
+    truth, windows, _ = chaos_runs["at_least_once"].result()
     best: dict[tuple[int, int], tuple[int, int]] = {}
     for k, (n, s) in windows:
         if k not in best or n > best[k][0]:

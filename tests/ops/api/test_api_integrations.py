@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from tests.ops.api.conftest import ApiProcess
 from tests.pipeline_support import produce
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,14 +79,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(expected, headers["X-DataFlow-Signature"])
 
 
-def wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_a_failing_pipeline_sends_signed_retried_events(
         api_factory: Callable[..., ApiProcess], receiver: Receiver) -> None:
@@ -111,7 +103,7 @@ def test_a_failing_pipeline_sends_signed_retried_events(
     assert (reply.status, reply.json["error"]["field"]) == (422, "url")
 
     assert api.call("POST", f"/api/v1/pipelines/{pid}/run").status == 202
-    wait(lambda: any(h["X-DataFlow-Event"] == "failed" and status == 200
+    wait_for(lambda: any(h["X-DataFlow-Event"] == "failed" and status == 200
                      for _, h, _, status in receiver.got), 120, "the failed event")
     assert {path for path, *_ in receiver.got} == {"/ninja"}  # not the other pipeline's hook
     by_delivery: dict[str, list[tuple[dict[str, str], bytes, int]]] = {}
@@ -131,7 +123,7 @@ def test_a_failing_pipeline_sends_signed_retried_events(
     assert ("failed", "failed") in events and ("state_changed", "failed") in events
     failed = next(d for d, tries in by_delivery.items()
                   if json.loads(tries[0][1])["event"] == "failed")
-    log = wait(lambda: [d for d in api.call(
+    log = wait_for(lambda: [d for d in api.call(
         "GET", f"/api/v1/integrations/{hook.json['id']}/deliveries").json["items"]
         if d["id"] == failed and d["outcome"] == "delivered"], 10, "the delivery log")
     assert (log[0]["event"], log[0]["pipeline"], log[0]["attempts"], log[0]["response_status"],
@@ -164,10 +156,10 @@ def test_a_growing_dlq_and_a_low_quality_score_are_sent(
     def delivered(event: str) -> list[dict[str, Any]]:
         return [json.loads(body) for _, h, body, status in receiver.got
                 if h["X-DataFlow-Event"] == event and status == 200]
-    grew = wait(lambda: [d for d in delivered("dlq_growing")
+    grew = wait_for(lambda: [d for d in delivered("dlq_growing")
                          if d["data"]["dlq_records"] == 2], 120, "dlq_growing")
     assert grew[0]["data"]["previous"] in (0, 1) and grew[0]["pipeline"]["id"] == pid
-    low = wait(lambda: delivered("quality_below"), 30, "quality_below")
+    low = wait_for(lambda: delivered("quality_below"), 30, "quality_below")
     assert low[0]["data"] == {"quality_score": 0.6, "threshold": 0.9}
     for _, headers, body, _ in receiver.got:
         assert verify(hook.json["secret"], headers, body)

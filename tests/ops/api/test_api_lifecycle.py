@@ -16,19 +16,10 @@ import yaml
 
 from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess, audit_topic
 from tests.ops.api.sup_support import DDL, cdc_spec, gone, source_rows, sql, target_rows
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
-
-def wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def status(api: ApiProcess, pid: str) -> dict[str, Any]:
@@ -58,13 +49,13 @@ def test_a_cdc_pipeline_through_the_api_only(
 
     reply = api.call("POST", f"/api/v1/pipelines/{pid}/run")
     assert (reply.status, reply.json["desired"]) == (202, "running")
-    st = wait(lambda: (s := status(api, pid))["state"] == "running" and s, 90, "running")
+    st = wait_for(lambda: (s := status(api, pid))["state"] == "running" and s, 90, "running")
     assert sorted(p["role"] for p in st["processes"]) == ["loader-postgres", "source", "worker"]
     assert st["version"] == 1 and st["reason"] is None
-    wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 90, "the snapshot")
+    wait_for(lambda: target_rows(fresh_db) == source_rows(fresh_db), 90, "the snapshot")
     sql(fresh_db, "INSERT INTO items VALUES (3, 'c', 3)", "UPDATE items SET qty = 20 WHERE id = 2")
-    wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "the changes")
-    figures = wait(lambda: (s := status(api, pid)["stats"])["consumer_lag"] == 0
+    wait_for(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "the changes")
+    figures = wait_for(lambda: (s := status(api, pid)["stats"])["consumer_lag"] == 0
                    and s["events_in"] == 4 and s["rows_written"] == 4 and s, 30, "the figures")
     assert figures["complete"] is True
     assert (figures["events_out"], figures["dlq_records"], figures["errors"]) == (4, 0, 0)
@@ -78,38 +69,38 @@ def test_a_cdc_pipeline_through_the_api_only(
 
     reply = api.call("POST", f"/api/v1/pipelines/{pid}/pause")
     assert (reply.status, reply.json["desired"]) == (202, "paused")
-    st = wait(lambda: (s := status(api, pid))["state"] == "paused" and s, 60, "paused")
+    st = wait_for(lambda: (s := status(api, pid))["state"] == "paused" and s, 60, "paused")
     assert st["processes"] == []
     sql(fresh_db, "INSERT INTO items VALUES (4, 'd', 4)", "DELETE FROM items WHERE id = 1")
     time.sleep(3)
     assert [r[0] for r in target_rows(fresh_db)] == [1, 2, 3]  # nothing moves while paused
 
     assert api.call("POST", f"/api/v1/pipelines/{pid}/resume").status == 202
-    wait(lambda: status(api, pid)["state"] == "running", 90, "running again")
-    wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 90, "the changes made paused")
+    wait_for(lambda: status(api, pid)["state"] == "running", 90, "running again")
+    wait_for(lambda: target_rows(fresh_db) == source_rows(fresh_db), 90, "the changes made paused")
 
     new = cdc_spec(name, fresh_db, kafka_bootstrap)
     new["sinks"]["postgres"]["batch_size"] = 100
     reply = api.call("PUT", f"/api/v1/pipelines/{pid}", {"spec": new}, headers={"If-Match": "1"})
     assert (reply.status, reply.json["version"]) == (200, 2)
-    st = wait(lambda: (s := status(api, pid))["version"] == 2 and s["state"] == "running" and s,
+    st = wait_for(lambda: (s := status(api, pid))["version"] == 2 and s["state"] == "running" and s,
               120, "version 2 running")
     sql(fresh_db, "INSERT INTO items VALUES (5, 'e', 5)")
-    wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "a change on version 2")
+    wait_for(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "a change on version 2")
 
     before = pids(st)
     api.stop(signal.SIGKILL)
     assert all(not gone(p) for p in before.values())  # the processes outlive the API
     again = api_factory(api.prefix)
-    st = wait(lambda: (s := status(again, pid))["state"] == "running" and s, 60, "adopted")
+    st = wait_for(lambda: (s := status(again, pid))["state"] == "running" and s, 60, "adopted")
     assert pids(st) == before  # taken over, not started twice
     sql(fresh_db, "INSERT INTO items VALUES (6, 'f', 6)")
-    wait(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "a change after adoption")
+    wait_for(lambda: target_rows(fresh_db) == source_rows(fresh_db), 60, "a change after adoption")
     assert [r[0] for r in target_rows(fresh_db)] == [2, 3, 4, 5, 6]
 
     reply = again.call("DELETE", f"/api/v1/pipelines/{pid}?purge=true")
     assert (reply.status, reply.json) == (200, {"id": pid, "deleted": True, "purged": True})
-    wait(lambda: all(gone(p) for p in before.values()), 30, "the processes stopped")
+    wait_for(lambda: all(gone(p) for p in before.values()), 30, "the processes stopped")
     with psycopg.connect(fresh_db) as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                             (f"slot_{name}",)).fetchone() == (0,)
@@ -140,7 +131,7 @@ def test_a_batch_run_drains_stops_and_lands_in_run_history(
     assert api.call("GET", f"/api/v1/pipelines/{pid}/runs").json == {"items": []}
     reply = api.call("POST", f"/api/v1/pipelines/{pid}/run?once=true")
     assert (reply.status, reply.json["desired"]) == (202, "stopped")
-    runs = wait(lambda: api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"], 180,
+    runs = wait_for(lambda: api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"], 180,
                 "a run record")
     assert len(runs) == 1
     run = runs[0]
@@ -153,11 +144,11 @@ def test_a_batch_run_drains_stops_and_lands_in_run_history(
     assert (st["state"], st["processes"]) == ("stopped", [])
     # a running pipeline takes no batch run
     assert api.call("POST", f"/api/v1/pipelines/{pid}/run").status == 202
-    wait(lambda: status(api, pid)["state"] == "running", 90, "running")
+    wait_for(lambda: status(api, pid)["state"] == "running", 90, "running")
     reply = api.call("POST", f"/api/v1/pipelines/{pid}/run?once=true")
     assert (reply.status, reply.json["error"]["code"]) == (409, "conflict")
     assert api.call("POST", f"/api/v1/pipelines/{pid}/stop").json["desired"] == "stopped"
-    wait(lambda: status(api, pid)["state"] == "stopped", 60, "stopped")
+    wait_for(lambda: status(api, pid)["state"] == "stopped", 60, "stopped")
     reply = api.call("GET", f"/api/v1/pipelines/{pid}/runs?limit=0")
     assert (reply.status, reply.json["error"]["field"]) == (422, "limit")
 
@@ -173,7 +164,7 @@ def test_a_schedule_fires_runs_while_the_pipeline_is_resumed(
     assert api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"] == []  # stopped
     reply = api.call("POST", f"/api/v1/pipelines/{pid}/resume")  # follow the schedule
     assert (reply.status, reply.json["desired"]) == (202, "running")
-    runs = wait(lambda: api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"], 150,
+    runs = wait_for(lambda: api.call("GET", f"/api/v1/pipelines/{pid}/runs").json["items"], 150,
                 "a scheduled run")
     assert (runs[0]["outcome"], runs[0]["rows_in"], runs[0]["rows_out"]) == ("succeeded", 2, 2)
     assert int(runs[0]["started_at"][17:19]) < 10  # fired at the minute

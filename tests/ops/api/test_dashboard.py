@@ -27,6 +27,7 @@ from ops.api._dashboard import DIST
 from tests.ops.api.conftest import ADMIN_PASSWORD, ApiProcess
 from tests.ops.api.sup_support import DDL, cdc_spec, sql
 from tests.pipeline_support import read_topic
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 CHROMIUM = Path(os.environ.get("DATAFLOW_CHROMIUM", "/usr/bin/chromium"))
@@ -167,18 +168,6 @@ def write_load_report(shots: Path, loads: dict[str, dict[str, dict[str, float]]]
         "cold: a new browser context (empty cache); warm: the same page loaded again. ready: "
         "until the page shows its content; load event: navigation timing.\n\n" + table)
     return table
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
 
 def step(b: Browser, stage: str, outcome: str) -> int:
     """A topology step's live counter (``in``, ``out``, ``dropped``, ``failed``)."""
