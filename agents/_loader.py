@@ -27,7 +27,9 @@ hangs silently and a stop request is honoured mid-batch:
 The loader's lifecycle is an explicit state machine (``LoaderState``, transitions
 checked in ``_to``, each logged; FAILED on any escaping error)::
 
-    STARTING -> RUNNING <-> BACKPRESSURE               (target away, batch kept)
+    STARTING -> RUNNING <-> BACKPRESSURE               (target away, batch kept; the
+                                                        partitions paused and the consumer
+                                                        polled, so the group keeps it)
                 RUNNING  -> STALLED -> BACKPRESSURE    (no progress for write_timeout)
                 any -> STOPPING -> STOPPED;   any -> FAILED
 """
@@ -298,6 +300,8 @@ class Loader:
         self._writer: threading.Thread | None = None      # the write in flight, if any
         self._write_started = 0.0
         self._left_behind = False     # a stop interrupted a write: the sink is not closed
+        self._paused = False          # partitions paused while the target is away
+        self._lost: set[tuple[str, int]] = set()   # revoked during the commit in progress
 
     # -- the state machine -------------------------------------------------------------
 
@@ -346,6 +350,7 @@ class Loader:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(tp.topic, tp.partition) for tp in partitions]
+        self._lost.update(gone)
         self.sink.drop(gone)
         for tp in gone:
             self._consumed.pop(tp, None)
@@ -470,6 +475,7 @@ class Loader:
         sink = self.sink
         metrics = Metrics.get()
         labels = (self.settings.pipeline, sink.kind)
+        self._lost = set()
         while True:
             sink.add(records)
             try:
@@ -480,13 +486,19 @@ class Loader:
                     metrics.write_errors.labels(*labels, "unavailable").inc()
                     self.metrics.error("sink_write")
                 self._to(_S.BACKPRESSURE, f"{bp}; retrying in {bp.retry_after:.1f}s")
-                if self._stop.wait(bp.retry_after):
+                if self._wait_in_group(bp.retry_after):
                     raise _Stopped from bp  # nothing committed: the batch is read again
+                if self._lost:   # a rebalance during the wait: the new owner reads those
+                    lost = self._lost
+                    records = [r for r in records if (r.topic, r.partition) not in lost]
+                    dead = [d for d in dead if (d.event.topic, d.event.partition) not in lost]
+                    next_offsets = {tp: o for tp, o in next_offsets.items() if tp not in lost}
             except SinkError:
                 metrics.write_errors.labels(*labels, "error").inc()
                 self.metrics.error("sink_write")
                 raise
         metrics.stalled.labels(*labels).set(0)
+        self._resume()
         self._to(_S.RUNNING)
         self.written += len(records) - len(rejected)
         self.metrics.sent(len(records) - len(rejected))
@@ -506,6 +518,41 @@ class Loader:
                 # lost the partitions to a rebalance: the new owner re-reads; repeats are harmless
                 self.metrics.error("offset_commit")
                 log.warning("loader %s: offset commit failed: %s", self.settings.group_id, exc)
+
+    def _wait_in_group(self, seconds: float) -> bool:
+        """Wait ``seconds`` for the target while staying in the consumer group: the
+        partitions are paused and the consumer is polled, so ``max.poll.interval.ms`` never
+        passes however long the outage. True: a stop request came."""
+        consumer = self._consumer
+        if consumer is None:
+            return self._stop.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while True:
+            self._keep_polling(consumer)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._stop.wait(min(left, _TICK)):
+                return True
+
+    def _keep_polling(self, consumer: Consumer) -> None:
+        """One poll with every assigned partition paused; a record fetched before the pause
+        is not lost: its partition is sought back to it."""
+        assigned = consumer.assignment()
+        if assigned:
+            consumer.pause(assigned)
+            self._paused = True
+        msg = consumer.poll(0)
+        if msg is not None and msg.error() is None:
+            tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+            consumer.pause([tp])
+            consumer.seek(tp)
+
+    def _resume(self) -> None:
+        """The target is back: the partitions paused by ``_wait_in_group`` fetch again."""
+        if self._paused and self._consumer is not None:
+            self._consumer.resume(self._consumer.assignment())
+        self._paused = False
 
     def _flush_watched(self, final: bool) -> list[Rejected]:
         """``sink.flush`` in a writer thread, watched (see the module docstring)."""

@@ -15,7 +15,8 @@ through ``<app>-<op>-table`` so table and stream partitions line up (``repartiti
 never`` reads the table topic as it is and trusts its keys).
 
 The source stage decodes with the spec's decoder; internal topics carry the row as JSON
-and the origin of each event in headers, so a dead letter names its source record.
+and the origin of each event in headers (its coordinates, and its original key and value
+bytes), so a dead letter of a later stage names its source record and holds its bytes.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from streams._spec import (
 
 SRC_HEADER = "dataflow.src"
 KEY_HEADER = "dataflow.key"
+VALUE_HEADER = "dataflow.value"   # the source record's value bytes, for a later dead letter
 
 
 class WorkerSettings(BaseModel):
@@ -125,33 +127,41 @@ def _partitions(bootstrap: str, topics: Sequence[str],
     return out
 
 
-def _origin(ev: Event) -> list[tuple[str, bytes]]:
+def _origin(ev: Event, value: bool = False) -> list[tuple[str, bytes]]:
+    """Where ``ev`` came from, as headers of an internal record; ``value``: with the
+    source's value bytes too (a later stage may dead-letter the event)."""
     headers = [(SRC_HEADER, f"{ev.topic}|{ev.partition}|{ev.offset}|{ev.timestamp_ms}".encode())]
     if ev.raw_key is not None:
         headers.append((KEY_HEADER, ev.raw_key))
+    if value and ev.raw_value is not None:
+        headers.append((VALUE_HEADER, ev.raw_value))
     return headers
 
 
 def _decode_internal(records: Sequence[Any], topic: str, partition: int,
                      dead: list[DeadLetter]) -> list[Event]:
-    """Events back from a repartition topic: row JSON, origin and key from headers."""
+    """Events back from a repartition topic: row JSON, origin, key and value bytes from
+    headers (an event made inside the pipeline has no source value: its row JSON is kept)."""
     loads = orjson.loads
     out = []
     for r in records:
         src_t, src_p, src_o, src_ts = topic, partition, r.offset, r.timestamp
         raw_key = None
+        raw_value = r.value
         for name, value in r.headers or ():
             if name == SRC_HEADER and value:
                 t, p, o, ts = value.decode().rsplit("|", 3)
                 src_t, src_p, src_o, src_ts = t, int(p), int(o), int(ts)
             elif name == KEY_HEADER:
                 raw_key = value
+            elif name == VALUE_HEADER:
+                raw_value = value
         try:
             key = loads(raw_key) if raw_key is not None else None
         except orjson.JSONDecodeError:
             key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
         row = loads(r.value) if r.value is not None else None
-        out.append(Event(key, row, raw_key, r.value, src_t, src_p, src_o, src_ts))
+        out.append(Event(key, row, raw_key, raw_value, src_t, src_p, src_o, src_ts))
     return out
 
 
@@ -205,7 +215,7 @@ class Stage:
                     except SerdeError as exc:
                         dead.append(DeadLetter(ev, "repartition", str(exc)))
                         continue
-                outbox.add(topic, key, value, None, _origin(ev))
+                outbox.add(topic, key, value, None, _origin(ev, value=True))
             return
         events, failed = p.chain.rekey(events)
         dead.extend(failed)

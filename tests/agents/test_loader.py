@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from agents import Event, Loader, LoaderSettings, RecordMapper
-from connectors import BatchingSink, PostgresSink, PostgresSinkSettings, Rejected, SinkRecord
+from agents._loader import LoaderState
+from connectors import (
+    BatchingSink,
+    ObjectStoreSink,
+    ObjectStoreSinkSettings,
+    PostgresSink,
+    PostgresSinkSettings,
+    Rejected,
+    SinkRecord,
+)
+from connectors._sink import RetrySettings
+from schemas import SinkBackpressure
 
 
 def ev(value: Any, key: Any = None, offset: int = 0) -> Event:
@@ -144,3 +158,112 @@ def test_nothing_is_committed_when_the_write_fails(
     with pytest.raises(RuntimeError, match="disk on fire"):
         loader.run(threading.Event(), idle_exit=5.0)
     assert _committed(kafka_bootstrap, settings.group_id, topic) < 0   # no offset stored
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_an_idle_object_storage_loader_commits_after_its_time_roll(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    """Nothing arrives after the last batch: the wall-clock roll writes the file and the
+    offsets are committed while the loader idles (not only at the next batch or stop)."""
+    topic = make_topic("idle")
+    _produce(kafka_bootstrap, topic, [{"id": i} for i in range(7)])
+    settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
+                              group_id=f"g-{unique}", flush_interval=0.2)
+    sink = ObjectStoreSink(ObjectStoreSinkSettings(url=f"file://{tmp_path}", format="jsonl",
+                                                   max_open=1.0))
+    loader = Loader(settings, sink)
+    stop = threading.Event()
+    thread = threading.Thread(target=loader.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: _committed(kafka_bootstrap, settings.group_id, topic) == 7, 60,
+              "offset 7 committed by the idle loader")
+        assert thread.is_alive() and sink.files_written == 1
+    finally:
+        stop.set()
+        thread.join(30)
+    [file] = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [orjson.loads(line)["id"] for line in file.read_bytes().splitlines()] == list(range(7))
+
+
+class _OutageSink(BatchingSink):
+    """A target away until ``back`` is set (backpressure each try); every row written kept."""
+
+    kind = "outage"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = RetrySettings(retry_after=0.5)
+        self.back = threading.Event()
+        self.rows: list[int] = []
+        self.refusals = 0
+
+    def write(self, batch: Sequence[SinkRecord]) -> list[Rejected]:
+        if not self.back.is_set():
+            self.refusals += 1
+            raise SinkBackpressure("target away", retry_after=self.settings.retry_after)
+        self.rows.extend(r.value["id"] for r in batch if r.value is not None)
+        return []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_loader_waiting_out_an_outage_longer_than_max_poll_interval_stays_in_its_group(
+        kafka_bootstrap: str, make_topic: Any, unique: str) -> None:
+    """The target is away 3x ``max.poll.interval.ms``: the loader's member stays in the group
+    (no rebalance, no revoked partition), more records arrive meanwhile, and once the
+    target is back every record is written exactly once and committed."""
+    topic = make_topic("outage", partitions=2)
+    _produce(kafka_bootstrap, topic, [{"id": i} for i in range(20)])
+    group = f"g-{unique}"
+    settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,), group_id=group,
+                              flush_interval=0.2, consumer={"max.poll.interval.ms": 6000,
+                                                            "session.timeout.ms": 6000})
+    sink = _OutageSink()
+    loader = Loader(settings, sink)
+    revoked: list[Any] = []
+    on_revoke = loader._on_revoke
+    loader._on_revoke = lambda c, parts: (revoked.extend(parts), on_revoke(c, parts))  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=loader.run, args=(stop,), daemon=True)
+    thread.start()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def members() -> list[str]:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        return [m.member_id for m in desc.members]
+
+    try:
+        _wait(lambda: sink.refusals > 0 and members(), 60, "the loader in backpressure, in its group")
+        first = members()
+        _produce(kafka_bootstrap, topic, [{"id": i} for i in range(20, 30)])
+        time.sleep(18)                              # 3x max.poll.interval.ms
+        assert loader.state is LoaderState.BACKPRESSURE and members() == first
+        sink.back.set()
+        _wait(lambda: sum(_committed_all(kafka_bootstrap, group, topic, 2)) == 30, 60,
+              "every offset committed after the outage")
+        assert revoked == []                        # (closing the consumer revokes them)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sorted(sink.rows) == list(range(30))
+
+
+def _committed_all(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [max(0, tp.offset) for tp in got]
+    finally:
+        c.close()

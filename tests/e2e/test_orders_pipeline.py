@@ -241,3 +241,48 @@ def test_join_enriches_orders_through_the_repartition_topic(
             assert "customer_name" not in row, row  # customer 3 was deleted; 0 never existed
         assert row["customer_id"] == cid and row["id"] == oid
     assert sorted(got) == list(range(1, 9))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_dead_letters_after_a_repartition_hold_the_source_bytes(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    """``unique``, ``referential`` and ``window:late`` fail after one or two repartitions:
+    the DLQ holds exactly those records, each with its source key and value bytes."""
+    spec_path, doc = example_spec(tmp_path, unique, make_topic)
+    customers = doc["stateful"][0]["table_topic"]
+    known = make_topic(f"shop-{unique}.public.known", partitions=2)  # a topic feeds one table
+    doc["quality"] += [
+        {"type": "unique", "name": "once", "key": "id"},
+        {"type": "referential", "name": "known_customer", "key": "customer_id",
+         "table_topic": known, "table_key": "id"},
+    ]
+    write_spec(spec_path, doc)
+    orders, out, dlq = doc["source"]["topics"][0], doc["sinks"]["kafka"]["topic"], doc["dlq"]["topic"]
+    for topic in (customers, known):
+        produce(kafka_bootstrap, topic, [customer(1, "Ada", "UK"), customer(2, "Bo", "SE")])
+    repeat = order(3, 2, 1.0, 1, ts=11_000)       # id 3 again: rule once
+    stranger = order(98, 9, 1.0, 1, ts=11_000)    # customer 9 is not in the table
+    produce(kafka_bootstrap, orders, [*GOOD, repeat, stranger])
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    with worker(spec_path, env=env, log=tmp_path / "worker.log") as proc:
+        wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
+            read_topic(kafka_bootstrap, out)), 90, "3 window rows on the sink topic")
+        late = order(97, 1, 2.0, 1, ts=3_000)
+        produce(kafka_bootstrap, orders, [late])
+        dead = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
+            read_topic(kafka_bootstrap, dlq)), 60, "the three dead letters")
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        rows = read_topic(kafka_bootstrap, out)
+    got = sorted((orjson.loads(v) for _, v, _ in rows), key=lambda r: (r["window_start"], r["customer_id"]))
+    assert got == EXPECTED_OUT
+    assert sorted((h["dataflow.stage"].decode(), k, v, h["dataflow.topic"].decode())
+                  for k, v, h in dead) == sorted([
+        ("rule:once", *repeat, orders),
+        ("rule:known_customer", *stranger, orders),
+        ("window:late", *late, orders),
+    ])
+    assert all(not n.startswith("dataflow.") or n in (
+        "dataflow.pipeline", "dataflow.stage", "dataflow.error", "dataflow.topic",
+        "dataflow.partition", "dataflow.offset", "dataflow.timestamp", "dataflow.failed_at")
+        for _, _, h in dead for n in h)
