@@ -18,6 +18,7 @@ from schemas._env import env_values
 from schemas._errors import (
     ConfigError,
     DataFlowError,
+    RegistryUnavailable,
     SerdeError,
     SinkBackpressure,
     SinkError,
@@ -25,6 +26,7 @@ from schemas._errors import (
     StackError,
 )
 from schemas._redact import ENV_REF, redact, resolve_env
+from schemas._registry import SchemaRegistry, wire_schema_id
 from schemas.connect import (
     FieldType,
     field_types,
@@ -58,6 +60,9 @@ __all__ = [
     "unscaled_int",
     "ConfigError",
     "DataFlowError",
+    "RegistryUnavailable",
+    "SchemaRegistry",
+    "wire_schema_id",
     "SerdeError",
     "SinkBackpressure",
     "SinkError",
