@@ -2,6 +2,7 @@
 nothing of DataFlow)."""
 
 from schemas import connect  # Kafka Connect / Debezium semantic types, as a namespace
+from schemas._connect_avro import avro_datum, avro_field_types, connect_to_avro, raw_avro_schema
 from schemas._debezium import (
     UNAVAILABLE_VALUE,
     ChangeEvent,
@@ -50,6 +51,10 @@ __all__ = [
     "envelope_schema",
     "key_schema",
     "with_schema",
+    "avro_datum",
+    "avro_field_types",
+    "connect_to_avro",
+    "raw_avro_schema",
     "FieldType",
     "field_types",
     "is_unavailable",
