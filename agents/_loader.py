@@ -70,6 +70,7 @@ from schemas import (
     avro_field_types,
     field_types,
     raw_avro_schema,
+    wire_schema_id,
 )
 
 log = logging.getLogger(__name__)
@@ -179,18 +180,17 @@ class RecordMapper:
         self.truncates = truncates and settings.truncate  # the sink can, and it is wanted
         self._types: dict[bytes, dict[str, FieldType]] = {}   # by the schema's JSON
         #: ``format: avro``: a writer schema's text by id (the registry's)
-        self.avro_schema: Callable[[int], str] | None = None
+        self.avro_schema: Callable[[int], dict[str, Any]] | None = None
         self._avro_types: dict[int, dict[str, FieldType]] = {}
 
     def avro_types_of(self, raw: bytes | None) -> dict[str, FieldType] | None:
         """The row's field types from the Avro writer schema of a wire-format value."""
-        if self.avro_schema is None or raw is None or len(raw) < 5 or raw[0] != 0:
+        schema_id = wire_schema_id(raw)
+        if self.avro_schema is None or schema_id is None:
             return None
-        schema_id = int.from_bytes(raw[1:5], "big")
         types = self._avro_types.get(schema_id)
         if types is None:
-            types = self._avro_types[schema_id] = avro_field_types(
-                orjson.loads(self.avro_schema(schema_id)))
+            types = self._avro_types[schema_id] = avro_field_types(self.avro_schema(schema_id))
         return types or None
 
     def types_of(self, value: Any) -> dict[str, FieldType] | None:
@@ -321,8 +321,7 @@ class Loader:
             registry = Registrar(settings.schema_registry_url, lambda: None,
                                  lambda: self._stop.is_set())
             self.mapper.avro_schema = registry.lookup
-            self.decoder = Decoder("avro", "avro", lambda i: raw_avro_schema(
-                orjson.loads(registry.lookup(i))))
+            self.decoder = Decoder("avro", "avro", lambda i: raw_avro_schema(registry.lookup(i)))
         else:
             self.decoder = Decoder(settings.format)
         sink.pipeline = settings.pipeline

@@ -22,15 +22,22 @@ from typing import Any
 import fastavro
 import orjson
 
-from schemas import SerdeError, SourceError, avro_datum, connect_to_avro
+from schemas import (
+    RegistryUnavailable,
+    SchemaRegistry,
+    SerdeError,
+    SourceError,
+    avro_datum,
+    connect_to_avro,
+)
 
 log = logging.getLogger("dataflow.source.registry")
 
-_HEADER = struct.Struct(">bI")
+_HEADER = struct.Struct(">bI")  # magic byte 0, the schema id
 
 
 class SchemaRegistryUnavailable(SourceError):
-    """The schema registry did not answer; the source waits and retries."""
+    """Stopped while waiting for the schema registry (the source retries from its slot)."""
 
 
 class SchemaRefused(SerdeError):
@@ -38,18 +45,16 @@ class SchemaRefused(SerdeError):
 
 
 class Registrar:
-    """Registers Avro schemas and looks them up by id, waiting while the registry is away
-    (401/403 included: credentials may be fixed without a restart).
+    """``schemas.SchemaRegistry`` for a process that must not drop or skip: registration
+    and lookups wait while the registry does not answer.
 
     ``wait()`` is called between tries (a source keeps its replication link alive there);
     ``stop()`` true ends the wait with :class:`SchemaRegistryUnavailable`."""
 
     def __init__(self, url: str, wait: Callable[[], None], stop: Callable[[], bool],
                  max_delay: float = 10.0) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
+        self.registry = SchemaRegistry(url, {"max.retries": 0})
         self.url = url
-        self._client = SchemaRegistryClient({"url": url, "max.retries": 0, "timeout": 10})
         self._wait = wait
         self._stop = stop
         self._max_delay = max_delay
@@ -58,39 +63,29 @@ class Registrar:
     def register(self, subject: str, schema: Any) -> int:
         """The id of ``schema`` under ``subject`` (registered if new); ``SchemaRefused``
         when the registry refuses it."""
-        from confluent_kafka.schema_registry import Schema
-
-        text = orjson.dumps(schema).decode()
-        return int(self._call(lambda c: c.register_schema(subject, Schema(text, "AVRO")),
-                              f"a new version of subject {subject!r}"))
-
-    def lookup(self, schema_id: int) -> str:
-        """The schema text of ``schema_id`` (cached by the client); ``LookupError`` for an
-        id the registry does not know."""
         try:
-            return str(self._call(lambda c: c.get_schema(schema_id).schema_str,
-                                  f"schema id {schema_id}"))
-        except SchemaRefused as exc:
-            raise LookupError(str(exc)) from None
+            return int(self._call(lambda r: r.register(subject, schema)))
+        except SchemaRefused:
+            raise
+        except SerdeError as exc:
+            raise SchemaRefused(str(exc)) from None
 
-    def _call(self, fn: Callable[[Any], Any], what: str) -> Any:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
+    def lookup(self, schema_id: int) -> dict[str, Any]:
+        """The writer schema of ``schema_id``; ``LookupError`` for an id the registry does
+        not know."""
+        schema: dict[str, Any] = self._call(lambda r: r.lookup(schema_id))
+        return schema
 
+    def _call(self, fn: Callable[[SchemaRegistry], Any]) -> Any:
         delay = 0.5
         while True:
             try:
-                return fn(self._client)
-            except SchemaRegistryError as exc:
-                code = exc.http_status_code
-                if 400 <= code < 500 and code not in (401, 403, 408, 429):
-                    raise SchemaRefused(f"schema registry refused {what} (HTTP {code}): "
-                                        f"{exc.error_message}") from None
-                why = f"HTTP {code}: {exc.error_message}"
-            except Exception as exc:  # noqa: BLE001 - httpx/socket errors: the registry is away
-                why = f"{type(exc).__name__}: {exc}"
+                return fn(self.registry)
+            except RegistryUnavailable as exc:
+                why = str(exc)
             self.waits += 1
-            log.warning("schema registry %s unreachable (%s); waiting %.1fs, nothing is "
-                        "produced or committed meanwhile", self.url, why[:200], delay)
+            log.warning("%s; waiting %.1fs, nothing is produced or committed meanwhile",
+                        why[:300], delay)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if self._stop():
