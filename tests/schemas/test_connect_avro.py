@@ -161,3 +161,26 @@ def test_avro_logical_types_of_other_producers_map_to_target_types() -> None:
         "price": "-1.500", "at": "2023-11-14 22:13:20.123456+00", "at_ms": "2023-11-14 22:13:20.123000+00",
         "local": "1970-01-01 00:00:00.000000", "day": "2022-01-08", "clock": "01:00:00.000001",
         "id": "6f1c1c9e-0000-4000-8000-000000000001"}
+
+
+def test_mongodb_and_object_storage_type_avro_values_too() -> None:
+    """The same writer-schema types drive the MongoDB and Parquet writers: an Avro decimal
+    (a ``Decimal``) stays exact, an Avro instant is a UTC date/timestamp."""
+    import pyarrow as pa
+    from bson import DatetimeMS
+
+    from connectors.mongodb._sink import bson_value
+    from connectors.objectstore._sink import arrow_column
+
+    schema = {"type": "record", "name": "Row", "fields": [
+        {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3}},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "blob", "type": "bytes"}]}
+    types = avro_field_types(schema)
+    assert bson_value(types["price"], Decimal("-1.500")) == "-1.500"
+    assert bson_value(types["at"], 1_700_000_000_123_456) == DatetimeMS(1_700_000_000_123)
+    assert bson_value(types["blob"], b"\x00") == b"\x00"
+    col = arrow_column(types["price"], [Decimal("-1.500"), None])
+    assert col.type == pa.decimal128(12, 3) and col.to_pylist() == [Decimal("-1.500"), None]
+    at = arrow_column(types["at"], [1_700_000_000_123_456])
+    assert at.type == pa.timestamp("us", tz="UTC") and at.cast(pa.int64()).to_pylist() == [1_700_000_000_123_456]
