@@ -32,17 +32,19 @@ from tests.connectors.test_postgres_cdc import (
     topics_of,
     wait_streaming,
 )
-from tests.support import wait_for
+from tests.support import ServiceEnv, wait_for
 
 pytestmark = pytest.mark.integration
 __all__ = ["prefix"]  # the fixture, shared
 
 
 @pytest.fixture(scope="session")
-def registry_url() -> str:
-    url = os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL")
+def registry_url(services: ServiceEnv) -> str:
+    """The stack's schema registry (or the one DATAFLOW_SCHEMA_REGISTRY_URL names)."""
+    url = services.extra.get("DATAFLOW_SCHEMA_REGISTRY_URL") or os.environ.get(
+        "DATAFLOW_SCHEMA_REGISTRY_URL")
     if not url:
-        pytest.fail("DATAFLOW_SCHEMA_REGISTRY_URL is not set: `dataflow stack env` exports it")
+        pytest.fail("no schema registry: the stack exports DATAFLOW_SCHEMA_REGISTRY_URL")
     return url
 
 
