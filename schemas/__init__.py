@@ -2,6 +2,7 @@
 nothing of DataFlow)."""
 
 from schemas import connect  # Kafka Connect / Debezium semantic types, as a namespace
+from schemas._connect_avro import avro_datum, avro_field_types, connect_to_avro, raw_avro_schema
 from schemas._debezium import (
     UNAVAILABLE_VALUE,
     ChangeEvent,
@@ -18,6 +19,7 @@ from schemas._env import env_values
 from schemas._errors import (
     ConfigError,
     DataFlowError,
+    RegistryUnavailable,
     SerdeError,
     SinkBackpressure,
     SinkError,
@@ -25,6 +27,7 @@ from schemas._errors import (
     StackError,
 )
 from schemas._redact import ENV_REF, redact, resolve_env
+from schemas._registry import SchemaRegistry, wire_schema_id
 from schemas.connect import (
     FieldType,
     field_types,
@@ -48,6 +51,10 @@ __all__ = [
     "envelope_schema",
     "key_schema",
     "with_schema",
+    "avro_datum",
+    "avro_field_types",
+    "connect_to_avro",
+    "raw_avro_schema",
     "FieldType",
     "field_types",
     "is_unavailable",
@@ -58,6 +65,9 @@ __all__ = [
     "unscaled_int",
     "ConfigError",
     "DataFlowError",
+    "RegistryUnavailable",
+    "SchemaRegistry",
+    "wire_schema_id",
     "SerdeError",
     "SinkBackpressure",
     "SinkError",

@@ -9,6 +9,7 @@ lives here and every other package imports it from ``schemas``::
     ├── SourceError        a CDC source cannot read or confirm a position
     ├── SinkError          a target refused or could not take a batch
     │   └── SinkBackpressure   retry later; carries ``retry_after`` seconds
+    ├── RegistryUnavailable    the schema registry cannot be reached: retry the same batch
     └── StackError         a local service cannot be started or reached
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -41,6 +42,17 @@ class SinkBackpressure(SinkError):
     """The target is unavailable for now; retry the same batch after ``retry_after`` s."""
 
     def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryUnavailable(DataFlowError):
+    """The schema registry did not answer; retry the same batch after ``retry_after`` s.
+
+    Not a ``SerdeError``: the record is fine, so it must not become a dead letter.
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

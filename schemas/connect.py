@@ -47,6 +47,10 @@ INTERVAL = "io.debezium.time.Interval"
 UUID = "io.debezium.data.Uuid"
 JSON = "io.debezium.data.Json"
 ENUM = "io.debezium.data.Enum"
+#: Avro's ``timestamp-millis``/``-micros`` of a producer other than a Connect converter:
+#: an instant (UTC), ms/us since the epoch (read by ``avro_field_types``)
+AVRO_TIMESTAMP_MILLIS = "avro.timestamp-millis"
+AVRO_TIMESTAMP_MICROS = "avro.timestamp-micros"
 #: ``column.propagate.source.type``: the source column's own type name
 SOURCE_TYPE = "__debezium.source.column.type"
 
@@ -169,7 +173,10 @@ def decode_bytes(value: Any) -> bytes:
 
 
 def decode_decimal(ft: FieldType, value: Any) -> Decimal:
-    """A Decimal / VariableScaleDecimal value (or a decimal string or number) -> Decimal."""
+    """A Decimal / VariableScaleDecimal value (or a decimal string or number, or a
+    ``Decimal`` as an Avro reader returns it) -> Decimal."""
+    if value.__class__ is Decimal:
+        return value
     if isinstance(value, dict):
         raw = decode_bytes(value.get("value"))
         scale = int(value.get("scale") or 0)

@@ -414,6 +414,9 @@ def bson_value(ft: FieldType, value: Any) -> Any:
         if inf := infinite(n, name == ct.TIMESTAMP):
             return DatetimeMS(_MS_MAX if inf > 0 else _MS_MIN)
         return DatetimeMS(n if name == ct.TIMESTAMP else n // 1000)
+    if name in (ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):  # an Avro instant
+        n = ct.int_value(value)
+        return DatetimeMS(n if name == ct.AVRO_TIMESTAMP_MILLIS else n // 1000)
     if name in (ct.DECIMAL, ct.VARIABLE_DECIMAL):
         return format(ct.decode_decimal(ft, value), "f")
     if ft.type == "bytes" and name is None:

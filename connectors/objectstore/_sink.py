@@ -316,7 +316,7 @@ def arrow_type(ft: FieldType) -> pa.DataType:
         return pa.time64("us")
     if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP):
         return pa.timestamp("us")
-    if name == ct.ZONED_TIMESTAMP:
+    if name in (ct.ZONED_TIMESTAMP, ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):
         return pa.timestamp("us", tz="UTC")
     if name == ct.MICRO_DURATION:
         return pa.duration("us")
@@ -363,6 +363,9 @@ def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
         return scaled
     if name == ct.ZONED_TIMESTAMP:
         return lambda v: _finite(zoned_us(str(v)))
+    if name in (ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):  # an Avro instant
+        unit = 1000 if name == ct.AVRO_TIMESTAMP_MILLIS else 1
+        return lambda v: ct.int_value(v) * unit
     if at == pa.binary():
         return ct.decode_bytes
     if pa.types.is_floating(at):

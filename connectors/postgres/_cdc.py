@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from psycopg import sql
 
 from connectors._kafka import check_access
 from connectors._metrics import Metrics
+from connectors._registry import AvroCodec, Registrar, SchemaRefused, SchemaRegistryUnavailable
 from connectors.postgres._config import PostgresCDCConfig
 from connectors.postgres._kafka import (
     AckTracker,
@@ -71,6 +71,7 @@ from connectors.postgres._types import (
 from schemas import (
     UNAVAILABLE_VALUE,
     ConfigError,
+    SerdeError,
     SourceError,
     envelope,
     envelope_schema,
@@ -84,6 +85,8 @@ VERSION = "dataflow-0.1.0"
 _U32 = struct.Struct(">I")
 _BEGIN = struct.Struct(">QqI")
 _COMMIT = struct.Struct(">BQQq")
+#: seconds between tries of a schema version the registry refused
+_RETRY_REFUSED_S = 30.0
 
 
 class SlotDropped(SourceError):
@@ -114,6 +117,11 @@ class _Table:
     # NOT NULL columns with a default: what an old key-only tuple (REPLICA IDENTITY DEFAULT)
     # gives them in ``before``, as Debezium does
     required_defaults: dict[str, Any] = field(default_factory=dict)
+    #: ``format: avro``: the table's encoders, and why the registry refused its schema
+    #: (its events are dead letters meanwhile) and when that was last tried
+    codec: AvroCodec | None = None
+    refused: str | None = None
+    refused_at: float = 0.0
 
     def wrap(self, key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None]:
         if self.key_schema is None or self.value_schema is None:
@@ -154,6 +162,8 @@ class PostgresCDCSource:
         self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
         self._state_lsn = 0
         self.incremental = _Incremental(self)
+        self._registrar = (Registrar(config.schema_registry_url, self._keep_alive, self._stop.is_set)
+                           if config.format == "avro" else None)
         self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
         # what Debezium puts on every record (``__debezium.context.*``); the run id is new per run
         self.context_headers: list[tuple[str, bytes]] = [
@@ -189,7 +199,8 @@ class PostgresCDCSource:
                 self._session()
                 if self.config.snapshot_mode == "initial_only" or self._stop.is_set() or drain:
                     break
-            except (Transient, StreamError, KafkaUnavailable, psycopg.OperationalError) as exc:
+            except (Transient, StreamError, KafkaUnavailable, SchemaRegistryUnavailable,
+                    psycopg.OperationalError) as exc:
                 if self._stop.is_set():
                     break
                 attempts += 1
@@ -212,7 +223,8 @@ class PostgresCDCSource:
             self._check_server(conn)
             self._discover(conn)
             self._ensure_publication(conn)
-            admin.ensure_topics([t.topic for t in self._tables.values()] + [cfg.heartbeat])
+            admin.ensure_topics([t.topic for t in self._tables.values()] + [cfg.heartbeat]
+                                + ([cfg.dlq] if cfg.format == "avro" else []))
             admin.ensure_topics([cfg.state_topic], {"cleanup.policy": "compact"}, partitions=1)
             slot = self._slot_info(conn)
         state = admin.read_state(cfg.state_topic, cfg.source_name)
@@ -544,11 +556,72 @@ class PostgresCDCSource:
         table.required_defaults = {
             name: f["default"] for name, f in fields.items()
             if not f["optional"] and "default" in f and name not in table.key}
+        keys = [{**fields[k], "optional": False} for k in table.key]
+        if self.config.format == "avro":
+            self._set_codec(table, key_schema(table.topic, keys),
+                            envelope_schema(table.topic, list(fields.values())))
         if not self.config.json_schemas:
             return
-        keys = [{**fields[k], "optional": False} for k in table.key]
         table.key_schema = orjson.dumps(key_schema(table.topic, keys))
         table.value_schema = orjson.dumps(envelope_schema(table.topic, list(fields.values())))
+
+    def _set_codec(self, table: _Table, key: dict[str, Any], value: dict[str, Any]) -> None:
+        """``format: avro``: the table's Avro schemas, registered now (once per version);
+        a version the registry refuses makes the table's events dead letters, named in the
+        log, until a later version (the next DDL, or a retry) is accepted."""
+        assert self._registrar is not None
+        table.refused = None
+        try:
+            table.codec = AvroCodec(table.topic, key, value)
+            table.codec.register(self._registrar)
+        except (SchemaRefused, SerdeError) as exc:
+            table.codec = table.codec if isinstance(exc, SchemaRefused) else None
+            table.refused, table.refused_at = str(exc), time.monotonic()
+            log.error("postgres source %s: %s.%s: %s; its events go to %s until a schema "
+                      "version is accepted", self.config.source_name, table.schema, table.name,
+                      exc, self.config.dlq)
+
+    def send(self, producer: EventProducer, table: _Table, key: bytes | None, value: bytes | None,
+             tracker: AckTracker, headers: list[tuple[str, bytes]]) -> None:
+        """Produce one event of ``table`` (key and value in Debezium JSON) in the configured
+        format: as it is, with its Connect schemas (``json_schemas``), or as Avro; an
+        event that cannot be Avro goes to the dead-letter topic with the reason."""
+        if self.config.format != "avro":
+            if table.key_schema is not None:
+                key, value = table.wrap(key, value)
+            producer.produce(table.topic, key, value, tracker, headers)
+            return
+        if table.refused is not None and time.monotonic() - table.refused_at > _RETRY_REFUSED_S \
+                and table.codec is not None:
+            self._set_codec_retry(table)
+        why = table.refused
+        if why is None:
+            assert table.codec is not None
+            try:
+                k, v = table.codec.encode(key, value)
+            except SerdeError as exc:
+                why = str(exc)
+            else:
+                producer.produce(table.topic, k, v, tracker, headers)
+                return
+        producer.produce(self.config.dlq, key, value, tracker, headers + [
+            ("dataflow.pipeline", self.config.source_name.encode()),
+            ("dataflow.stage", b"source:avro"), ("dataflow.error", why.encode()),
+            ("dataflow.topic", table.topic.encode()),
+            ("dataflow.failed_at", str(time.time_ns() // 1_000_000).encode())])
+        self.metrics.cdc_events.labels(self.config.source_name, f"{table.schema}.{table.name}",
+                                       "dead_letter").inc()
+
+    def _set_codec_retry(self, table: _Table) -> None:
+        """Try a refused version again (the subject's compatibility may have been changed)."""
+        assert table.codec is not None and self._registrar is not None
+        try:
+            table.codec.register(self._registrar)
+            table.refused = None
+            log.info("postgres source %s: %s.%s: schema accepted now", self.config.source_name,
+                     table.schema, table.name)
+        except SchemaRefused as exc:
+            table.refused, table.refused_at = str(exc), time.monotonic()
 
     def _is_partition(self, oid: int) -> bool:
         with _connect(self._dsn) as conn:
@@ -637,7 +710,7 @@ class PostgresCDCSource:
                         after = {n: (None if v is None else c(v)) for n, v, c in zip(names, vals, convs, strict=True)}
                         key = dumps({k: after[k] for k in key_names})
                         if pending is not None:
-                            self._emit_snapshot(producer, tracker, pending, headers, dumps)
+                            self._emit_snapshot(producer, tracker, pending, headers)
                         src = self._source(table, ts_us, "true", lsn, txid)
                         src["sequence"] = sequence
                         if table_first:  # Debezium's markers: first/last of all, of each table
@@ -659,17 +732,15 @@ class PostgresCDCSource:
             conn.execute("COMMIT")
         if pending is not None:
             pending[2]["source"]["snapshot"] = "last"
-            self._emit_snapshot(producer, tracker, pending, headers, dumps)
+            self._emit_snapshot(producer, tracker, pending, headers)
         producer.drain(tracker, self._stop.is_set)
         log.info("snapshot of %d table(s) acknowledged by Kafka", len(tables))
 
-    @staticmethod
-    def _emit_snapshot(producer: EventProducer, tracker: AckTracker,
-                       pending: tuple[_Table, bytes, dict[str, Any]], headers: list[tuple[str, bytes]],
-                       dumps: Callable[[Any], bytes]) -> None:
+    def _emit_snapshot(self, producer: EventProducer, tracker: AckTracker,
+                       pending: tuple[_Table, bytes, dict[str, Any]],
+                       headers: list[tuple[str, bytes]]) -> None:
         table, key, value = pending
-        k, v = table.wrap(key, dumps(value))
-        producer.produce(table.topic, k, v, tracker, headers)
+        self.send(producer, table, key, orjson.dumps(value), tracker, headers)
 
     # -- streaming -----------------------------------------------------------------------
     def _stream(self, repl: ReplicationConnection, producer: EventProducer, start: int,
@@ -940,8 +1011,8 @@ class _Incremental:
             src["sequence"] = f'[{dec.prev_end},"{lsn}"]'
             for key, after in chunk.rows.items():
                 now_us = time.time_ns() // 1000
-                k, v = table.wrap(key, orjson.dumps(envelope("r", None, after, src, now_us // 1000, now_us)))
-                dec.producer.produce(table.topic, k, v, tracker, dec.headers)
+                value = orjson.dumps(envelope("r", None, after, src, now_us // 1000, now_us))
+                self.s.send(dec.producer, table, key, value, tracker, dec.headers)
                 table.count("r")
             window.close(tracker, self.s.confirmed_lsn)
         if chunk.full and chunk.last is not None:
@@ -1061,10 +1132,8 @@ class _TxnDecoder:
         tracker = self.tracker
         if tracker is None:
             raise SourceError("pgoutput: change outside a transaction")
-        if table.key_schema is not None:
-            key, value = table.wrap(key, value)
-        self.producer.produce(table.topic, key, value, tracker,
-                              self.headers if headers is None else headers + self.headers)
+        self.s.send(self.producer, table, key, value, tracker,
+                    self.headers if headers is None else headers + self.headers)
 
     def _change(self, kind: int, buf: bytes, lsn: int) -> None:
         (oid,) = _U32.unpack_from(buf, 1)

@@ -101,6 +101,16 @@ class PostgresCDCConfig(BaseModel):
     #: ``__debezium.source.column.type`` (Debezium's ``datatype.propagate.source.type``
     #: for every type, the name only): a loader then tells json from jsonb and finds enums
     propagate_source_types: bool = False
+    #: record keys and values: Debezium JSON, or ``avro`` (the Confluent wire format, the
+    #: schemas Debezium's AvroConverter would register, under ``<topic>-key``/``-value``)
+    format: Literal["json", "avro"] = "json"
+    #: the Confluent-compatible registry ``format: avro`` registers in (default
+    #: ``DATAFLOW_SCHEMA_REGISTRY_URL``)
+    schema_registry_url: str = Field(
+        default_factory=lambda: os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL", ""))
+    #: where the events of a table go while the registry refuses its schema (default
+    #: ``dataflow.<name>.dlq``): the Debezium JSON as it would have been, and the reason
+    dead_letter_topic: str = ""
     # a compacted topic holding each source's snapshot state (Kafka is the record)
     state_topic: str = "_dataflow.sources"
     heartbeat_topic: str = ""
@@ -142,6 +152,10 @@ class PostgresCDCConfig(BaseModel):
     @property
     def heartbeat(self) -> str:
         return self.heartbeat_topic or f"__debezium-heartbeat.{self.topic_prefix}"
+
+    @property
+    def dlq(self) -> str:
+        return self.dead_letter_topic or f"dataflow.{self.source_name}.dlq"
 
     def wants(self, schema: str, table: str) -> bool:
         """True when ``schema.table`` passes the include/exclude patterns."""
@@ -193,6 +207,12 @@ class PostgresCDCConfig(BaseModel):
         check_dsn(cfg.dsn.get_secret_value(), f"{where}: dsn")
         if not cfg.kafka.bootstrap_servers:
             raise ConfigError(f"{where}: kafka.bootstrap_servers: not set (nor KAFKA_BOOTSTRAP_SERVERS)")
+        if cfg.format == "avro" and not cfg.schema_registry_url:
+            raise ConfigError(f"{where}: schema_registry_url: format avro needs a schema registry "
+                              "(nor DATAFLOW_SCHEMA_REGISTRY_URL is set)")
+        if cfg.format == "avro" and cfg.json_schemas:
+            raise ConfigError(f"{where}: json_schemas: Avro records carry their schema by id; "
+                              "json_schemas is for format json")
         for name, label in ((cfg.slot, "slot_name"), (cfg.publication, "publication_name")):
             if not _NAME.match(name):
                 raise ConfigError(f"{where}: {label}: {name!r} must match {_NAME.pattern}")

@@ -82,7 +82,10 @@ class PostgresSinkSettings(RetrySettings):
     key_fields: tuple[str, ...] = ()        # default: the table's primary key, else the event key
     version_column: str = "__version"
     create_table: bool = True
-    evolve: bool = True                     # ADD COLUMN for fields the table lacks
+    #: ADD COLUMN for fields the table lacks, and widen a column whose source type was
+    #: widened (smallint -> integer -> bigint, real -> double precision, a numeric of more
+    #: integer or fraction digits)
+    evolve: bool = True
     column_types: dict[str, str] = Field(default_factory=dict)  # SQL types for created columns
     connect_timeout: int = 5
 
@@ -511,6 +514,16 @@ class PostgresSink(BatchingSink):
             adds = [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
                 sql.Identifier(f), sql.SQL("bigint" if f == ver else (types.get(f) or infer_sql_type(wanted[f]))))
                 for f in missing]
+            if self.settings.evolve:   # the widest type any row of the batch has
+                wider: dict[str, str] = {}
+                for rec in rows:
+                    for f, ft in (rec.types or {}).items():
+                        have = wider.get(f) or self._columns.get(f)
+                        if have is not None and f not in self.settings.column_types \
+                                and widens(have, want := sql_type(ft)):
+                            wider[f] = want
+                adds += [sql.SQL("ALTER COLUMN {} TYPE {}").format(sql.Identifier(f), sql.SQL(t))
+                         for f, t in wider.items()]
             if adds:
                 stmts.append(sql.SQL("ALTER TABLE {} {}").format(self._target, sql.SQL(", ").join(adds)))
         if stmts or not self._tomb_ready:
@@ -634,6 +647,26 @@ class PostgresSink(BatchingSink):
                                      "placeholder (unchanged TOASTed values) in a row the target "
                                      "does not hold: no earlier value to keep")
                 for (i,) in missing]
+
+
+_INT_RANK = {"smallint": 0, "integer": 1, "bigint": 2}
+_NUMERIC = re.compile(r"^numeric(?:\((\d+),(\d+)\))?$")
+
+
+def widens(have: str, want: str) -> bool:
+    """True when column type ``want`` holds every value of ``have`` and more (a type the
+    source widened); a narrowing or an unrelated type is not applied."""
+    if have in _INT_RANK and want in _INT_RANK:
+        return _INT_RANK[want] > _INT_RANK[have]
+    if have == "real" and want == "double precision":
+        return True
+    h, w = _NUMERIC.match(have), _NUMERIC.match(want)
+    if h is None or w is None or have == want or h.group(1) is None:
+        return h is not None and w is not None and have != want and w.group(1) is None
+    if w.group(1) is None:
+        return True
+    hp, hs, wp, ws = (int(x) for x in (*h.groups(), *w.groups()))
+    return ws >= hs and wp - ws >= hp - hs
 
 
 def _message(exc: Exception) -> str:

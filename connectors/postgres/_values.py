@@ -39,6 +39,7 @@ _SEMANTIC_SQL = {
     ct.VARIABLE_DECIMAL: "numeric", ct.DATE: "date", ct.TIME: "time(3)", ct.MICRO_TIME: "time",
     ct.TIMESTAMP: "timestamp(3)", ct.MICRO_TIMESTAMP: "timestamp", ct.ZONED_TIMESTAMP: "timestamptz",
     ct.ZONED_TIME: "timetz", ct.MICRO_DURATION: "interval", ct.INTERVAL: "interval", ct.UUID: "uuid",
+    ct.AVRO_TIMESTAMP_MILLIS: "timestamptz", ct.AVRO_TIMESTAMP_MICROS: "timestamptz",
 }
 
 
@@ -157,6 +158,9 @@ def typed_value(ft: ct.FieldType) -> Callable[[Any], Any]:
             inf = infinite(n, unit == 1000)
             return "infinity" if inf > 0 else "-infinity" if inf < 0 else _timestamp_text(n * unit)
         return ts
+    if name in (ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):  # an instant, UTC
+        unit = 1000 if name == ct.AVRO_TIMESTAMP_MILLIS else 1
+        return lambda v: _utc(_timestamp_text(ct.int_value(v) * unit))
     if name == ct.ZONED_TIMESTAMP:
         return lambda v: _zoned_text(str(v))
     if name == ct.ZONED_TIME:

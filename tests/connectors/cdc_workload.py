@@ -432,8 +432,12 @@ def snapshot_tables(dsn: str, tables: Iterable[str] = TABLES) -> State:
 class TopicReplayer:
     """Replays change topics into table state; ``update()`` reads what is new."""
 
-    def __init__(self, bootstrap: str, topics: list[str], dsn: str | None = None) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], dsn: str | None = None,
+                 decode: Callable[[str, bytes], Any] | None = None) -> None:
+        """``decode(topic, bytes)``: a key or value's document (default: JSON), e.g. an Avro
+        reader that returns Debezium's JSON representation."""
         self.topics = topics
+        self._decode = decode or (lambda _topic, raw: orjson.loads(raw))
         self.state: State = {self._table(t): {} for t in topics}
         self.events = 0
         self.ops: collections.Counter[str] = collections.Counter()  # c u d r t, "tombstone"
@@ -493,7 +497,7 @@ class TopicReplayer:
             return
         table = self._table(topic)
         rows = self.state[table]
-        value = orjson.loads(raw_value)
+        value = self._decode(topic, raw_value)
         if "payload" in value and "schema" in value:
             value = value["payload"]
         op = value["op"]
@@ -501,7 +505,7 @@ class TopicReplayer:
         if op == "t":
             rows.clear()
             return
-        key_doc = orjson.loads(raw_key) if raw_key else {}
+        key_doc = self._decode(topic, raw_key) if raw_key else {}
         if isinstance(key_doc, dict) and "payload" in key_doc and "schema" in key_doc:
             key_doc = key_doc["payload"]
         key = tuple(key_doc.values())

@@ -183,6 +183,11 @@ def test_config_from_yaml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ({"topic_prefix": "app", "slot_name": "Bad-Slot"}, "slot_name"),
         ({"topic_prefix": "app", "kafka": {"compression": "brotli"}}, "kafka.compression"),
         ({"topic_prefix": "app", "dsn": ""}, "dsn"),
+        ({"topic_prefix": "app", "format": "protobuf"}, "format"),
+        ({"topic_prefix": "app", "format": "avro", "schema_registry_url": ""},
+         "schema_registry_url: format avro needs a schema registry"),
+        ({"topic_prefix": "app", "format": "avro", "schema_registry_url": "http://r",
+          "json_schemas": True}, "json_schemas: Avro records carry their schema by id"),
     ],
 )
 def test_config_errors_name_the_field(doc: dict[str, object], where: str,

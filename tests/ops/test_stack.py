@@ -249,7 +249,8 @@ def test_down_after_eval_of_env_stops_the_stacks_own_service(private_home: Path)
     exported = {**env, **parse_env(dataflow(env, "stack", "env").stdout)}  # as after eval
     assert exported["DATAFLOW_S3_ENDPOINT"] == endpoint
     status = dataflow(exported, "stack", "status").stdout.splitlines()
-    assert "s3: running" in status and sum(": external (" in line for line in status) == 3
+    assert "s3: running" in status
+    assert sum(": external (" in line for line in status) == len(SERVICE_VARS) - 1
     down = dataflow(exported, "stack", "down", timeout=120)
     assert (down.returncode, down.stdout) == (0, "stack down: stopped s3\n"), down.stderr
     assert still_running(procs) == {}
@@ -260,6 +261,58 @@ def test_down_after_eval_of_env_stops_the_stacks_own_service(private_home: Path)
     assert parse_env(again.stdout)["DATAFLOW_S3_ENDPOINT"] == endpoint
     assert dataflow(exported, "stack", "down", timeout=120).stdout == "stack down: stopped s3\n"
     assert stack_processes(private_home) == {}
+
+
+def _listening(pid: int) -> set[str]:
+    """The local addresses ``pid`` listens on (``ss -ltnp``)."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3] for line in out.splitlines() if f"pid={pid}," in line}
+
+
+def _registry_subjects(url: str) -> list[str]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/subjects", timeout=10) as resp:
+        return list(json.loads(resp.read()))
+
+
+@pytest.mark.integration
+def test_registry_binds_loopback_is_backward_and_keeps_schemas_in_postgres(
+        private_home: Path, fresh_db: str) -> None:
+    """``stack up`` starts Apicurio Registry (the other services external here): both its
+    ports on 127.0.0.1, compatibility BACKWARD, and a schema registered before ``down`` is
+    still there after ``up`` (stored in ``<db>_registry`` of the stack's Postgres)."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    others = {var: f"external://{var.lower()}" for var in SERVICE_VARS
+              if var not in ("DATAFLOW_SCHEMA_REGISTRY_URL", "DATAFLOW_PG_DSN")}
+    env = _clean_env(private_home, DATAFLOW_PG_DSN=fresh_db, **others)
+    try:
+        up = dataflow(env, "stack", "up", timeout=300)
+        assert up.returncode == 0, up.stderr
+        url = parse_env(up.stdout)["DATAFLOW_SCHEMA_REGISTRY_URL"]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/apis/ccompat/v7")
+        state = StackState.load(private_home / "stack" / "state.json").get("registry")
+        bound = {a.removeprefix("[::ffff:").replace("]:", ":") for a in _listening(state["pid"])}
+        assert bound == {f"127.0.0.1:{state['port']}", f"127.0.0.1:{state['management_port']}"}
+        client = SchemaRegistryClient({"url": url})
+        assert client.get_compatibility() == "BACKWARD"
+        record = '{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}'
+        schema_id = client.register_schema("t-value", Schema(record, "AVRO"))
+        assert dataflow(env, "stack", "down", timeout=120).stdout == "stack down: stopped registry\n"
+        assert dataflow(env, "stack", "up", timeout=300).returncode == 0
+        assert _registry_subjects(url) == ["t-value"]
+        fresh = SchemaRegistryClient({"url": url})
+        assert fresh.get_schema(schema_id).schema_str.replace(" ", "") == record
+    finally:
+        dataflow(env, "stack", "down", timeout=120)
+        import psycopg.conninfo
+
+        db = psycopg.conninfo.conninfo_to_dict(fresh_db)["dbname"]
+        with psycopg.connect(psycopg.conninfo.make_conninfo(fresh_db, dbname="postgres"),
+                             autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}_registry" WITH (FORCE)')
 
 
 # ---------------------------------------------------------------- unit: no services needed
