@@ -579,7 +579,8 @@ class _Stream:
                 before, after = None, conv(r["values"], r.get("none_sources") or {})
             else:
                 before, after = conv(r["values"], r.get("none_sources") or {}), None
-            row_key = before if after is None else after
+            row_key = after if after is not None else before
+            assert row_key is not None
             key = dumps({k: row_key[k] for k in keys}) if keys else None
             if op == "u" and keys and before is not None and after is not None:
                 old = {k: before[k] for k in keys}
