@@ -11,6 +11,8 @@ from connectors._metrics import (
 from connectors._registry import Registrar, SchemaRefused, SchemaRegistryUnavailable
 from connectors._sink import BatchingSink, Rejected, Sink, SinkRecord
 from connectors.mongodb._sink import MongoSink, MongoSinkSettings
+from connectors.mysql._cdc import MySQLCDCSource, PositionLost
+from connectors.mysql._config import MySQLCDCConfig
 from connectors.objectstore._sink import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors.postgres._cdc import PostgresCDCSource, SlotDropped
 from connectors.postgres._config import KafkaSettings, PostgresCDCConfig, check_dsn
@@ -22,4 +24,5 @@ __all__: list[str] = [
     "Metrics", "StageMetrics", "metrics_endpoint", "pipeline_stats", "scrape_metrics",
     "KafkaSecurity", "check_access", "kafka_config",
     "Registrar", "SchemaRefused", "SchemaRegistryUnavailable",
+    "MySQLCDCConfig", "MySQLCDCSource", "PositionLost",
     "KafkaSettings", "PostgresCDCConfig", "PostgresCDCSource", "SlotDropped", "check_dsn"]

@@ -1,13 +1,14 @@
 """``dataflow source run FILE``: run a CDC source until SIGTERM/SIGINT.
 
-FILE is a pipeline spec whose ``source`` is inline (``type: postgres`` beside the CDC
-settings), or a source config: the settings, or a document with a ``source:`` section.
+FILE is a pipeline spec whose ``source`` is inline (``type: postgres`` or ``type: mysql``
+beside the CDC settings), or a source config: the settings, or a document with a
+``source:`` section (``type: mysql`` there picks the MySQL/MariaDB source; Postgres else).
 
 SIGTERM or SIGINT stops it cleanly (in-flight events flushed, what Kafka acknowledged
 confirmed), through ``ops._signals.stop_on_signals`` (no Python handler that takes a
-lock); a stop still unfinished after 8 s exits 1. SIGKILL is safe too: nothing is
-confirmed to the database before Kafka acknowledged it, so a restart resends whatever was
-not confirmed.
+lock); a stop still unfinished after 8 s exits 1. SIGKILL is safe too: no position is
+confirmed (to the Postgres slot, or the MySQL source's state record) before Kafka
+acknowledged it, so a restart resends whatever was not confirmed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from connectors import PostgresCDCConfig, PostgresCDCSource
+from connectors import MySQLCDCConfig, MySQLCDCSource, PostgresCDCConfig, PostgresCDCSource
 from ops._console import error, setup_logging
 from ops._signals import stop_on_signals
 from schemas import DataFlowError
@@ -27,7 +28,7 @@ from streams import load_spec
 _STOP_DEADLINE = 8.0
 
 
-def _config(file: Path) -> PostgresCDCConfig:
+def _config(file: Path) -> PostgresCDCConfig | MySQLCDCConfig:
     """A pipeline spec's inline source (a document with ``name`` and ``source``), or the
     settings of a source config file."""
     try:
@@ -36,6 +37,9 @@ def _config(file: Path) -> PostgresCDCConfig:
         doc = None  # PostgresCDCConfig.load says what is wrong with the file
     if isinstance(doc, dict) and "name" in doc and isinstance(doc.get("source"), dict):
         return load_spec(file).source.cdc_config()
+    section = doc.get("source") if isinstance(doc, dict) and isinstance(doc.get("source"), dict) else doc
+    if isinstance(section, dict) and section.get("type") in ("mysql", "mariadb"):
+        return MySQLCDCConfig.load(file)
     return PostgresCDCConfig.load(file)
 
 
@@ -45,7 +49,10 @@ def run_source(file: Path, drain: bool = False) -> int:
     setup_logging()
     stop = threading.Event()
     try:
-        source = PostgresCDCSource(_config(file), stop=stop)
+        config = _config(file)
+        source: PostgresCDCSource | MySQLCDCSource = (
+            MySQLCDCSource(config, stop=stop) if isinstance(config, MySQLCDCConfig)
+            else PostgresCDCSource(config, stop=stop))
     except DataFlowError as exc:
         error("dataflow source", exc)
         return 2

@@ -703,6 +703,104 @@ class FerretDB(Service):
         return {self.env_var: f"mongodb://127.0.0.1:{port}/"}
 
 
+class MariaDB(Service):
+    """MariaDB from the system packages (``mariadb-server``), set up as a CDC source:
+    row-based binlog with full row images, a server id and GTIDs, a ``dataflow`` database
+    and a ``cdc`` user with the replication grants. Loopback TCP only; the socket lives in
+    the service folder."""
+
+    name = "mysql"
+    env_var = "DATAFLOW_MYSQL_DSN"
+    user = "cdc"
+    password = "cdc"
+
+    @staticmethod
+    def _binary() -> Path:
+        for cand in (shutil.which("mariadbd"), "/usr/sbin/mariadbd", shutil.which("mysqld"),
+                     "/usr/sbin/mysqld"):
+            if cand and Path(cand).exists():
+                return Path(cand)
+        raise StackError("MariaDB server not found: install it (apt-get install mariadb-server)")
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "mysqld.sock"
+
+    def alive(self) -> bool:
+        st = self.state.get(self.name)
+        return pid_alive(st.get("pid"), str(self.data)) and port_open(st.get("port", 0))
+
+    def _user_args(self) -> list[str]:
+        """mariadbd refuses to run as root unless told which user to be."""
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def start(self) -> None:
+        binary = self._binary()
+        st = self.state.get(self.name)
+        port = free_port(st.get("port", 13306))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "mariadb.log"
+        if not (self.data / "mysql").exists():
+            shutil.rmtree(self.data, ignore_errors=True)
+            install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+            if install is None:
+                raise StackError("mariadb-install-db not found: install mariadb-server")
+            proc = subprocess.run(
+                [install, f"--datadir={self.data}", "--auth-root-authentication-method=normal",
+                 "--skip-test-db", "--skip-name-resolve", *self._user_args()],
+                capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StackError(f"mariadb-install-db failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        with open(log, "ab") as out:
+            proc2 = subprocess.Popen(
+                [str(binary), "--no-defaults", f"--datadir={self.data}", f"--port={port}",
+                 "--bind-address=127.0.0.1", f"--socket={self.socket}",
+                 f"--pid-file={self.dir / 'mysqld.pid'}", "--skip-name-resolve",
+                 "--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+                 "--server-id=1", "--log-slave-updates", "--gtid-strict-mode=1",
+                 "--binlog-checksum=CRC32", "--character-set-server=utf8mb4",
+                 "--collation-server=utf8mb4_general_ci", "--max-connections=200",
+                 "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0",
+                 "--innodb-buffer-pool-size=128M", "--max-allowed-packet=64M",
+                 "--expire-logs-days=2", *self._user_args()],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dir)
+        st.update(pid=proc2.pid, port=port)
+        self.state.save()
+        wait_until(lambda: port_open(port) or proc2.poll() is not None, 60, "MariaDB", log)
+        if proc2.poll() is not None:
+            raise StackError(f"MariaDB exited with {proc2.returncode}; see {log}")
+        self._setup()
+
+    def _setup(self) -> None:
+        """The database and the CDC user (idempotent), through the root socket."""
+        sql = (
+            "CREATE DATABASE IF NOT EXISTS dataflow CHARACTER SET utf8mb4;"
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY '{self.password}';"
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'localhost' IDENTIFIED BY '{self.password}';"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'127.0.0.1';"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'localhost';"
+            "FLUSH PRIVILEGES;"
+        )
+        client = shutil.which("mariadb") or shutil.which("mysql")
+        if client is None:
+            raise StackError("the mariadb client not found: install mariadb-client")
+        proc = subprocess.run([client, "--no-defaults", f"--socket={self.socket}", "-uroot", "-e", sql],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"MariaDB setup failed: {proc.stderr[-1500:]}")
+
+    def stop(self) -> None:
+        kill_tree(self.state.get(self.name).get("pid", 0), str(self.data), timeout=30)
+
+    def env(self) -> dict[str, str]:
+        port = self.state.get(self.name).get("port", 13306)
+        return {self.env_var: f"mysql://{self.user}:{self.password}@127.0.0.1:{port}/dataflow"}
+
 
 
 # -- Kafka Connect with the Debezium Postgres connector (conformance tests only) ----------
@@ -915,7 +1013,7 @@ class SchemaRegistry(Service):
         return {self.env_var: f"http://127.0.0.1:{port}/apis/ccompat/v7"}
 
 
-SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB, SchemaRegistry]
+SERVICES: list[type[Service]] = [Kafka, Postgres, S3, FerretDB, MariaDB, SchemaRegistry]
 
 
 class KafkaConnect:

@@ -54,7 +54,7 @@ from agents import (
     compile_json_schema,
     compile_regex,
 )
-from connectors import PostgresCDCConfig
+from connectors import MySQLCDCConfig, PostgresCDCConfig
 from schemas import ENV_REF, ConfigError, resolve_env
 
 # ------------------------------------------------------------------ building blocks
@@ -171,16 +171,19 @@ class _Model(BaseModel):
 _READ_KEYS = frozenset({"type", "topics", "pattern", "format", "key_format", "fields",
                         "schema_registry_url", "start"})
 #: a ``table_include`` entry naming one table: ``public\\.orders`` (or ``public.orders``)
+#: the source types of an inline CDC source, by what a spec may write
+_CDC_TYPES = {"postgres": "postgres", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _ONE_TABLE = re.compile(r"^([A-Za-z0-9_]+)\\?\.([A-Za-z0-9_]+)$")
 
 
 class SourceSpec(_Model):
-    """Where events come from: Kafka ``topics`` (a list), or a Postgres database through an
-    inline CDC source (``type: postgres`` beside the settings of ``dataflow source run``);
-    the pipeline then reads that source's topics, ``<topic_prefix>.<schema>.<table>``:
+    """Where events come from: Kafka ``topics`` (a list), or a Postgres or MySQL/MariaDB
+    database through an inline CDC source (``type: postgres`` or ``type: mysql`` beside the
+    settings of ``dataflow source run``); the pipeline then reads that source's topics,
+    ``<topic_prefix>.<schema>.<table>`` (MySQL: ``<topic_prefix>.<database>.<table>``):
     ``topics`` when given, else one per table ``table_include`` names literally."""
 
-    type: Literal["kafka", "postgres"] = "kafka"
+    type: Literal["kafka", "postgres", "mysql"] = "kafka"
     topics: tuple[Topic, ...] | None = None
     pattern: str | None = None
     format: Format = "debezium"
@@ -192,6 +195,8 @@ class SourceSpec(_Model):
     start: Literal["earliest", "latest"] = "earliest"
     #: ``type: postgres``: the CDC settings, written flat in the document beside the keys above
     postgres: PostgresCDCConfig | None = Field(None, exclude=True)
+    #: ``type: mysql``: the same, for the MySQL/MariaDB binlog source
+    mysql: MySQLCDCConfig | None = Field(None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -200,14 +205,16 @@ class SourceSpec(_Model):
         settings; the topics follow from ``table_include`` when not given."""
         if not isinstance(data, dict):
             return data
-        if data.get("type") not in ("postgres", "postgresql"):
-            if "postgres" in data:
-                raise _FieldError("postgres", "unknown field (a CDC source is written flat: "
-                                              "type: postgres beside its settings)")
+        kind = _CDC_TYPES.get(str(data.get("type")))
+        if kind is None:
+            for name in ("postgres", "mysql"):
+                if name in data:
+                    raise _FieldError(name, "unknown field (a CDC source is written flat: "
+                                            f"type: {name} beside its settings)")
             return data
         own = {k: v for k, v in data.items() if k in _READ_KEYS}
         cdc = {k: v for k, v in data.items() if k not in _READ_KEYS}
-        own.update(type="postgres", postgres=cdc)
+        own.update({"type": kind, kind: cdc})
         include, prefix = cdc.get("table_include"), cdc.get("topic_prefix")
         if "topics" not in own and isinstance(prefix, str) and isinstance(include, list) and (
                 include and all(isinstance(p, str) and _ONE_TABLE.match(p) for p in include)):
@@ -222,7 +229,7 @@ class SourceSpec(_Model):
                                          "topics in 'topics'")
         if self.schema_registry_url is not None:
             raise _FieldError("schema_registry_url", f"{_AVRO}; nothing else reads a registry")
-        if self.type == "postgres":
+        if self.type != "kafka":
             return self._cdc_topics()
         if self.topics is None:
             raise _FieldError("topics", "required field missing (a list of topics)")
@@ -230,11 +237,16 @@ class SourceSpec(_Model):
             raise _FieldError("topics", "expected at least one topic")
         return self
 
+    @property
+    def cdc(self) -> PostgresCDCConfig | MySQLCDCConfig | None:
+        """The inline CDC source's settings as written (None: the pipeline reads Kafka)."""
+        return self.postgres if self.postgres is not None else self.mysql
+
     def _cdc_topics(self) -> SourceSpec:
-        cdc = self.postgres
+        cdc = self.cdc
         assert cdc is not None
         if self.format != "debezium":
-            raise _FieldError("format", f"a postgres source writes Debezium change events: "
+            raise _FieldError("format", f"a {self.type} source writes Debezium change events: "
                                         f"expected debezium, got {self.format!r}")
         if not self.topics:
             raise _FieldError("topics", f"name the topics the pipeline reads ({cdc.topic_prefix}"
@@ -248,16 +260,20 @@ class SourceSpec(_Model):
                                             "table_include and table_exclude let through)")
         return self
 
-    def cdc_config(self, resolve: bool = True) -> PostgresCDCConfig:
-        """The inline CDC source's settings, the environment's defaults (``DATAFLOW_PG_DSN``,
-        ``KAFKA_BOOTSTRAP_SERVERS``) filled in now, checked for running; ``resolve``: the
-        ``${env:NAME}`` references in its ``dsn`` too (for the process that connects)."""
-        if self.postgres is None:
+    def cdc_config(self, resolve: bool = True) -> PostgresCDCConfig | MySQLCDCConfig:
+        """The inline CDC source's settings, the environment's defaults (``DATAFLOW_PG_DSN``
+        or ``DATAFLOW_MYSQL_DSN``, ``KAFKA_BOOTSTRAP_SERVERS``) filled in now, checked for
+        running; ``resolve``: the ``${env:NAME}`` references in its ``dsn`` too (for the
+        process that connects)."""
+        cdc = self.cdc
+        if cdc is None:
             raise ConfigError("source: the pipeline reads Kafka topics; it has no CDC source "
-                              "(type: postgres) to run")
-        doc = self.postgres.model_dump(exclude_unset=True)
+                              "(type: postgres or mysql) to run")
+        doc = cdc.model_dump(exclude_unset=True)
         if resolve and "dsn" in doc:
-            doc["dsn"] = reveal_secret(self.postgres.dsn, "source.dsn")
+            doc["dsn"] = reveal_secret(cdc.dsn, "source.dsn")
+        if isinstance(cdc, MySQLCDCConfig):
+            return MySQLCDCConfig.parse(doc, "source")
         return PostgresCDCConfig.parse(doc, "source")
 
 
@@ -794,8 +810,8 @@ class PipelineSpec(_Model):
             return v
 
         data = self.model_dump(mode="python", by_alias=True, exclude_none=True)
-        if self.source.postgres is not None:  # the CDC settings as written: flat, no defaults
-            data["source"].update(self.source.postgres.model_dump(exclude_unset=True))
+        if self.source.cdc is not None:  # the CDC settings as written: flat, no defaults
+            data["source"].update(self.source.cdc.model_dump(exclude_unset=True))
         elif data["source"]["type"] == "kafka":
             del data["source"]["type"]
         return dict(plain(data))
@@ -865,7 +881,7 @@ def _path(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{step}]")
         elif i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in _UNION_SECTIONS:
             continue  # the union tag pydantic puts in the location
-        elif step == "postgres" and loc[:i] == ("source",):
+        elif step in ("postgres", "mysql") and loc[:i] == ("source",):
             continue  # the CDC settings are written flat in the source
         else:
             parts.append(("." if parts else "") + str(step))

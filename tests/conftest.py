@@ -115,6 +115,32 @@ def fresh_db(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def mysql_dsn(services: ServiceEnv) -> str:
+    """The stack's MariaDB (``DATAFLOW_MYSQL_DSN``), as the ``cdc`` user."""
+    return services.extra["DATAFLOW_MYSQL_DSN"]
+
+
+@pytest.fixture
+def mysql_db(mysql_dsn: str, unique: str) -> Iterator[str]:
+    """A DSN to a new, empty MariaDB database, dropped afterwards."""
+    import pymysql
+
+    from connectors.mysql._config import parse_dsn
+
+    args = {**parse_dsn(mysql_dsn), "database": None}
+    name = f"t_{unique}"
+    conn = pymysql.connect(**args, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        yield mysql_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+@pytest.fixture(scope="session")
 def mongo_uri(services: ServiceEnv) -> str:
     """The MongoDB wire-protocol server (FerretDB from the stack, or DATAFLOW_MONGO_URI)."""
     return os.environ.get("DATAFLOW_MONGO_URI") or services.extra["DATAFLOW_MONGO_URI"]

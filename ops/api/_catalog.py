@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from connectors import PostgresCDCConfig
+from connectors import MySQLCDCConfig, PostgresCDCConfig
 from streams import (
     KafkaSinkSpec,
     MongoSinkSpec,
@@ -75,6 +75,10 @@ def connectors() -> list[dict[str, Any]]:
         _entry("postgres", PostgresCDCConfig, "source",
                {"type": "postgres", "topic_prefix": "shop", "table_include": ["public\\.orders"]},
                "Postgres CDC written inline: source: {type: postgres, ...} with these "
+               "settings beside topics/format"),
+        _entry("mysql", MySQLCDCConfig, "source",
+               {"type": "mysql", "topic_prefix": "shop", "table_include": ["shop\\.orders"]},
+               "MySQL/MariaDB binlog CDC written inline: source: {type: mysql, ...} with these "
                "settings beside topics/format"),
         _entry("kafka", KafkaSinkSpec, "sink", {"topic": "orders.clean"}),
         _entry("postgres", PostgresSinkSpec, "sink", {"table": "orders", "key": ["id"]}),

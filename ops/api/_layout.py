@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from connectors import PostgresCDCConfig
+from connectors import MySQLCDCConfig, PostgresCDCConfig
 from streams import PipelineSpec, load_spec
 
 SINK_KINDS = ("postgres", "mongodb", "objectstore")
@@ -38,7 +38,7 @@ class Layout:
     """The spec checked, its file written, and the processes it asks for."""
 
     spec: PipelineSpec
-    source: PostgresCDCConfig | None
+    source: PostgresCDCConfig | MySQLCDCConfig | None
     spec_file: Path
     wants: tuple[Want, ...]
 
@@ -77,7 +77,7 @@ def layout(folder: Path, version: int, spec: Mapping[str, Any], *,
         doc["source"] = {**doc["source"], "snapshot_mode": snapshot_mode}
     checked = load_spec(doc)
     # the secrets stay references here: the processes read them from their environment
-    config = (checked.source.cdc_config(resolve=False) if checked.source.postgres is not None
+    config = (checked.source.cdc_config(resolve=False) if checked.source.cdc is not None
               else None)
     spec_file = write_private(private_dir(folder) / f"v{version}{tag}.yaml", doc)
     wants: list[Want] = []

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors import kafka_config
+from connectors import PostgresCDCConfig, kafka_config
 from ops.api._layout import Layout, Want, layout
 from ops.api._procs import Proc, log_tail
 from schemas import DataFlowError, redact
@@ -284,9 +284,10 @@ def _purge(env: Mapping[str, str], spec: dict[str, Any]) -> None:
         for fut in admin.delete_topics(internal, operation_timeout=30).values():
             with contextlib.suppress(KafkaException):
                 fut.result(timeout=30)
-    if checked.source.postgres is not None:
+    if checked.source.cdc is not None:
         config = checked.source.cdc_config()
-        _drop_slot(config.dsn.get_secret_value(), config.slot, config.publication)
+        if isinstance(config, PostgresCDCConfig):
+            _drop_slot(config.dsn.get_secret_value(), config.slot, config.publication)
         # forget the source's state record: a new source of this name starts afresh
         producer = Producer(kafka_config(config.kafka.bootstrap_servers))
         producer.produce(config.state_topic, None, config.source_name.encode())

@@ -79,9 +79,10 @@ def test_a_dry_run_shows_outputs_and_dead_letters(api: ApiProcess) -> None:
 def test_catalogs_list_every_kind_with_its_schema(api: ApiProcess) -> None:
     connectors = api.call("GET", "/api/v1/connectors").json["items"]
     assert [(c["kind"], c["role"]) for c in connectors] == [
-        ("kafka", "source"), ("postgres", "source"), ("kafka", "sink"), ("postgres", "sink"),
+        ("kafka", "source"), ("postgres", "source"), ("mysql", "source"), ("kafka", "sink"),
+        ("postgres", "sink"),
         ("mongodb", "sink"), ("objectstore", "sink")]
-    pg_sink = connectors[3]["json_schema"]
+    pg_sink = connectors[4]["json_schema"]
     assert {"table", "key"} <= set(pg_sink["required"]) and "dsn" in pg_sink["properties"]
     assert "topic_prefix" in connectors[1]["json_schema"]["required"]
     transforms = api.call("GET", "/api/v1/transformations").json["items"]

@@ -1,0 +1,1 @@
+"""MySQL/MariaDB: the binlog CDC source; used through ``connectors``."""
