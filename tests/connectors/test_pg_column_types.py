@@ -64,3 +64,19 @@ def test_declared_types_decode_debezium_encodings(fresh_db: str) -> None:
                         dt.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=dt.UTC))
     assert two[6:14] == (dt.timedelta(days=428, seconds=14706, microseconds=789000), b"",
                          [4, 5], [], Decimal("1.25"), {"b": None}, None, 8)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("have", "want", "wider"), [
+    ("smallint", "integer", True), ("integer", "bigint", True), ("bigint", "integer", False),
+    ("real", "double precision", True), ("double precision", "real", False),
+    ("numeric(10,2)", "numeric(12,2)", True), ("numeric(10,2)", "numeric(12,4)", True),
+    ("numeric(10,2)", "numeric(10,3)", False), ("numeric(10,2)", "numeric", True),
+    ("numeric", "numeric(10,2)", False), ("text", "integer", False), ("integer", "integer", False),
+])
+def test_only_a_widening_is_applied_to_a_column(have: str, want: str, wider: bool) -> None:
+    """A source column widened (``integer`` -> ``bigint``, more numeric digits) widens the
+    target's; a narrowing or a change of kind is left to the row errors it causes."""
+    from connectors.postgres._sink import widens
+
+    assert widens(have, want) is wider

@@ -5,19 +5,21 @@ Postgres loader reading those topics while the table's schema changes under it."
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import socket
 import threading
 import time
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 
@@ -321,3 +323,66 @@ def test_registry_unreachable_source_waits_and_drops_nothing(
         assert replay.ops["r"] == 20 and replay.ops["c"] == 1
     finally:
         replay.close()
+
+
+def test_loader_reads_the_reference_serializer_and_waits_for_the_registry(
+        fresh_db: str, kafka_bootstrap: str, registry_url: str, make_topic: Any) -> None:
+    """Records written by confluent-kafka's ``AvroSerializer`` (Avro logical types of a
+    producer that is not Debezium) load into typed columns; while the registry does not
+    answer the loader waits, writes and commits nothing, and does not fail."""
+    topic = make_topic("avro-in")
+    schema = {"type": "record", "name": "Order", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3}},
+        {"name": "at", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}], "default": None},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "note", "type": ["null", "string"], "default": None}]}
+    client = SchemaRegistryClient({"url": registry_url})
+    ser = AvroSerializer(client, json.dumps(schema))
+    key_ser = AvroSerializer(client, json.dumps({"type": "record", "name": "OrderKey", "namespace": "shop",
+                                                "fields": [{"name": "id", "type": "long"}]}))
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    rows = [{"id": 1, "price": Decimal("-12.345"), "at": datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+             "day": date(1999, 12, 31), "note": "héllo ✓"},
+            {"id": 2, "price": Decimal("0.001"), "at": None, "day": date(1970, 1, 1), "note": None}]
+    for r in rows:
+        p.produce(topic, ser(r, SerializationContext(topic, MessageField.VALUE)),
+                  key_ser({"id": r["id"]}, SerializationContext(topic, MessageField.KEY)))
+    p.flush(30)
+    proxy = _Forwarder(registry_url)
+    settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
+                              group_id=f"load-{topic}", format="avro", schema_registry_url=proxy.url,
+                              flush_interval=0.2)
+    loader = Loader(settings, PostgresSink(PostgresSinkSettings(dsn=SecretStr(fresh_db),
+                                                                table="replica")))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run(loader, stop, errors), daemon=True)
+    thread.start()
+    try:
+        registry = loader.mapper.avro_schema.__self__  # type: ignore[union-attr]
+        wait_for(lambda: registry.waits >= 3, 60, "the loader to wait for the registry")
+        assert loader.written == 0 and not errors and loader.state.value == "running"
+        proxy.open()
+        wait_for(lambda: loader.written == 2, 60, "the loader to write both rows")
+        with psycopg.connect(fresh_db) as conn:
+            got = conn.execute("SELECT id, price, at, day, note FROM replica ORDER BY id").fetchall()
+            types = dict(conn.execute(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'replica'::regclass AND attnum > 0").fetchall())
+        assert got == [(1, Decimal("-12.345"), datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+                        date(1999, 12, 31), "héllo ✓"), (2, Decimal("0.001"), None, date(1970, 1, 1), None)]
+        assert (types["price"], types["at"], types["day"]) == (
+            "numeric(12,3)", "timestamp with time zone", "date")
+    finally:
+        stop.set()
+        thread.join(60)
+        proxy.close()
+    assert not errors
+
+
+def _run(loader: Loader, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        loader.run(stop)
+    except BaseException as exc:  # handed to the test thread
+        errors.append(exc)
