@@ -296,9 +296,9 @@ class Pipeline:
         self.app = app
         self.partitions = partitions
         self.chain = chain if chain is not None else compile_chain(spec)
-        registry = registry_for(spec)
-        self.decoder: Decoder = decoder_for(spec, registry=registry)
-        self.encode = encoder_for(spec, self.chain, registry)
+        schemas = registry_for(spec)  # the schema registry of Avro specs (None: no Avro)
+        self.decoder: Decoder = decoder_for(spec, registry=schemas)
+        self.encode = encoder_for(spec, self.chain, schemas)
         self.stages: list[Stage] = []
         self.chain_only = not (spec.stateful or spec.stateful_rules)
         self.encode_row = orjson.dumps
@@ -655,7 +655,7 @@ def dry_run(spec: PipelineSpec, messages: Sequence[Sequence[Any]],
     records = []
     for ev in events:
         try:
-            records.append(encode_event(ev, spec.output_topic))
+            records.append(pipeline.encode(ev, spec.output_topic))
         except SerdeError as exc:
             dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
     return records, dead
