@@ -1,5 +1,6 @@
 """Faust agents: transform chain, stateful operators, quality checks, loaders."""
 
+from agents._avro import AvroEncoder
 from agents._chain import Chain
 from agents._decode import (
     BadMessage,
@@ -76,6 +77,7 @@ from agents._transforms import (
 )
 
 __all__ = [
+    "AvroEncoder",
     "CAST_TYPES",
     "FUNCTIONS",
     "TYPE_NAMES",

@@ -15,7 +15,7 @@ in cache; on this machine that measured ~2x faster for the W1 chain (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any
 
 from agents._decode import BadMessage, Decoder, encode_event
@@ -146,21 +146,26 @@ class Chain:
 
     def run(
         self, messages: Iterable[Sequence[Any]], decoder: Decoder, default_topic: str,
+        encode: Callable[[Event, str], Record] = encode_event,
     ) -> tuple[list[Record], list[DeadLetter]]:
         """Decode, process, re-key and encode each message in one pass (for pipelines
         without stateful operators or rules): ``(topic, key, value)`` records for the
         producer and the dead letters (decode failures included) for the DLQ."""
         if self.stateful or self.stateful_rules:
             raise ValueError("Chain.run is for pipelines without stateful operators or rules")
-        records, dead = self._drive(messages, decoder, default_topic)
+        records, dead = self._drive(messages, decoder, default_topic, encode)
         return records, dead
 
     def _drive(
         self, messages: Iterable[Sequence[Any]], decoder: Decoder, topic: str | None,
+        encode: Callable[[Event, str], Record] = encode_event,
     ) -> tuple[list[Any], list[DeadLetter]]:
         """The one per-message loop behind :meth:`ingest` (``topic`` None: keep events)
         and :meth:`run` (encode to ``topic``)."""
         key_fn = self.output_key.fn if self.output_key is not None and topic else None
+        if decoder.schema_lookup is not None:  # every registry lookup before any record
+            messages = messages if isinstance(messages, list) else list(messages)
+            decoder.prefetch(messages)
         out: list[Any] = []
         dead: list[DeadLetter] = []
         one, decode, append = self._one, decoder.decode_message, out.append
@@ -190,7 +195,7 @@ class Chain:
                     dead.append(DeadLetter(ev, "sink:key", self._key_error(exc)))
                     continue
             try:
-                append(encode_event(ev, topic))
+                append(encode(ev, topic))
             except SerdeError as exc:   # e.g. nested deeper than JSON is written
                 dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
         decoder.decoded += n - bad

@@ -3,8 +3,10 @@
 Decoding never raises for bad data: bytes that are not JSON, a JSON value that is not an
 object, an Avro message without the Confluent magic byte or with an unknown schema id
 become ``DeadLetter(stage="decode")`` with the reason, and the batch goes on. Only a
-schema lookup that fails for another reason (the registry is down) raises ``SerdeError``,
-because that is not the record's fault and the batch should be retried.
+schema lookup that fails for another reason (the registry is down) raises
+``RegistryUnavailable``, because that is not the record's fault and the batch should be
+retried; :meth:`Decoder.prefetch` does every lookup of a batch before any record of it
+is processed, so the retry repeats nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ import fastavro
 import orjson
 
 from agents._event import DeadLetter, Event
-from agents._transforms import describe
-from schemas import SerdeError, inferred_schema, row_schema, unscaled_int
+from agents._transforms import Reject, describe
+from schemas import (
+    RegistryUnavailable,
+    SerdeError,
+    inferred_schema,
+    row_schema,
+    unscaled_int,
+    wire_schema_id,
+)
 
 Format = Literal["debezium", "json", "avro"]
 KeyFormat = Literal["auto", "json", "string", "bytes", "avro"]
@@ -58,8 +67,8 @@ class BadMessage(Exception):
         self.dead = dead
 
 
-class _UnknownSchema(Exception):
-    pass
+class _UnknownSchema(Reject):
+    """An id the registry does not know (or a schema that does not parse): the reason."""
 
 
 class Decoder:
@@ -83,6 +92,7 @@ class Decoder:
         self.key_format = key_format
         self.schema_lookup = schema_lookup
         self._schemas: dict[int, Any] = {}
+        self._unknown: dict[int, str] = {}  # ids the last prefetch did not find
         self._json_keys = key_format in ("auto", "json")
         self._is_avro = fmt == "avro"
         self.decoded = 0
@@ -92,10 +102,12 @@ class Decoder:
 
     def _avro(self, data: bytes) -> Any:
         if len(data) < 5 or data[0] != 0:
-            raise ValueError("not Confluent Avro wire format (expected magic byte 0 + schema id)")
+            raise Reject("not Confluent Avro wire format (expected magic byte 0 + schema id)")
         (schema_id,) = struct.unpack_from(">I", data, 1)
         schema = self._schemas.get(schema_id)
         if schema is None:
+            if schema_id in self._unknown:
+                raise _UnknownSchema(self._unknown[schema_id])
             schema = self._schemas[schema_id] = self._load_schema(schema_id)
         return fastavro.schemaless_reader(io.BytesIO(data[5:]), schema, None)
 
@@ -105,14 +117,36 @@ class Decoder:
             raw = self.schema_lookup(schema_id)
         except LookupError as exc:
             raise _UnknownSchema(f"unknown Avro schema id {schema_id}") from exc
-        except Exception as exc:
-            raise SerdeError(f"schema lookup for id {schema_id} failed: {describe(exc)}") from exc
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not the record's fault: retry the batch
+            raise RegistryUnavailable(f"schema lookup for id {schema_id} failed: "
+                                      f"{describe(exc)}") from exc
         if raw is None:
             raise _UnknownSchema(f"unknown Avro schema id {schema_id}")
         try:
             return fastavro.parse_schema(orjson.loads(raw) if isinstance(raw, str | bytes) else raw)
         except Exception as exc:  # noqa: BLE001 - a broken registered schema is the record's problem
             raise _UnknownSchema(f"Avro schema id {schema_id} does not parse: {describe(exc)}") from exc
+
+    def prefetch(self, messages: Iterable[Sequence[Any]]) -> None:
+        """Look up the writer schemas of a batch's Avro values (and keys) not cached yet.
+
+        Raises ``RegistryUnavailable`` before anything of the batch is done; an unknown id
+        is remembered as such and its records become dead letters when decoded.
+        """
+        if not self._is_avro and self.key_format != "avro":
+            return
+        cached = self._schemas
+        self._unknown.clear()  # asked again in the next batch
+        for m in messages:
+            for data, avro in ((m[1], self._is_avro), (m[0], self.key_format == "avro")):
+                sid = wire_schema_id(data) if avro else None
+                if sid is not None and sid not in cached:
+                    try:
+                        cached[sid] = self._load_schema(sid)
+                    except _UnknownSchema as exc:
+                        self._unknown[sid] = str(exc)
 
     def _key(self, data: bytes) -> Any:
         kf = self.key_format
@@ -154,7 +188,7 @@ class Decoder:
                 if value.__class__ is not dict:
                     raise ValueError(f"expected a record (JSON object), got "
                                      f"{type(value).__name__}")
-        except SerdeError:
+        except (SerdeError, RegistryUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
             ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None,

@@ -39,7 +39,7 @@ from faust.types.auth import CredentialsT
 from agents._offsets import ack_range, next_offset
 from agents._seam import missing
 from connectors import KafkaSecurity, kafka_config
-from schemas import ConfigError, SinkError
+from schemas import ConfigError, RegistryUnavailable, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -552,15 +552,31 @@ class BatchConsumer(faust_aiokafka.Consumer):
             batch = [rec for rec in batch if rec.offset >= r_offset]
             if not batch:
                 return
-        if app.in_transaction:
-            if not await self._deliver_batch_in_transaction(tp, batch, handler, r_offset,
-                                                            epoch):
-                return
-        else:
-            outbox = Outbox()
-            handler(tp, batch, outbox)
-            app.fast_producer.produce_all(outbox)
-            self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+        waited = 0.0
+        while True:
+            try:
+                if app.in_transaction:
+                    if not await self._deliver_batch_in_transaction(tp, batch, handler,
+                                                                    r_offset, epoch):
+                        return
+                else:
+                    outbox = Outbox()
+                    handler(tp, batch, outbox)
+                    app.fast_producer.produce_all(outbox)
+                    self._ack_range(tp, batch[0].offset, batch[-1].offset, r_offset)
+                break
+            except RegistryUnavailable as exc:
+                # the handler raises before it sends anything: wait (backpressure: no
+                # batch after this one runs meanwhile) and run the same batch again
+                if waited == 0.0 or waited >= 60.0:
+                    self.log.warning("%s: batch at %s:%s waits: %s", tp, tp.topic,
+                                     batch[0].offset, exc)
+                    waited = 0.0
+                delay = min(exc.retry_after, 5.0)
+                await asyncio.sleep(delay)
+                waited += delay
+                if not self.flow_active or epoch != self._epoch():
+                    return  # a rebalance: the seek reads the batch again
         read_offset[tp] = batch[-1].offset
         commit_every = self._commit_every
         if commit_every is not None and self._n_acked >= commit_every:

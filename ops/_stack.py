@@ -880,8 +880,9 @@ class SchemaRegistry(Service):
     env_var = "DATAFLOW_SCHEMA_REGISTRY_URL"
 
     def __init__(self, home: Path, state: StackState, *, storage: str = "postgres",
-                 heap_mb: int = 512) -> None:
+                 pg_dsn: str | None = None, heap_mb: int = 512) -> None:
         super().__init__(home, state)
+        self.pg_dsn = pg_dsn
         if storage not in ("postgres", "memory"):
             raise StackError(f"registry storage: expected postgres|memory, got {storage!r}")
         self.storage = storage
@@ -912,7 +913,9 @@ class SchemaRegistry(Service):
         return app
 
     def _pg_dsn(self) -> str:
-        """The stack's Postgres (or the external one ``DATAFLOW_PG_DSN`` names)."""
+        """The given DSN, else the stack's Postgres (or the one ``DATAFLOW_PG_DSN`` names)."""
+        if self.pg_dsn:
+            return self.pg_dsn
         pg = Postgres(self.home, self.state)
         return pg.external or pg.env()[pg.env_var]
 

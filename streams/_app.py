@@ -54,12 +54,11 @@ from agents import (
     compile_expr,
     dlq_record,
     dlq_records,
-    encode_event,
     group_value,
 )
 from connectors import KafkaSecurity, StageMetrics, check_access, kafka_config
 from schemas import ConfigError, SerdeError, env_values
-from streams._compile import compile_chain, decoder_for
+from streams._compile import compile_chain, decoder_for, encoder_for, registry_for
 from streams._metrics import serve_metrics
 from streams._spec import (
     DedupSpec,
@@ -222,9 +221,10 @@ class Stage:
         out_topic = p.spec.output_topic
         plain = outbox.plain
         before = len(plain)
+        encode = p.encode
         for ev in events:
             try:
-                plain.append(encode_event(ev, out_topic))
+                plain.append(encode(ev, out_topic))
             except SerdeError as exc:  # e.g. over DATAFLOW_MAX_RECORD_BYTES
                 dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
         p.metrics.sent(len(plain) - before)
@@ -252,7 +252,7 @@ class Stage:
             msgs = [(r.key, r.value, topic, partition, r.offset, r.timestamp, r.headers)
                     for r in records]
             if p.chain_only:
-                out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic)
+                out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic, p.encode)
                 outbox.plain.extend(out)
                 p.metrics.sent(len(out))
                 p.metrics.steps(p.chain.stage_counts())
@@ -296,7 +296,9 @@ class Pipeline:
         self.app = app
         self.partitions = partitions
         self.chain = chain if chain is not None else compile_chain(spec)
-        self.decoder: Decoder = decoder_for(spec)
+        schemas = registry_for(spec)  # the schema registry of Avro specs (None: no Avro)
+        self.decoder: Decoder = decoder_for(spec, registry=schemas)
+        self.encode = encoder_for(spec, self.chain, schemas)
         self.stages: list[Stage] = []
         self.chain_only = not (spec.stateful or spec.stateful_rules)
         self.encode_row = orjson.dumps
@@ -653,7 +655,7 @@ def dry_run(spec: PipelineSpec, messages: Sequence[Sequence[Any]],
     records = []
     for ev in events:
         try:
-            records.append(encode_event(ev, spec.output_topic))
+            records.append(pipeline.encode(ev, spec.output_topic))
         except SerdeError as exc:
             dead.append(DeadLetter(ev, "sink:kafka", str(exc)))
     return records, dead

@@ -7,18 +7,21 @@ Expressions are compiled here once per pipeline; the runtime decodes batches wit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from agents import (
     AllowedRule,
+    AvroEncoder,
     AvroSchemaRule,
     Cast,
     Chain,
     Compute,
     Decoder,
     Drop,
+    Event,
     ExprRule,
     Filter,
     Flatten,
@@ -38,8 +41,9 @@ from agents import (
     TypeRule,
     Unwrap,
     compile_expr,
+    encode_event,
 )
-from schemas import ConfigError
+from schemas import ConfigError, SchemaRegistry
 from streams._spec import (
     AllowedRuleSpec,
     CastSpec,
@@ -147,6 +151,36 @@ def compile_chain(
                  rules_after=after)
 
 
-def decoder_for(spec: PipelineSpec, schema_lookup: Any = None) -> Decoder:
-    """The batch decoder for the spec's source format."""
+def registry_for(spec: PipelineSpec) -> SchemaRegistry | None:
+    """The schema registry of a spec that reads or writes Avro: ``source.schema_registry_url``
+    or ``DATAFLOW_SCHEMA_REGISTRY_URL`` (``dataflow stack env``); None without Avro."""
+    if not spec.uses_avro:
+        return None
+    url = spec.source.schema_registry_url or os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL")
+    if not url:
+        raise ConfigError("Avro needs a schema registry: set source.schema_registry_url or "
+                          "DATAFLOW_SCHEMA_REGISTRY_URL (dataflow stack env exports it)")
+    return SchemaRegistry(url)
+
+
+def decoder_for(spec: PipelineSpec, schema_lookup: Any = None,
+                registry: SchemaRegistry | None = None) -> Decoder:
+    """The batch decoder for the spec's source format (Avro: writer schemas by id from
+    ``registry``, default :func:`registry_for`)."""
+    avro = spec.source.format == "avro" or spec.source.key_format == "avro"
+    if schema_lookup is None and avro:
+        registry = registry or registry_for(spec)
+        assert registry is not None
+        schema_lookup = registry.lookup
     return Decoder(spec.source.format, spec.source.key_format, schema_lookup)
+
+
+def encoder_for(spec: PipelineSpec, chain: Chain,
+                registry: SchemaRegistry | None = None) -> Callable[[Event, str], Any]:
+    """``encode(event, topic)`` of the Kafka sink's format: JSON, or Avro registered under
+    ``<topic>-value`` with the schema the chain's transforms give."""
+    if spec.sinks.kafka.format != "avro":
+        return encode_event
+    registry = registry or registry_for(spec)
+    assert registry is not None
+    return AvroEncoder(registry, chain.transforms, spec.source.format == "avro").encode

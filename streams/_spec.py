@@ -144,7 +144,7 @@ def _pipeline_name(name: str) -> str:
 Topic = Annotated[str, AfterValidator(_topic)]
 FieldName = Annotated[str, Field(min_length=1)]
 Fields = Annotated[tuple[FieldName, ...], Field(min_length=1)]
-_AVRO = "Avro is not supported yet (issue 15)"
+_AVRO = "a table topic in Avro is not supported yet (issue 15)"
 
 
 def _not_avro(value: Any) -> Any:
@@ -154,8 +154,11 @@ def _not_avro(value: Any) -> Any:
     return value
 
 
+#: a table topic's format (joins, referential rules): read without a registry
 Format = Annotated[Literal["debezium", "json"], BeforeValidator(_not_avro)]
-KeyFormat = Annotated[Literal["auto", "json", "string", "bytes"], BeforeValidator(_not_avro)]
+#: the source's format: Avro in the Confluent wire format, schemas from the registry
+SourceFormat = Literal["debezium", "json", "avro"]
+KeyFormat = Literal["auto", "json", "string", "bytes", "avro"]
 Action = Literal["drop", "quarantine", "warn"]
 
 
@@ -186,11 +189,12 @@ class SourceSpec(_Model):
     type: Literal["kafka", "postgres", "mysql"] = "kafka"
     topics: tuple[Topic, ...] | None = None
     pattern: str | None = None
-    format: Format = "debezium"
+    format: SourceFormat = "debezium"
     key_format: KeyFormat = "auto"
     #: the row's field names (after unwrap): turns on the "unknown name" checks
     fields: tuple[FieldName, ...] | None = None
-    #: refused: only Avro would use a schema registry (issue 15)
+    #: the Confluent-compatible registry of Avro sources and sinks (default
+    #: ``DATAFLOW_SCHEMA_REGISTRY_URL``)
     schema_registry_url: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
     #: ``type: postgres``: the CDC settings, written flat in the document beside the keys above
@@ -227,8 +231,6 @@ class SourceSpec(_Model):
         if self.pattern is not None:  # the worker plans its stages over a fixed topic list
             raise _FieldError("pattern", "a regex subscription is not supported yet: list the "
                                          "topics in 'topics'")
-        if self.schema_registry_url is not None:
-            raise _FieldError("schema_registry_url", f"{_AVRO}; nothing else reads a registry")
         if self.type != "kafka":
             return self._cdc_topics()
         if self.topics is None:
@@ -652,13 +654,15 @@ StatefulSpec = Annotated[Union[WindowSpec, JoinSpec, DedupSpec], Field(discrimin
 
 
 class KafkaSinkSpec(_Model):
-    """The pipeline's output topic (default ``dataflow.<name>.out``), JSON values.
+    """The pipeline's output topic (default ``dataflow.<name>.out``), JSON or Avro values
+    (Confluent wire format, registered under ``<topic>-value``).
 
     ``key`` re-keys outputs by an expression; without it an output keeps its event key.
     """
 
     topic: Topic | None = None
     key: ExprText | None = None
+    format: Literal["json", "avro"] = "json"
 
 
 class _LoaderSpec(_Model):
@@ -815,6 +819,33 @@ class PipelineSpec(_Model):
         elif data["source"]["type"] == "kafka":
             del data["source"]["type"]
         return dict(plain(data))
+
+    @model_validator(mode="after")
+    def _avro(self) -> PipelineSpec:
+        """Avro outputs take their schema from the writer schema and the transforms: only
+        where those say what every output field is."""
+        if self.source.schema_registry_url is not None and not self.uses_avro:
+            raise _FieldError("source.schema_registry_url", "only Avro sources and sinks read "
+                                                            "a registry (format: avro)")
+        if self.sinks.kafka.format != "avro":
+            return self
+        why = None
+        if self.source.format == "debezium":
+            why = "a debezium source (its change events are envelopes, not rows)"
+        elif self.stateful or self.stateful_rules:
+            why = "stateful operators or rules (their outputs have no derived schema yet)"
+        else:
+            shaped = [t.type for t in self.transforms if t.type in ("unwrap", "flatten")]
+            if shaped:
+                why = f"a {shaped[0]} transform (its output fields have no derived schema yet)"
+        if why is not None:
+            raise _FieldError("sinks.kafka.format", f"avro is not supported with {why}")
+        return self
+
+    @property
+    def uses_avro(self) -> bool:
+        """True when the pipeline reads or writes Avro (it needs a schema registry)."""
+        return "avro" in (self.source.format, self.source.key_format, self.sinks.kafka.format)
 
     @property
     def output_topic(self) -> str:

@@ -53,6 +53,13 @@ def pg_dsn(services: ServiceEnv) -> str:
     return services.pg_dsn
 
 
+@pytest.fixture(scope="session")
+def schema_registry_url(services: ServiceEnv) -> str:
+    """The stack's Confluent-compatible registry (Apicurio), or the one
+    ``DATAFLOW_SCHEMA_REGISTRY_URL`` names."""
+    return services.extra["DATAFLOW_SCHEMA_REGISTRY_URL"]
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic, group, slot and database names."""

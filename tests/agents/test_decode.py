@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from agents import Chain, Decoder, Event, RawMessage, Unwrap, encode_outputs
-from schemas import SerdeError
+from schemas import RegistryUnavailable, SerdeError
 from tests.agents import debezium_samples as dz
 
 pytestmark = pytest.mark.unit
@@ -116,11 +116,11 @@ def test_avro_confluent_wire_format() -> None:
     assert lookups.count(1) == 1  # parsed schemas are cached per id
 
 
-def test_avro_registry_outage_raises_instead_of_dead_lettering() -> None:
+def test_avro_registry_outage_raises_a_retry_instead_of_dead_lettering() -> None:
     def down(_: int) -> Any:
         raise ConnectionError("registry down")
 
-    with pytest.raises(SerdeError, match="registry down"):
+    with pytest.raises(RegistryUnavailable, match="registry down"):
         Decoder("avro", schema_lookup=down).decode([(None, confluent_avro(1, {"id": 1, "amount": 1.0}),
                                                      "t", 0, 0, 0)])
     with pytest.raises(SerdeError):
