@@ -27,6 +27,9 @@ def main(argv: Sequence[str]) -> None:
         broker=f"kafka://{bootstrap}", web_enabled=False, datadir=datadir, store="memory://",
         processing_guarantee=guarantee, consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.5, topic_partitions=2, topic_replication_factor=1,
+        # the SIGKILLed worker's partitions move to the restarted one after 10 s (as with
+        # `dataflow worker`), not after Faust's default 60 s session timeout
+        broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
     )
     if mode == "batch":
         app = BatchApp(app_id, broker_max_poll_records=1000, **conf)

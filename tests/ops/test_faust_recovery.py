@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ def _last(bootstrap: str, topic: str) -> dict[str, int]:
 
 def _run(mode: str, guarantee: str, bootstrap: str, make_topic: Any, unique: str,
          tmp_path: Path, n: int) -> None:
+    """Feed ``n`` events, SIGKILL the worker mid-stream, restart it, check the counts."""
     src, out = make_topic("cnt-in", partitions=2), make_topic("cnt-out", partitions=2)
     truth = Counter(f"k{i % KEYS}" for i in range(n))
     app_id = f"count-{mode}-{unique}"
@@ -63,13 +67,30 @@ def _run(mode: str, guarantee: str, bootstrap: str, make_topic: Any, unique: str
         assert all(counts[k] >= truth[k] for k in truth), "a count fell below the truth"
 
 
+CASES = [("batch", "exactly_once"), ("batch", "at_least_once")]
+
+
+@pytest.fixture(scope="module")
+def recoveries(request: pytest.FixtureRequest, kafka_bootstrap: str, module_topics: Any,
+               tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[dict[tuple[str, str], Future[None]]]:
+    """The runs of the selected cases, started together: (mode, guarantee) -> its run."""
+    selected = {(c.params["mode"], c.params["guarantee"]) for i in request.session.items
+                if getattr(i, "module", None) is request.module
+                and (c := getattr(i, "callspec", None)) is not None}
+    with ThreadPoolExecutor(max_workers=len(CASES)) as pool:
+        yield {(mode, guarantee): pool.submit(
+                   _run, mode, guarantee, kafka_bootstrap, module_topics, uuid.uuid4().hex[:10],
+                   tmp_path_factory.mktemp(f"{mode}-{guarantee}"),
+                   N if mode == "batch" else 10_000)
+               for mode, guarantee in CASES if (mode, guarantee) in selected}
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(("mode", "guarantee"), [
-    ("batch", "exactly_once"), ("batch", "at_least_once")])
+@pytest.mark.parametrize(("mode", "guarantee"), CASES)
 def test_table_recovers_after_sigkill(
-        mode: str, guarantee: str, kafka_bootstrap: str, make_topic: Any, unique: str,
-        tmp_path: Path) -> None:
+        mode: str, guarantee: str, recoveries: dict[tuple[str, str], Future[None]]) -> None:
     """The DataFlow batch runtime, on the 50,000 events of the acceptance point.
 
     ``tests.ops.faust_count_app plain`` (a classic Faust agent, ``table[key] += 1`` per
@@ -82,5 +103,4 @@ def test_table_recovers_after_sigkill(
     run here counted one key 201 times out of 200 after the SIGKILL. The batch runtime
     sends everything of a batch in its *source* partition's transaction.
     """
-    _run(mode, guarantee, kafka_bootstrap, make_topic, unique, tmp_path,
-         N if mode == "batch" else 10_000)
+    recoveries[(mode, guarantee)].result()
