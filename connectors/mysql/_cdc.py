@@ -366,8 +366,7 @@ class MySQLCDCSource:
             for n_done, table in enumerate(tables):
                 table.columns = self._catalog_columns(conn, table.db, table.name)
                 cols = table.columns
-                names = [c.name for c in cols]
-                sel = ", ".join(f"`{c}`" for c in names)
+                sel = ", ".join(c.select for c in cols)
                 rows = 0
                 with conn.cursor() as cur:
                     cur.execute(f"SELECT {sel} FROM `{table.db}`.`{table.name}`")

@@ -39,12 +39,13 @@ import datetime as dt
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _F32 = struct.Struct("<f")
+_WIDE = Context(prec=130)  # DECIMAL(65, 30): the default 28 digits would not hold it
 
 #: data types as ``information_schema.COLUMNS.DATA_TYPE`` names them
 _INTS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
@@ -79,6 +80,13 @@ class Column:
     decimal_mode: str = "string"
     fixed: bool = False  # BINARY(n) (padded), not VARBINARY
 
+    @property
+    def select(self) -> str:
+        """How the snapshot selects the column: FLOAT widened to DOUBLE exactly, since the
+        server prints a FLOAT with 6 digits only (89875.125 -> 89875.1)."""
+        name = "`" + self.name.replace("`", "``") + "`"
+        return f"CAST({name} AS DOUBLE)" if self.kind == "float" else name
+
     def convert(self, v: Any, empty_set: bool = False) -> Any:
         """The JSON value of ``v`` (a PyMySQL or a mysql-replication value)."""
         if v is None:
@@ -106,11 +114,11 @@ def _double(c: Column, v: Any) -> Any:
 
 
 def _decimal(c: Column, v: Any) -> Any:
-    d = Decimal(v).quantize(Decimal(1).scaleb(-c.scale)) if c.scale >= 0 else Decimal(v)
+    d = Decimal(v).quantize(Decimal(1).scaleb(-c.scale), context=_WIDE)
     if c.decimal_mode == "double":
         return float(d)
     if c.decimal_mode == "precise":
-        unscaled = int(d.scaleb(c.scale))
+        unscaled = int(d.scaleb(c.scale, context=_WIDE))
         n = unscaled.bit_length() // 8 + 1
         return base64.b64encode(unscaled.to_bytes(n, "big", signed=True)).decode()
     return format(d, "f")

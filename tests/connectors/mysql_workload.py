@@ -148,10 +148,12 @@ def _insert(cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
 
 
 def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
-                 add_column_at: int | None = None) -> int:
+                 add_column_at: int | None = None, pause: float = 0.0) -> int:
     """About ``n_changes`` row changes in small transactions: inserts, updates of random
-    columns, deletes, primary-key changes; one ``big_txn_rows`` insert transaction; the
-    column ``ADDED`` added after ``add_column_at`` changes. Returns the changes made."""
+    columns, deletes, primary-key changes; half-way one ``big_txn_rows`` insert transaction
+    besides; the column ``ADDED`` added after ``add_column_at`` changes. Returns the row
+    changes made (the big transaction's included). ``pause``: seconds slept after each
+    transaction (a workload that lasts while a test kills the source)."""
     g = Gen(seed)
     conn = connect(dsn)
     cur = conn.cursor()
@@ -168,7 +170,6 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
             cur.execute("BEGIN")
             _insert(cur, "cdc_all", [g.all_row() for _ in range(big_txn_rows)])
             cur.execute("COMMIT")
-            made += big_txn_rows
             big_at = -1
             continue
         cur.execute("BEGIN")
@@ -207,8 +208,10 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
                 cur.execute(f"DELETE FROM `{table}` WHERE {where}", hit)
             made += cur.rowcount
         cur.execute("COMMIT")
+        if pause:
+            time.sleep(pause)
     conn.close()
-    return made
+    return made + (big_txn_rows if big_at < 0 else 0)
 
 
 _EXPR = {

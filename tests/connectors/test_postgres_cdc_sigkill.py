@@ -26,17 +26,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class SourceProcess:
-    """One `dataflow source run` subprocess at a time, in its own process group."""
+    """One `dataflow source run` subprocess at a time, in its own process group; streaming
+    once its log has ``marker`` once per start."""
 
-    def __init__(self, cfg: Path, log: Path) -> None:
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: Path, log: Path, marker: str = "streaming slot") -> None:
+        self.cfg, self.log, self.marker = cfg, log, marker
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *args: str) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["timeout", "-s", "KILL", "900", sys.executable, "-m", "ops", "source", "run", str(self.cfg)],
+                ["timeout", "-s", "KILL", "900", sys.executable, "-m", "ops", "source", "run", *args,
+                 str(self.cfg)],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.starts += 1
@@ -45,7 +47,7 @@ class SourceProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"source exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        return self.log.read_text(errors="replace").count("streaming slot") >= self.starts
+        return self.log.read_text(errors="replace").count(self.marker) >= self.starts
 
     def signal(self, sig: int) -> int:
         assert self.proc is not None
