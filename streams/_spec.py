@@ -6,7 +6,7 @@ fields, every field an expression or rule reads, followed through the transforms
 order. All problems are reported together, each as ``path: what was expected``::
 
     transforms[2].expr: expression 'amout > 0' at col 0: unknown name 'amout' (expected ...)
-    source.format: expected one of debezium|json, got 'xml'
+    source.format: expected one of debezium|json|avro, got 'xml'
 
 Execution order (what the names below refer to): decode -> ``transforms`` in order, with
 the ``quality`` rules after the transform named by ``quality_after`` (default: after the

@@ -164,7 +164,7 @@ def test_every_bad_field_is_named() -> None:
         "schedule",
     ], errors
     text = "\n".join(errors)
-    assert "source.format: expected one of debezium|json, got 'xml'" in errors
+    assert "source.format: expected one of debezium|json|avro, got 'xml'" in errors
     assert "transforms[2].type: unknown type 'bogus' (expected one of unwrap|filter|map|" in text
     assert "transforms[5].colour: unknown field (expected one of name, type, fields)" in errors
     assert "expression 'amount >' at col" in text and "syntax error" in text
