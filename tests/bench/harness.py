@@ -411,11 +411,18 @@ def bench_systems(env: Env, systems: list[System]) -> list[dict[str, Any]]:
     return rows
 
 
+#: rows compared with another baseline than ``raw`` (the same work in a raw loop)
+BASELINES = {"df-w1-avro": "raw-avro"}
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    raw = next((r for r in rows if r["system"] == "raw" and r.get("status") == "ok"), None)
-    if raw is None:
+    ok = {r["system"]: r for r in rows if r.get("status") == "ok"}
+    if "raw" not in ok:
         return
     for row in rows:
+        raw = ok.get(BASELINES.get(row["system"], "raw"))
+        if raw is None:
+            continue
         ratios = {}
         for key in ("events_per_s", "events_per_cpu_s", "rss_mb", "p50_ms", "p99_ms"):
             mine, base = row.get(key), raw.get(key)

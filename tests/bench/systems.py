@@ -8,7 +8,7 @@ rather than showing a figure it did not measure.
 
 from __future__ import annotations
 
-from tests.bench import dataflow
+from tests.bench import avro, dataflow
 from tests.bench.harness import System, peer_command
 
 FAUST_MAX_EVENTS = 50_000  # ~2k events/s: a 50k prefix keeps the run inside its budget
@@ -21,4 +21,5 @@ def systems(faust_max: int = FAUST_MAX_EVENTS, slow_max: int = dataflow.SLOW_MAX
                max_events=faust_max),
         System("quix", "Quix Streams dataframe (apply, filter, to_topic)", peer_command("quix")),
         *dataflow.systems(slow_max),
+        *avro.systems(),
     ]

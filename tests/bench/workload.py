@@ -140,7 +140,11 @@ def w1(envelope: dict[str, Any] | None) -> tuple[int, Any] | None:
     """
     if envelope is None:
         return None
-    row = unwrap(envelope)
+    return w1_row(unwrap(envelope))
+
+
+def w1_row(row: dict[str, Any]) -> tuple[int, Any] | None:
+    """W1 after its unwrap, on one row (edited in place): the filter, total and rules."""
     if row["status"] == "cancelled":
         return None
     total = row["amount"] * row["qty"]
