@@ -27,7 +27,9 @@ from tests.bench.workload import (
     OUT,
     W1_SPEC,
     Expected,
+    Message,
     Workload,
+    _ensure,
     pipeline_spec,
     record_digest,
     unwrap,
@@ -67,10 +69,7 @@ def ensure_avro(env: Env, wl: Workload) -> tuple[str, Outputs]:
     outputs (the DLQ keeps the Avro input row)."""
     if wl.events in _CACHE:
         return _CACHE[wl.events]
-    from confluent_kafka import Producer
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-
-    from tests.bench.kafka import create_topics, delete_topics, end_offsets
 
     topic = f"{wl.topic}.avro"
     url = registry_url()
@@ -85,7 +84,7 @@ def ensure_avro(env: Env, wl: Workload) -> tuple[str, Outputs]:
             continue
         row = unwrap(orjson.loads(msg.value))
         value = _framed(sid, parsed, row)
-        records.append((msg.partition, msg.key, value))
+        records.append(Message(msg.partition, msg.key, value))
         result = w1(orjson.loads(msg.value))
         if result is None:
             continue
@@ -95,25 +94,7 @@ def ensure_avro(env: Env, wl: Workload) -> tuple[str, Outputs]:
         else:
             want.dlq += 1
             want.dlq_sum = (want.dlq_sum + record_digest(msg.key, row)) & MASK64
-    try:
-        have = sum(end_offsets(env.bootstrap, topic).values())
-    except Exception:  # noqa: BLE001 - not there yet
-        have = -1
-    if have != len(records):
-        if have >= 0:
-            delete_topics(env.bootstrap, [topic])
-            time.sleep(2)
-        create_topics(env.bootstrap, [topic])
-        producer = Producer({"bootstrap.servers": env.bootstrap, "linger.ms": 50,
-                             "enable.idempotence": True})
-        for part, key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, value, key, partition=part)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        assert producer.flush(120) == 0
+    _ensure(env.bootstrap, topic, iter(records), len(records))  # the workload's writer
     _CACHE[wl.events] = (topic, want)
     return topic, want
 
