@@ -37,7 +37,9 @@ def test_random_workload_replays_exactly(mysql_db: str, kafka_bootstrap: str, un
     try:
         replay.update()
         assert w.diff_states(replay.state, w.expected(mysql_db)) == ""
-        assert replay.ops["r"] >= 500 and replay.ops["c"] >= 100_000
+        # the snapshot runs under the writes, so a row (even of the big transaction) can be
+        # read by it ("r") or streamed ("c"); exactness is the diff above
+        assert replay.ops["r"] > 0 and replay.ops["r"] + replay.ops["c"] >= 100_500
         assert replay.ops["u"] > 0 and replay.ops["d"] > 0 and replay.ops["tombstone"] == replay.ops["d"]
     finally:
         replay.close()
