@@ -1,5 +1,6 @@
 """DataFlow connectors package."""
 
+from connectors._cdc import KafkaSettings
 from connectors._kafka import KafkaSecurity, check_access, kafka_config
 from connectors._metrics import (
     Metrics,
@@ -15,7 +16,7 @@ from connectors.mysql._cdc import MySQLCDCSource, PositionLost
 from connectors.mysql._config import MySQLCDCConfig
 from connectors.objectstore._sink import ObjectStoreSink, ObjectStoreSinkSettings, open_store
 from connectors.postgres._cdc import PostgresCDCSource, SlotDropped
-from connectors.postgres._config import KafkaSettings, PostgresCDCConfig, check_dsn
+from connectors.postgres._config import PostgresCDCConfig, check_dsn
 from connectors.postgres._sink import PostgresSink, PostgresSinkSettings
 
 __all__: list[str] = [

@@ -20,13 +20,14 @@ the error.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors._metrics import Metrics
+from connectors._retry import Backoff
 from schemas import FieldType, SinkBackpressure, is_unavailable
 
 
@@ -225,21 +226,6 @@ def _fill_unavailable(rec: SinkRecord, earlier: Mapping[str, Any]) -> SinkRecord
     fill = {f: earlier[f] for f, v in value.items()
             if is_unavailable(v) and f in earlier and not is_unavailable(earlier[f])}
     return replace(rec, value={**value, **fill}) if fill else rec
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff for a target that went away: how often and how long to retry."""
-
-    initial: float = 0.2
-    maximum: float = 5.0
-    attempts: int = 6
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial
-        for _ in range(self.attempts):
-            yield delay
-            delay = min(delay * 2, self.maximum)
 
 
 class RetrySettings(BaseModel):

@@ -31,6 +31,19 @@ from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import Any
 
+from schemas._calendar import (  # noqa: F401 - Debezium's calendar, for sources and sinks
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    DAY_US,
+    INT64_MAX,
+    INT64_MIN,
+    TS_INFINITY_MS,
+    TS_NEG_INFINITY_MS,
+    civil_from_days,
+    days_from_civil,
+    infinite,
+    zoned_us,
+)
 from schemas._debezium import UNAVAILABLE_VALUE
 
 DECIMAL = "org.apache.kafka.connect.data.Decimal"
@@ -54,8 +67,6 @@ AVRO_TIMESTAMP_MICROS = "avro.timestamp-micros"
 #: ``column.propagate.source.type``: the source column's own type name
 SOURCE_TYPE = "__debezium.source.column.type"
 
-INT64_MAX = 9_223_372_036_854_775_807
-INT64_MIN = -9_223_372_036_854_775_808
 _UNAVAILABLE_B64 = base64.b64encode(UNAVAILABLE_VALUE.encode()).decode()
 
 

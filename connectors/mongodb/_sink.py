@@ -68,13 +68,6 @@ from connectors._sink import (
     latest_per_key,
     retry_transient,
 )
-from connectors.postgres._types import (
-    DATE_INFINITY,
-    DATE_NEG_INFINITY,
-    days_from_civil,
-    infinite,
-    zoned_us,
-)
 from schemas import FieldType, SinkError, is_unavailable
 from schemas import connect as ct
 
@@ -394,8 +387,8 @@ class MongoSink(BatchingSink):
 
 _DAY_MS = 86_400_000
 #: +/-infinity timestamps: the last and first millisecond of the years 9999 and 1
-_MS_MAX = days_from_civil(9999, 12, 31) * _DAY_MS + _DAY_MS - 1
-_MS_MIN = days_from_civil(1, 1, 1) * _DAY_MS
+_MS_MAX = ct.days_from_civil(9999, 12, 31) * _DAY_MS + _DAY_MS - 1
+_MS_MIN = ct.days_from_civil(1, 1, 1) * _DAY_MS
 
 
 def bson_value(ft: FieldType, value: Any) -> Any:
@@ -406,12 +399,12 @@ def bson_value(ft: FieldType, value: Any) -> Any:
     name = ft.name
     if name == ct.DATE:
         days = ct.int_value(value)
-        if days in (DATE_INFINITY, DATE_NEG_INFINITY):
-            return DatetimeMS(_MS_MAX if days == DATE_INFINITY else _MS_MIN)
+        if days in (ct.DATE_INFINITY, ct.DATE_NEG_INFINITY):
+            return DatetimeMS(_MS_MAX if days == ct.DATE_INFINITY else _MS_MIN)
         return DatetimeMS(days * _DAY_MS)
     if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP, ct.ZONED_TIMESTAMP):
-        n = zoned_us(str(value)) if name == ct.ZONED_TIMESTAMP else ct.int_value(value)
-        if inf := infinite(n, name == ct.TIMESTAMP):
+        n = ct.zoned_us(str(value)) if name == ct.ZONED_TIMESTAMP else ct.int_value(value)
+        if inf := ct.infinite(n, name == ct.TIMESTAMP):
             return DatetimeMS(_MS_MAX if inf > 0 else _MS_MIN)
         return DatetimeMS(n if name == ct.TIMESTAMP else n // 1000)
     if name in (ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):  # an Avro instant

@@ -35,17 +35,18 @@ import orjson
 import pymysql
 import pymysql.cursors
 
-from connectors._kafka import check_access
-from connectors._metrics import Metrics
-from connectors.mysql._config import MySQLCDCConfig
-from connectors.mysql._types import Column, column_from_binlog, column_from_catalog, patch_library
-from connectors.postgres._kafka import (
+from connectors._cdc import (
     AckTracker,
     AckWindow,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
+    StateTopic,
 )
+from connectors._kafka import check_access
+from connectors._metrics import Metrics
+from connectors.mysql._config import MySQLCDCConfig
+from connectors.mysql._types import Column, column_from_binlog, column_from_catalog, patch_library
 from schemas import SourceError, envelope
 
 log = logging.getLogger("dataflow.source.mysql")
@@ -178,8 +179,9 @@ class MySQLCDCSource:
         finally:
             conn.close()
         admin.ensure_topics(topics + [cfg.topic_prefix])
-        admin.ensure_topics([cfg.state_topic], {"cleanup.policy": "compact"}, partitions=1)
-        state = admin.read_state(cfg.state_topic, cfg.source_name)
+        states = StateTopic(cfg.kafka, cfg.state_topic, cfg.source_name)
+        states.ensure(self._stop.is_set)
+        state = states.read()
         producer = EventProducer(cfg.kafka, lambda: None)
         try:
             start = self._plan(state)

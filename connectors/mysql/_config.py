@@ -18,8 +18,8 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from connectors._cdc import KafkaSettings
 from connectors._metrics import env_metrics_host, env_metrics_port
-from connectors.postgres._config import KafkaSettings
 from schemas import ENV_REF, ConfigError, redact, resolve_env
 
 SnapshotMode = Literal["initial", "no_data", "always", "initial_only", "when_needed"]

@@ -42,13 +42,6 @@ from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field, SecretStr
 
 from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
-from connectors.postgres._types import (
-    DATE_INFINITY,
-    DATE_NEG_INFINITY,
-    days_from_civil,
-    infinite,
-    zoned_us,
-)
 from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
 from schemas import connect as ct
 
@@ -288,13 +281,12 @@ def _row(rec: SinkRecord) -> dict[str, Any]:
     return row
 
 
-_DAY_US = 86_400_000_000
 #: +/-infinity timestamps (Debezium's int64 max/min) become the last and first microsecond
 #: of the years 9999 and 1, the range every Parquet reader (and Python) can hold; every
 #: finite value (BC ones too) is stored as it is
-_TS_MAX = days_from_civil(9999, 12, 31) * _DAY_US + _DAY_US - 1
-_TS_MIN = days_from_civil(1, 1, 1) * _DAY_US
-_DAYS_MAX, _DAYS_MIN = days_from_civil(9999, 12, 31), days_from_civil(1, 1, 1)
+_TS_MAX = ct.days_from_civil(9999, 12, 31) * ct.DAY_US + ct.DAY_US - 1
+_TS_MIN = ct.days_from_civil(1, 1, 1) * ct.DAY_US
+_DAYS_MAX, _DAYS_MIN = ct.days_from_civil(9999, 12, 31), ct.days_from_civil(1, 1, 1)
 _ARROW_PRIMITIVE = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
     "float": pa.float32(), "float32": pa.float32(), "double": pa.float64(),
@@ -330,14 +322,14 @@ def _float(v: Any) -> float:
 
 
 def _finite(us: int, ms: bool = False) -> int:
-    inf = infinite(us, ms)
+    inf = ct.infinite(us, ms)
     return _TS_MAX if inf > 0 else _TS_MIN if inf < 0 else us
 
 
 def _days(v: Any) -> int:
     """Days; Debezium's +/-infinity date sentinels as the last / first day of 9999 / 1."""
     n = ct.int_value(v)
-    return _DAYS_MAX if n == DATE_INFINITY else _DAYS_MIN if n == DATE_NEG_INFINITY else n
+    return _DAYS_MAX if n == ct.DATE_INFINITY else _DAYS_MIN if n == ct.DATE_NEG_INFINITY else n
 
 
 def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
@@ -357,12 +349,12 @@ def _arrow_converter(ft: FieldType, at: pa.DataType) -> Callable[[Any], Any]:
         def scaled(v: Any) -> int:
             n = ct.int_value(v)
             if name in (ct.TIMESTAMP, ct.MICRO_TIMESTAMP):
-                return _TS_MAX if (inf := infinite(n, unit == 1000)) > 0 else (
+                return _TS_MAX if (inf := ct.infinite(n, unit == 1000)) > 0 else (
                     _TS_MIN if inf < 0 else n * unit)
             return n * unit
         return scaled
     if name == ct.ZONED_TIMESTAMP:
-        return lambda v: _finite(zoned_us(str(v)))
+        return lambda v: _finite(ct.zoned_us(str(v)))
     if name in (ct.AVRO_TIMESTAMP_MILLIS, ct.AVRO_TIMESTAMP_MICROS):  # an Avro instant
         unit = 1000 if name == ct.AVRO_TIMESTAMP_MILLIS else 1
         return lambda v: ct.int_value(v) * unit

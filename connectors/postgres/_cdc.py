@@ -31,23 +31,28 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import psycopg
 from psycopg import sql
 
-from connectors._kafka import check_access
-from connectors._metrics import Metrics
-from connectors._registry import AvroCodec, Registrar, SchemaRefused, SchemaRegistryUnavailable
-from connectors.postgres._config import PostgresCDCConfig
-from connectors.postgres._kafka import (
+from connectors._cdc import (
+    SIGNAL_PREFIX,
+    WATERMARK_PREFIX,
     AckTracker,
     AckWindow,
+    Chunk,
+    EventCounts,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
+    SourceBase,
+    SourceMetrics,
+    signalled_tables,
 )
+from connectors._registry import AvroCodec, Registrar, SchemaRefused, SchemaRegistryUnavailable
+from connectors.postgres._config import PostgresCDCConfig
 from connectors.postgres._proto import (
     PG_EPOCH_US,
     Relation,
@@ -108,7 +113,7 @@ class _Table:
     columns: list[str] = field(default_factory=list)
     convs: list[Converter] = field(default_factory=list)
     key_idx: list[int] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)  # events by op, not yet in metrics
+    events: EventCounts = field(init=False)  # events by op, not yet in metrics
     # Connect schemas (JSON) when ``json_schemas`` is on: keys/values become {schema, payload}
     key_schema: bytes | None = None
     value_schema: bytes | None = None
@@ -128,9 +133,9 @@ class _Table:
             return key, value
         return with_schema(self.key_schema, key), with_schema(self.value_schema, value)
 
-    def count(self, op: str) -> None:
-        c = self.counts
-        c[op] = c.get(op, 0) + 1
+    def __post_init__(self) -> None:
+        self.events = EventCounts(f"{self.schema}.{self.name}")
+        self.count = self.events.count
 
 
 def _connect(dsn: str) -> psycopg.Connection[Any]:
@@ -140,16 +145,20 @@ def _connect(dsn: str) -> psycopg.Connection[Any]:
         raise Transient(f"postgres unreachable: {exc}") from exc
 
 
-class PostgresCDCSource:
+class PostgresCDCSource(SourceBase):
     """Reads one logical slot and produces Debezium change events; see module docstring."""
+
+    connector: ClassVar[str] = "postgresql"
+    transient: ClassVar[tuple[type[BaseException], ...]] = (
+        Transient, StreamError, KafkaUnavailable, SchemaRegistryUnavailable, psycopg.OperationalError)
 
     def __init__(self, config: PostgresCDCConfig, registry: Any = None,
                  stop: threading.Event | None = None) -> None:
         """``stop``: an event whose setting asks ``run()`` to finish (as ``stop()`` does),
         e.g. the one ``dataflow source run`` sets on SIGTERM."""
+        super().__init__(config, registry, stop)
         self.config = config
-        self.metrics = Metrics.get(registry)
-        self._stop = stop if stop is not None else threading.Event()
+        self.source_metrics = SourceMetrics(self.metrics, config.source_name)
         self._dsn = config.dsn.get_secret_value()
         self._tables: dict[tuple[str, str], _Table] = {}
         self._relations: dict[int, _Table] = {}
@@ -158,65 +167,14 @@ class PostgresCDCSource:
         self.confirmed_lsn = 0
         self._last_status = 0.0
         self._repl: ReplicationConnection | None = None
-        self._drain = False
         self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
         self._state_lsn = 0
         self.incremental = _Incremental(self)
         self._registrar = (Registrar(config.schema_registry_url, self._keep_alive, self._stop.is_set)
                            if config.format == "avro" else None)
-        self.state: str = "created"  # created -> snapshot -> streaming -> stopped | failed
-        # what Debezium puts on every record (``__debezium.context.*``); the run id is new per run
-        self.context_headers: list[tuple[str, bytes]] = [
-            ("__debezium.context.connectorLogicalName", config.topic_prefix.encode()),
-            ("__debezium.context.taskId", b"0"),
-            ("__debezium.context.connectorName", b"postgresql"),
-            ("__debezium.context.runId", str(uuid.uuid4()).encode()),
-        ]
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask ``run()`` to finish: flush, confirm what Kafka acknowledged, return."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def run(self, max_retries: int | None = None, drain: bool = False) -> None:
-        """Run until ``stop()``; retries transient failures from the last confirmed LSN.
-
-        ``drain`` (batch runs): stop by itself once everything up to the WAL position at
-        the start of streaming is in Kafka and confirmed.
-        """
-        self._drain = drain
-        check_access(self.config.kafka.bootstrap_servers)  # wrong credentials: fail now
-        if self.metrics.serve(self.config.metrics_port, self.config.metrics_host):
-            self.metrics.process_started(self.config.source_name, "source")
-        delay = 1.0
-        attempts = 0
-        while not self._stop.is_set():
-            try:
-                self._session()
-                if self.config.snapshot_mode == "initial_only" or self._stop.is_set() or drain:
-                    break
-            except (Transient, StreamError, KafkaUnavailable, SchemaRegistryUnavailable,
-                    psycopg.OperationalError) as exc:
-                if self._stop.is_set():
-                    break
-                attempts += 1
-                if max_retries is not None and attempts > max_retries:
-                    self.state = "failed"
-                    raise
-                log.warning("postgres source %s: %s; retrying in %.0fs", self.config.source_name, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-            except Exception:
-                self.state = "failed"
-                raise
-        self.state = "stopped"
 
     # -- one session: checks, snapshot if due, stream ----------------------------------
-    def _session(self) -> None:
+    def _session(self, state: dict[str, Any] | None) -> bool:
         cfg = self.config
         admin = KafkaAdmin(cfg.kafka, self._stop.is_set)
         with _connect(self._dsn) as conn:
@@ -225,15 +183,13 @@ class PostgresCDCSource:
             self._ensure_publication(conn)
             admin.ensure_topics([t.topic for t in self._tables.values()] + [cfg.heartbeat]
                                 + ([cfg.dlq] if cfg.format == "avro" else []))
-            admin.ensure_topics([cfg.state_topic], {"cleanup.policy": "compact"}, partitions=1)
             slot = self._slot_info(conn)
-        state = admin.read_state(cfg.state_topic, cfg.source_name)
         producer = EventProducer(cfg.kafka, self._keep_alive)
         self._repl = None
         try:
             if cfg.snapshot_mode == "initial_only":
                 self._snapshot(producer, None, 0)
-                return
+                return True
             need, recreate = self._plan(slot, state)
             repl = self._repl = ReplicationConnection(self._dsn)
             if recreate:
@@ -244,7 +200,7 @@ class PostgresCDCSource:
                 if need and snap:
                     self._snapshot(producer, snap, start)
                     if self._stop.is_set():
-                        return
+                        return False
                     self._write_state(producer, "streaming", start)
             else:
                 assert slot is not None
@@ -262,6 +218,7 @@ class PostgresCDCSource:
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
                 until = lsn_to_int(row[0]) if row else None
             self._stream(repl, producer, start, until)
+            return self._drain
         finally:
             if self._repl is not None:
                 self._repl.close()
@@ -492,15 +449,12 @@ class PostgresCDCSource:
     def _write_state(self, producer: EventProducer, status: str, lsn: int) -> None:
         """The state record: the slot, its status and creation LSN, and the tables whose
         incremental snapshot is queued or under way (redone after a restart)."""
-        tracker = AckTracker()
         self._state_lsn = lsn
-        value = orjson.dumps({
+        self.states.write(producer, {
             "slot": self.config.slot, "status": status, "lsn": lsn,
             "ts_ms": int(time.time() * 1000),
             "incremental": [f"{t.schema}.{t.name}" for t, _ in self.incremental.jobs],
         })
-        producer.produce(self.config.state_topic, self.config.source_name.encode(), value, tracker)
-        producer.drain(tracker)
 
     def _keep_alive(self) -> None:
         """While waiting for Kafka, keep answering the walsender (same confirmed LSN)."""
@@ -665,23 +619,16 @@ class PostgresCDCSource:
         }
 
     def _flush_counts(self) -> None:
-        events = self.metrics.cdc_events
-        for t in self._tables.values():
-            if t.counts:
-                for op, n in t.counts.items():
-                    events.labels(self.config.source_name, f"{t.schema}.{t.name}", op).inc(n)
-                t.counts.clear()
+        self.source_metrics.flush(t.events for t in self._tables.values())
 
     # -- snapshot ------------------------------------------------------------------------
     def _snapshot(self, producer: EventProducer, snapshot_name: str | None, lsn: int) -> None:
         """Read every table in the exported snapshot; events have op 'r'."""
         self.state = "snapshot"
-        m = self.metrics
-        name = self.config.source_name
+        sm = self.source_metrics
         tracker = AckTracker()
         tables = list(self._tables.values())
-        m.cdc_snapshot_tables.labels(name).set(len(tables))
-        m.cdc_snapshot_done_tables.labels(name).set(0)
+        sm.snapshot_started(len(tables))
         pending: tuple[_Table, bytes, dict[str, Any]] | None = None
         first_row = True  # of the whole snapshot
         dumps = orjson.dumps
@@ -703,7 +650,7 @@ class PostgresCDCSource:
                 key_names = [names[i] for i in key_idx]
                 rows = 0
                 table_first = True
-                gauge = m.cdc_snapshot_rows.labels(name, f"{table.schema}.{table.name}")
+                full_name = table.events.table
                 with conn.cursor().copy(query) as copy:
                     for data in copy:
                         vals = copy_fields(bytes(data))
@@ -720,15 +667,13 @@ class PostgresCDCSource:
                         pending = (table, key, envelope("r", None, after, src, now_us // 1000, now_us))
                         rows += 1
                         if rows % 10_000 == 0:
-                            gauge.set(rows)
+                            sm.snapshot_rows(full_name, rows)
                             producer.poll()
                             if self._stop.is_set():
                                 return
                 if pending is not None and pending[0] is table and rows > 1:
                     pending[2]["source"]["snapshot"] = "last_in_data_collection"
-                gauge.set(rows)
-                m.cdc_events.labels(name, f"{table.schema}.{table.name}", "r").inc(rows)
-                m.cdc_snapshot_done_tables.labels(name).set(n_done + 1)
+                sm.snapshot_table_done(full_name, rows, n_done + 1)
             conn.execute("COMMIT")
         if pending is not None:
             pending[2]["source"]["snapshot"] = "last"
@@ -767,8 +712,7 @@ class PostgresCDCSource:
         cfg = self.config
         poll_every = cfg.table_poll_interval_ms / 1000
         last_poll = time.monotonic()
-        name = cfg.source_name
-        m = self.metrics
+        sm = self.source_metrics
         status_every = cfg.status_interval_ms / 1000
         heartbeat_every = cfg.heartbeat_interval_ms / 1000
         last_heartbeat = time.monotonic()
@@ -810,12 +754,12 @@ class PostgresCDCSource:
                 repl.send_status(self.confirmed_lsn)
                 sent = self.confirmed_lsn
                 self._last_status = now
-                m.cdc_confirmed_lsn.labels(name).set(self.confirmed_lsn)
+                sm.confirmed.set(self.confirmed_lsn)
                 behind = max(0, max(server_end, dec.last_lsn) - self.confirmed_lsn)
-                m.cdc_lag_bytes.labels(name).set(behind)
+                sm.lag_bytes.set(behind)
                 # ms since the commit of the last transaction read; 0 when all is confirmed
                 caught_up = behind == 0 and dec.tracker is None and not len(window)
-                m.cdc_lag_ms.labels(name).set(
+                sm.lag_ms.set(
                     0.0 if caught_up or not dec.last_commit_us
                     else max(0.0, (time.time() * 1e6 - dec.last_commit_us) / 1000))
                 self._flush_counts()
@@ -835,23 +779,13 @@ class PostgresCDCSource:
         log.info("stopped; confirmed %s", lsn_to_str(self.confirmed_lsn))
 
 
-SIGNAL_PREFIX = "dataflow.signal"
-_WATERMARK_PREFIX = "dataflow.watermark"
-
-
 @dataclass
-class _Chunk:
-    """One chunk of an incremental snapshot, read between its two watermarks."""
+class _Chunk(Chunk[_Table]):
+    """A chunk with its snapshot's visibility: ``stale`` when a transaction the chunk did
+    not see is streamed before its window; ``last`` holds the key texts of its last row."""
 
-    id: str
-    table: _Table
-    rows: dict[bytes, dict[str, Any]]  # key -> after, in key order; superseded ones removed
-    last: list[str | None] | None  # key texts of its last row: where the next chunk starts
-    full: bool  # as many rows as asked for: there may be more
-    xip: set[int]  # transactions in progress for the chunk's snapshot (32-bit xids)
-    xmax: int  # the snapshot's first unassigned xid (32 bits): it and later are invisible
-    open: bool = False  # the low watermark has been read from the stream
-    stale: bool = False  # a transaction the chunk did not see streamed before its window
+    xip: set[int] = field(default_factory=set)  # in progress for its snapshot (32-bit xids)
+    xmax: int = 0  # the snapshot's first unassigned xid (32 bits): it and later are invisible
 
     def invisible(self, xid: int) -> bool:
         """True when transaction ``xid`` (32 bits, as pgoutput gives it) is not visible to
@@ -889,7 +823,7 @@ class _Incremental:
         self.jobs: deque[tuple[_Table, list[str | None] | None]] = deque()
         self.chunk: _Chunk | None = None
         self.recent: deque[int] = deque(maxlen=10_000)  # xids of the last transactions streamed
-        self.prefix = f"{_WATERMARK_PREFIX}.{source.config.source_name}"
+        self.prefix = f"{WATERMARK_PREFIX}.{source.config.source_name}"
         self.finished: list[str] = []  # "schema.table" of each snapshot done, in order
         self.dirty = False  # jobs changed since the state record was written
 
@@ -917,15 +851,8 @@ class _Incremental:
         """An ``execute-snapshot`` signal: {"type": "execute-snapshot", "data":
         {"data-collections": ["schema.table", ...], "type": "incremental"}}."""
         try:
-            doc = orjson.loads(content)
-            kind = doc.get("type")
-            data = doc.get("data") or {}
-            names = data.get("data-collections")
-            if kind != "execute-snapshot" or data.get("type", "incremental").lower() != "incremental" \
-                    or not isinstance(names, list):
-                raise ValueError("expected {\"type\": \"execute-snapshot\", \"data\": "
-                                 "{\"data-collections\": [\"schema.table\", ...]}}")
-        except (ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+            names = signalled_tables(content)
+        except ValueError as exc:
             log.warning("postgres source %s: signal ignored: %s", self.s.config.source_name, exc)
             return
         for name in names:
@@ -987,7 +914,7 @@ class _Incremental:
             conn.execute("COMMIT")
         conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (self.prefix, f"{cid}:high"))
         self.chunk = _Chunk(cid, table, rows, last, n >= self.s.config.incremental_chunk_size,
-                            xip, int(xmax) & 0xFFFFFFFF)
+                            xip=xip, xmax=int(xmax) & 0xFFFFFFFF)
 
     def watermark(self, content: bytes, lsn: int, dec: _TxnDecoder, window: AckWindow) -> None:
         chunk = self.chunk
@@ -1025,12 +952,8 @@ class _Incremental:
 
     def superseded(self, table: _Table, key: bytes | None) -> None:
         """A streamed change of ``key`` (None: a truncate) inside the open window."""
-        chunk = self.chunk
-        if chunk is not None and chunk.open and chunk.table is table:
-            if key is None:
-                chunk.rows.clear()
-            else:
-                chunk.rows.pop(key, None)
+        if self.chunk is not None:
+            self.chunk.supersede(table, key)
 
 
 class _TxnDecoder:

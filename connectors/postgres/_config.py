@@ -15,7 +15,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from connectors._kafka import kafka_config
+from connectors._cdc import KafkaSettings
 from connectors._metrics import env_metrics_host, env_metrics_port
 from schemas import ENV_REF, ConfigError, redact, resolve_env
 
@@ -36,37 +36,6 @@ def check_dsn(dsn: str, where: str) -> None:
     except ProgrammingError as exc:
         raise ConfigError(f"{where}: not a valid Postgres connection string: "
                           f"{redact(str(exc))}") from None
-
-
-class KafkaSettings(BaseModel):
-    """Where and how the source produces; ``producer_config()`` is the librdkafka dict."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    bootstrap_servers: str = Field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
-    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
-    linger_ms: int = 20
-    # bounded memory: the producer queue blocks reading the slot when full
-    queue_max_kbytes: int = 131072
-    # how long one message may wait for Kafka before the source restarts from its slot
-    message_timeout_ms: int = 120_000
-    topic_partitions: int = 1
-    topic_replication_factor: int = 1
-    extra: dict[str, str] = Field(default_factory=dict)
-
-    def producer_config(self) -> dict[str, Any]:
-        return kafka_config(self.bootstrap_servers, {
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": self.compression,
-            "linger.ms": self.linger_ms,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.kbytes": self.queue_max_kbytes,
-            "queue.buffering.max.messages": 1_000_000,
-            "message.timeout.ms": self.message_timeout_ms,
-            "message.max.bytes": 10_000_000,
-            **self.extra,
-        })
 
 
 class PostgresCDCConfig(BaseModel):

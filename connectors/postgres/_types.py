@@ -37,24 +37,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from schemas.connect import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    DAY_US,
+    TS_INFINITY_MS,
+    TS_NEG_INFINITY_MS,
+    civil_from_days,
+    days_from_civil,
+)
+
 Converter = Callable[[str], Any]
 
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 "
     "-c bytea_output=hex -c extra_float_digits=1"
 )
-
-INT64_MAX = 9_223_372_036_854_775_807
-INT64_MIN = -9_223_372_036_854_775_808
-_DAY_US = 86_400_000_000
-# Debezium's +/-infinity for timestamps: the Postgres JDBC driver's sentinels (in ms)
-TS_INFINITY_MS = 9_223_372_036_825_200
-TS_NEG_INFINITY_MS = -9_223_372_036_832_400
-# ... and for dates in its stream: Postgres's own DATEVAL_NOEND/NOBEGIN (days since
-# 2000-01-01, int32) moved to 1970 in int32 arithmetic
-DATE_INFINITY = -2_147_472_692
-DATE_NEG_INFINITY = -2_147_472_691
-
 
 @dataclass(frozen=True, slots=True)
 class PgType:
@@ -64,33 +62,6 @@ class PgType:
     elem: int       # element type of an array type (0 otherwise)
     base: int       # base type of a domain (0 otherwise)
     category: str   # pg_type.typcategory ('A' for arrays)
-
-
-def days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 in the proleptic Gregorian calendar (any year).
-
-    Python's ``//`` floors, so the era is ``y // 400`` for every year (the C original's
-    ``y - 399`` correction for negative years would put BC dates a day off)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-def civil_from_days(z: int) -> tuple[int, int, int]:
-    """The inverse of :func:`days_from_civil` (floor division, as there)."""
-    z += 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    y = yoe + era * 400
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + (3 if mp < 10 else -9)
-    return y + (m <= 2), m, d
 
 
 def _date_days(s: str) -> int:
@@ -136,7 +107,7 @@ def _timestamp_us(s: str) -> int:
     y, m, d = date.split("-")
     year = int(y)
     days = days_from_civil(1 - year if bc else year, int(m), int(d))
-    return days * _DAY_US + _time_us(time)
+    return days * DAY_US + _time_us(time)
 
 
 def _timestamptz_us(s: str) -> int:
@@ -154,7 +125,7 @@ def _fraction(us: int) -> str:
 
 
 def _format_utc(us: int, digits: int = -1) -> str:
-    days, rem = divmod(us, _DAY_US)
+    days, rem = divmod(us, DAY_US)
     y, m, d = civil_from_days(days)
     secs, frac = divmod(rem, 1_000_000)
     hh, secs = divmod(secs, 3600)
@@ -162,33 +133,6 @@ def _format_utc(us: int, digits: int = -1) -> str:
     year = f"{y:04d}" if 0 <= y <= 9999 else f"{y:+05d}"
     fraction = _fraction(frac) if digits < 0 else (f".{frac:06d}"[:digits + 1] if digits else "")
     return f"{year}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}{fraction}Z"
-
-
-_ISO_UTC = re.compile(r"^([+-]?\d+)-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
-
-
-def infinite(n: int, ms: bool = False) -> int:
-    """+1 / -1 for Debezium's +/-infinity timestamp sentinels (in ms or us; int64 max/min
-    too), else 0."""
-    if n == INT64_MAX or n == (TS_INFINITY_MS if ms else TS_INFINITY_MS * 1000):
-        return 1
-    if n == INT64_MIN or n == (TS_NEG_INFINITY_MS if ms else TS_NEG_INFINITY_MS * 1000):
-        return -1
-    return 0
-
-
-def zoned_us(s: str) -> int:
-    """Debezium's ZonedTimestamp text ('...Z', signed years) -> us since the epoch;
-    'infinity'/'-infinity' -> int64 max/min."""
-    if s in ("infinity", "-infinity"):
-        return INT64_MAX if s == "infinity" else INT64_MIN
-    m = _ISO_UTC.match(s)
-    if m is None:
-        raise ValueError(f"not a ZonedTimestamp in UTC: {s!r}")
-    y, mo, d, hh, mi, ss, frac = m.groups()
-    days = days_from_civil(int(y), int(mo), int(d))
-    us = int((frac or "").ljust(6, "0")[:6])
-    return days * _DAY_US + ((int(hh) * 60 + int(mi)) * 60 + int(ss)) * 1_000_000 + us
 
 
 def zoned_timestamp(s: str, digits: int = 6) -> str:
@@ -206,7 +150,7 @@ def zoned_timestamp(s: str, digits: int = 6) -> str:
 def zoned_time(s: str) -> str:
     """timetz text -> Debezium ZonedTime in UTC ('10:15:30.5Z')."""
     t, offset = _split_offset(s)
-    us = (_time_us(t) - offset * 1_000_000) % _DAY_US
+    us = (_time_us(t) - offset * 1_000_000) % DAY_US
     secs, frac = divmod(us, 1_000_000)
     hh, secs = divmod(secs, 3600)
     mm, ss = divmod(secs, 60)
@@ -235,7 +179,7 @@ def interval_us(s: str) -> int:
         sec_us = int(whole) * 1_000_000 + int(frac.ljust(6, "0")[:6] or 0)
         sec_us = -sec_us if neg else sec_us
     time_us = (int(h or 0) * 3600 + int(mi or 0) * 60) * 1_000_000 + sec_us
-    return round(months * _DAYS_PER_MONTH * _DAY_US) + days * _DAY_US + time_us
+    return round(months * _DAYS_PER_MONTH * DAY_US) + days * DAY_US + time_us
 
 
 def interval_text(s: str) -> str:

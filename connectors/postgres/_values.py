@@ -17,17 +17,16 @@ from typing import Any
 
 import orjson
 
-from connectors.postgres._types import (
+from schemas import connect as ct
+from schemas.connect import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
+    DAY_US,
     INT64_MAX,
     INT64_MIN,
     civil_from_days,
     infinite,
 )
-from schemas import connect as ct
-
-_DAY_US = 86_400_000_000
 
 _PRIMITIVE_SQL = {
     "int8": "smallint", "int16": "smallint", "int32": "integer", "int64": "bigint",
@@ -90,7 +89,7 @@ def _timestamp_text(us: int) -> str:
         return "infinity"
     if us <= INT64_MIN:
         return "-infinity"
-    days, rem = divmod(us, _DAY_US)
+    days, rem = divmod(us, DAY_US)
     y, m, d = civil_from_days(days)
     year, bc = (y, "") if y > 0 else (1 - y, " BC")
     return f"{year:04d}-{m:02d}-{d:02d} {_clock(rem)}{bc}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connectors import PostgresCDCConfig
-from connectors.postgres._kafka import AckTracker, AckWindow, KafkaDeliveryFailed
+from connectors._cdc import AckTracker, AckWindow, KafkaDeliveryFailed
 from connectors.postgres._proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
 from connectors.postgres._types import (
     TS_INFINITY_MS,

@@ -1,28 +1,66 @@
-"""The source's side of Kafka: an idempotent producer whose delivery reports gate LSNs.
+"""A CDC source's side of Kafka: an idempotent producer whose delivery reports gate the
+positions a source confirms, and topic creation that waits while Kafka is away.
 
-Each transaction (and the snapshot) gets an ``AckTracker``; every event produced for it
+Each transaction (and a snapshot) gets an ``AckTracker``; every event produced for it
 counts one pending delivery. ``AckWindow.confirmable()`` walks the closed trackers in
-commit order and returns the end LSN of the last one whose every event Kafka has
-acknowledged: that, and nothing later, may be confirmed to Postgres.
+commit order and returns the mark of the last one whose every event Kafka has
+acknowledged: that position, and nothing later, may be confirmed to the server. A mark
+is an int that grows in commit order: Postgres's end LSN, or a source's own sequence
+number of its positions.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors._kafka import kafka_config
-from connectors.postgres._config import KafkaSettings
+from connectors._retry import Backoff
 from schemas import SourceError
 
-log = logging.getLogger("dataflow.source.postgres")
+log = logging.getLogger("dataflow.source")
+
+#: how long a source waits between attempts at a session or at Kafka: without end
+RETRY = Backoff(initial=1.0, maximum=30.0, attempts=None)
+
+
+class KafkaSettings(BaseModel):
+    """Where and how a source produces; ``producer_config()`` is the librdkafka dict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: int = 20
+    # bounded memory: the producer queue blocks reading the server when full
+    queue_max_kbytes: int = 131072
+    # how long one message may wait for Kafka before the source restarts from its position
+    message_timeout_ms: int = 120_000
+    topic_partitions: int = 1
+    topic_replication_factor: int = 1
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def producer_config(self) -> dict[str, Any]:
+        return kafka_config(self.bootstrap_servers, {
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": self.compression,
+            "linger.ms": self.linger_ms,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.kbytes": self.queue_max_kbytes,
+            "queue.buffering.max.messages": 1_000_000,
+            "message.timeout.ms": self.message_timeout_ms,
+            "message.max.bytes": 10_000_000,
+            **self.extra,
+        })
 
 
 class KafkaUnavailable(SourceError):
@@ -30,11 +68,11 @@ class KafkaUnavailable(SourceError):
 
 
 class KafkaDeliveryFailed(KafkaUnavailable):
-    """Kafka did not take an event; the source restarts from its last confirmed LSN."""
+    """Kafka did not take an event; the source restarts from its last confirmed position."""
 
 
 class AckTracker:
-    """Pending deliveries of one transaction; ``end_lsn`` is set at its commit."""
+    """Pending deliveries of one transaction; ``end_lsn``, its mark, is set at its commit."""
 
     __slots__ = ("pending", "end_lsn", "closed", "error")
 
@@ -65,7 +103,7 @@ class AckWindow:
         return len(self._closed)
 
     def confirmable(self, confirmed: int) -> int:
-        """The highest end LSN with every event up to it acknowledged (or ``confirmed``)."""
+        """The highest mark with every event up to it acknowledged (or ``confirmed``)."""
         q = self._closed
         while q and q[0].pending == 0:
             t = q.popleft()
@@ -140,7 +178,7 @@ class EventProducer:
 
 
 class KafkaAdmin:
-    """Topic creation and the compacted state topic; waits while Kafka is away."""
+    """Topic creation; waits while Kafka is away."""
 
     def __init__(self, settings: KafkaSettings, stop: Callable[[], bool]) -> None:
         self._settings = settings
@@ -150,7 +188,7 @@ class KafkaAdmin:
     def ensure_topics(self, names: list[str], config: dict[str, str] | None = None,
                       partitions: int | None = None) -> None:
         missing = [n for n in names if n]
-        delay = 1.0
+        delays = RETRY.delays()
         while missing:
             new = [
                 NewTopic(n, num_partitions=partitions or self._settings.topic_partitions,
@@ -176,48 +214,6 @@ class KafkaAdmin:
             if missing:
                 if self._stop():
                     raise SourceError("stopped while waiting for Kafka")
+                delay = next(delays)
                 log.warning("kafka unreachable while creating topics; retrying in %.0fs", delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 30)
-
-    def read_state(self, topic: str, key: str) -> dict[str, Any] | None:
-        """The latest state record for ``key`` in the compacted ``topic`` (None if none)."""
-        from confluent_kafka import Consumer
-
-        consumer = Consumer(kafka_config(self._settings.bootstrap_servers, {
-            "group.id": "dataflow-state-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }))
-        try:
-            md = consumer.list_topics(topic, timeout=30)
-            parts = list(md.topics[topic].partitions) if topic in md.topics else []
-            ends: dict[int, int] = {}
-            for p in parts:
-                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                if hi > lo:
-                    ends[p] = hi
-            if not ends:
-                return None
-            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-            latest: dict[str, Any] | None = None
-            want = key.encode()
-            done: set[int] = set()
-            deadline = time.monotonic() + 120
-            while len(done) < len(ends):
-                if time.monotonic() > deadline:
-                    raise KafkaUnavailable(f"kafka: cannot read state topic {topic!r}")
-                for msg in consumer.consume(1000, 1.0):
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            done.add(msg.partition())
-                        continue
-                    if msg.key() == want:
-                        latest = None if msg.value() is None else orjson.loads(msg.value())
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        done.add(msg.partition())
-            return latest
-        except KafkaException as exc:
-            raise KafkaUnavailable(f"kafka: cannot read state topic {topic!r}: {exc}") from exc
-        finally:
-            consumer.close()
