@@ -94,6 +94,14 @@ _COMMIT = struct.Struct(">BQQq")
 _RETRY_REFUSED_S = 30.0
 
 
+#: a table's primary key columns in key order (not column order: the key's bytes follow it),
+#: the one query for it; ``rel`` is the table's oid expression
+_PRIMARY_KEY = """ARRAY(SELECT a.attname::text FROM pg_index i
+          JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = {rel} AND i.indisprimary ORDER BY k.ord)"""
+
+
 class SlotDropped(SourceError):
     """The slot vanished after the source had streamed from it: changes may be lost."""
 
@@ -286,13 +294,9 @@ class PostgresCDCSource(SourceBase):
         """Every ordinary or partitioned table (not a partition): schema, name, replica
         identity, SELECT privilege, primary key columns."""
         return conn.execute(
-            """
+            f"""
             SELECT n.nspname::text, c.relname::text, c.relreplident::text,
-                   has_table_privilege(c.oid, 'SELECT'),
-                   ARRAY(SELECT a.attname::text FROM pg_index i
-                         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
-                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                         WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)
+                   has_table_privilege(c.oid, 'SELECT'), {_PRIMARY_KEY.format(rel="c.oid")}
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -587,12 +591,9 @@ class PostgresCDCSource(SourceBase):
         if full in self.config.key_columns:
             return list(self.config.key_columns[full])
         with _connect(self._dsn) as conn:
-            rows = conn.execute(
-                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
-                (sql.Identifier(schema, name).as_string(conn),),
-            ).fetchall()
-        return [r[0] for r in rows]
+            row = conn.execute(f"SELECT {_PRIMARY_KEY.format(rel='%s::regclass')}",
+                               (sql.Identifier(schema, name).as_string(conn),)).fetchone()
+        return list(row[0]) if row else []
 
     def _columns_of(self, conn: psycopg.Connection[Any], table: _Table) -> None:
         mapper = self._mapper
