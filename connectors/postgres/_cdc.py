@@ -13,7 +13,7 @@ Order of work in ``run()``, written down once:
    Kafka acknowledged every event of it and of all transactions before it.
 
 While streaming, tables are snapshotted without a pause or a lock (an *incremental*
-snapshot, DBLog's watermark algorithm, see ``_Incremental``): a table created after the
+snapshot, DBLog's watermark algorithm, see ``Incremental``): a table created after the
 start that matches ``table_include`` (found by a catalog poll, added to the publication),
 and the tables an ``execute-snapshot`` signal names (a transactional logical message with
 prefix ``dataflow.signal``).
@@ -25,12 +25,9 @@ A crash anywhere loses nothing: Postgres resends everything after the last confi
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
@@ -38,35 +35,29 @@ import psycopg
 from psycopg import sql
 
 from connectors._cdc import (
-    SIGNAL_PREFIX,
-    WATERMARK_PREFIX,
     AckTracker,
     AckWindow,
-    Chunk,
-    EventCounts,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
     SourceBase,
     SourceMetrics,
-    signalled_tables,
 )
 from connectors._registry import AvroCodec, Registrar, SchemaRefused, SchemaRegistryUnavailable
 from connectors.postgres._config import PostgresCDCConfig
+from connectors.postgres._decoder import TxnDecoder
+from connectors.postgres._incremental import Incremental
 from connectors.postgres._proto import (
-    PG_EPOCH_US,
     Relation,
     ReplicationConnection,
     StreamError,
-    decode_row,
     lsn_to_int,
     lsn_to_str,
     parse_keepalive,
-    parse_relation,
 )
+from connectors.postgres._table import Table, Transient, connect
 from connectors.postgres._types import (
     SESSION_OPTIONS,
-    Converter,
     PgType,
     TypeMapper,
     connect_schema,
@@ -74,22 +65,17 @@ from connectors.postgres._types import (
     placeholders,
 )
 from schemas import (
-    UNAVAILABLE_VALUE,
     ConfigError,
     SerdeError,
     SourceError,
     envelope,
     envelope_schema,
     key_schema,
-    with_schema,
 )
 
 log = logging.getLogger("dataflow.source.postgres")
 
 VERSION = "dataflow-0.1.0"
-_U32 = struct.Struct(">I")
-_BEGIN = struct.Struct(">QqI")
-_COMMIT = struct.Struct(">BQQq")
 #: seconds between tries of a schema version the registry refused
 _RETRY_REFUSED_S = 30.0
 
@@ -104,53 +90,6 @@ _PRIMARY_KEY = """ARRAY(SELECT a.attname::text FROM pg_index i
 
 class SlotDropped(SourceError):
     """The slot vanished after the source had streamed from it: changes may be lost."""
-
-
-class Transient(SourceError):
-    """A condition worth retrying (connection lost, Kafka refused an event)."""
-
-
-@dataclass
-class _Table:
-    """What the source knows of one captured table, and its converters."""
-
-    schema: str
-    name: str
-    key: list[str]
-    topic: str
-    columns: list[str] = field(default_factory=list)
-    convs: list[Converter] = field(default_factory=list)
-    key_idx: list[int] = field(default_factory=list)
-    events: EventCounts = field(init=False)  # events by op, not yet in metrics
-    # Connect schemas (JSON) when ``json_schemas`` is on: keys/values become {schema, payload}
-    key_schema: bytes | None = None
-    value_schema: bytes | None = None
-    # what an unchanged TOASTed column holds when its type is not text (bytea: base64)
-    placeholders: dict[str, str] = field(default_factory=dict)
-    # NOT NULL columns with a default: what an old key-only tuple (REPLICA IDENTITY DEFAULT)
-    # gives them in ``before``, as Debezium does
-    required_defaults: dict[str, Any] = field(default_factory=dict)
-    #: ``format: avro``: the table's encoders, and why the registry refused its schema
-    #: (its events are dead letters meanwhile) and when that was last tried
-    codec: AvroCodec | None = None
-    refused: str | None = None
-    refused_at: float = 0.0
-
-    def wrap(self, key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None]:
-        if self.key_schema is None or self.value_schema is None:
-            return key, value
-        return with_schema(self.key_schema, key), with_schema(self.value_schema, value)
-
-    def __post_init__(self) -> None:
-        self.events = EventCounts(f"{self.schema}.{self.name}")
-        self.count = self.events.count
-
-
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(dsn, options=SESSION_OPTIONS, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise Transient(f"postgres unreachable: {exc}") from exc
 
 
 class PostgresCDCSource(SourceBase):
@@ -168,8 +107,8 @@ class PostgresCDCSource(SourceBase):
         self.config = config
         self.source_metrics = SourceMetrics(self.metrics, config.source_name)
         self._dsn = config.dsn.get_secret_value()
-        self._tables: dict[tuple[str, str], _Table] = {}
-        self._relations: dict[int, _Table] = {}
+        self.tables: dict[tuple[str, str], Table] = {}
+        self.relations: dict[int, Table] = {}
         self._mapper: TypeMapper | None = None
         self._db = ""
         self.confirmed_lsn = 0
@@ -177,7 +116,7 @@ class PostgresCDCSource(SourceBase):
         self._repl: ReplicationConnection | None = None
         self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
         self._state_lsn = 0
-        self.incremental = _Incremental(self)
+        self.incremental = Incremental(self)
         self._registrar = (Registrar(config.schema_registry_url, self._keep_alive, self._stop.is_set)
                            if config.format == "avro" else None)
 
@@ -185,11 +124,11 @@ class PostgresCDCSource(SourceBase):
     def _session(self, state: dict[str, Any] | None) -> bool:
         cfg = self.config
         admin = KafkaAdmin(cfg.kafka, self._stop.is_set)
-        with _connect(self._dsn) as conn:
+        with connect(self._dsn) as conn:
             self._check_server(conn)
             self._discover(conn)
             self._ensure_publication(conn)
-            admin.ensure_topics([t.topic for t in self._tables.values()] + [cfg.heartbeat]
+            admin.ensure_topics([t.topic for t in self.tables.values()] + [cfg.heartbeat]
                                 + ([cfg.dlq] if cfg.format == "avro" else []))
             slot = self._slot_info(conn)
         producer = EventProducer(cfg.kafka, self._keep_alive)
@@ -217,12 +156,12 @@ class PostgresCDCSource(SourceBase):
                 # incremental snapshots under way when the source stopped: start them again
                 for full in (state or {}).get("incremental", []):
                     schema, _, name = str(full).partition(".")
-                    if (schema, name) in self._tables:
-                        self.incremental.add(self._tables[(schema, name)])
+                    if (schema, name) in self.tables:
+                        self.incremental.add(self.tables[(schema, name)])
             self.confirmed_lsn = start
             until = None
             if self._drain:
-                with _connect(self._dsn) as conn:
+                with connect(self._dsn) as conn:
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
                 until = lsn_to_int(row[0]) if row else None
             self._stream(repl, producer, start, until)
@@ -310,7 +249,7 @@ class PostgresCDCSource(SourceBase):
         rows = self._catalog(conn)
         cfg = self.config
         no_select, keyless, no_ident = [], [], []
-        tables: dict[tuple[str, str], _Table] = {}
+        tables: dict[tuple[str, str], Table] = {}
         for schema, name, ident, can_select, pk in rows:
             if not cfg.wants(schema, name):
                 continue
@@ -322,7 +261,7 @@ class PostgresCDCSource(SourceBase):
                 keyless.append(full)
             elif not pk and ident not in ("f", "i"):
                 no_ident.append(full)
-            tables[(schema, name)] = _Table(schema, name, key, cfg.topic(schema, name))
+            tables[(schema, name)] = Table(schema, name, key, cfg.topic(schema, name))
         if no_select:
             raise SourceError(
                 f"postgres: missing SELECT privilege on {', '.join(no_select)}: "
@@ -340,7 +279,7 @@ class PostgresCDCSource(SourceBase):
             )
         if not tables:
             raise ConfigError("no table matches table_include/table_exclude")
-        self._tables = tables
+        self.tables = tables
 
     def _ensure_publication(self, conn: psycopg.Connection[Any]) -> None:
         pub = self.config.publication
@@ -352,10 +291,10 @@ class PostgresCDCSource(SourceBase):
             )
         }
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
-        missing = [k for k in self._tables if k not in have]
+        missing = [k for k in self.tables if k not in have]
         if exists and not missing:
             return
-        names = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in (missing if exists else self._tables))
+        names = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in (missing if exists else self.tables))
         stmt = (
             sql.SQL("ALTER PUBLICATION {} ADD TABLE ").format(sql.Identifier(pub))
             if exists
@@ -380,7 +319,7 @@ class PostgresCDCSource(SourceBase):
         once and left out."""
         cfg = self.config
         for schema, name, ident, can_select, pk in self._catalog(conn):
-            if (schema, name) in self._tables or (schema, name) in self._refused \
+            if (schema, name) in self.tables or (schema, name) in self._refused \
                     or not cfg.wants(schema, name):
                 continue
             full = f"{schema}.{name}"
@@ -393,9 +332,9 @@ class PostgresCDCSource(SourceBase):
                 log.warning("postgres source %s: new table %s is not captured: %s",
                             cfg.source_name, full, why)
                 continue
-            table = _Table(schema, name, key, cfg.topic(schema, name))
+            table = Table(schema, name, key, cfg.topic(schema, name))
             KafkaAdmin(cfg.kafka, self._stop.is_set).ensure_topics([table.topic])
-            self._tables[(schema, name)] = table
+            self.tables[(schema, name)] = table
             self.incremental.add(table)
             self._write_state(producer, "streaming", self._state_lsn)
             try:
@@ -405,7 +344,7 @@ class PostgresCDCSource(SourceBase):
                 pass  # added by someone else: its changes stream already
             except psycopg.errors.InsufficientPrivilege as exc:
                 self._refused.add((schema, name))
-                del self._tables[(schema, name)]
+                del self.tables[(schema, name)]
                 self.incremental.jobs = deque(j for j in self.incremental.jobs if j[0] is not table)
                 log.warning("postgres source %s: new table %s is not captured: cannot add it to "
                             "publication %s: %s", cfg.source_name, full, cfg.publication, exc)
@@ -435,7 +374,7 @@ class PostgresCDCSource(SourceBase):
             time.sleep(0.5)
 
     def _drop_slot(self) -> None:
-        with _connect(self._dsn) as conn:
+        with connect(self._dsn) as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                 "WHERE slot_name = %s",
@@ -470,19 +409,19 @@ class PostgresCDCSource(SourceBase):
                 self._last_status = now
 
     # -- table converters ----------------------------------------------------------------
-    def _table_for(self, rel: Relation) -> _Table | None:
+    def table_for(self, rel: Relation) -> Table | None:
         key = (rel.schema, rel.table)
-        table = self._tables.get(key)
+        table = self.tables.get(key)
         if table is None:
             if not self.config.wants(rel.schema, rel.table) or self._is_partition(rel.oid):
                 return None  # partitions publish under their root (publish_via_partition_root)
             pk = self._primary_key(rel.schema, rel.table) or [c.name for c in rel.columns if c.is_key]
-            table = self._tables[key] = _Table(rel.schema, rel.table, pk, self.config.topic(rel.schema, rel.table))
+            table = self.tables[key] = Table(rel.schema, rel.table, pk, self.config.topic(rel.schema, rel.table))
             KafkaAdmin(self.config.kafka, self._stop.is_set).ensure_topics([table.topic])
         mapper = self._mapper
         assert mapper is not None
         if any(c.type_oid not in mapper.types for c in rel.columns):
-            with _connect(self._dsn) as conn:
+            with connect(self._dsn) as conn:
                 self._check_server(conn)
             assert self._mapper is not None
             mapper = self._mapper
@@ -490,11 +429,11 @@ class PostgresCDCSource(SourceBase):
         table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
         table.key_idx = [table.columns.index(k) for k in table.key]
         table.placeholders = placeholders(mapper, [(c.name, c.type_oid) for c in rel.columns])
-        with _connect(self._dsn) as conn:
+        with connect(self._dsn) as conn:
             self._set_schemas(conn, table, [(c.name, c.type_oid, c.typmod) for c in rel.columns])
         return table
 
-    def _set_schemas(self, conn: psycopg.Connection[Any], table: _Table,
+    def _set_schemas(self, conn: psycopg.Connection[Any], table: Table,
                      cols: list[tuple[str, int, int]]) -> None:
         """The table's Connect key and envelope schemas (when ``json_schemas``), encoded once:
         NOT NULL, declared array dimensions and column defaults from the catalog; and the
@@ -523,7 +462,7 @@ class PostgresCDCSource(SourceBase):
         table.key_schema = orjson.dumps(key_schema(table.topic, keys))
         table.value_schema = orjson.dumps(envelope_schema(table.topic, list(fields.values())))
 
-    def _set_codec(self, table: _Table, key: dict[str, Any], value: dict[str, Any]) -> None:
+    def _set_codec(self, table: Table, key: dict[str, Any], value: dict[str, Any]) -> None:
         """``format: avro``: the table's Avro schemas, registered now (once per version);
         a version the registry refuses makes the table's events dead letters, named in the
         log, until a later version (the next DDL, or a retry) is accepted."""
@@ -539,7 +478,7 @@ class PostgresCDCSource(SourceBase):
                       "version is accepted", self.config.source_name, table.schema, table.name,
                       exc, self.config.dlq)
 
-    def send(self, producer: EventProducer, table: _Table, key: bytes | None, value: bytes | None,
+    def send(self, producer: EventProducer, table: Table, key: bytes | None, value: bytes | None,
              tracker: AckTracker, headers: list[tuple[str, bytes]]) -> None:
         """Produce one event of ``table`` (key and value in Debezium JSON) in the configured
         format: as it is, with its Connect schemas (``json_schemas``), or as Avro; an
@@ -570,7 +509,7 @@ class PostgresCDCSource(SourceBase):
         self.metrics.cdc_events.labels(self.config.source_name, f"{table.schema}.{table.name}",
                                        "dead_letter").inc()
 
-    def _set_codec_retry(self, table: _Table) -> None:
+    def _set_codec_retry(self, table: Table) -> None:
         """Try a refused version again (the subject's compatibility may have been changed)."""
         assert table.codec is not None and self._registrar is not None
         try:
@@ -582,7 +521,7 @@ class PostgresCDCSource(SourceBase):
             table.refused, table.refused_at = str(exc), time.monotonic()
 
     def _is_partition(self, oid: int) -> bool:
-        with _connect(self._dsn) as conn:
+        with connect(self._dsn) as conn:
             row = conn.execute("SELECT relispartition FROM pg_class WHERE oid = %s", (oid,)).fetchone()
         return bool(row and row[0])
 
@@ -590,12 +529,12 @@ class PostgresCDCSource(SourceBase):
         full = f"{schema}.{name}"
         if full in self.config.key_columns:
             return list(self.config.key_columns[full])
-        with _connect(self._dsn) as conn:
+        with connect(self._dsn) as conn:
             row = conn.execute(f"SELECT {_PRIMARY_KEY.format(rel='%s::regclass')}",
                                (sql.Identifier(schema, name).as_string(conn),)).fetchone()
         return list(row[0]) if row else []
 
-    def _columns_of(self, conn: psycopg.Connection[Any], table: _Table) -> None:
+    def columns_of(self, conn: psycopg.Connection[Any], table: Table) -> None:
         mapper = self._mapper
         assert mapper is not None
         rows = conn.execute(
@@ -609,7 +548,7 @@ class PostgresCDCSource(SourceBase):
         table.placeholders = placeholders(mapper, [(r[0], r[1]) for r in rows])
         self._set_schemas(conn, table, [(r[0], r[1], r[2]) for r in rows])
 
-    def _source(self, table: _Table, ts_us: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
+    def source_block(self, table: Table, ts_us: int, snapshot: str, lsn: int, txid: int | None) -> dict[str, Any]:
         """Debezium's ``source`` block, its fields in Debezium's order."""
         return {
             "version": VERSION, "connector": "postgresql", "name": self.config.topic_prefix,
@@ -620,7 +559,7 @@ class PostgresCDCSource(SourceBase):
         }
 
     def _flush_counts(self) -> None:
-        self.source_metrics.flush(t.events for t in self._tables.values())
+        self.source_metrics.flush(t.events for t in self.tables.values())
 
     # -- snapshot ------------------------------------------------------------------------
     def _snapshot(self, producer: EventProducer, snapshot_name: str | None, lsn: int) -> None:
@@ -628,9 +567,9 @@ class PostgresCDCSource(SourceBase):
         self.state = "snapshot"
         sm = self.source_metrics
         tracker = AckTracker()
-        tables = list(self._tables.values())
+        tables = list(self.tables.values())
         sm.snapshot_started(len(tables))
-        pending: tuple[_Table, bytes, dict[str, Any]] | None = None
+        pending: tuple[Table, bytes, dict[str, Any]] | None = None
         first_row = True  # of the whole snapshot
         dumps = orjson.dumps
         headers = self.context_headers
@@ -643,7 +582,7 @@ class PostgresCDCSource(SourceBase):
             txid = int(row[0]) if row else None
             sequence = f'[null,"{lsn}"]'
             for n_done, table in enumerate(tables):
-                self._columns_of(conn, table)
+                self.columns_of(conn, table)
                 cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
                 query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
                     cols, sql.Identifier(table.schema, table.name))
@@ -659,7 +598,7 @@ class PostgresCDCSource(SourceBase):
                         key = dumps({k: after[k] for k in key_names})
                         if pending is not None:
                             self._emit_snapshot(producer, tracker, pending, headers)
-                        src = self._source(table, ts_us, "true", lsn, txid)
+                        src = self.source_block(table, ts_us, "true", lsn, txid)
                         src["sequence"] = sequence
                         if table_first:  # Debezium's markers: first/last of all, of each table
                             src["snapshot"] = "first" if first_row else "first_in_data_collection"
@@ -683,7 +622,7 @@ class PostgresCDCSource(SourceBase):
         log.info("snapshot of %d table(s) acknowledged by Kafka", len(tables))
 
     def _emit_snapshot(self, producer: EventProducer, tracker: AckTracker,
-                       pending: tuple[_Table, bytes, dict[str, Any]],
+                       pending: tuple[Table, bytes, dict[str, Any]],
                        headers: list[tuple[str, bytes]]) -> None:
         table, key, value = pending
         self.send(producer, table, key, orjson.dumps(value), tracker, headers)
@@ -697,16 +636,16 @@ class PostgresCDCSource(SourceBase):
         log.info("streaming slot %s from %s", cfg.slot, lsn_to_str(start))
         window = AckWindow()
         self._last_status = time.monotonic()
-        dec = _TxnDecoder(self, producer, window)
+        dec = TxnDecoder(self, producer, window)
         self.incremental.restart()
-        ctl = _connect(self._dsn)  # new tables, chunks and watermarks of incremental snapshots
+        ctl = connect(self._dsn)  # new tables, chunks and watermarks of incremental snapshots
         try:
             self._stream_loop(repl, producer, window, dec, ctl, start, until)
         finally:
             ctl.close()
 
     def _stream_loop(self, repl: ReplicationConnection, producer: EventProducer, window: AckWindow,
-                     dec: _TxnDecoder, ctl: psycopg.Connection[Any], start: int,
+                     dec: TxnDecoder, ctl: psycopg.Connection[Any], start: int,
                      until: int | None) -> None:
         """Read the slot; poll for new tables and take incremental snapshot chunks between
         reads; confirm what Kafka acknowledged; on stop, confirm what is in flight."""
@@ -780,344 +719,3 @@ class PostgresCDCSource(SourceBase):
         log.info("stopped; confirmed %s", lsn_to_str(self.confirmed_lsn))
 
 
-@dataclass
-class _Chunk(Chunk[_Table]):
-    """A chunk with its snapshot's visibility: ``stale`` when a transaction the chunk did
-    not see is streamed before its window; ``last`` holds the key texts of its last row."""
-
-    xip: set[int] = field(default_factory=set)  # in progress for its snapshot (32-bit xids)
-    xmax: int = 0  # the snapshot's first unassigned xid (32 bits): it and later are invisible
-
-    def invisible(self, xid: int) -> bool:
-        """True when transaction ``xid`` (32 bits, as pgoutput gives it) is not visible to
-        the chunk's snapshot: in progress, or at or after its xmax (modulo 2^32)."""
-        return xid in self.xip or (xid - self.xmax) % (1 << 32) < (1 << 31)
-
-
-class _Incremental:
-    """Snapshots taken while streaming, DBLog's watermark algorithm (Debezium's incremental
-    snapshots), one chunk at a time, no lock:
-
-    1. write a *low* watermark into the WAL (a logical message in its own committed transaction, which flushes the WAL; prefix
-       ``dataflow.watermark.<source>``), read the next ``incremental_chunk_size`` rows by
-       primary key in one REPEATABLE READ snapshot, write a *high* watermark;
-    2. while the stream is between the two watermarks, a change to a key of the chunk
-       removes that row from the chunk (the streamed event is newer or as new);
-    3. at the high watermark, the rows left are produced as ``op: r`` events
-       (``source.snapshot: incremental``).
-
-    Every change committed before the low watermark is visible to the chunk's snapshot, so
-    an ``r`` row is never older than the stream before it — except for a transaction whose
-    commit record was written just before the low watermark but was still in progress for
-    the snapshot (its commit record written, its end not yet seen by snapshots): the chunk
-    keeps its snapshot (xmax and in-progress xids), and when a transaction it cannot see is
-    streamed before the low watermark the chunk is read again.
-    A rebuilt table therefore equals the source: nothing is lost, and no row is older than
-    what the stream said; an ``r`` event may repeat a row's current state (as Debezium's).
-    The chunk's events are confirmed like a transaction (after Kafka acknowledged them and
-    everything before). The queued tables are in the state record (``incremental``), so a
-    restart takes each again from its first row.
-    """
-
-    def __init__(self, source: PostgresCDCSource) -> None:
-        self.s = source
-        self.jobs: deque[tuple[_Table, list[str | None] | None]] = deque()
-        self.chunk: _Chunk | None = None
-        self.recent: deque[int] = deque(maxlen=10_000)  # xids of the last transactions streamed
-        self.prefix = f"{WATERMARK_PREFIX}.{source.config.source_name}"
-        self.finished: list[str] = []  # "schema.table" of each snapshot done, in order
-        self.dirty = False  # jobs changed since the state record was written
-
-    @property
-    def pending(self) -> int:
-        """Tables whose incremental snapshot is queued or under way."""
-        return len(self.jobs)
-
-    def restart(self) -> None:
-        """A new streaming session (after a retry): the open chunk's watermarks may never
-        come and its events may not all be in Kafka, so each job starts again from its
-        first row (repeating ``r`` events, losing none)."""
-        self.chunk = None
-        tables = self.s._tables  # found again by the session: new objects
-        names = dict.fromkeys((t.schema, t.name) for t, _ in self.jobs)
-        self.jobs = deque((tables[n], None) for n in names if n in tables)
-
-    def add(self, table: _Table) -> None:
-        if all(t is not table for t, _ in self.jobs):
-            self.jobs.append((table, None))
-            self.dirty = True
-            log.info("incremental snapshot of %s.%s queued", table.schema, table.name)
-
-    def signal(self, content: bytes) -> None:
-        """An ``execute-snapshot`` signal: {"type": "execute-snapshot", "data":
-        {"data-collections": ["schema.table", ...], "type": "incremental"}}."""
-        try:
-            names = signalled_tables(content)
-        except ValueError as exc:
-            log.warning("postgres source %s: signal ignored: %s", self.s.config.source_name, exc)
-            return
-        for name in names:
-            schema, _, table_name = str(name).rpartition(".")
-            table = self.s._tables.get((schema or "public", table_name))
-            if table is None:
-                log.warning("postgres source %s: signal names %s, which is not captured",
-                            self.s.config.source_name, name)
-            else:
-                self.add(table)
-
-    def step(self, conn: psycopg.Connection[Any]) -> None:
-        """Read the next chunk (between its watermarks) when none is open; a table dropped
-        meanwhile ends its job (named in the log)."""
-        if self.chunk is not None or not self.jobs:
-            return
-        table = self.jobs[0][0]
-        try:
-            self._read_chunk(conn)
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-            log.warning("incremental snapshot of %s.%s ends: %s", table.schema, table.name, exc)
-            self.jobs.popleft()
-            self.dirty = True
-
-    def _read_chunk(self, conn: psycopg.Connection[Any]) -> None:
-        table, start = self.jobs[0]
-        if start is None:
-            self.s._columns_of(conn, table)
-        cid = uuid.uuid4().hex
-        conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (self.prefix, f"{cid}:low"))
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
-        keys = sql.SQL(", ").join(sql.Identifier(k) for k in table.key)
-        where: sql.Composable = sql.SQL("")
-        if start is not None:
-            where = sql.SQL(" WHERE ({}) > ({})").format(
-                keys, sql.SQL(", ").join(sql.Literal(v) for v in start))
-        query = sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
-            cols, sql.Identifier(table.schema, table.name), where, keys,
-            sql.Literal(self.s.config.incremental_chunk_size))
-        convs, names, key_idx = table.convs, table.columns, table.key_idx
-        dumps = orjson.dumps
-        rows: dict[bytes, dict[str, Any]] = {}
-        last: list[str | None] | None = None
-        n = 0
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            snap = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-            assert snap is not None
-            _xmin, xmax, xips = str(snap[0]).split(":")
-            xip = {int(x) & 0xFFFFFFFF for x in xips.split(",") if x}
-            with conn.cursor().copy(query) as copy:
-                for data in copy:
-                    vals = copy_fields(bytes(data))
-                    after = {c: (None if v is None else f(v)) for c, v, f in zip(names, vals, convs, strict=True)}
-                    rows[dumps({k: after[k] for k in table.key})] = after
-                    last = [vals[i] for i in key_idx]
-                    n += 1
-        finally:
-            conn.execute("COMMIT")
-        conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (self.prefix, f"{cid}:high"))
-        self.chunk = _Chunk(cid, table, rows, last, n >= self.s.config.incremental_chunk_size,
-                            xip=xip, xmax=int(xmax) & 0xFFFFFFFF)
-
-    def watermark(self, content: bytes, lsn: int, dec: _TxnDecoder, window: AckWindow) -> None:
-        chunk = self.chunk
-        cid, _, mark = content.decode(errors="replace").partition(":")
-        if chunk is None or cid != chunk.id:
-            return  # a watermark of a chunk before a restart
-        if mark == "low":
-            chunk.open = True
-            chunk.stale = any(chunk.invisible(xid) for xid in self.recent)
-            return
-        self.chunk = None
-        table = chunk.table
-        if chunk.stale:
-            log.info("chunk of %s.%s read again (a transaction raced its snapshot)",
-                     table.schema, table.name)
-            return
-        if chunk.rows:
-            tracker = AckTracker()
-            ts_us = time.time_ns() // 1000
-            src = self.s._source(table, ts_us, "incremental", lsn, None)
-            src["sequence"] = f'[{dec.prev_end},"{lsn}"]'
-            for key, after in chunk.rows.items():
-                now_us = time.time_ns() // 1000
-                value = orjson.dumps(envelope("r", None, after, src, now_us // 1000, now_us))
-                self.s.send(dec.producer, table, key, value, tracker, dec.headers)
-                table.count("r")
-            window.close(tracker, self.s.confirmed_lsn)
-        if chunk.full and chunk.last is not None:
-            self.jobs[0] = (table, chunk.last)
-        else:
-            self.jobs.popleft()
-            self.finished.append(f"{table.schema}.{table.name}")
-            self.dirty = True
-            log.info("incremental snapshot of %s.%s done", table.schema, table.name)
-
-    def superseded(self, table: _Table, key: bytes | None) -> None:
-        """A streamed change of ``key`` (None: a truncate) inside the open window."""
-        if self.chunk is not None:
-            self.chunk.supersede(table, key)
-
-
-class _TxnDecoder:
-    """pgoutput messages of the stream -> produced events, one tracker per transaction."""
-
-    def __init__(self, source: PostgresCDCSource, producer: EventProducer, window: AckWindow) -> None:
-        self.s = source
-        self.producer = producer
-        self.window = window
-        self.tracker: AckTracker | None = None
-        self.closed: AckTracker = AckTracker()
-        self.xid = 0
-        self.commit_ms = 0
-        self.commit_us = 0
-        self.last_commit_us = 0
-        self.last_lsn = 0
-        self.base: dict[str, dict[str, Any]] = {}  # per topic, this transaction
-        # Debezium's source.sequence[0]: the previous transaction's end LSN (null for the first)
-        self.prev_end = "null"
-        self.dumps = orjson.dumps
-        self.headers = source.context_headers
-
-    def handle(self, msg: bytes) -> int | None:
-        """One XLogData message; returns the end LSN when it closes a transaction."""
-        kind = msg[25]
-        buf = msg[25:]
-        if kind == 0x49 or kind == 0x55 or kind == 0x44:  # I U D
-            self._change(kind, buf, _lsn(msg))
-            return None
-        if kind == 0x42:  # B
-            _final, ts, xid = _BEGIN.unpack_from(buf, 1)
-            self.xid = xid
-            self.commit_us = ts + PG_EPOCH_US
-            self.commit_ms = self.commit_us // 1000
-            self.tracker = AckTracker()
-            self.base = {}
-            return None
-        if kind == 0x43:  # C
-            _flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(buf, 1)
-            self.prev_end = f'"{end_lsn}"'
-            self.s.incremental.recent.append(self.xid)
-            self.last_commit_us = ts + PG_EPOCH_US
-            self.last_lsn = end_lsn
-            self.closed = self.tracker or AckTracker()
-            self.tracker = None
-            return int(end_lsn)
-        if kind == 0x52:  # R
-            rel = parse_relation(buf)
-            table = self.s._table_for(rel)
-            if table is None:
-                self.s._relations.pop(rel.oid, None)
-            else:
-                self.s._relations[rel.oid] = table
-            return None
-        if kind == 0x54:  # T
-            (nrel,) = _U32.unpack_from(buf, 1)
-            pos = 6
-            for _ in range(nrel):
-                (oid,) = _U32.unpack_from(buf, pos)
-                pos += 4
-                table = self.s._relations.get(oid)
-                if table is not None:
-                    self.s.incremental.superseded(table, None)
-                    value = envelope("t", None, None, self._source(table, _lsn(msg)), *self._now())
-                    self._produce(table, None, self.dumps(value))
-                    table.count("t")
-            return None
-        if kind == 0x4D:  # M: a watermark of an incremental snapshot, or a signal
-            end = buf.index(b"\0", 10)
-            prefix = buf[10:end].decode(errors="replace")
-            (size,) = _U32.unpack_from(buf, end + 1)
-            content = buf[end + 5:end + 5 + size]
-            inc = self.s.incremental
-            if prefix == inc.prefix:
-                inc.watermark(content, _lsn(msg), self, self.window)
-            elif prefix == SIGNAL_PREFIX and buf[1] & 1:
-                inc.signal(content)
-            return None
-        return None  # Y (type), O (origin): nothing to emit
-
-    def _source(self, table: _Table, lsn: int) -> dict[str, Any]:
-        """This transaction's ``source`` block for ``table`` at ``lsn`` (base built once)."""
-        base = self.base.get(table.topic)
-        if base is None:
-            base = self.base[table.topic] = self.s._source(table, self.commit_us, "false", 0, self.xid)
-        src = base.copy()
-        src["lsn"] = lsn
-        src["sequence"] = f'[{self.prev_end},"{lsn}"]'
-        return src
-
-    @staticmethod
-    def _now() -> tuple[int, int]:
-        """The envelope's processing time: (ms, us)."""
-        us = time.time_ns() // 1000
-        return us // 1000, us
-
-    def _produce(self, table: _Table, key: bytes | None, value: bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        tracker = self.tracker
-        if tracker is None:
-            raise SourceError("pgoutput: change outside a transaction")
-        self.s.send(self.producer, table, key, value, tracker,
-                    self.headers if headers is None else headers + self.headers)
-
-    def _change(self, kind: int, buf: bytes, lsn: int) -> None:
-        (oid,) = _U32.unpack_from(buf, 1)
-        table = self.s._relations.get(oid)
-        if table is None:
-            return
-        names, convs = table.columns, table.convs
-        before: dict[str, Any] | None = None
-        pos = 5
-        tag = buf[pos]
-        if tag == 0x4B or tag == 0x4F:  # K (old key) / O (old row)
-            before, pos, _ = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
-            if tag == 0x4B and table.required_defaults:
-                before.update({c: v for c, v in table.required_defaults.items() if before.get(c) is None})
-            tag = buf[pos] if pos < len(buf) else 0
-        dumps = self.dumps
-        key_names = table.key
-        src = self._source(table, lsn)
-        now = self._now()
-        if kind == 0x44:  # delete
-            assert before is not None
-            key = dumps({k: before[k] for k in key_names})
-            self.s.incremental.superseded(table, key)
-            self._produce(table, key, dumps(envelope("d", before, None, src, *now)))
-            self._produce(table, key, None)
-            table.count("d")
-            return
-        if tag != 0x4E:  # N
-            raise SourceError(f"pgoutput: change without a new tuple in {table.topic}")
-        after, _, unchanged = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
-        if unchanged and before is not None:  # REPLICA IDENTITY FULL: take them from the old row
-            for c in unchanged:
-                after[c] = before[c]
-        elif unchanged and table.placeholders:
-            for c in unchanged:
-                if c in table.placeholders:
-                    after[c] = table.placeholders[c]
-        key_dict = {k: after[k] for k in key_names}
-        key = dumps(key_dict)
-        self.s.incremental.superseded(table, key)
-        if kind == 0x49:
-            self._produce(table, key, dumps(envelope("c", None, after, src, *now)))
-            table.count("c")
-            return
-        if before is not None:
-            old_key = {k: before[k] for k in key_names}
-            if old_key != key_dict:  # key change: delete + tombstone old key, create new key
-                okey = dumps(old_key)
-                self.s.incremental.superseded(table, okey)
-                self._produce(table, okey, dumps(envelope("d", before, None, src, *now)),
-                              [("__debezium.newkey", key)])
-                self._produce(table, okey, None, [("__debezium.newkey", key)])
-                self._produce(table, key, dumps(envelope("c", None, after, src, *now)),
-                              [("__debezium.oldkey", okey)])
-                table.count("d")
-                table.count("c")
-                return
-        self._produce(table, key, dumps(envelope("u", before, after, src, *now)))
-        table.count("u")
-
-
-def _lsn(msg: bytes) -> int:
-    return int.from_bytes(msg[1:9], "big")

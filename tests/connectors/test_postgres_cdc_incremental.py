@@ -103,7 +103,7 @@ def test_new_table_and_signalled_snapshot_rebuild_exactly(fresh_db: str, kafka_b
             t.join(30)
             w.wait_confirmed(fresh_db, cfg.slot)
             assert source.state == "streaming"
-            assert ("public", "nokey") not in source._tables
+            assert ("public", "nokey") not in source.tables
     finally:
         stop.set()
         if t.is_alive():
