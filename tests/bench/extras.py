@@ -1,6 +1,7 @@
 """Figures other engineers' benchmark scripts in tests/bench print, run as they are.
 
-Each script (``sinks``: sink rows/s, ``runtime_micro`` and ``chain_micro``; ``cdc`` gives
+Each script (``sinks``: sink rows/s, ``runtime_micro`` and ``chain_micro``, ``freshness``:
+source commit -> row in the target at fixed offered rates; ``cdc`` gives
 table rows instead, see :mod:`tests.bench.cdc_rows`) is run as ``python -m tests.bench.<name>`` with its own defaults, in its
 own process, under a time limit (with :data:`ARGS` where its defaults take too long); its output is kept verbatim in the report. A script not
 in the checkout is reported as not available.
@@ -21,7 +22,7 @@ from tests.bench.monitor import kill
 
 #: (module, time limit in seconds)
 EXTRAS: tuple[tuple[str, float], ...] = (
-    ("sinks", 300.0), ("runtime_micro", 240.0), ("chain_micro", 120.0),
+    ("sinks", 300.0), ("runtime_micro", 240.0), ("chain_micro", 120.0), ("freshness", 600.0),
 )
 #: arguments that keep a script inside its limit (MongoDB here is FerretDB on SQLite,
 #: which took minutes for 5,000 rows: left out)
