@@ -99,7 +99,7 @@ def test_an_invalid_spec_lists_every_bad_field_with_its_path(api: ApiProcess) ->
     assert [e["field"] for e in error["errors"]] == [
         "spec.name", "spec.source.format", "spec.transforms[0].expr", "spec.transforms[1].type",
         "spec.parallelism", "spec.colour"]
-    assert error["errors"][1]["message"] == "expected one of debezium|json, got 'xml'"
+    assert error["errors"][1]["message"] == "expected one of debezium|json|avro, got 'xml'"
     assert error["errors"][4]["message"] == "expected a value >= 1, got 0"
     assert error["errors"][5]["message"].startswith("unknown field (expected one of name, ")
     assert api.call("GET", "/api/v1/pipelines").json["items"] == []  # nothing half-applied
