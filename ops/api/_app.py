@@ -280,9 +280,15 @@ def make_app(settings: ApiSettings) -> web.Application:
     return app
 
 
+MAX_REQUEST_LINE = 1 << 20
+
+
 async def serve(settings: ApiSettings) -> None:
     """Serve until SIGTERM or SIGINT; prints the address it listens on."""
-    runner = web.AppRunner(make_app(settings), access_log=None, handle_signals=False)
+    # a request line up to 1 MiB reaches the handlers (which answer bad queries with JSON);
+    # aiohttp's parser would answer a longer-than-8 KiB URL itself, in text/plain
+    runner = web.AppRunner(make_app(settings), access_log=None, handle_signals=False,
+                           max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -106,10 +107,11 @@ def test_a_dry_run_on_the_last_records_of_the_source_topic(
         api: ApiProcess, kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
     topic = make_topic("dry-src", partitions=2)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    now_ms = int(time.time() * 1000)  # recent: the broker's retention would delete older records
     for i in range(1, 16):  # 15 records over two partitions, in time order
         producer.produce(topic, json.dumps({"id": i, "status": "new", "qty": 1,
                                             "price": 1 if i != 14 else -1}).encode(),
-                         str(i).encode(), partition=i % 2, timestamp=1_700_000_000_000 + i)
+                         str(i).encode(), partition=i % 2, timestamp=now_ms - 1000 + i)
     assert producer.flush(30) == 0
     spec = {**SPEC, "source": {"topics": [topic], "format": "json"}}
     reply = api.call("POST", "/api/v1/pipelines/dry-run/sample", {"spec": spec, "limit": 3})
