@@ -798,6 +798,17 @@ def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
     return None
 
 
+def _both(first: BatchHandler, second: BatchHandler) -> BatchHandler:
+    def both(tp: TP, records: Sequence[Any], outbox: Outbox) -> None:
+        first(tp, records, outbox)
+        second(tp, records, outbox)
+    return both
+
+
+def _all_of(first: Callable[[TP], bool], second: Callable[[TP], bool]) -> Callable[[TP], bool]:
+    return lambda tp: first(tp) and second(tp)
+
+
 class BatchApp(faust.App):
     """A Faust app that runs batch handlers on its topics (see module docstring).
 
@@ -842,14 +853,18 @@ class BatchApp(faust.App):
         """Subscribe ``topics`` and hand each fetched partition batch to ``handler``.
 
         With ``gate``, a partition's batches wait (held, the partition paused) until
-        ``gate(tp)`` is true, e.g. until a reference table is loaded.
+        ``gate(tp)`` is true, e.g. until a reference table is loaded. A topic subscribed
+        twice (two joins on one table topic) hands each batch to both handlers in order,
+        behind both gates: one consumer position serves every reader of the topic.
         """
         for topic in topics:
             channel = topic if not isinstance(topic, str) else self.topic(topic)
             for name in channel.topics:
-                self.batch_handlers[name] = handler
+                first = self.batch_handlers.get(name)
+                self.batch_handlers[name] = handler if first is None else _both(first, handler)
                 if gate is not None:
-                    self.batch_gates[name] = gate
+                    held = self.batch_gates.get(name)
+                    self.batch_gates[name] = gate if held is None else _all_of(held, gate)
             _fast_records_for(channel.topics)
             self.topics.add(channel)
 

@@ -245,6 +245,46 @@ def test_join_enriches_orders_through_the_repartition_topic(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+def test_two_joins_and_a_rule_on_one_table_topic_all_see_every_row(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
+    """Two joins and a referential rule read one customers topic: each of their tables
+    holds every customer (the topic's batches reach every reader, none replaces another)."""
+    orders = make_topic(f"shop-{unique}.public.orders", partitions=2)
+    customers = make_topic(f"shop-{unique}.public.customers", partitions=3)
+    out = make_topic(f"joins-{unique}-out", partitions=2)
+    dlq = make_topic(f"joins-{unique}-dlq")
+    join = {"type": "join", "table_topic": customers, "table_format": "debezium", "key": "customer_id"}
+    doc = {
+        "name": f"joins-{unique}", "source": {"topics": [orders], "format": "debezium"},
+        "transforms": [{"type": "unwrap", "metadata": False}],
+        "quality": [{"type": "referential", "name": "known", "key": "customer_id",
+                     "table_topic": customers, "table_format": "debezium", "table_key": "id"}],
+        "stateful": [{**join, "name": "names", "fields": ["name"], "prefix": "n_"},
+                     {**join, "name": "countries", "fields": ["country"], "prefix": "c_"}],
+        "sinks": {"kafka": {"topic": out}}, "dlq": {"topic": dlq},
+        "processing_guarantee": "at_least_once",
+    }
+    spec = write_spec(tmp_path / "joins.yaml", doc)
+    produce(kafka_bootstrap, customers, [customer(1, "Ada", "UK"), customer(2, "Bo", "SE"),
+                                         customer(3, "Cy", "FR")])
+    produce(kafka_bootstrap, orders, [order(i, i % 4, 1.0, 1, ts=i) for i in range(1, 9)])
+    env = {"DATAFLOW_DATA_DIR": str(tmp_path / "data"), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    with worker(spec, env=env, log=tmp_path / "worker.log"):
+        rows = wait_for(lambda: (lambda r: r if len(r) >= 6 else None)(
+            read_topic(kafka_bootstrap, out)), 120, "6 joined orders")
+        dead = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(
+            read_topic(kafka_bootstrap, dlq)), 60, "the 2 orders of no customer")
+    names = {1: ("Ada", "UK"), 2: ("Bo", "SE"), 3: ("Cy", "FR")}
+    got = {orjson.loads(k)["id"]: orjson.loads(v) for k, v, _ in rows}
+    assert sorted(got) == [i for i in range(1, 9) if i % 4]
+    for oid, row in got.items():
+        assert (row["n_name"], row["c_country"]) == names[oid % 4], row
+    assert sorted((h["dataflow.stage"].decode(), orjson.loads(k)["id"]) for k, _, h in dead) == [
+        ("rule:known", 4), ("rule:known", 8)]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_dead_letters_after_a_repartition_hold_the_source_bytes(
         kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Path) -> None:
     """``unique``, ``referential`` and ``window:late`` fail after one or two repartitions:
