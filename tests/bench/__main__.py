@@ -22,6 +22,9 @@ def main(argv: list[str]) -> int:
                         help="prefix of the workload DataFlow W2-W6 run on (default 300k)")
     parser.add_argument("--cdc-changes", type=int, default=100_000,
                         help="changes per CDC case (capped by --events; default 100k)")
+    parser.add_argument("--cdc-peers", default="on", choices=("on", "off"),
+                        help="DataFlow's CDC source beside Debezium on narrow and wide rows "
+                             "(default on; tests/bench/cdc_peers.py)")
     parser.add_argument("--extras", default="all",
                         help="other scripts in tests/bench to run: all, none or a comma list of "
                              + ",".join(n for n, _ in extras.EXTRAS))
@@ -42,6 +45,7 @@ def main(argv: list[str]) -> int:
                          f"{[s.name for s in chosen] + ['df-cdc']}")
         chosen = [s for s in chosen if s.name in names]
         with_cdc = bool(names & {"df-cdc", *cdc_names})
+    with_peers = with_cdc and args.cdc_peers == "on"
     from ops import Stack
 
     stack_env = Stack().up()
@@ -54,12 +58,15 @@ def main(argv: list[str]) -> int:
     cdc_changes = min(args.events, args.cdc_changes)
     more = [lambda e: cdc_rows.rows(e, cdc_changes)] if with_cdc else []
     result = harness.main(env, chosen, extras=extras.extras(extra_names), more_rows=more)
+    if with_peers:
+        result["cdc_peers"] = cdc_rows.peers(env, cdc_changes)
     text = report.markdown(result)
     harness.write(result, text)
     print(text)
     if args.update_readme and not report.update_readme(root / "README.md", report.markdown(result, False)):
         print("README.md has no bench markers; table not written there", file=sys.stderr)
-    return 1 if any(r.get("status", "").startswith("FAILED") for r in result["rows"]) else 0
+    rows = [*result["rows"], *result.get("cdc_peers", [])]
+    return 1 if any(r.get("status", "").startswith("FAILED") for r in rows) else 0
 
 
 if __name__ == "__main__":

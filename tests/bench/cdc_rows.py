@@ -81,3 +81,57 @@ def rows(env: Env, changes: int, limit: float = 600.0) -> list[dict[str, Any]]:
                 row[key] = spread([r[key] for r in runs if r.get(key) is not None])
         out.append(row)
     return out
+
+
+PEER_CASES = (("narrow", "single"), ("narrow", "bulk"), ("wide", "single"), ("wide", "bulk"))
+PEER_FIGURES = ("steady_changes_per_s", "changes_per_s", "steady_cpu_s_per_100k", "warmup_s",
+                "first_record_s")
+
+
+def _peer_one(env: Env, args: list[str], log: Path, limit: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "tests.bench.cdc_peers", *args]
+    child_env = {**os.environ, "PYTHONPATH": str(ROOT), **env.service_env()}
+    with log.open("ab") as fh:
+        try:
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, cwd=ROOT, env=child_env,
+                                  timeout=limit, check=False)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "reason": f"no result within {limit:.0f}s (log: {log})"}
+    figures = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not figures:
+        return {"ok": False, "reason": f"exit status {done.returncode} (log: {log})"}
+    return {"ok": True, **figures[0]}
+
+
+def peers(env: Env, changes: int, limit: float = 900.0) -> list[dict[str, Any]]:
+    """DataFlow's Postgres source beside Debezium on each case, runs alternating (one
+    system's run never always follows the other's), medians of ``env.reps`` runs each."""
+    out = []
+    for shape, mode in PEER_CASES:
+        runs: dict[str, list[dict[str, Any]]] = {"dataflow": [], "debezium": []}
+        for rep in range(env.reps):
+            for system in (("dataflow", "debezium") if rep % 2 == 0 else ("debezium", "dataflow")):
+                log = env.logdir / f"cdc-peer-{system}-{shape}-{mode}-{env.run_id}-{rep}.log"
+                run = _peer_one(env, ["--system", system, "--shape", shape, "--mode", mode,
+                                      "--changes", str(changes)], log, limit)
+                runs[system].append(run)
+                figure = (f"{run['steady_changes_per_s']:,} changes/s steady, "
+                          f"{run['steady_cpu_s_per_100k']} CPU-s/100k" if run["ok"] else run["reason"])
+                print(f"[bench] cdc {system} {shape} {mode} rep {rep + 1}/{env.reps}: {figure}", flush=True)
+        row: dict[str, Any] = {"shape": shape, "mode": mode, "changes": changes, "runs": runs}
+        failed = [r["reason"] for rs in runs.values() for r in rs if not r["ok"]]
+        if failed:
+            row["status"] = "FAILED: " + failed[0]
+        else:
+            row["status"] = "ok"
+            for system, rs in runs.items():
+                row[system] = {k: spread([r[k] for r in rs if r.get(k) is not None]) for k in PEER_FIGURES}
+            df, dbz = row["dataflow"], row["debezium"]
+            row["x_debezium"] = {
+                "steady_changes_per_s": df["steady_changes_per_s"]["median"] / dbz["steady_changes_per_s"]["median"],
+                "changes_per_s": df["changes_per_s"]["median"] / dbz["changes_per_s"]["median"],
+                # changes per CPU-second: the inverse of CPU-seconds per change
+                "changes_per_cpu_s": dbz["steady_cpu_s_per_100k"]["median"] / df["steady_cpu_s_per_100k"]["median"],
+            }
+        out.append(row)
+    return out

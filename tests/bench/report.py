@@ -51,6 +51,7 @@ def markdown(report: dict[str, Any], with_extras: bool = True) -> str:
     for row in report["rows"]:
         lines.append(f"- **{row['system']}**: {row['label']}")
     lines.append("")
+    lines += _cdc_peers(report.get("cdc_peers", []))
     for extra in report.get("extras", []) if with_extras else []:
         lines.append(f"**{extra['name']}** (tests/bench/{extra['name']}.py): {extra['status']}")
         if extra.get("output"):
@@ -58,6 +59,34 @@ def markdown(report: dict[str, Any], with_extras: bool = True) -> str:
         lines.append("")
     lines.append(f"Whole run: {report['elapsed_s']:.0f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _cdc_peers(rows: list[dict[str, Any]]) -> list[str]:
+    """The CDC table: DataFlow's Postgres source beside Debezium, steady state."""
+    if not rows:
+        return []
+    lines = [
+        "CDC, Postgres -> Kafka (acknowledged), DataFlow's source beside Debezium "
+        f"(tests/bench/cdc_peers.py), {rows[0]['changes']:,} changes a case, steady state = the "
+        "last two thirds, median (min-max):",
+        "",
+        "| rows | transactions | Debezium changes/s | DataFlow changes/s | x Debezium "
+        "| CPU-s per 100k (Dbz / DF) | x Debezium (changes/CPU-s) | whole replay x Debezium "
+        "| warm-up s (Dbz / DF) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        what = f"| {row['shape']} | {'single-row' if row['mode'] == 'single' else 'bulk'} "
+        if row["status"] != "ok":
+            lines.append(what + f"| {row['status'][:200]} | | | | | | |")
+            continue
+        dbz, df, x = row["debezium"], row["dataflow"], row["x_debezium"]
+        lines.append(
+            what + f"| {_fig(dbz['steady_changes_per_s'], ',.0f')} | {_fig(df['steady_changes_per_s'], ',.0f')} "
+            f"| {x['steady_changes_per_s']:.2f} | {_fig(dbz['steady_cpu_s_per_100k'], '.2f')} / "
+            f"{_fig(df['steady_cpu_s_per_100k'], '.2f')} | {x['changes_per_cpu_s']:.2f} "
+            f"| {x['changes_per_s']:.2f} | {_fig(dbz['warmup_s'], '.1f')} / {_fig(df['warmup_s'], '.1f')} |")
+    return [*lines, ""]
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
