@@ -178,9 +178,11 @@ def decoder_for(spec: PipelineSpec, schema_lookup: Any = None,
 def encoder_for(spec: PipelineSpec, chain: Chain,
                 registry: SchemaRegistry | None = None) -> Callable[[Event, str], Any]:
     """``encode(event, topic)`` of the Kafka sink's format: JSON, or Avro registered under
-    ``<topic>-value`` with the schema the chain's transforms give."""
+    ``<topic>-value`` with the schema the chain's transforms give; an Avro source key that
+    the sink does not re-key keeps its schema (``<topic>-key``)."""
     if spec.sinks.kafka.format != "avro":
         return encode_event
     registry = registry or registry_for(spec)
     assert registry is not None
-    return AvroEncoder(registry, chain.transforms, spec.source.format == "avro").encode
+    avro_keys = spec.source.key_format == "avro" and spec.sinks.kafka.key is None
+    return AvroEncoder(registry, chain.transforms, spec.source.format == "avro", avro_keys).encode

@@ -835,9 +835,17 @@ class PipelineSpec(_Model):
         elif self.stateful or self.stateful_rules:
             why = "stateful operators or rules (their outputs have no derived schema yet)"
         else:
-            shaped = [t.type for t in self.transforms if t.type in ("unwrap", "flatten")]
-            if shaped:
-                why = f"a {shaped[0]} transform (its output fields have no derived schema yet)"
+            for t in self.transforms:
+                if isinstance(t, FlattenSpec):
+                    why = "a flatten transform (its output fields have no derived schema yet)"
+                elif isinstance(t, UnwrapSpec) and self.source.format != "avro":
+                    why = ("an unwrap transform of a json source (its envelopes carry no writer "
+                           "schema to derive the rows' from)")
+                elif isinstance(t, UnwrapSpec) and t.truncates == "keep":
+                    why = ("unwrap truncates: keep (a truncate row has none of the table's "
+                           "fields, so it has no schema of the table's subject)")
+                if why is not None:
+                    break
         if why is not None:
             raise _FieldError("sinks.kafka.format", f"avro is not supported with {why}")
         return self

@@ -1,6 +1,7 @@
 """Every spec field does something or is refused when the spec loads, with its path:
-Avro table topics, Avro outputs without a derived schema and regex subscriptions are
-refused (not supported yet), ``sinks.postgres.mode``
+Avro table topics, Avro outputs without a derived schema (a flatten, an unwrap of a
+JSON source or one keeping truncates) and regex subscriptions are refused (not supported
+yet), ``sinks.postgres.mode``
 takes only what the loader writes (upserts), ``schedule`` is a 5-field cron checked with
 croniter, ``parallelism`` a bounded count (both read by the control plane's supervisor)."""
 
@@ -43,6 +44,18 @@ def _source(**fields: Any) -> dict[str, Any]:
      "are envelopes, not rows)"),
     (_with(source={"topics": ["in"], "format": "avro"}, sinks={"kafka": {"format": "avro"}},
            transforms=[{"type": "flatten"}]),
+     "sinks.kafka.format: avro is not supported with a flatten transform (its output fields "
+     "have no derived schema yet)"),
+    (_with(source={"topics": ["in"], "format": "json"}, sinks={"kafka": {"format": "avro"}},
+           transforms=[{"type": "unwrap"}]),
+     "sinks.kafka.format: avro is not supported with an unwrap transform of a json source "
+     "(its envelopes carry no writer schema to derive the rows' from)"),
+    (_with(source={"topics": ["in"], "format": "avro"}, sinks={"kafka": {"format": "avro"}},
+           transforms=[{"type": "unwrap", "truncates": "keep"}]),
+     "sinks.kafka.format: avro is not supported with unwrap truncates: keep (a truncate row "
+     "has none of the table's fields, so it has no schema of the table's subject)"),
+    (_with(source={"topics": ["in"], "format": "avro"}, sinks={"kafka": {"format": "avro"}},
+           transforms=[{"type": "unwrap"}, {"type": "flatten"}]),
      "sinks.kafka.format: avro is not supported with a flatten transform (its output fields "
      "have no derived schema yet)"),
     (_with(source={"topics": ["in"], "format": "json"}, sinks={"kafka": {"format": "avro"}},
@@ -89,6 +102,11 @@ def test_the_implemented_values_load() -> None:
     assert (avro.source.format, avro.source.key_format, avro.sinks.kafka.format) == (
         "avro", "avro", "avro")
     assert avro.uses_avro and not load_spec(BASE).uses_avro
+    cdc = load_spec(_with(source={"topics": ["in"], "format": "avro", "key_format": "avro"},
+                          transforms=[{"type": "unwrap", "deletes": "rewrite"},
+                                      {"type": "drop", "fields": ["__lsn"]}],
+                          sinks={"kafka": {"format": "avro"}}))
+    assert [t.type for t in cdc.transforms] == ["unwrap", "drop"]
 
 
 def test_the_worker_refuses_them_before_it_starts(
