@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,6 +35,7 @@ from tests.connectors.test_postgres_cdc import (
     topics_of,
     wait_streaming,
 )
+from tests.pipeline_support import end_offsets, read_topic, worker, write_spec
 from tests.support import ServiceEnv, wait_for
 
 pytestmark = pytest.mark.integration
@@ -242,6 +244,119 @@ def test_schema_evolution_mid_stream_reaches_the_postgres_loader(
             thread.join(60)
     assert not errors
     assert loader.rejected == 0
+
+
+def _source_rows(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT id, qty, price, color FROM items ORDER BY id").fetchall()
+
+
+@pytest.mark.timeout(420)
+def test_schema_evolution_through_a_worker_reaches_the_postgres_loader(
+        fresh_db: str, kafka_bootstrap: str, prefix: str, registry_url: str, unique: str,
+        tmp_path: Path) -> None:
+    """CDC (Avro) -> a ``dataflow worker`` (Avro source, unwrap, Avro sink) -> the Postgres
+    loader on the worker's topic, while the table gains a column, loses one and widens one
+    (integer -> bigint, then a value over 2^31), with updates and a delete: the target
+    equals the source, row for row; the worker derives each new writer schema's output
+    schema (a new version of its subject, the key keeping its own), nothing is a dead
+    letter."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id integer PRIMARY KEY, qty integer, note text, "
+                     "price numeric(10,2))")
+        conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25 FROM generate_series(1, 50) g")
+    topic, out, dlq = f"{prefix}.public.items", f"{prefix}.out", f"{prefix}.dlq"
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix, format="avro", schema_registry_url=registry_url,
+                      decimal_handling_mode="precise", table_include=["public\\.items"])
+    spec = write_spec(tmp_path / "evolve.yaml", {
+        "name": f"evolve-{unique}",
+        "source": {"topics": [topic], "format": "avro", "key_format": "avro",
+                   "schema_registry_url": registry_url},
+        "transforms": [{"type": "unwrap", "deletes": "rewrite"}],
+        "sinks": {"kafka": {"topic": out, "format": "avro"}}, "dlq": {"topic": dlq}})
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATAFLOW_DATA_DIR": str(tmp_path / "d")}
+    log = tmp_path / "worker.log"
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    errors: list[BaseException] = []
+    try:
+        with running(cfg) as source:
+            wait_streaming(source)
+            # the worker subscribes to a topic the source has created and filled
+            wait_for(lambda: sum(end_offsets(kafka_bootstrap, topic).values()) >= 50, 60,
+                     "the snapshot in the CDC topic")
+            with worker(spec, env=env, log=log) as proc:
+                wait_for(lambda: sum(end_offsets(kafka_bootstrap, out).values()) >= 50, 120,
+                         "the worker to write the snapshot rows")
+                loader, stop, thread, errors = _loader(kafka_bootstrap, out, registry_url,
+                                                       fresh_db, f"{prefix}.load-dlq")
+                with psycopg.connect(fresh_db, autocommit=True) as conn:
+                    conn.execute("INSERT INTO items VALUES (51, 51, 'n51', 51.25)")
+                    conn.execute("ALTER TABLE items ADD COLUMN color text")
+                    conn.execute("INSERT INTO items VALUES (52, 52, 'n52', 52.25, 'red')")
+                    conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25, 'c' || g "
+                                 "FROM generate_series(55, 60) g")
+                    conn.execute("UPDATE items SET color = 'blue' WHERE id = 1")
+                    conn.execute("ALTER TABLE items DROP COLUMN note")
+                    conn.execute("INSERT INTO items VALUES (53, 53, 53.25, 'green')")
+                    conn.execute("ALTER TABLE items ALTER COLUMN qty TYPE bigint")
+                    conn.execute("INSERT INTO items VALUES (54, 5000000000, 54.25, 'big')")
+                    conn.execute("UPDATE items SET qty = qty + 1 WHERE id = 54")
+                    conn.execute("DELETE FROM items WHERE id = 2")
+                w.wait_confirmed(fresh_db, cfg.slot)
+                expected = _source_rows(fresh_db)
+
+                def loaded() -> Any:
+                    if errors:
+                        raise errors[0]
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the worker exited: {log.read_text(errors='replace')[-3000:]}")
+                    try:
+                        got = _rows(fresh_db)
+                    except psycopg.errors.UndefinedTable:
+                        return False
+                    seen[:] = got
+                    return len(got) == len(expected) and 2 not in {r[0] for r in got} and any(
+                        r[0] == 54 for r in got)
+                seen: list[Any] = []
+                try:
+                    wait_for(loaded, 120, "the loader to write every row")
+                except AssertionError:
+                    raise AssertionError(f"{len(seen)} rows; the last: {seen[-3:]}") from None
+                wait_for(lambda: _target(fresh_db) == expected, 60, "the last updates")
+                assert proc.poll() is None
+            assert source.state == "streaming" and not source.errors  # type: ignore[attr-defined]
+        assert [r[0] for r in expected] == [1, *range(3, 61)]
+        assert expected[0] == (1, 1, Decimal("1.25"), "blue")
+        assert dict((r[0], r) for r in expected)[54] == (54, 5_000_000_001, Decimal("54.25"), "big")
+        cols = _columns(fresh_db)
+        assert cols == {"id": "integer", "qty": "bigint", "note": "text",
+                        "price": "numeric(10,2)", "__version": "bigint", "color": "text"}
+        with psycopg.connect(fresh_db) as conn:
+            notes = dict(conn.execute("SELECT id, note FROM replica").fetchall())
+        # the dropped column: kept, NULL for the rows written after the drop
+        assert notes == {i: None if i in (53, 54) else f"n{i}" for i in [1, *range(3, 61)]}
+        client = SchemaRegistryClient({"url": registry_url})
+        assert len(client.get_versions(f"{out}-value")) == 4   # first + 3 changes
+        assert len(client.get_versions(f"{out}-key")) == 1
+        latest = json.loads(client.get_latest_version(f"{out}-value").schema.schema_str)
+        fields = {f["name"]: f["type"] for f in latest["fields"]}
+        assert list(fields) == ["id", "qty", "price", "color", "__source_table", "__lsn", "__op",
+                                "__ts_ms", "__deleted"]
+        assert (fields["id"], fields["qty"], fields["__op"], fields["__deleted"]) == (
+            "int", ["null", "long"], "string", "boolean")
+        assert read_topic(kafka_bootstrap, dlq) == []
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(60)
+    assert not errors
+    assert loader.rejected == 0
+
+
+def _target(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT id, qty, price, color FROM replica ORDER BY id").fetchall()
 
 
 class _Forwarder:
