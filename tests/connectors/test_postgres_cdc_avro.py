@@ -1,6 +1,7 @@
 """The Postgres CDC source writing Avro through a real schema registry (Apicurio's
 Confluent-compatible API), read back by confluent-kafka's ``AvroDeserializer``; and the
-Postgres loader reading those topics while the table's schema changes under it."""
+Postgres loader reading those topics, or a worker's unwrapped Avro output of them, while
+the table's schema changes under it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +28,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 
 from agents import Loader, LoaderSettings
-from connectors import PostgresSink, PostgresSinkSettings
+from connectors import PostgresCDCConfig, PostgresSink, PostgresSinkSettings
 from ops._stack import free_port
 from tests.connectors import cdc_workload as w
 from tests.connectors.test_postgres_cdc import (
@@ -112,8 +115,36 @@ def test_avro_workload_replays_exactly(fresh_db: str, kafka_bootstrap: str, pref
 # -- schema evolution through the Postgres loader -------------------------------------
 
 
-def _loader(kafka_bootstrap: str, topic: str, registry_url: str, target_dsn: str,
-            dlq: str) -> tuple[Loader, threading.Event, threading.Thread, list[BaseException]]:
+def _items(dsn: str, kafka_bootstrap: str, prefix: str, registry_url: str) -> PostgresCDCConfig:
+    """Table ``items`` with 50 rows, and a source writing its changes as Avro (exact decimals)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id integer PRIMARY KEY, qty integer, note text, "
+                     "price numeric(10,2))")
+        conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25 FROM generate_series(1, 50) g")
+    return make_config(dsn, kafka_bootstrap, prefix, format="avro", schema_registry_url=registry_url,
+                       decimal_handling_mode="precise", table_include=["public\\.items"])
+
+
+def _evolve(dsn: str) -> None:
+    """Mid-stream on ``items``: a column added (and filled), one dropped, one widened to
+    bigint (and a value over 2^31), a delete."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (51, 51, 'n51', 51.25)")
+        conn.execute("ALTER TABLE items ADD COLUMN color text")
+        conn.execute("INSERT INTO items VALUES (52, 52, 'n52', 52.25, 'red')")
+        conn.execute("UPDATE items SET color = 'blue' WHERE id = 1")
+        conn.execute("ALTER TABLE items DROP COLUMN note")
+        conn.execute("INSERT INTO items VALUES (53, 53, 53.25, 'green')")
+        conn.execute("ALTER TABLE items ALTER COLUMN qty TYPE bigint")
+        conn.execute("INSERT INTO items VALUES (54, 5000000000, 54.25, 'big')")
+        conn.execute("DELETE FROM items WHERE id = 2")
+
+
+@contextmanager
+def _loading(kafka_bootstrap: str, topic: str, registry_url: str, target_dsn: str,
+             dlq: str) -> Iterator[tuple[Loader, list[BaseException]]]:
+    """An Avro Postgres loader of ``topic`` into ``public.replica`` in a thread, with the
+    errors it raised; on a clean exit it must have raised none and refused no row."""
     settings = LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
                               group_id=f"load-{topic}", pipeline="evolve", format="avro",
                               schema_registry_url=registry_url, dlq_topic=dlq, batch_size=500,
@@ -123,16 +154,15 @@ def _loader(kafka_bootstrap: str, topic: str, registry_url: str, target_dsn: str
     loader = Loader(settings, sink)
     stop = threading.Event()
     errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            loader.run(stop)
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
+    thread = threading.Thread(target=lambda: _run(loader, stop, errors), daemon=True)
     thread.start()
-    return loader, stop, thread, errors
+    try:
+        yield loader, errors
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors
+    assert loader.rejected == 0
 
 
 def _rows(dsn: str) -> list[tuple[Any, ...]]:
@@ -169,32 +199,14 @@ def test_schema_evolution_mid_stream_reaches_the_postgres_loader(
     NULL from then on) and no row is lost; an incompatible change (text -> integer) is
     refused by the registry: that table's events go to the source's dead-letter topic with
     the reason, the source keeps streaming and confirming, nothing crashes."""
-    with psycopg.connect(fresh_db, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id integer PRIMARY KEY, qty integer, note text, "
-                     "price numeric(10,2))")
-        conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25 FROM generate_series(1, 50) g")
+    cfg = _items(fresh_db, kafka_bootstrap, prefix, registry_url)
     target = fresh_db   # the replica is table public.replica of the same database
     topic = f"{prefix}.public.items"
-    cfg = make_config(fresh_db, kafka_bootstrap, prefix, format="avro", schema_registry_url=registry_url,
-                      decimal_handling_mode="precise", table_include=["public\\.items"])
-    stop = threading.Event()
-    thread: threading.Thread | None = None
-    errors: list[BaseException] = []
-    try:
-        with running(cfg) as source:
-            wait_streaming(source)
-            loader, stop, thread, errors = _loader(kafka_bootstrap, topic, registry_url, target,
-                                                   f"dataflow.evolve.dlq.{unique}")
-            with psycopg.connect(fresh_db, autocommit=True) as conn:
-                conn.execute("INSERT INTO items VALUES (51, 51, 'n51', 51.25)")
-                conn.execute("ALTER TABLE items ADD COLUMN color text")
-                conn.execute("INSERT INTO items VALUES (52, 52, 'n52', 52.25, 'red')")
-                conn.execute("UPDATE items SET color = 'blue' WHERE id = 1")
-                conn.execute("ALTER TABLE items DROP COLUMN note")
-                conn.execute("INSERT INTO items VALUES (53, 53, 53.25, 'green')")
-                conn.execute("ALTER TABLE items ALTER COLUMN qty TYPE bigint")
-                conn.execute("INSERT INTO items VALUES (54, 5000000000, 54.25, 'big')")
-                conn.execute("DELETE FROM items WHERE id = 2")
+    with running(cfg) as source:
+        wait_streaming(source)
+        with _loading(kafka_bootstrap, topic, registry_url, target,
+                      f"dataflow.evolve.dlq.{unique}") as (_, errors):
+            _evolve(fresh_db)
             w.wait_confirmed(fresh_db, cfg.slot)
 
             def loaded() -> Any:
@@ -238,12 +250,6 @@ def test_schema_evolution_mid_stream_reaches_the_postgres_loader(
             assert b"HTTP 409" in headers["dataflow.error"]
             assert b'"id":55' in dead[0].value()            # the event, in Debezium JSON
             assert source.state == "streaming" and not source.errors  # type: ignore[attr-defined]
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(60)
-    assert not errors
-    assert loader.rejected == 0
 
 
 def _source_rows(dsn: str) -> list[tuple[Any, ...]]:
@@ -261,13 +267,8 @@ def test_schema_evolution_through_a_worker_reaches_the_postgres_loader(
     equals the source, row for row; the worker derives each new writer schema's output
     schema (a new version of its subject, the key keeping its own), nothing is a dead
     letter."""
-    with psycopg.connect(fresh_db, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id integer PRIMARY KEY, qty integer, note text, "
-                     "price numeric(10,2))")
-        conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25 FROM generate_series(1, 50) g")
+    cfg = _items(fresh_db, kafka_bootstrap, prefix, registry_url)
     topic, out, dlq = f"{prefix}.public.items", f"{prefix}.out", f"{prefix}.dlq"
-    cfg = make_config(fresh_db, kafka_bootstrap, prefix, format="avro", schema_registry_url=registry_url,
-                      decimal_handling_mode="precise", table_include=["public\\.items"])
     spec = write_spec(tmp_path / "evolve.yaml", {
         "name": f"evolve-{unique}",
         "source": {"topics": [topic], "format": "avro", "key_format": "avro",
@@ -276,82 +277,62 @@ def test_schema_evolution_through_a_worker_reaches_the_postgres_loader(
         "sinks": {"kafka": {"topic": out, "format": "avro"}}, "dlq": {"topic": dlq}})
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATAFLOW_DATA_DIR": str(tmp_path / "d")}
     log = tmp_path / "worker.log"
-    stop = threading.Event()
-    thread: threading.Thread | None = None
-    errors: list[BaseException] = []
-    try:
-        with running(cfg) as source:
-            wait_streaming(source)
-            # the worker subscribes to a topic the source has created and filled
-            wait_for(lambda: sum(end_offsets(kafka_bootstrap, topic).values()) >= 50, 60,
-                     "the snapshot in the CDC topic")
-            with worker(spec, env=env, log=log) as proc:
-                wait_for(lambda: sum(end_offsets(kafka_bootstrap, out).values()) >= 50, 120,
-                         "the worker to write the snapshot rows")
-                loader, stop, thread, errors = _loader(kafka_bootstrap, out, registry_url,
-                                                       fresh_db, f"{prefix}.load-dlq")
+    with running(cfg) as source:
+        wait_streaming(source)
+        # the worker subscribes to a topic the source has created and filled
+        wait_for(lambda: sum(end_offsets(kafka_bootstrap, topic).values()) >= 50, 60,
+                 "the snapshot in the CDC topic")
+        with worker(spec, env=env, log=log) as proc:
+            wait_for(lambda: sum(end_offsets(kafka_bootstrap, out).values()) >= 50, 120,
+                     "the worker to write the snapshot rows")
+            with _loading(kafka_bootstrap, out, registry_url, fresh_db,
+                          f"{prefix}.load-dlq") as (_, errors):
+                _evolve(fresh_db)
                 with psycopg.connect(fresh_db, autocommit=True) as conn:
-                    conn.execute("INSERT INTO items VALUES (51, 51, 'n51', 51.25)")
-                    conn.execute("ALTER TABLE items ADD COLUMN color text")
-                    conn.execute("INSERT INTO items VALUES (52, 52, 'n52', 52.25, 'red')")
-                    conn.execute("INSERT INTO items SELECT g, g, 'n' || g, g + 0.25, 'c' || g "
+                    conn.execute("INSERT INTO items SELECT g, g, g + 0.25, 'c' || g "
                                  "FROM generate_series(55, 60) g")
-                    conn.execute("UPDATE items SET color = 'blue' WHERE id = 1")
-                    conn.execute("ALTER TABLE items DROP COLUMN note")
-                    conn.execute("INSERT INTO items VALUES (53, 53, 53.25, 'green')")
-                    conn.execute("ALTER TABLE items ALTER COLUMN qty TYPE bigint")
-                    conn.execute("INSERT INTO items VALUES (54, 5000000000, 54.25, 'big')")
                     conn.execute("UPDATE items SET qty = qty + 1 WHERE id = 54")
-                    conn.execute("DELETE FROM items WHERE id = 2")
                 w.wait_confirmed(fresh_db, cfg.slot)
                 expected = _source_rows(fresh_db)
 
-                def loaded() -> Any:
+                def loaded() -> bool:
                     if errors:
                         raise errors[0]
                     if proc.poll() is not None:
                         raise RuntimeError(f"the worker exited: {log.read_text(errors='replace')[-3000:]}")
                     try:
-                        got = _rows(fresh_db)
+                        seen[:] = _target(fresh_db)
                     except psycopg.errors.UndefinedTable:
                         return False
-                    seen[:] = got
-                    return len(got) == len(expected) and 2 not in {r[0] for r in got} and any(
-                        r[0] == 54 for r in got)
+                    return seen == expected
                 seen: list[Any] = []
                 try:
                     wait_for(loaded, 120, "the loader to write every row")
                 except AssertionError:
                     raise AssertionError(f"{len(seen)} rows; the last: {seen[-3:]}") from None
-                wait_for(lambda: _target(fresh_db) == expected, 60, "the last updates")
-                assert proc.poll() is None
-            assert source.state == "streaming" and not source.errors  # type: ignore[attr-defined]
-        assert [r[0] for r in expected] == [1, *range(3, 61)]
-        assert expected[0] == (1, 1, Decimal("1.25"), "blue")
-        assert dict((r[0], r) for r in expected)[54] == (54, 5_000_000_001, Decimal("54.25"), "big")
-        cols = _columns(fresh_db)
-        assert cols == {"id": "integer", "qty": "bigint", "note": "text",
-                        "price": "numeric(10,2)", "__version": "bigint", "color": "text"}
-        with psycopg.connect(fresh_db) as conn:
-            notes = dict(conn.execute("SELECT id, note FROM replica").fetchall())
-        # the dropped column: kept, NULL for the rows written after the drop
-        assert notes == {i: None if i in (53, 54) else f"n{i}" for i in [1, *range(3, 61)]}
-        client = SchemaRegistryClient({"url": registry_url})
-        assert len(client.get_versions(f"{out}-value")) == 4   # first + 3 changes
-        assert len(client.get_versions(f"{out}-key")) == 1
-        latest = json.loads(client.get_latest_version(f"{out}-value").schema.schema_str)
-        fields = {f["name"]: f["type"] for f in latest["fields"]}
-        assert list(fields) == ["id", "qty", "price", "color", "__source_table", "__lsn", "__op",
-                                "__ts_ms", "__deleted"]
-        assert (fields["id"], fields["qty"], fields["__op"], fields["__deleted"]) == (
-            "int", ["null", "long"], "string", "boolean")
-        assert read_topic(kafka_bootstrap, dlq) == []
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(60)
-    assert not errors
-    assert loader.rejected == 0
+        assert source.state == "streaming" and not source.errors  # type: ignore[attr-defined]
+    assert [r[0] for r in expected] == [1, *range(3, 61)]
+    assert expected[0] == (1, 1, Decimal("1.25"), "blue")
+    assert dict((r[0], r) for r in expected)[54] == (54, 5_000_000_001, Decimal("54.25"), "big")
+    assert _columns(fresh_db) == {"id": "integer", "qty": "bigint", "note": "text",
+                                  "price": "numeric(10,2)", "__version": "bigint", "color": "text"}
+    with psycopg.connect(fresh_db) as conn:
+        notes = dict(conn.execute("SELECT id, note FROM replica").fetchall())
+    # the dropped column: kept, NULL for the rows written after the drop
+    assert notes == {i: None if i > 52 else f"n{i}" for i in [1, *range(3, 61)]}
+    client = SchemaRegistryClient({"url": registry_url})
+    assert len(client.get_versions(f"{out}-value")) == 4   # first + 3 changes
+    assert len(client.get_versions(f"{out}-key")) == 1
+    latest = json.loads(client.get_latest_version(f"{out}-value").schema.schema_str)
+    fields = {f["name"]: f["type"] for f in latest["fields"]}
+    assert list(fields) == ["id", "qty", "price", "color", "__source_table", "__lsn", "__op",
+                            "__ts_ms", "__deleted"]
+    assert (fields["id"], fields["qty"], fields["__op"], fields["__deleted"]) == (
+        "int", ["null", "long"], "string", "boolean")
+    keys = AvroDeserializer(client)
+    ctx = SerializationContext(out, MessageField.KEY)
+    assert {keys(k, ctx)["id"] for k, _, _ in read_topic(kafka_bootstrap, out)} == set(range(1, 61))
+    assert read_topic(kafka_bootstrap, dlq) == []
 
 
 def _target(dsn: str) -> list[tuple[Any, ...]]:
