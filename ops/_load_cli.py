@@ -97,7 +97,12 @@ def from_spec(spec: PipelineSpec, kind: str | None) -> tuple[LoaderSettings, Sin
     section = getattr(spec.sinks, kind)
     if section is None:
         raise ConfigError(f"sinks.{kind}: not in the spec")
+    # the pipeline's own output topic is read in the format the worker writes it
+    avro = spec.sinks.kafka.format == "avro" and section.topic in (None, spec.output_topic)
     loader = LoaderSettings(
+        format="avro" if avro else "json",
+        schema_registry_url=(avro and spec.source.schema_registry_url)
+        or os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL", ""),
         bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
         topics=(section.topic or spec.output_topic,),
         group_id=f"dataflow-{spec.name}-load-{kind}",

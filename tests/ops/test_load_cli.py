@@ -45,6 +45,23 @@ def test_spec_sections_map_to_loader_and_sink(monkeypatch: pytest.MonkeyPatch) -
         10, 2.0, ("region",))
 
 
+def test_a_loader_of_an_avro_output_reads_avro(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's own topic in Avro: the loader reads the Confluent wire format through
+    the spec's registry (default ``DATAFLOW_SCHEMA_REGISTRY_URL``); another topic as JSON."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:9092")
+    monkeypatch.setenv("DATAFLOW_SCHEMA_REGISTRY_URL", "http://env:8081")
+    doc = {**SPEC, "source": {"topics": ["in"], "format": "avro"},
+           "sinks": {"kafka": {"format": "avro"}, "postgres": SPEC["sinks"]["postgres"]}}
+    loader, _ = from_spec(load_spec(doc), "postgres")
+    assert (loader.format, loader.schema_registry_url) == ("avro", "http://env:8081")
+    doc["source"] = {**doc["source"], "schema_registry_url": "http://spec:8081"}
+    loader, _ = from_spec(load_spec(doc), "postgres")
+    assert (loader.format, loader.schema_registry_url) == ("avro", "http://spec:8081")
+    doc["sinks"] = {**doc["sinks"], "postgres": {**SPEC["sinks"]["postgres"], "topic": "other"}}
+    assert from_spec(load_spec(doc), "postgres")[0].format == "json"
+    assert from_spec(load_spec(SPEC), "postgres")[0].format == "json"
+
+
 def test_several_sinks_need_a_choice_and_config_form_works(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:9092")
