@@ -5,10 +5,10 @@ PY      = $(VENV)/bin/python
 DF      = $(VENV)/bin/dataflow
 PKGS    = streams agents schemas connectors ops
 
-.PHONY: setup stack down test unit lint typecheck demo bench clean dashboard
+.PHONY: setup stack down test unit lint typecheck demo bench clean dashboard native
 
 WEB     = ops/dashboard/web
-setup: $(VENV)/.installed dashboard
+setup: $(VENV)/.installed native dashboard
 
 # the web dashboard's assets (served by `dataflow api` at /ui; built here, never committed)
 dashboard: $(WEB)/dist/index.html
@@ -17,6 +17,16 @@ $(WEB)/dist/index.html: $(WEB)/package-lock.json $(WEB)/index.html $(WEB)/vite.c
 		$(WEB)/tsconfig.json $(wildcard $(WEB)/src/*.ts $(WEB)/src/*.tsx $(WEB)/src/*.css \
 		$(WEB)/src/pages/*.tsx)
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+# the Postgres source's native tuple decoder (Rust, PyO3; the Python one stays as fallback)
+NATIVE  = connectors/postgres/native
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+native: $(VENV)/.native
+
+$(VENV)/.native: $(VENV)/.installed $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml \
+		$(NATIVE)/src/lib.rs
+	$(PY) -m pip install -q ./$(NATIVE)
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -62,6 +62,7 @@ from connectors.postgres._types import (
     TypeMapper,
     connect_schema,
     copy_fields,
+    native_kinds,
     placeholders,
 )
 from schemas import (
@@ -427,6 +428,7 @@ class PostgresCDCSource(SourceBase):
             mapper = self._mapper
         table.columns = [c.name for c in rel.columns]
         table.convs = [mapper.converter(c.type_oid, c.typmod) for c in rel.columns]
+        table.kinds = native_kinds(table.convs)
         table.key_idx = [table.columns.index(k) for k in table.key]
         table.placeholders = placeholders(mapper, [(c.name, c.type_oid) for c in rel.columns])
         with connect(self._dsn) as conn:
@@ -544,6 +546,7 @@ class PostgresCDCSource(SourceBase):
         ).fetchall()
         table.columns = [r[0] for r in rows]
         table.convs = [mapper.converter(r[1], r[2]) for r in rows]
+        table.kinds = native_kinds(table.convs)
         table.key_idx = [table.columns.index(k) for k in table.key]
         table.placeholders = placeholders(mapper, [(r[0], r[1]) for r in rows])
         self._set_schemas(conn, table, [(r[0], r[1], r[2]) for r in rows])

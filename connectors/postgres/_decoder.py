@@ -125,12 +125,12 @@ class TxnDecoder:
         table = self.s.relations.get(oid)
         if table is None:
             return
-        names, convs = table.columns, table.convs
+        names, convs, kinds = table.columns, table.convs, table.kinds
         before: dict[str, Any] | None = None
         pos = 5
         tag = buf[pos]
         if tag == 0x4B or tag == 0x4F:  # K (old key) / O (old row)
-            before, pos, _ = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
+            before, pos, _ = decode_row(buf, pos + 1, names, convs, kinds, UNAVAILABLE_VALUE)
             if tag == 0x4B and table.required_defaults:
                 before.update({c: v for c, v in table.required_defaults.items() if before.get(c) is None})
             tag = buf[pos] if pos < len(buf) else 0
@@ -148,7 +148,7 @@ class TxnDecoder:
             return
         if tag != 0x4E:  # N
             raise SourceError(f"pgoutput: change without a new tuple in {table.topic}")
-        after, _, unchanged = decode_row(buf, pos + 1, names, convs, UNAVAILABLE_VALUE)
+        after, _, unchanged = decode_row(buf, pos + 1, names, convs, kinds, UNAVAILABLE_VALUE)
         if unchanged and before is not None:  # REPLICA IDENTITY FULL: take them from the old row
             for c in unchanged:
                 after[c] = before[c]

@@ -9,6 +9,7 @@ transactions to disk, and we read them message by message, so memory stays bound
 
 from __future__ import annotations
 
+import os
 import select
 import struct
 import time
@@ -85,13 +86,14 @@ def parse_relation(buf: bytes) -> Relation:
     return Relation(oid, schema or "pg_catalog", table, ident, tuple(cols))
 
 
-def decode_row(
-    buf: bytes, pos: int, names: list[str], convs: list[Any], unavailable: str
+def decode_row_py(
+    buf: bytes, pos: int, names: list[str], convs: list[Any], kinds: bytes, unavailable: str
 ) -> tuple[dict[str, Any], int, list[str] | None]:
     """TupleData at ``pos`` straight into a converted row (one pass, the hot path).
 
     Returns the row, the next position and the names of unchanged TOASTed columns (which
-    hold ``unavailable``), or None when there are none."""
+    hold ``unavailable``), or None when there are none. ``kinds`` is for the native
+    decoder (the same function in Rust, used when it is built: see ``decode_row``)."""
     (n,) = _U16.unpack_from(buf, pos)
     pos += 2
     if n != len(names):
@@ -116,6 +118,24 @@ def decode_row(
         else:
             raise SourceError(f"pgoutput: unexpected tuple column kind {kind!r}")
     return row, pos, unchanged
+
+
+def _native_decoder() -> Any:
+    """The native ``decode_row`` (connectors/postgres/native, built by ``make setup``)
+    unless it is not installed or ``DATAFLOW_PG_NATIVE=0`` asks for the Python one."""
+    if os.environ.get("DATAFLOW_PG_NATIVE", "1") == "0":
+        return None
+    try:
+        from dataflow_pgdecode import decode_row as native  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return native
+
+
+_NATIVE = _native_decoder()
+#: TupleData -> row: natively where the extension is built, else in Python (same values)
+decode_row = _NATIVE if _NATIVE is not None else decode_row_py
+NATIVE_DECODER = _NATIVE is not None
 
 
 def replication_conninfo(dsn: str) -> str:

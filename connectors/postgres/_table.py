@@ -33,6 +33,7 @@ class Table:
     topic: str
     columns: list[str] = field(default_factory=list)
     convs: list[Converter] = field(default_factory=list)
+    kinds: bytes = b""   # the converters' kinds for the native decoder (``native_kinds``)
     key_idx: list[int] = field(default_factory=list)
     events: EventCounts = field(init=False)  # events by op, not yet in metrics
     # Connect schemas (JSON) when ``json_schemas`` is on: keys/values become {schema, payload}

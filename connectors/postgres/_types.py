@@ -329,6 +329,19 @@ def _map_nested(items: list[Any], conv: Converter) -> list[Any]:
     ]
 
 
+class ArrayConverter:
+    """Array text -> nested lists of ``inner``'s values (``inner`` is what the native
+    decoder applies to each element)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Converter) -> None:
+        self.inner = inner
+
+    def __call__(self, s: str) -> list[Any]:
+        return _map_nested(parse_array(s), self.inner)
+
+
 @dataclass
 class TypeMapper:
     """Chooses one converter per (type oid, typmod) from the catalog of ``pg_type``."""
@@ -359,8 +372,7 @@ class TypeMapper:
         if t.kind == "d" and t.base:
             return self.converter(t.base, typmod)
         if t.category == "A" and t.elem:
-            inner = self.converter(t.elem, typmod)
-            return lambda s: _map_nested(parse_array(s), inner)
+            return ArrayConverter(self.converter(t.elem, typmod))
         name = t.name
         if name in ("int2", "int4", "int8", "oid"):
             return int
@@ -594,3 +606,24 @@ def _connect_schema(mapper: TypeMapper, oid: int, typmod: int) -> dict[str, Any]
         return (_named("int64", "io.debezium.time.MicroDuration") if mapper.interval_mode == "numeric"
                 else _named("string", "io.debezium.time.Interval"))
     return {"type": "string"}
+
+
+#: The converters the native decoder (connectors/postgres/native) also implements, by the
+#: kind number it knows them as; any other converter is called from it (kind 0).
+_NATIVE_KINDS: dict[Converter, int] = {
+    str: 1, int: 2, _float: 3, _bool: 4, _timestamp_us: 5, _timestamp_ms: 6, zoned_timestamp: 7,
+    _date_or_none: 8, _time_us: 9, _time_ms: 10, zoned_time: 11, interval_us: 12, _bytea: 13,
+    _numeric_string: 14,
+}
+_ARRAY_KIND = 100
+
+
+def native_kinds(convs: list[Converter]) -> bytes:
+    """Each column's kind for the native decoder (arrays: 100 + their elements' kind)."""
+    out = bytearray()
+    for conv in convs:
+        if isinstance(conv, ArrayConverter):
+            out.append(_ARRAY_KIND + _NATIVE_KINDS.get(conv.inner, 0))
+        else:
+            out.append(_NATIVE_KINDS.get(conv, 0))
+    return bytes(out)

@@ -9,7 +9,13 @@ import pytest
 
 from connectors import PostgresCDCConfig
 from connectors._cdc import AckTracker, AckWindow, KafkaDeliveryFailed
-from connectors.postgres._proto import decode_row, lsn_to_int, lsn_to_str, parse_relation
+from connectors.postgres._proto import (
+    decode_row,
+    decode_row_py,
+    lsn_to_int,
+    lsn_to_str,
+    parse_relation,
+)
 from connectors.postgres._types import (
     TS_INFINITY_MS,
     PgType,
@@ -126,8 +132,9 @@ def test_pgoutput_relation_and_tuple() -> None:
     assert (r.oid, r.schema, r.table, r.replica_identity) == (16389, "public", "orders", "d")
     assert [(c.name, c.type_oid, c.is_key) for c in r.columns] == [("id", 23, True), ("note", 25, False)]
     tup = (3).to_bytes(2, "big") + b"t" + (2).to_bytes(4, "big") + b"42" + b"n" + b"u"
-    row, pos, unchanged = decode_row(b"xx" + tup, 2, ["id", "a", "b"], [int, str, str], "?")
-    assert (row, pos, unchanged) == ({"id": 42, "a": None, "b": "?"}, 2 + len(tup), ["b"])
+    for decode in (decode_row, decode_row_py):  # native (when built) and Python
+        row, pos, unchanged = decode(b"xx" + tup, 2, ["id", "a", "b"], [int, str, str], b"\x02\x01\x01", "?")
+        assert (row, pos, unchanged) == ({"id": 42, "a": None, "b": "?"}, 2 + len(tup), ["b"])
     assert lsn_to_str(lsn_to_int("16/B374D848")) == "16/B374D848"
 
 
