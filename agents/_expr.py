@@ -121,6 +121,27 @@ def compile_regex(pattern: str) -> Any:
                           f"lookaround): {reason}") from None
 
 
+def regex_test(pattern: str, full: bool) -> Callable[[str], bool]:
+    """``pattern``'s yes/no test of a string on RE2: the whole string (``full``) or a
+    search. Straight to RE2's C++ ``Match`` on the UTF-8 bytes: the Python wrapper's
+    ``fullmatch``/``search`` build a generator, char offsets and a match object per call
+    (most of the cost of a regex rule); a bool needs none of them. Falls back to the
+    wrapper where this google-re2 keeps its internals elsewhere."""
+    rx = compile_regex(pattern)
+    compiled, anchors = getattr(rx, "_regexp", None), getattr(re2, "_Anchor", None)
+    null = getattr(re2, "_NULL_SPAN", None)
+    if compiled is None or anchors is None or null is None or not hasattr(compiled, "Match"):
+        call = rx.fullmatch if full else rx.search
+        return lambda text: call(text) is not None
+    match, anchor = compiled.Match, anchors.ANCHOR_BOTH if full else anchors.UNANCHORED
+
+    def test(text: str) -> bool:
+        data = text.encode()
+        return bool(match(anchor, data, 0, len(data))[0] != null)
+
+    return test
+
+
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _NUMBERS = (int, float, Decimal)
 _SIZED = (*_CONTAINERS, str, bytes, bytearray)
@@ -273,10 +294,10 @@ def _bounded(limit: int) -> dict[str, Callable[..., Any]]:
         """RE2 search on strings (patterns cached); ``None`` never matches."""
         if value is None:
             return False
-        rx = _REGEX_CACHE.get(pattern)
-        if rx is None:
-            rx = _REGEX_CACHE[pattern] = compile_regex(pattern)
-        return rx.search(to_str(value)) is not None
+        test = _REGEX_CACHE.get(pattern)
+        if test is None:
+            test = _REGEX_CACHE[pattern] = regex_test(pattern, full=False)
+        return test(to_str(value))
 
     def sha256(value: Any) -> str:
         data = value if isinstance(value, bytes) else to_str(value).encode()

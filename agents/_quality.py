@@ -31,7 +31,7 @@ from fastjsonschema.draft07 import CodeGeneratorDraft07
 from prometheus_client import CollectorRegistry
 
 from agents._event import DeadLetter, Event
-from agents._expr import Expr, compile_regex
+from agents._expr import Expr, compile_regex, regex_test
 from agents._transforms import describe
 from connectors import Metrics
 from schemas import ConfigError
@@ -230,15 +230,15 @@ class RegexRule(Rule):
     ) -> None:
         super().__init__(name, action)
         try:
-            rx = compile_regex(pattern)
+            test = regex_test(pattern, full)
         except ConfigError as exc:
             raise ConfigError(f"rule {name}: {pattern!r}: {exc}") from None
         self.field, self.pattern = field, pattern
-        match = self._match = rx.fullmatch if full else rx.search
+        self._test = test
 
         def passes(row: Row) -> bool:
             v = row.get(field)
-            return v is None or (v.__class__ is str and match(v) is not None)
+            return v is None or (v.__class__ is str and test(v))
 
         self.passes = passes
 
@@ -248,7 +248,7 @@ class RegexRule(Rule):
             return None
         if not isinstance(v, str):
             return f"field {self.field!r} should be a string, got {type(v).__name__}"
-        if self._match(v) is None:
+        if not self._test(v):
             return f"field {self.field!r} = {v!r:.60} does not match {self.pattern!r}"
         return None
 
