@@ -29,9 +29,12 @@ Row = dict[str, Any]
 _META = "__meta__"
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def group_value(value: Any) -> Any:
     """A table-key-safe form of a key value (scalars stay; anything else -> JSON text)."""
-    if value is None or isinstance(value, str | int | float | bool):
+    if value.__class__ in _SCALARS or isinstance(value, str | int | float):  # set first: per event
         return value
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
