@@ -34,11 +34,13 @@ class StateTopic:
         KafkaAdmin(self._settings, stop).ensure_topics(
             [self.topic], {"cleanup.policy": "compact"}, partitions=1)
 
-    def write(self, producer: EventProducer, doc: dict[str, Any]) -> None:
-        """Produce ``doc`` as the source's record and wait until Kafka acknowledged it."""
+    def write(self, producer: EventProducer, doc: dict[str, Any], wait: bool = True) -> None:
+        """Produce ``doc`` as the source's record; ``wait``: until Kafka acknowledged it (a
+        position written while streaming need not be: the next one supersedes it)."""
         tracker = AckTracker()
         producer.produce(self.topic, self.key.encode(), orjson.dumps(doc), tracker)
-        producer.drain(tracker)
+        if wait:
+            producer.drain(tracker)
 
     def read(self) -> dict[str, Any] | None:
         """The latest record of the source (None if none): read to the topic's end."""

@@ -5,10 +5,10 @@ Order of work in ``run()``, written down once:
 1. check the server (``log_bin``, ``binlog_format=ROW``, ``binlog_row_image=FULL``,
    ``binlog_row_metadata=FULL``) and name the settings that are missing;
 2. find the captured tables and their primary keys; ensure the topics;
-3. read the source's state record (compacted ``state_topic``): a position (GTID
-   position and binlog file+pos) to resume from, or none; if a snapshot is due, read
-   every table in one ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` and take the binlog
-   position that transaction sees (MariaDB's ``binlog_snapshot_file/position``, without
+3. from the source's state record (compacted ``state_topic``, handed to each session by
+   ``SourceBase``): a position (GTID position and binlog file+pos) to resume from, or
+   none; if a snapshot is due, read every table in one ``START TRANSACTION WITH
+   CONSISTENT SNAPSHOT`` and take the binlog position that transaction sees (MariaDB's ``binlog_snapshot_file/position``, without
    a lock; MySQL: under a short ``FLUSH TABLES WITH READ LOCK``), so the stream from that
    position neither loses nor repeats a change the snapshot has;
 4. stream the binlog from the position; each transaction's events are produced as they
@@ -27,9 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pymysql
@@ -38,13 +37,13 @@ import pymysql.cursors
 from connectors._cdc import (
     AckTracker,
     AckWindow,
+    EventCounts,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
-    StateTopic,
+    SourceBase,
+    SourceMetrics,
 )
-from connectors._kafka import check_access
-from connectors._metrics import Metrics
 from connectors.mysql._config import MySQLCDCConfig
 from connectors.mysql._types import Column, column_from_binlog, column_from_catalog, patch_library
 from schemas import SourceError, envelope
@@ -69,7 +68,10 @@ class _Table:
     key: list[str]
     topic: str
     columns: list[Column] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    events: EventCounts = field(init=False)  # events by op, not yet in metrics
+
+    def __post_init__(self) -> None:
+        self.events = EventCounts(f"{self.db}.{self.name}")
 
 
 @dataclass
@@ -101,64 +103,27 @@ def _gtid_map(text: str) -> dict[str, str]:
     return out
 
 
-class MySQLCDCSource:
+class MySQLCDCSource(SourceBase):
     """Reads the binlog of one server and produces Debezium change events; see module docstring."""
+
+    connector: ClassVar[str] = "mysql"
+    transient: ClassVar[tuple[type[BaseException], ...]] = (
+        Transient, KafkaUnavailable, pymysql.OperationalError)
 
     def __init__(self, config: MySQLCDCConfig, registry: Any = None,
                  stop: threading.Event | None = None) -> None:
+        """``stop``: an event whose setting asks ``run()`` to finish (as ``stop()`` does),
+        e.g. the one ``dataflow source run`` sets on SIGTERM."""
         patch_library()
+        super().__init__(config, registry, stop)
         self.config = config
-        self.metrics = Metrics.get(registry)
-        self._stop = stop if stop is not None else threading.Event()
+        self.source_metrics = SourceMetrics(self.metrics, config.source_name)
         self._args = config.connect_args()
         self._tables: dict[tuple[str, str], _Table] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._binlog_cols: dict[int, tuple[Any, list[Column]]] = {}
         self._mariadb = True
         self.position: _Position | None = None  # the last one written to the state topic
-        self.state = "created"  # created -> snapshot -> streaming -> stopped | failed
-        self.headers: list[tuple[str, bytes]] = [
-            ("__debezium.context.connectorLogicalName", config.topic_prefix.encode()),
-            ("__debezium.context.taskId", b"0"),
-            ("__debezium.context.connectorName", b"mysql"),
-            ("__debezium.context.runId", str(uuid.uuid4()).encode()),
-        ]
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask ``run()`` to finish: flush, write what Kafka acknowledged, return."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def run(self, max_retries: int | None = None, drain: bool = False) -> None:
-        """Run until ``stop()``; retries transient failures from the last written position.
-        ``drain``: stop by itself once the binlog up to its end at the start is in Kafka."""
-        check_access(self.config.kafka.bootstrap_servers)
-        if self.metrics.serve(self.config.metrics_port, self.config.metrics_host):
-            self.metrics.process_started(self.config.source_name, "source")
-        delay, attempts = 1.0, 0
-        while not self._stop.is_set():
-            try:
-                self._session(drain)
-                if self.config.snapshot_mode == "initial_only" or self._stop.is_set() or drain:
-                    break
-            except (Transient, KafkaUnavailable, pymysql.OperationalError) as exc:
-                if self._stop.is_set():
-                    break
-                attempts += 1
-                if max_retries is not None and attempts > max_retries:
-                    self.state = "failed"
-                    raise
-                log.warning("mysql source %s: %s; retrying in %.0fs", self.config.source_name, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-            except Exception:
-                self.state = "failed"
-                raise
-        self.state = "stopped"
 
     def _connect(self, **kw: Any) -> pymysql.connections.Connection[Any]:
         args = {**self._args, **kw}
@@ -168,7 +133,7 @@ class MySQLCDCSource:
         except pymysql.OperationalError as exc:
             raise Transient(f"mysql unreachable: {exc}") from exc
 
-    def _session(self, drain: bool) -> None:
+    def _session(self, state: dict[str, Any] | None) -> bool:
         cfg = self.config
         admin = KafkaAdmin(cfg.kafka, self._stop.is_set)
         conn = self._connect()
@@ -179,20 +144,18 @@ class MySQLCDCSource:
         finally:
             conn.close()
         admin.ensure_topics(topics + [cfg.topic_prefix])
-        states = StateTopic(cfg.kafka, cfg.state_topic, cfg.source_name)
-        states.ensure(self._stop.is_set)
-        state = states.read()
         producer = EventProducer(cfg.kafka, lambda: None)
         try:
             start = self._plan(state)
             if start is None:
                 start = self._snapshot(producer)
                 if self._stop.is_set():
-                    return
+                    return False
             self._write_state(producer, "streaming", start, wait=True)
             if cfg.snapshot_mode == "initial_only":
-                return
-            self._stream(producer, start, drain)
+                return True
+            self._stream(producer, start)
+            return self._drain
         finally:
             producer.close()
 
@@ -317,11 +280,9 @@ class MySQLCDCSource:
             conn.close()
 
     def _write_state(self, producer: EventProducer, status: str, p: _Position, wait: bool = False) -> None:
-        tracker = AckTracker()
-        value = orjson.dumps({"status": status, **p.as_state(), "ts_ms": int(time.time() * 1000)})
-        producer.produce(self.config.state_topic, self.config.source_name.encode(), value, tracker)
-        if wait:
-            producer.drain(tracker)
+        """The state record: its status and the position (``wait``: until Kafka has it)."""
+        self.states.write(producer, {"status": status, **p.as_state(), "ts_ms": int(time.time() * 1000)},
+                          wait=wait)
         self.position = p
 
     # -- snapshot ------------------------------------------------------------------------
@@ -340,11 +301,11 @@ class MySQLCDCSource:
         """Every captured table in one consistent-snapshot transaction (op 'r'); returns the
         binlog position that transaction sees, once Kafka acknowledged every row."""
         self.state = "snapshot"
-        m, name = self.metrics, self.config.source_name
+        sm = self.source_metrics
         tracker = AckTracker()
         conn = self._connect(cursorclass=pymysql.cursors.SSCursor)
         tables = list(self._tables.values())
-        m.cdc_snapshot_tables.labels(name).set(len(tables))
+        sm.snapshot_started(len(tables))
         try:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -378,15 +339,14 @@ class MySQLCDCSource:
                         now_us = time.time_ns() // 1000
                         key = dumps({k: after[k] for k in table.key}) if table.key else None
                         value = dumps(envelope("r", None, after, src, now_us // 1000, now_us))
-                        producer.produce(table.topic, key, value, tracker, self.headers)
+                        producer.produce(table.topic, key, value, tracker, self.context_headers)
                         rows += 1
                         if rows % 10_000 == 0:
+                            sm.snapshot_rows(table.events.table, rows)
                             producer.poll()
                             if self._stop.is_set():
                                 return start
-                m.cdc_events.labels(name, f"{table.db}.{table.name}", "r").inc(rows)
-                m.cdc_snapshot_rows.labels(name, f"{table.db}.{table.name}").set(rows)
-                m.cdc_snapshot_done_tables.labels(name).set(n_done + 1)
+                sm.snapshot_table_done(table.events.table, rows, n_done + 1)
             with conn.cursor() as cur:
                 cur.execute("COMMIT")
         finally:
@@ -397,16 +357,7 @@ class MySQLCDCSource:
 
     # -- streaming -----------------------------------------------------------------------
     def _reader(self, p: _Position) -> Any:
-        from pymysqlreplication import BinLogStreamReader
-        from pymysqlreplication.event import (
-            GtidEvent,
-            HeartbeatLogEvent,
-            MariadbGtidEvent,
-            QueryEvent,
-            RotateEvent,
-            XidEvent,
-        )
-        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+        from pymysqlreplication import BinLogStreamReader, event, row_event
 
         settings = {k: v for k, v in self._args.items() if k != "database"}
         settings["passwd"] = settings.pop("password")
@@ -418,12 +369,13 @@ class MySQLCDCSource:
         return BinLogStreamReader(
             connection_settings=settings, server_id=self.config.replica_id, blocking=True,
             resume_stream=True, is_mariadb=self._mariadb, slave_heartbeat=0.5,
-            only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent, XidEvent,
-                         MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent], **kw)
+            only_events=[row_event.WriteRowsEvent, row_event.UpdateRowsEvent, row_event.DeleteRowsEvent,
+                         event.QueryEvent, event.XidEvent, event.MariadbGtidEvent, event.GtidEvent,
+                         event.RotateEvent, event.HeartbeatLogEvent], **kw)
 
-    def _stream(self, producer: EventProducer, start: _Position, drain: bool) -> None:
+    def _stream(self, producer: EventProducer, start: _Position) -> None:
         self.state = "streaming"
-        until = self._current() if drain else None
+        until = self._current() if self._drain else None
         reader = self._reader(start)
         log.info("streaming the binlog from %s:%d (GTID %s)", start.file, start.pos, start.gtid_text() or "-")
         try:
@@ -467,7 +419,6 @@ class _Stream:
     def run(self) -> None:
         from pymysqlreplication.event import (
             GtidEvent,
-            HeartbeatLogEvent,
             MariadbGtidEvent,
             QueryEvent,
             RotateEvent,
@@ -497,8 +448,7 @@ class _Stream:
                     self._commit()
             elif isinstance(ev, RotateEvent):
                 self.file = str(ev.next_binlog)
-            elif isinstance(ev, HeartbeatLogEvent):
-                pass
+            # a heartbeat only wakes the loop: the position is confirmed and stop seen below
             self.producer.poll()
             now = time.monotonic()
             if now - self.last_write >= interval:
@@ -525,7 +475,7 @@ class _Stream:
                 del self.positions[old]
             self.confirmed = seq
             self.s._write_state(self.producer, "streaming", p, wait=wait)
-        self.s.metrics.cdc_lag_ms.labels(self.s.config.source_name).set(0)
+        self.s.source_metrics.lag_ms.set(0)
 
     def _commit(self) -> None:
         """A transaction's end: its position is confirmable once its events are acked."""
@@ -540,11 +490,7 @@ class _Stream:
         self.window.close(self.tracker or AckTracker(), self.seq)
         self.tracker = None
         self.txn_gtid = None
-        for t in self.s._tables.values():
-            if t.counts:
-                for op, n in t.counts.items():
-                    self.s.metrics.cdc_events.labels(self.s.config.source_name, f"{t.db}.{t.name}", op).inc(n)
-                t.counts.clear()
+        self.s.source_metrics.flush(t.events for t in self.s._tables.values())
 
     def _src(self, table: _Table, ev: Any, row: int) -> dict[str, Any]:
         return self.s._source(table, int(ev.timestamp) * 1000, "false",
@@ -556,7 +502,7 @@ class _Stream:
         if self.tracker is None:
             self.tracker = AckTracker()
         self.producer.produce(topic, key, value, self.tracker,
-                              self.s.headers if headers is None else headers + self.s.headers)
+                              self.s.context_headers if headers is None else headers + self.s.context_headers)
 
     def _rows(self, ev: Any, op: str) -> None:
         table = self.s._table(str(ev.schema), str(ev.table))
@@ -593,13 +539,13 @@ class _Stream:
                     self._produce(table.topic, okey, None, [("__debezium.newkey", key)])
                     self._produce(table.topic, key, dumps(envelope("c", None, after, src, *now)),
                                   [("__debezium.oldkey", okey)])
-                    table.counts["d"] = table.counts.get("d", 0) + 1
-                    table.counts["c"] = table.counts.get("c", 0) + 1
+                    table.events.count("d")
+                    table.events.count("c")
                     continue
             self._produce(table.topic, key, dumps(envelope(op, before, after, src, *now)))
             if op == "d":
                 self._produce(table.topic, key, None)
-            table.counts[op] = table.counts.get(op, 0) + 1
+            table.events.count(op)
 
     def _ddl(self, ev: Any, query: str) -> None:
         """A schema change: recorded on the ``<prefix>`` topic as Debezium's schema-change

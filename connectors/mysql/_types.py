@@ -313,20 +313,14 @@ _TIMEF_OFS = 0x800000000000
 def read_time2(packet: Any, fsp: int) -> dt.timedelta:
     """TIME(fsp) in the binlog's packed form, as the server's
     ``my_time_packed_from_binary`` reads it (negative fractions borrow from the seconds)."""
-    if fsp in (1, 2):
+    if 1 <= fsp <= 4:  # 1 byte of hundredths (fsp 1, 2) or 2 of ten-thousandths (3, 4)
+        size = (fsp + 1) // 2
         intpart = int.from_bytes(packet.read(3), "big") - _TIMEF_INT_OFS
-        frac = packet.read(1)[0]
+        frac = int.from_bytes(packet.read(size), "big")
         if intpart < 0 and frac:
             intpart += 1
-            frac -= 0x100
-        packed = (intpart << 24) + frac * 10000
-    elif fsp in (3, 4):
-        intpart = int.from_bytes(packet.read(3), "big") - _TIMEF_INT_OFS
-        frac = int.from_bytes(packet.read(2), "big")
-        if intpart < 0 and frac:
-            intpart += 1
-            frac -= 0x10000
-        packed = (intpart << 24) + frac * 100
+            frac -= 1 << (8 * size)
+        packed = (intpart << 24) + frac * (10000 if size == 1 else 100)
     elif fsp in (5, 6):
         packed = int.from_bytes(packet.read(6), "big") - _TIMEF_OFS
     else:
