@@ -160,13 +160,21 @@ def _bytes(v: Any) -> Any:
     return base64.b64decode(v) if v.__class__ is str else v
 
 
+def _decimal(v: Any) -> Any:
+    """A Connect decimal's unscaled bytes: base64 text, or an int (a BIGINT UNSIGNED as
+    Debezium's ``bigint.unsigned.handling.mode=precise`` writes it: scale 0)."""
+    if v.__class__ is int:
+        return v.to_bytes(v.bit_length() // 8 + 1, "big", signed=True)
+    return _bytes(v)
+
+
 def avro_datum(schema: dict[str, Any]) -> Encoder:
     """The function from a Debezium JSON value of this Connect schema to the Avro datum
     fastavro writes (base64 text -> bytes, "NaN" -> nan); fields that need nothing are
     passed through untouched, so a row costs only its bytes and floats."""
     kind = schema.get("type", "string")
     if kind == "bytes":
-        return _bytes
+        return _decimal if schema.get("name") == DECIMAL else _bytes
     if kind in ("float", "float32", "double", "float64"):
         return _float
     if kind == "array":

@@ -116,14 +116,24 @@ def decode_change(raw_key: bytes | None, raw_value: bytes | None) -> ChangeEvent
 
 # -- Kafka Connect JSON with schemas (JsonConverter, schemas.enable=true) -----------------
 
+#: the ``source`` block's fields every connector has, then each connector's own
 _SOURCE_FIELDS = [
     ("version", "string", False), ("connector", "string", False), ("name", "string", False),
     ("ts_ms", "int64", False), ("snapshot", "string", True), ("db", "string", False),
     ("sequence", "string", True), ("ts_us", "int64", True), ("ts_ns", "int64", True),
-    ("schema", "string", False), ("table", "string", False),
-    ("txId", "int64", True), ("lsn", "int64", True), ("xmin", "int64", True),
-    ("origin", "string", True), ("origin_lsn", "int64", True),
 ]
+_CONNECTOR_SOURCE_FIELDS = {
+    "postgresql": [
+        ("schema", "string", False), ("table", "string", False),
+        ("txId", "int64", True), ("lsn", "int64", True), ("xmin", "int64", True),
+        ("origin", "string", True), ("origin_lsn", "int64", True),
+    ],
+    "mysql": [
+        ("table", "string", True), ("server_id", "int64", False), ("gtid", "string", True),
+        ("file", "string", False), ("pos", "int64", False), ("row", "int32", False),
+        ("thread", "int64", True), ("query", "string", True),
+    ],
+}
 _SNAPSHOT_VALUES = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
 
 
@@ -142,15 +152,18 @@ def key_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
     return _struct(f"{topic}.Key", fields, False)
 
 
-def envelope_schema(topic: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
-    """The value's Connect schema: Debezium's ``<topic>.Envelope`` around ``<topic>.Value``."""
-    source = [{"type": t, "optional": o, "field": f} for f, t, o in _SOURCE_FIELDS]
+def envelope_schema(topic: str, fields: list[dict[str, Any]],
+                    connector: str = "postgresql") -> dict[str, Any]:
+    """The value's Connect schema: Debezium's ``<topic>.Envelope`` around ``<topic>.Value``,
+    with the ``io.debezium.connector.<connector>.Source`` block (postgresql or mysql)."""
+    source = [{"type": t, "optional": o, "field": f}
+              for f, t, o in _SOURCE_FIELDS + _CONNECTOR_SOURCE_FIELDS[connector]]
     source[4] = {"type": "string", "optional": True, "name": "io.debezium.data.Enum", "version": 1,
                  "parameters": {"allowed": _SNAPSHOT_VALUES}, "default": "false", "field": "snapshot"}
     return _struct(f"{topic}.Envelope", [
         _struct(f"{topic}.Value", fields, True, "before"),
         _struct(f"{topic}.Value", fields, True, "after"),
-        _struct("io.debezium.connector.postgresql.Source", source, False, "source", version=1),
+        _struct(f"io.debezium.connector.{connector}.Source", source, False, "source", version=1),
         _struct("event.block", [
             {"type": "string", "optional": False, "field": "id"},
             {"type": "int64", "optional": False, "field": "total_order"},

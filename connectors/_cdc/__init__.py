@@ -1,7 +1,8 @@
 """What every CDC source shares (private to ``connectors``): the source contract and its
-run loop, the settings they share, Kafka delivery with ack tracking, the state topic, incremental-snapshot chunks
+run loop, the settings they share, ``format: avro``, Kafka delivery with ack tracking, the state topic, incremental-snapshot chunks
 and the source metrics. One implementation each; ``postgres/`` and ``mysql/`` build on it."""
 
+from connectors._cdc._avro import AvroOutput
 from connectors._cdc._config import SnapshotMode, SourceConfig
 from connectors._cdc._contract import CDCSource, SourceBase, SourceSettings
 from connectors._cdc._delivery import (
@@ -19,7 +20,7 @@ from connectors._cdc._snapshot import SIGNAL_PREFIX, WATERMARK_PREFIX, Chunk, si
 from connectors._cdc._state import StateTopic
 
 __all__ = [
-    "SnapshotMode", "SourceConfig", "CDCSource", "SourceBase", "SourceSettings", "RETRY", "AckTracker", "AckWindow",
+    "AvroOutput", "SnapshotMode", "SourceConfig", "CDCSource", "SourceBase", "SourceSettings", "RETRY", "AckTracker", "AckWindow",
     "EventProducer", "KafkaAdmin", "KafkaDeliveryFailed", "KafkaSettings", "KafkaUnavailable",
     "EventCounts", "SourceMetrics", "SIGNAL_PREFIX", "WATERMARK_PREFIX", "Chunk",
     "signalled_tables", "StateTopic",

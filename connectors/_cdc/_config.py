@@ -1,12 +1,13 @@
 """The settings every CDC source has, and how a source's settings are read and checked:
 one frozen pydantic model per source (``PostgresCDCConfig``, ``MySQLCDCConfig``) built on
 :class:`SourceConfig`, which holds what they share (prefix and name, table patterns,
-snapshot mode, the state topic, metrics, Kafka) and the YAML/JSON loading and validation
+snapshot mode, the state topic, metrics, Kafka, the record format) and the YAML/JSON loading and validation
 whose errors name the path of the bad field. Each source adds its own settings and checks
 (``_check_dsn``, ``_check``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
@@ -50,6 +51,16 @@ class SourceConfig(BaseModel):
     metrics_port: int | None = Field(default_factory=env_metrics_port)
     metrics_host: str = Field(default_factory=env_metrics_host)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    #: record keys and values: Debezium JSON, or ``avro`` (the Confluent wire format, the
+    #: schemas Debezium's AvroConverter would register, under ``<topic>-key``/``-value``)
+    format: Literal["json", "avro"] = "json"
+    #: the Confluent-compatible registry ``format: avro`` registers in (default
+    #: ``DATAFLOW_SCHEMA_REGISTRY_URL``)
+    schema_registry_url: str = Field(
+        default_factory=lambda: os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL", ""))
+    #: where the events of a table go while the registry refuses its schema (default
+    #: ``dataflow.<name>.dlq``): the Debezium JSON as it would have been, and the reason
+    dead_letter_topic: str = ""
 
     @field_validator("topic_prefix")
     @classmethod
@@ -71,6 +82,10 @@ class SourceConfig(BaseModel):
     @property
     def source_name(self) -> str:
         return self.name or self.topic_prefix
+
+    @property
+    def dlq(self) -> str:
+        return self.dead_letter_topic or f"dataflow.{self.source_name}.dlq"
 
     def wants(self, namespace: str, table: str) -> bool:
         """True when ``namespace.table`` passes the include/exclude patterns."""
@@ -122,6 +137,9 @@ class SourceConfig(BaseModel):
         cfg._check_dsn(where)
         if not cfg.kafka.bootstrap_servers:
             raise ConfigError(f"{where}: kafka.bootstrap_servers: not set (nor KAFKA_BOOTSTRAP_SERVERS)")
+        if cfg.format == "avro" and not cfg.schema_registry_url:
+            raise ConfigError(f"{where}: schema_registry_url: format avro needs a schema registry "
+                              "(nor DATAFLOW_SCHEMA_REGISTRY_URL is set)")
         cfg._check(where)
         return cfg
 

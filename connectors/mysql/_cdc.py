@@ -37,6 +37,7 @@ import pymysql.cursors
 from connectors._cdc import (
     AckTracker,
     AckWindow,
+    AvroOutput,
     EventCounts,
     EventProducer,
     KafkaAdmin,
@@ -44,9 +45,16 @@ from connectors._cdc import (
     SourceBase,
     SourceMetrics,
 )
+from connectors._registry import AvroCodec, SchemaRegistryUnavailable
 from connectors.mysql._config import MySQLCDCConfig
-from connectors.mysql._types import Column, column_from_binlog, column_from_catalog, patch_library
-from schemas import SourceError, envelope
+from connectors.mysql._types import (
+    Column,
+    column_from_binlog,
+    column_from_catalog,
+    connect_field,
+    patch_library,
+)
+from schemas import SourceError, envelope, envelope_schema, key_schema
 
 log = logging.getLogger("dataflow.source.mysql")
 
@@ -69,6 +77,11 @@ class _Table:
     topic: str
     columns: list[Column] = field(default_factory=list)
     events: EventCounts = field(init=False)  # events by op, not yet in metrics
+    #: ``format: avro``: the table's encoders, and why the registry refused its schema
+    #: (its events are dead letters meanwhile) and when that was last tried
+    codec: AvroCodec | None = None
+    refused: str | None = None
+    refused_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.events = EventCounts(f"{self.db}.{self.name}")
@@ -108,7 +121,7 @@ class MySQLCDCSource(SourceBase):
 
     connector: ClassVar[str] = "mysql"
     transient: ClassVar[tuple[type[BaseException], ...]] = (
-        Transient, KafkaUnavailable, pymysql.OperationalError)
+        Transient, KafkaUnavailable, SchemaRegistryUnavailable, pymysql.OperationalError)
 
     def __init__(self, config: MySQLCDCConfig, registry: Any = None,
                  stop: threading.Event | None = None) -> None:
@@ -124,6 +137,9 @@ class MySQLCDCSource(SourceBase):
         self._binlog_cols: dict[int, tuple[Any, list[Column]]] = {}
         self._mariadb = True
         self.position: _Position | None = None  # the last one written to the state topic
+        #: ``format: avro``: the tables' registered schemas and encoders
+        self.avro = (AvroOutput(config, "mysql", self.metrics, lambda: None, self._stop.is_set)
+                     if config.format == "avro" else None)
 
     def _connect(self, **kw: Any) -> pymysql.connections.Connection[Any]:
         args = {**self._args, **kw}
@@ -143,7 +159,7 @@ class MySQLCDCSource(SourceBase):
             topics = [t.topic for t in self._tables.values()]
         finally:
             conn.close()
-        admin.ensure_topics(topics + [cfg.topic_prefix])
+        admin.ensure_topics(topics + [cfg.topic_prefix] + ([cfg.dlq] if self.avro else []))
         producer = EventProducer(cfg.kafka, lambda: None)
         try:
             start = self._plan(state)
@@ -199,14 +215,31 @@ class MySQLCDCSource(SourceBase):
                 f"{', '.join(wrong)} (log_bin: start the server with --log-bin; "
                 "binlog_row_metadata needs MariaDB 10.5+ or MySQL 8.0.14+) and a server_id")
 
-    def _catalog_columns(self, conn: pymysql.connections.Connection[Any], db: str, table: str) -> list[Column]:
+    def _set_columns(self, conn: pymysql.connections.Connection[Any], table: _Table) -> None:
+        """The table's columns from the catalog (its snapshot's converters); with ``format:
+        avro`` its Connect key and envelope schemas too, registered."""
         with conn.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute(
                 "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, "
-                "DATETIME_PRECISION, CHARACTER_SET_NAME, CHARACTER_OCTET_LENGTH "
+                "DATETIME_PRECISION, CHARACTER_SET_NAME, CHARACTER_OCTET_LENGTH, IS_NULLABLE "
                 "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
-                "ORDER BY ORDINAL_POSITION", (db, table))
-            return [column_from_catalog(r, self.config.decimal_handling_mode) for r in cur.fetchall()]
+                "ORDER BY ORDINAL_POSITION", (table.db, table.name))
+            rows = cur.fetchall()
+        table.columns = [column_from_catalog(r, self.config.decimal_handling_mode) for r in rows]
+        if self.avro is None:
+            return
+        fields = {c.name: connect_field(r, c) for r, c in zip(rows, table.columns, strict=True)}
+        keys = [{**fields[k], "optional": False} for k in table.key]
+        self.avro.set_codec(table, key_schema(table.topic, keys) if keys else None,
+                            envelope_schema(table.topic, list(fields.values()), "mysql"))
+
+    def send(self, producer: EventProducer, table: _Table, key: bytes | None, value: bytes | None,
+             tracker: AckTracker, headers: list[tuple[str, bytes]]) -> None:
+        """Produce one event of ``table`` (Debezium JSON) in the configured format."""
+        if self.avro is not None:
+            self.avro.send(producer, table, key, value, tracker, headers)
+        else:
+            producer.produce(table.topic, key, value, tracker, headers)
 
     def _primary_key(self, conn: pymysql.connections.Connection[Any], db: str, table: str) -> list[str]:
         """The primary-key columns in key order (one ordered query, also after restarts)."""
@@ -230,7 +263,7 @@ class MySQLCDCSource(SourceBase):
 
     def _add_table(self, conn: pymysql.connections.Connection[Any], db: str, name: str) -> _Table:
         table = _Table(db, name, self._primary_key(conn, db, name), self.config.topic(db, name))
-        table.columns = self._catalog_columns(conn, db, name)
+        self._set_columns(conn, table)
         self._tables[(db, name)] = table
         return table
 
@@ -327,7 +360,7 @@ class MySQLCDCSource(SourceBase):
             ts_ms = int(time.time() * 1000)
             dumps = orjson.dumps
             for n_done, table in enumerate(tables):
-                table.columns = self._catalog_columns(conn, table.db, table.name)
+                self._set_columns(conn, table)
                 cols = table.columns
                 sel = ", ".join(c.select for c in cols)
                 rows = 0
@@ -339,7 +372,7 @@ class MySQLCDCSource(SourceBase):
                         now_us = time.time_ns() // 1000
                         key = dumps({k: after[k] for k in table.key}) if table.key else None
                         value = dumps(envelope("r", None, after, src, now_us // 1000, now_us))
-                        producer.produce(table.topic, key, value, tracker, self.context_headers)
+                        self.send(producer, table, key, value, tracker, self.context_headers)
                         rows += 1
                         if rows % 10_000 == 0:
                             sm.snapshot_rows(table.events.table, rows)
@@ -497,12 +530,17 @@ class _Stream:
                               _Position({}, self.file, self.txn_pos), self.txn_gtid,
                               int(ev.packet.server_id), row, None)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+    def _produce(self, table: _Table | None, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
+        """One event of the open transaction: of ``table``, or (None) a schema change on
+        the ``<prefix>`` topic, Debezium JSON in every format (as heartbeats are)."""
         if self.tracker is None:
             self.tracker = AckTracker()
-        self.producer.produce(topic, key, value, self.tracker,
-                              self.s.context_headers if headers is None else headers + self.s.context_headers)
+        hdrs = self.s.context_headers if headers is None else headers + self.s.context_headers
+        if table is None:
+            self.producer.produce(self.s.config.topic_prefix, key, value, self.tracker, hdrs)
+        else:
+            self.s.send(self.producer, table, key, value, self.tracker, hdrs)
 
     def _rows(self, ev: Any, op: str) -> None:
         table = self.s._table(str(ev.schema), str(ev.table))
@@ -534,17 +572,17 @@ class _Stream:
                 if old != {k: after[k] for k in keys}:  # key change: delete + tombstone + create
                     okey = dumps(old)
                     assert key is not None
-                    self._produce(table.topic, okey, dumps(envelope("d", before, None, src, *now)),
+                    self._produce(table, okey, dumps(envelope("d", before, None, src, *now)),
                                   [("__debezium.newkey", key)])
-                    self._produce(table.topic, okey, None, [("__debezium.newkey", key)])
-                    self._produce(table.topic, key, dumps(envelope("c", None, after, src, *now)),
+                    self._produce(table, okey, None, [("__debezium.newkey", key)])
+                    self._produce(table, key, dumps(envelope("c", None, after, src, *now)),
                                   [("__debezium.oldkey", okey)])
                     table.events.count("d")
                     table.events.count("c")
                     continue
-            self._produce(table.topic, key, dumps(envelope(op, before, after, src, *now)))
+            self._produce(table, key, dumps(envelope(op, before, after, src, *now)))
             if op == "d":
-                self._produce(table.topic, key, None)
+                self._produce(table, key, None)
             table.events.count(op)
 
     def _ddl(self, ev: Any, query: str) -> None:
@@ -566,4 +604,4 @@ class _Stream:
         }
         value = {"source": src, "ts_ms": ts_ms, "databaseName": db, "schemaName": None,
                  "ddl": query, "tableChanges": []}
-        self._produce(self.s.config.topic_prefix, orjson.dumps({"databaseName": db}), orjson.dumps(value))
+        self._produce(None, orjson.dumps({"databaseName": db}), orjson.dumps(value))

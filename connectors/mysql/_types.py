@@ -262,6 +262,70 @@ def _labels(ctype: str) -> list[str]:
     return out
 
 
+def _named(type_: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {"type": type_, "name": name, "version": 1, **extra}
+
+
+#: integer types -> Connect type, signed and unsigned (Debezium widens an unsigned type
+#: to the next that holds it; BIGINT UNSIGNED: see ``connect_field``)
+_INT_SCHEMAS = {"tinyint": ("int16", "int16"), "smallint": ("int16", "int32"),
+                "mediumint": ("int32", "int32"), "int": ("int32", "int64"),
+                "integer": ("int32", "int64"), "bigint": ("int64", "int64")}
+_KIND_SCHEMAS: dict[str, dict[str, Any]] = {
+    "float": {"type": "float"}, "double": {"type": "double"},
+    "date": _named("int32", "io.debezium.time.Date"),
+    "timestamp": _named("string", "io.debezium.time.ZonedTimestamp"),
+    "time": _named("int64", "io.debezium.time.MicroTime"),
+    "year": _named("int32", "io.debezium.time.Year"),
+    "text": {"type": "string"}, "binary": {"type": "bytes"},
+    "geometry": {"type": "struct", "name": "io.debezium.data.geometry.Geometry", "version": 1,
+                 "doc": "Geometry", "fields": [
+                     {"type": "bytes", "optional": False, "field": "wkb"},
+                     {"type": "int32", "optional": True, "field": "srid"}]},
+}
+
+
+def connect_field(row: dict[str, Any], col: Column) -> dict[str, Any]:
+    """The Kafka Connect schema of the column's field in ``<topic>.Value`` as Debezium's
+    MySQL connector gives it (its defaults, as ``convert`` writes the values), from the
+    column's ``information_schema.COLUMNS`` row; NOT NULL columns are required. BIGINT
+    UNSIGNED is a Connect decimal of scale 0 (``bigint.unsigned.handling.mode=precise``):
+    its values up to 2**64-1 do not fit an int64."""
+    t = str(row["DATA_TYPE"]).lower()
+    ctype = str(row["COLUMN_TYPE"]).lower()
+    kind = col.kind
+    schema: dict[str, Any]
+    if kind == "int":
+        signed, unsigned = _INT_SCHEMAS.get(t, ("int64", "int64"))
+        if t == "bigint" and "unsigned" in ctype:
+            schema = _named("bytes", "org.apache.kafka.connect.data.Decimal",
+                            parameters={"scale": "0", "connect.decimal.precision": "20"})
+        else:
+            schema = {"type": unsigned if "unsigned" in ctype else signed}
+    elif kind == "decimal":
+        if col.decimal_mode == "precise":
+            schema = _named("bytes", "org.apache.kafka.connect.data.Decimal", parameters={
+                "scale": str(col.scale),
+                "connect.decimal.precision": str(int(row.get("NUMERIC_PRECISION") or 0))})
+        else:
+            schema = {"type": "double" if col.decimal_mode == "double" else "string"}
+    elif kind == "datetime":
+        schema = _named("int64", "io.debezium.time.MicroTimestamp" if col.fsp > 3
+                        else "io.debezium.time.Timestamp")
+    elif kind in ("enum", "set"):
+        schema = _named("string", "io.debezium.data.Enum" if kind == "enum" else "io.debezium.data.EnumSet",
+                        parameters={"allowed": ",".join(_labels(str(row["COLUMN_TYPE"])))})
+    elif kind == "bit":
+        schema = {"type": "boolean"} if col.length == 1 else _named(
+            "bytes", "io.debezium.data.Bits", parameters={"length": str(col.length)})
+    elif kind == "text" and t == "json":
+        schema = _named("string", "io.debezium.data.Json")
+    else:
+        schema = dict(_KIND_SCHEMAS[kind])
+    return {**schema, "optional": str(row.get("IS_NULLABLE", "YES")).upper() != "NO",
+            "field": col.name}
+
+
 def column_from_binlog(col: Any, decimal_mode: str) -> Column:
     """A column from a mysql-replication table-map column (binlog_row_metadata=FULL)."""
     name = str(col.name)

@@ -37,13 +37,14 @@ from psycopg import sql
 from connectors._cdc import (
     AckTracker,
     AckWindow,
+    AvroOutput,
     EventProducer,
     KafkaAdmin,
     KafkaUnavailable,
     SourceBase,
     SourceMetrics,
 )
-from connectors._registry import AvroCodec, Registrar, SchemaRefused, SchemaRegistryUnavailable
+from connectors._registry import SchemaRegistryUnavailable
 from connectors.postgres._config import PostgresCDCConfig
 from connectors.postgres._decoder import TxnDecoder
 from connectors.postgres._incremental import Incremental
@@ -67,7 +68,6 @@ from connectors.postgres._types import (
 )
 from schemas import (
     ConfigError,
-    SerdeError,
     SourceError,
     envelope,
     envelope_schema,
@@ -77,8 +77,6 @@ from schemas import (
 log = logging.getLogger("dataflow.source.postgres")
 
 VERSION = "dataflow-0.1.0"
-#: seconds between tries of a schema version the registry refused
-_RETRY_REFUSED_S = 30.0
 
 
 #: a table's primary key columns in key order (not column order: the key's bytes follow it),
@@ -118,8 +116,9 @@ class PostgresCDCSource(SourceBase):
         self._refused: set[tuple[str, str]] = set()  # new tables that cannot be captured
         self._state_lsn = 0
         self.incremental = Incremental(self)
-        self._registrar = (Registrar(config.schema_registry_url, self._keep_alive, self._stop.is_set)
-                           if config.format == "avro" else None)
+        #: ``format: avro``: the tables' registered schemas and encoders
+        self.avro = (AvroOutput(config, "postgres", self.metrics, self._keep_alive, self._stop.is_set)
+                     if config.format == "avro" else None)
 
     # -- one session: checks, snapshot if due, stream ----------------------------------
     def _session(self, state: dict[str, Any] | None) -> bool:
@@ -456,71 +455,25 @@ class PostgresCDCSource(SourceBase):
             name: f["default"] for name, f in fields.items()
             if not f["optional"] and "default" in f and name not in table.key}
         keys = [{**fields[k], "optional": False} for k in table.key]
-        if self.config.format == "avro":
-            self._set_codec(table, key_schema(table.topic, keys),
-                            envelope_schema(table.topic, list(fields.values())))
+        if self.avro is not None:
+            self.avro.set_codec(table, key_schema(table.topic, keys),
+                                envelope_schema(table.topic, list(fields.values())))
         if not self.config.json_schemas:
             return
         table.key_schema = orjson.dumps(key_schema(table.topic, keys))
         table.value_schema = orjson.dumps(envelope_schema(table.topic, list(fields.values())))
-
-    def _set_codec(self, table: Table, key: dict[str, Any], value: dict[str, Any]) -> None:
-        """``format: avro``: the table's Avro schemas, registered now (once per version);
-        a version the registry refuses makes the table's events dead letters, named in the
-        log, until a later version (the next DDL, or a retry) is accepted."""
-        assert self._registrar is not None
-        table.refused = None
-        try:
-            table.codec = AvroCodec(table.topic, key, value)
-            table.codec.register(self._registrar)
-        except (SchemaRefused, SerdeError) as exc:
-            table.codec = table.codec if isinstance(exc, SchemaRefused) else None
-            table.refused, table.refused_at = str(exc), time.monotonic()
-            log.error("postgres source %s: %s.%s: %s; its events go to %s until a schema "
-                      "version is accepted", self.config.source_name, table.schema, table.name,
-                      exc, self.config.dlq)
 
     def send(self, producer: EventProducer, table: Table, key: bytes | None, value: bytes | None,
              tracker: AckTracker, headers: list[tuple[str, bytes]]) -> None:
         """Produce one event of ``table`` (key and value in Debezium JSON) in the configured
         format: as it is, with its Connect schemas (``json_schemas``), or as Avro; an
         event that cannot be Avro goes to the dead-letter topic with the reason."""
-        if self.config.format != "avro":
-            if table.key_schema is not None:
-                key, value = table.wrap(key, value)
-            producer.produce(table.topic, key, value, tracker, headers)
+        if self.avro is not None:
+            self.avro.send(producer, table, key, value, tracker, headers)
             return
-        if table.refused is not None and time.monotonic() - table.refused_at > _RETRY_REFUSED_S \
-                and table.codec is not None:
-            self._set_codec_retry(table)
-        why = table.refused
-        if why is None:
-            assert table.codec is not None
-            try:
-                k, v = table.codec.encode(key, value)
-            except SerdeError as exc:
-                why = str(exc)
-            else:
-                producer.produce(table.topic, k, v, tracker, headers)
-                return
-        producer.produce(self.config.dlq, key, value, tracker, headers + [
-            ("dataflow.pipeline", self.config.source_name.encode()),
-            ("dataflow.stage", b"source:avro"), ("dataflow.error", why.encode()),
-            ("dataflow.topic", table.topic.encode()),
-            ("dataflow.failed_at", str(time.time_ns() // 1_000_000).encode())])
-        self.metrics.cdc_events.labels(self.config.source_name, f"{table.schema}.{table.name}",
-                                       "dead_letter").inc()
-
-    def _set_codec_retry(self, table: Table) -> None:
-        """Try a refused version again (the subject's compatibility may have been changed)."""
-        assert table.codec is not None and self._registrar is not None
-        try:
-            table.codec.register(self._registrar)
-            table.refused = None
-            log.info("postgres source %s: %s.%s: schema accepted now", self.config.source_name,
-                     table.schema, table.name)
-        except SchemaRefused as exc:
-            table.refused, table.refused_at = str(exc), time.monotonic()
+        if table.key_schema is not None:
+            key, value = table.wrap(key, value)
+        producer.produce(table.topic, key, value, tracker, headers)
 
     def _is_partition(self, oid: int) -> bool:
         with connect(self._dsn) as conn:

@@ -59,16 +59,6 @@ class PostgresCDCConfig(SourceConfig):
     #: ``__debezium.source.column.type`` (Debezium's ``datatype.propagate.source.type``
     #: for every type, the name only): a loader then tells json from jsonb and finds enums
     propagate_source_types: bool = False
-    #: record keys and values: Debezium JSON, or ``avro`` (the Confluent wire format, the
-    #: schemas Debezium's AvroConverter would register, under ``<topic>-key``/``-value``)
-    format: Literal["json", "avro"] = "json"
-    #: the Confluent-compatible registry ``format: avro`` registers in (default
-    #: ``DATAFLOW_SCHEMA_REGISTRY_URL``)
-    schema_registry_url: str = Field(
-        default_factory=lambda: os.environ.get("DATAFLOW_SCHEMA_REGISTRY_URL", ""))
-    #: where the events of a table go while the registry refuses its schema (default
-    #: ``dataflow.<name>.dlq``): the Debezium JSON as it would have been, and the reason
-    dead_letter_topic: str = ""
     heartbeat_topic: str = ""
 
     @property
@@ -83,17 +73,10 @@ class PostgresCDCConfig(SourceConfig):
     def heartbeat(self) -> str:
         return self.heartbeat_topic or f"__debezium-heartbeat.{self.topic_prefix}"
 
-    @property
-    def dlq(self) -> str:
-        return self.dead_letter_topic or f"dataflow.{self.source_name}.dlq"
-
     def _check_dsn(self, where: str) -> None:
         check_dsn(self.dsn.get_secret_value(), f"{where}: dsn")
 
     def _check(self, where: str) -> None:
-        if self.format == "avro" and not self.schema_registry_url:
-            raise ConfigError(f"{where}: schema_registry_url: format avro needs a schema registry "
-                              "(nor DATAFLOW_SCHEMA_REGISTRY_URL is set)")
         if self.format == "avro" and self.json_schemas:
             raise ConfigError(f"{where}: json_schemas: Avro records carry their schema by id; "
                               "json_schemas is for format json")

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -277,8 +277,11 @@ def _plain(v: Any) -> Any:
 class Replayer:
     """Replays a source's table topics into table state; ``update()`` reads what is new."""
 
-    def __init__(self, bootstrap: str, prefix: str, db: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, db: str,
+                 decode: Callable[[str, bytes], Any] | None = None) -> None:
+        """``decode``: a value's bytes -> the Debezium JSON envelope (default: JSON)."""
         self.topics = {f"{prefix}.{db}.{t}": t for t in TABLES}
+        self._decode = decode or (lambda _topic, raw: orjson.loads(raw))
         self.state: State = {t: {} for t in TABLES}
         self.ops: collections.Counter[str] = collections.Counter()
         self.sources: list[dict[str, Any]] = []
@@ -300,16 +303,17 @@ class Replayer:
                     if err.code() == KafkaError._PARTITION_EOF:
                         todo.discard(msg.topic())
                     continue
-                self._apply(self.topics[msg.topic()], msg.value())
+                self._apply(msg.topic(), msg.value())
                 if msg.offset() + 1 >= ends[msg.topic()]:
                     todo.discard(msg.topic())
         assert not todo, f"replay did not reach the end of {sorted(todo)}"
 
-    def _apply(self, table: str, raw: bytes | None) -> None:
+    def _apply(self, topic: str, raw: bytes | None) -> None:
+        table = self.topics[topic]
         if raw is None:
             self.ops["tombstone"] += 1
             return
-        ev = orjson.loads(raw)
+        ev = self._decode(topic, raw)
         op = ev["op"]
         self.ops[op] += 1
         if len(self.sources) < 5 or op in ("u", "d") and len(self.sources) < 20:
@@ -323,7 +327,6 @@ class Replayer:
 
     def close(self) -> None:
         self._c.close()
-
 
 def diff_states(got: State, want: State, added: tuple[str, str, str, Any] | None = ADDED) -> str:
     """'' when equal; else the first differences, readable."""

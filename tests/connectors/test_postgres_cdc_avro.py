@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -70,11 +70,12 @@ def _json_form(v: Any) -> Any:
 
 
 class AvroReader:
-    """confluent-kafka's AvroDeserializer, the reference client, as the replay's decoder."""
+    """confluent-kafka's AvroDeserializer, the reference client, as the replay's decoder;
+    ``from_dict`` its hook on each decoded record (before the JSON form)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, from_dict: Callable[[dict[str, Any], Any], Any] | None = None) -> None:
         self.client = SchemaRegistryClient({"url": url})
-        self._de = AvroDeserializer(self.client)
+        self._de = AvroDeserializer(self.client, from_dict=from_dict)
         self.keys = 0
 
     def __call__(self, topic: str, raw: bytes) -> Any:
@@ -399,8 +400,8 @@ def test_registry_unreachable_source_waits_and_drops_nothing(
     cfg = make_config(fresh_db, kafka_bootstrap, prefix, format="avro", schema_registry_url=proxy.url)
     try:
         with running(cfg) as source:
-            registrar = source._registrar
-            assert registrar is not None
+            assert source.avro is not None
+            registrar = source.avro.registrar
             wait_for(lambda: registrar.waits >= 3, 60, "the source to wait for the registry")
             assert source.state == "snapshot" and source.confirmed_lsn == 0
             assert not source.errors  # type: ignore[attr-defined]

@@ -139,6 +139,29 @@ def test_debezium_json_values_become_avro_data_and_read_back_exactly() -> None:
     assert sql_type(types["amount"]) == "numeric(10,2)" and sql_type(types["small"]) == "smallint"
 
 
+def test_mysql_envelope_and_an_unsigned_bigint_as_a_decimal() -> None:
+    """The MySQL source block as Debezium MySQL's; an int in a scale-0 decimal field (a
+    BIGINT UNSIGNED) is written as its unscaled bytes, 2**64-1 included."""
+    unsigned = {"type": "bytes", "name": ct.DECIMAL, "version": 1, "optional": True, "field": "u",
+                "parameters": {"scale": "0", "connect.decimal.precision": "20"}}
+    connect = envelope_schema("my.shop.t", [{"type": "int64", "optional": False, "field": "id"},
+                                            unsigned], "mysql")
+    avro = connect_to_avro(connect)
+    assert isinstance(avro, dict)
+    source_record = next(f["type"] for f in avro["fields"] if f["name"] == "source")
+    assert (source_record["namespace"], source_record["name"]) == ("io.debezium.connector.mysql", "Source")
+    source = {"version": "x", "connector": "mysql", "name": "my", "ts_ms": 1, "snapshot": "false",
+              "db": "shop", "sequence": None, "ts_us": 1000, "ts_ns": 1000000, "table": "t",
+              "server_id": 1, "gtid": "0-1-7", "file": "binlog.000001", "pos": 4, "row": 0,
+              "thread": None, "query": None}
+    for u in (2**64 - 1, 0, None):
+        value = envelope("c", None, {"id": 1, "u": u}, source, 5, 5000)
+        body = _write(avro, avro_datum(connect)(value))
+        got = fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(raw_avro_schema(avro)), None)
+        assert got["after"] == {"id": 1, "u": None if u is None else Decimal(u)}
+        assert got["source"] == source
+
+
 def test_avro_logical_types_of_other_producers_map_to_target_types() -> None:
     schema = {"type": "record", "name": "Row", "fields": [
         {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3}},
