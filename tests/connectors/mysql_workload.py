@@ -14,11 +14,10 @@ import base64
 import collections
 import datetime as dtm
 import random
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors import MySQLCDCConfig, MySQLCDCSource
 from connectors.mysql._config import parse_dsn
+from tests.connectors.source_thread import in_thread, wait_streaming  # noqa: F401  (the tests use w.wait_streaming)
 from tests.support import wait_for
 
 State = dict[str, dict[tuple[Any, ...], dict[str, Any]]]
@@ -353,39 +353,9 @@ def make_config(dsn: str, bootstrap: str, prefix: str, **kw: Any) -> MySQLCDCCon
                                  "kafka": {"bootstrap_servers": bootstrap}, **kw})
 
 
-@contextmanager
-def running(cfg: MySQLCDCConfig) -> Iterator[MySQLCDCSource]:
+def running(cfg: MySQLCDCConfig) -> AbstractContextManager[MySQLCDCSource]:
     """The source in a thread; stopped and joined on exit, its error re-raised."""
-    source = MySQLCDCSource(cfg, registry=CollectorRegistry())
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            source.run(max_retries=3)
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    source.errors = errors  # type: ignore[attr-defined]
-    try:
-        yield source
-    finally:
-        source.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "source did not stop within 60s"
-    if errors:
-        raise errors[0]
-
-
-def wait_streaming(source: MySQLCDCSource, timeout: float = 120) -> None:
-    def check() -> bool:
-        errs = source.errors  # type: ignore[attr-defined]
-        if errs:
-            raise errs[0]
-        return source.state == "streaming"
-
-    wait_for(check, timeout, "the source to stream")
+    return in_thread(MySQLCDCSource(cfg, registry=CollectorRegistry()), max_retries=3)
 
 
 def binlog_end(dsn: str) -> tuple[str, int]:

@@ -4,10 +4,7 @@ rebuilds every table exactly (repeats allowed, nothing missing)."""
 
 from __future__ import annotations
 
-import random
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,6 @@ import yaml
 
 from tests.connectors import mysql_workload as w
 from tests.connectors.test_postgres_cdc_sigkill import SourceProcess
-from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,35 +29,11 @@ def test_sigkilled_source_still_replays_exactly(mysql_db: str, kafka_bootstrap: 
         "kafka": {"bootstrap_servers": kafka_bootstrap, "linger_ms": 500},
     }}))
     src = SourceProcess(cfg, tmp_path / "source.log", marker="streaming the binlog from")
-    rnd = random.Random(2025)
-    kills = 0
-    done = threading.Event()
-    made: list[int] = []
-    failure: list[BaseException] = []
-
-    def workload() -> None:
-        try:
-            made.append(w.run_workload(mysql_db, 4_000, seed=32, big_txn_rows=20_000,
-                                       add_column_at=2_000, pause=0.005))
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            done.set()
-
     try:
-        src.start()
-        wait_for(src.streaming, 120, "the first source to stream")
-        t = threading.Thread(target=workload, daemon=True)
-        t.start()
-        while (kills < 5 or not done.is_set()) and kills < 8:
-            time.sleep(rnd.uniform(0.1, 2.0))
-            src.signal(signal.SIGKILL)
-            kills += 1
-            src.start()
-            wait_for(src.streaming, 120, f"the source to stream again after kill {kills}")
-        t.join(300)
-        assert not failure, failure
-        assert made and made[0] >= 24_000
+        kills, made = src.kill_while_working(
+            lambda: w.run_workload(mysql_db, 4_000, seed=32, big_txn_rows=20_000,
+                                   add_column_at=2_000, pause=0.005), seed=2025)
+        assert made >= 24_000
         assert src.signal(signal.SIGTERM) == 0
         src.start("--drain")  # from the written position to the binlog's end, then exits
         assert src.proc is not None and src.proc.wait(300) == 0

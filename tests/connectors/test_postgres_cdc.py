@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from connectors import PostgresCDCConfig, PostgresCDCSource, SlotDropped
 from ops._stack import free_port
 from schemas import ConfigError, SourceError, decode_change
 from tests.connectors import cdc_workload as w
+from tests.connectors.source_thread import in_thread, wait_streaming
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -60,39 +61,10 @@ def make_config(dsn: str, bootstrap: str, prefix: str, **kw: Any) -> PostgresCDC
     })
 
 
-@contextmanager
-def running(cfg: PostgresCDCConfig, max_retries: int | None = None) -> Iterator[PostgresCDCSource]:
+def running(cfg: PostgresCDCConfig, max_retries: int | None = None
+            ) -> AbstractContextManager[PostgresCDCSource]:
     """The source in a thread; stopped and joined on exit, its error re-raised."""
-    source = PostgresCDCSource(cfg, registry=CollectorRegistry())
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            source.run(max_retries=max_retries)
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    source.errors = errors  # type: ignore[attr-defined]
-    try:
-        yield source
-    finally:
-        source.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "source did not stop within 60s"
-    if errors:
-        raise errors[0]
-
-
-def wait_streaming(source: PostgresCDCSource, timeout: float = 120) -> None:
-    def check() -> bool:
-        errs = source.errors  # type: ignore[attr-defined]
-        if errs:
-            raise errs[0]
-        return source.state == "streaming"
-
-    wait_for(check, timeout, "the source to stream")
+    return in_thread(PostgresCDCSource(cfg, registry=CollectorRegistry()), max_retries)
 
 
 def topics_of(prefix: str, tables: list[str]) -> list[str]:

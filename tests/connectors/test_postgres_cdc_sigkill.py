@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,40 @@ class SourceProcess:
         os.killpg(self.proc.pid, sig)
         return self.proc.wait(60)
 
+    def kill_while_working(self, work: Callable[[], int], seed: int, at_least: int = 5,
+                           at_most: int = 8) -> tuple[int, int]:
+        """Start the source, run ``work`` (row changes made) in a thread, SIGKILL and restart
+        the source at random moments until the work is done and it was killed ``at_least``
+        times (``at_most`` in all); (kills, changes made)."""
+        rnd = random.Random(seed)
+        done = threading.Event()
+        made: list[int] = []
+        failure: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                made.append(work())
+            except BaseException as exc:  # handed to the test thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        self.start()
+        wait_for(self.streaming, 120, "the first source to stream")
+        t = threading.Thread(target=worker, daemon=True)
+        t.start()
+        kills = 0
+        while (kills < at_least or not done.is_set()) and kills < at_most:
+            time.sleep(rnd.uniform(0.1, 2.0))
+            self.signal(signal.SIGKILL)
+            kills += 1
+            self.start()
+            wait_for(self.streaming, 120, f"the source to stream again after kill {kills}")
+        t.join(300)
+        assert not failure, failure
+        assert made, "the workload did not finish"
+        return kills, made[0]
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -75,35 +110,11 @@ def test_sigkilled_source_still_replays_exactly(fresh_db: str, kafka_bootstrap: 
         "kafka": {"bootstrap_servers": kafka_bootstrap, "linger_ms": 500},
     }}))
     src = SourceProcess(cfg, tmp_path / "source.log")
-    rnd = random.Random(2024)
-    kills = 0
-    done = threading.Event()
-    made: list[int] = []
-    failure: list[BaseException] = []
-
-    def workload() -> None:
-        try:
-            made.append(w.run_workload(fresh_db, 120_000, seed=22, big_txn_rows=100_000,
-                                       on_progress=lambda _n: time.sleep(0.015)))
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            done.set()
-
     try:
-        src.start()
-        wait_for(src.streaming, 120, "the first source to stream")
-        t = threading.Thread(target=workload, daemon=True)
-        t.start()
-        while (kills < 5 or not done.is_set()) and kills < 8:
-            time.sleep(rnd.uniform(0.1, 2.0))
-            src.signal(signal.SIGKILL)
-            kills += 1
-            src.start()
-            wait_for(src.streaming, 120, f"the source to stream again after kill {kills}")
-        t.join(300)
-        assert not failure, failure
-        assert made and made[0] >= 120_000
+        kills, made = src.kill_while_working(
+            lambda: w.run_workload(fresh_db, 120_000, seed=22, big_txn_rows=100_000,
+                                   on_progress=lambda _n: time.sleep(0.015)), seed=2024)
+        assert made >= 120_000
         w.wait_confirmed(fresh_db, "dataflow_" + prefix, timeout=300)
         assert src.signal(signal.SIGTERM) == 0
     finally:
