@@ -22,7 +22,7 @@ N = 3000  # random values per type
 
 # (type, an expression of the random value r in [0, 1), edge-case literals)
 CASES: list[tuple[str, str, list[str]]] = [
-    ("smallint", "(r * 65535 - 32767)::int::smallint", ["0", "-32768", "32767"]),
+    ("smallint", "(r * 65534 - 32767)::int::smallint", ["0", "-32768", "32767"]),
     ("integer", "(r * 4e9 - 2e9)::bigint::int", ["-2147483648", "2147483647"]),
     ("bigint", "(r * 1.8e19 - 9e18)::numeric::bigint", ["-9223372036854775808", "9223372036854775807"]),
     ("real", "(r * 1e6 - 5e5)::real", ["'NaN'", "'Infinity'", "'-Infinity'", "'1e30'", "'-1.5e-30'", "0"]),
