@@ -400,8 +400,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
         Faust computes the offsets to commit before it takes a transaction's lock; a
         batch half sent at that moment would land in the transaction without its
-        offsets (and be repeated after a crash). Batches, timer shipments and commits
-        all take this lock first, then the transaction's.
+        offsets (and be repeated after a crash). Batches, timers (from their first table
+        write to their shipment) and commits all take this lock first, then the
+        transaction's; so a commit that holds it sees no table write outside a
+        transaction (the RocksDB checkpoint, ``_commit_tps``).
         """
         if self._txn_batch_lock is None:
             self._txn_batch_lock = asyncio.Lock()
@@ -658,7 +660,26 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """
         async with self._batch_lock():
             pending = [tp for tp, acked in self._acked.items() if acked]
-            return cast(bool, await super()._commit_tps(pending, start_new_transaction))
+            done = cast(bool, await super()._commit_tps(pending, start_new_transaction))
+            if done and self._batch_app().in_transaction:
+                # still under the batch lock: every table write so far was in a
+                # transaction, and those of settled partitions are committed
+                self._checkpoint_tables(self._settled)
+            return done
+
+    def _settled(self, partition: int) -> bool:
+        """Every record processed from the batch topics' ``partition`` is committed."""
+        committed = self._committed_offset
+        return all(done <= (committed.get(tp) or 0)
+                   for tp, done in self.processed_to.items() if tp.partition == partition)
+
+    def _checkpoint_tables(self, settled: Callable[[int], bool]) -> None:
+        """Write the RocksDB tables' durable writes with their changelog offsets."""
+        from agents._tables import checkpoint_tables  # agents._tables imports this module
+        try:
+            checkpoint_tables(self._batch_app(), settled)
+        except KafkaException as exc:  # the next commit tries again
+            self.log.warning("table checkpoint skipped: %s", exc)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Commit every processed batch before Faust forgets the acks of ``revoked``.
@@ -684,23 +705,32 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self.log.error("not committing %r: %s", dict(offsets), exc)
             await self.crash(exc)
             return False
+        if not self._batch_app().in_transaction:
+            # at least once, right after the flush and before any await: every table
+            # write so far has its changelog record in Kafka, and no other yet
+            self._checkpoint_tables(lambda partition: True)
         return cast(bool, await super()._commit(offsets))
 
-    async def ship(self, tp: TP, outbox: Outbox) -> None:
+    async def ship(self, tp: TP, outbox: Outbox, *, locked: bool = False) -> None:
         """Send records made outside a batch (timers) for source partition ``tp``.
 
         At least once: through the fast producer (the next commit flushes it). Exactly
         once: into ``tp``'s transaction, which is then committed at once with every
         offset acked so far in it (the same steps as ``_commit_tps``), so timer outputs
-        do not wait for the next input.
+        do not wait for the next input. ``locked``: the caller holds the batch lock
+        (it made the records under it, see ``_batch_lock``).
         """
         app = self._batch_app()
         if not app.in_transaction:
             app.fast_producer.produce_all(outbox)
             return
+        if not locked:
+            async with self._batch_lock():
+                await self.ship(tp, outbox, locked=True)
+            return
         tid, lock, txn = self._transaction_for(tp)
         group = app.assignor.group_for_topic(tp.topic)
-        async with self._batch_lock(), lock:
+        async with lock:
             await _send_batched(txn, outbox.all_records())
             offsets: dict[TP, int] = {}
             for other, acked in list(self._acked.items()):
@@ -829,6 +859,7 @@ class BatchApp(faust.App):
         self.batch_gates: dict[str, Callable[[TP], bool]] = {}
         self._producer_config = dict(producer_config or {})
         self._fast_producer: FastProducer | None = None
+        self._probe: Consumer | None = None
         #: builds the DLQ record for an output Kafka refused (set by the pipeline)
         self.refused_record: Callable[[str, bytes | None, bytes | None, str], OutRecord] | None
         self.refused_record = None
@@ -847,6 +878,17 @@ class BatchApp(faust.App):
                 kafka_config(servers, self._producer_config, security=self.security),
                 self.refused_record)
         return self._fast_producer
+
+    def watermarks(self, partitions: Sequence[TP]) -> dict[TP, tuple[int, int]]:
+        """Per partition, its (low, high) watermark offsets from the broker (blocking)."""
+        if self._probe is None:
+            servers = ",".join(f"{u.host}:{u.port or 9092}" for u in self.conf.broker_consumer)
+            self._probe = Consumer(kafka_config(servers, security=self.security, conf={
+                "group.id": f"{self.conf.id}-probe", "enable.auto.commit": False}))
+        probe = self._probe
+        return {tp: cast(tuple[int, int], probe.get_watermark_offsets(
+            TopicPartition(tp.topic, tp.partition), timeout=30, cached=False))
+            for tp in partitions}
 
     def batch_agent(self, topics: Sequence[faust.TopicT | str], handler: BatchHandler,
                     gate: Callable[[TP], bool] | None = None) -> None:
@@ -872,3 +914,6 @@ class BatchApp(faust.App):
         await super().on_stop()
         if self._fast_producer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._fast_producer.close)
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None

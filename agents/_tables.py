@@ -9,19 +9,34 @@ co-partitioned with the source topic, as Faust requires, so Faust's recovery reb
 exactly the state the handler wrote. Keys and values are JSON-native (str, int, float,
 lists become tuples for keys), encoded with orjson both in the changelog and in RocksDB,
 so the store after recovery equals the store before.
+
+On RocksDB the store on disk is a *checkpoint*: ``put`` keeps a batch's writes in memory
+(``_CheckpointedStore.pending``, read first) and the runtime writes them, with the end of
+the changelog partition they are consistent with, in one RocksDB write batch only once
+their changelog records are durable (at least once: the producer was flushed) or committed
+(exactly once: the transaction committed): ``checkpoint_tables``. A worker restarted on
+the same data directory (after a clean stop or a SIGKILL) then recovers from that offset,
+reading only the changelog's tail; a store without a checkpoint, or with one the changelog
+does not have (beyond its end, before its start), is emptied and rebuilt from the start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Set
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from typing import Any, cast
 
 import faust
 import orjson
+import rocksdict
 from faust.stores.memory import Store as MemoryStore
-from faust.types import TP
+from faust.stores.rocksdb import Store as RocksStore
+from faust.types import TP, EventT
 
-from agents._runtime import Outbox
+from agents._runtime import BatchApp, Outbox
+from connectors import Metrics
+
+log = logging.getLogger(__name__)
 
 _dumps = orjson.dumps
 _loads = orjson.loads
@@ -57,18 +72,110 @@ class _ReplayedMemoryStore(MemoryStore):
             del recovery.active_offsets[tp]
 
 
+class _CheckpointedStore(RocksStore):
+    """Faust's RocksDB store whose disk state is a checkpoint (see module docstring).
+
+    Its own offset key (not Faust's) marks a partition written this way: the last
+    changelog offset the partition's rows include, as Faust's recovery reads it (it
+    seeks there, re-reading that one record). A partition without it (a store of an
+    older version, whose rows were written ahead of any offset) or with one the
+    changelog does not hold is emptied, so recovery reads the whole changelog.
+    """
+
+    offset_key = b"__dataflow\0changelog_offset__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: partition -> key -> value (None: deleted): writes not in RocksDB yet
+        self.pending: dict[int, dict[bytes, bytes | None]] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        db = self._db_for_partition(tp.partition)
+        raw = db.get(self.offset_key)
+        if raw is None:
+            if any(True for _ in db.keys()):
+                log.warning("%s[%s]: store has no checkpoint: rebuilt from the changelog",
+                            self.table.name, tp.partition)
+                _empty(db)
+            return None
+        offset = int(raw)
+        low, high = cast(BatchApp, self.app).watermarks([tp])[tp]
+        if offset + 1 > high or offset + 1 < low:
+            log.warning("%s[%s]: checkpoint at offset %s but the changelog holds %s..%s: "
+                        "rebuilt from the changelog", self.table.name, tp.partition, offset,
+                        low, high)
+            _empty(db)
+            return None
+        log.info("%s[%s]: resuming from the local checkpoint at changelog offset %s",
+                 self.table.name, tp.partition, offset)
+        return offset
+
+    def checkpoint(self, partition: int, end: int) -> None:
+        """Write the partition's pending rows and ``end`` (the changelog's end, one past
+        the last record they include) in one RocksDB write batch."""
+        rows = self.pending.pop(partition, None) or {}
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in rows.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(self.offset_key, str(end - 1).encode())
+        self._db_for_partition(partition).write(batch)
+
+    async def on_rebalance(self, assigned: Set[TP], revoked: Set[TP],
+                           newly_assigned: Set[TP], generation_id: int = 0) -> None:
+        # writes not checkpointed may belong to a transaction that was aborted: recovery
+        # reads them again from the changelog (if they were committed) from the checkpoint
+        self.pending.clear()
+        await super().on_rebalance(set(assigned), set(revoked), set(newly_assigned),
+                                   generation_id)
+
+
+def _empty(db: Any) -> None:
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key in db.keys():
+        batch.delete(key)
+    db.write(batch)
+
+
+def checkpoint_tables(app: faust.App, settled: Callable[[int], bool]) -> None:
+    """Checkpoint every RocksDB table partition with pending writes that ``settled``
+    says are durable (blocking: one watermark query per changelog partition).
+
+    Called by the runtime where nothing else writes tables (see ``BatchConsumer``), so
+    the changelog's end right now is the end of the records of the pending writes.
+    """
+    todo = [(store, TP(table.changelog_topic.get_topic_name(), partition))
+            for table in app.tables.values()
+            if isinstance(store := table.data, _CheckpointedStore)
+            for partition, rows in store.pending.items() if rows and settled(partition)]
+    if not todo:
+        return
+    ends = cast(BatchApp, app).watermarks([tp for _, tp in todo])
+    for store, tp in todo:
+        store.checkpoint(tp.partition, ends[tp][1])
+
+
 class _Table(faust.Table):
-    """Faust's table with ``_ReplayedMemoryStore`` for ``memory://``."""
+    """Faust's table with ``_ReplayedMemoryStore`` for ``memory://`` and
+    ``_CheckpointedStore`` for ``rocksdb://``; it counts the records recovery applies."""
 
     def _new_store_by_url(self, url: Any) -> Any:
+        kwargs: dict[str, Any] = dict(table_name=self.name, key_type=self.key_type,
+                      key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                      value_type=self.value_type, loop=self.loop, options=self.options)
         if str(url).startswith("memory:"):
-            return _ReplayedMemoryStore(url, self.app, self, table_name=self.name,
-                                        key_type=self.key_type,
-                                        key_serializer=self.key_serializer,
-                                        value_serializer=self.value_serializer,
-                                        value_type=self.value_type, loop=self.loop,
-                                        options=self.options)
+            return _ReplayedMemoryStore(url, self.app, self, **kwargs)
+        if str(url).startswith("rocksdb:"):
+            return _CheckpointedStore(url, self.app, self, **kwargs)
         return super()._new_store_by_url(url)
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        events = batch if isinstance(batch, list) else list(batch)
+        super().apply_changelog_batch(events)
+        pipeline = self.app.conf.id.removeprefix("dataflow-")
+        Metrics.get().table_recovered.labels(pipeline, self.name).inc(len(events))
 
 
 class BatchTable:
@@ -109,7 +216,13 @@ class BatchTable:
         mem = self._memory()
         if mem is not None:
             return mem.data.get(key, default)
-        raw = self.table.data._db_for_partition(partition).get(_dumps(key))  # type: ignore[attr-defined]
+        store = cast(_CheckpointedStore, self.table.data)
+        kb = _dumps(key)
+        rows = store.pending.get(partition)
+        if rows is not None and kb in rows:
+            raw = rows[kb]
+        else:
+            raw = store._db_for_partition(partition).get(kb)
         return default if raw is None else _loads(raw)
 
     def put(self, partition: int, updates: Mapping[Any, Any], outbox: Outbox) -> None:
@@ -131,17 +244,18 @@ class BatchTable:
                     key_partition[key] = partition
                     add(topic, _dumps(key), _dumps(value), partition)
             return
-        store: Any = self.table.data
-        db = store._db_for_partition(partition)
+        store = cast(_CheckpointedStore, self.table.data)
+        rows = store.pending.setdefault(partition, {})
+        key_index = store._key_index
         for key, value in updates.items():
             kb = _dumps(key)
             if value is None:
-                db.delete(kb)
+                rows[kb] = None
                 add(topic, kb, None, partition)
             else:
                 vb = _dumps(value)
-                db.put(kb, vb)
-                store._key_index[kb] = partition
+                rows[kb] = vb
+                key_index[kb] = partition
                 add(topic, kb, vb, partition)
 
     def items(self, partition: int | None = None) -> Iterator[tuple[Any, Any]]:
@@ -153,8 +267,19 @@ class BatchTable:
                 if partition is None or kp.get(key) == partition:
                     yield key, value
             return
-        store: Any = self.table.data
-        dbs = store._dbs.items() if partition is None else [(partition, store._db_for_partition(partition))]
-        for _, db in list(dbs):
-            for kb, vb in db.items():
+        store = cast(_CheckpointedStore, self.table.data)
+        parts = sorted(set(store._dbs) | set(store.pending)) if partition is None else [partition]
+        skip = store.offset_key
+        for p in parts:
+            rows = dict(store.pending.get(p) or {})
+            for kb, vb in store._db_for_partition(p).items():
+                if kb == skip:
+                    continue
+                if kb in rows:
+                    vb = rows.pop(kb)
+                    if vb is None:
+                        continue
                 yield _to_key(_loads(kb)), _loads(vb)
+            for kb, vb in rows.items():
+                if vb is not None:
+                    yield _to_key(_loads(kb)), _loads(vb)

@@ -159,6 +159,10 @@ class Metrics:
                                      "a worker (a transform, quality, a stateful operator) "
                                      "by outcome: in, out, dropped, failed (to the DLQ)",
                                      ("pipeline", "stage", "outcome"), **kw)
+        self.table_recovered = Counter("dataflow_table_recovered_records", "Changelog records "
+                                       "a table recovery applied (a restart on the same data "
+                                       "directory reads only the tail since its checkpoint)",
+                                       ("pipeline", "table"), **kw)
         self.last_event = Gauge("dataflow_last_event_time_seconds", "Unix time the stage "
                                 "last read a record (0: none yet)", pipeline_stage, **kw)
         # -- quality rules (workers)

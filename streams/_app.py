@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -591,10 +590,8 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     partitions = max(counts.values())
     app_id = f"dataflow-{spec.name}"
     data_dir = settings.data_dir / app_id
-    if spec.processing_guarantee == "exactly_once" and settings.store == "rocksdb://":
-        # tables on disk may hold writes of transactions a crash aborted: exactly once
-        # rebuilds them from the changelog (read_committed) instead
-        shutil.rmtree(data_dir, ignore_errors=True)
+    # RocksDB tables on disk hold only checkpointed writes (durable at least once,
+    # committed exactly once): a restart resumes from them (see agents._tables)
     data_dir.mkdir(parents=True, exist_ok=True)
     web: dict[str, Any] = {"web_enabled": False}
     if settings.web_port is not None:
@@ -727,7 +724,12 @@ def _install_ticks(app: BatchApp, pipeline: Pipeline, interval: float) -> None:
                 if gate is not None and (not gate(tp) or tp in consumer._deferred):
                     stage.hold(tp.partition)
                     continue
-                outbox = Outbox()
-                stage.tick(tp.partition, now_ms, outbox)
-                if outbox.records:
-                    await consumer.ship(tp, outbox)
+                # under the batch lock from the first table write to the shipment, so
+                # no commit checkpoints a timer's writes before they are committed
+                async with consumer._batch_lock():
+                    if app.rebalancing or tp not in consumer.assignment():
+                        return
+                    outbox = Outbox()
+                    stage.tick(tp.partition, now_ms, outbox)
+                    if outbox.records:
+                        await consumer.ship(tp, outbox, locked=True)
