@@ -111,8 +111,15 @@ class _CheckpointedStore(RocksStore):
         return offset
 
     def checkpoint(self, partition: int, end: int) -> None:
-        """Write the partition's pending rows and ``end`` (the changelog's end, one past
-        the last record they include) in one RocksDB write batch."""
+        """Write the partition's pending rows and the changelog offset they are consistent
+        with in one RocksDB write batch.
+
+        ``end`` is the changelog's end, one past the last record the rows include. Faust's
+        recovery re-reads the record at the offset recorded and refuses an offset past the
+        last record (``ConsistencyError``); exactly once, the end may already count the
+        transaction's commit marker, so the offset recorded is one lower (re-reading one
+        committed record more changes nothing: the rows are the changelog's last values).
+        """
         rows = self.pending.pop(partition, None) or {}
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in rows.items():
@@ -120,7 +127,8 @@ class _CheckpointedStore(RocksStore):
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.put(self.offset_key, str(end - 1).encode())
+        last = end - (2 if self.app.in_transaction else 1)
+        batch.put(self.offset_key, str(max(-1, last)).encode())
         self._db_for_partition(partition).write(batch)
 
     async def on_rebalance(self, assigned: Set[TP], revoked: Set[TP],

@@ -3,7 +3,8 @@
 ``python -m tests.ops.faust_count_app MODE SRC OUT APP_ID GUARANTEE BOOTSTRAP DATADIR``
 
 MODE ``batch``: the DataFlow batch runtime, one table update per key per batch with bulk
-changelog writes. MODE ``plain``: a classic Faust agent, ``counts[key] += 1`` per event.
+changelog writes (``batch-rocksdb``: the same with the table on RocksDB in DATADIR, so a
+restart resumes from the local checkpoint and reads only the changelog's tail). MODE ``plain``: a classic Faust agent, ``counts[key] += 1`` per event.
 Both write ``key -> count`` after each update to OUT, so the last record per key on OUT
 (read_committed) is the table's value for that key.
 """
@@ -24,14 +25,15 @@ def main(argv: Sequence[str]) -> None:
 
     mode, src, out, app_id, guarantee, bootstrap, datadir = argv
     conf: dict[str, Any] = dict(
-        broker=f"kafka://{bootstrap}", web_enabled=False, datadir=datadir, store="memory://",
+        broker=f"kafka://{bootstrap}", web_enabled=False, datadir=datadir,
+        store="rocksdb://" if mode == "batch-rocksdb" else "memory://",
         processing_guarantee=guarantee, consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.5, topic_partitions=2, topic_replication_factor=1,
         # the SIGKILLed worker's partitions move to the restarted one after 10 s (as with
         # `dataflow worker`), not after Faust's default 60 s session timeout
         broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
     )
-    if mode == "batch":
+    if mode.startswith("batch"):
         app = BatchApp(app_id, broker_max_poll_records=1000, **conf)
         counts = BatchTable(app, "counts", partitions=2)
 

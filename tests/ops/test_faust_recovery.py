@@ -67,7 +67,8 @@ def _run(mode: str, guarantee: str, bootstrap: str, make_topic: Any, unique: str
         assert all(counts[k] >= truth[k] for k in truth), "a count fell below the truth"
 
 
-CASES = [("batch", "exactly_once"), ("batch", "at_least_once")]
+CASES = [("batch", "exactly_once"), ("batch", "at_least_once"),
+         ("batch-rocksdb", "exactly_once"), ("batch-rocksdb", "at_least_once")]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def recoveries(request: pytest.FixtureRequest, kafka_bootstrap: str, module_topi
         yield {(mode, guarantee): pool.submit(
                    _run, mode, guarantee, kafka_bootstrap, module_topics, uuid.uuid4().hex[:10],
                    tmp_path_factory.mktemp(f"{mode}-{guarantee}"),
-                   N if mode == "batch" else 10_000)
+                   N if mode.startswith("batch") else 10_000)
                for mode, guarantee in CASES if (mode, guarantee) in selected}
 
 
@@ -91,7 +92,9 @@ def recoveries(request: pytest.FixtureRequest, kafka_bootstrap: str, module_topi
 @pytest.mark.parametrize(("mode", "guarantee"), CASES)
 def test_table_recovers_after_sigkill(
         mode: str, guarantee: str, recoveries: dict[tuple[str, str], Future[None]]) -> None:
-    """The DataFlow batch runtime, on the 50,000 events of the acceptance point.
+    """The DataFlow batch runtime, on the 50,000 events of the acceptance point (``batch``:
+    tables in memory; ``batch-rocksdb``: on RocksDB, the restart resuming from the killed
+    worker's data directory: its checkpoint holds only committed writes).
 
     ``tests.ops.faust_count_app plain`` (a classic Faust agent, ``table[key] += 1`` per
     event) is kept for comparison runs by hand but not parametrized here: in one of three
