@@ -1,7 +1,8 @@
 """W2 on RocksDB at scale (issue 17): peak RSS with many distinct keys, and the recovery
 time after a SIGKILL for several table sizes.
 
-``python -m tests.bench.state_scale [--keys 100000,1000000] [--tail 1000]``
+``python -m tests.bench.state_scale [--keys 100000,1000000] [--tail 1000] [--no-rebuild]
+[--store memory://]``
 
 Per size K, on its own topics, group and data directory (``DATAFLOW_STORE=rocksdb://``):
 
@@ -14,7 +15,10 @@ Per size K, on its own topics, group and data directory (``DATAFLOW_STORE=rocksd
    records its recovery applied (``dataflow_table_recovered_records_total``);
 3. *rebuild* (for comparison): a worker on an empty data directory (the same group, so no
    input is left): seconds from the process start until its recovery applied the whole
-   changelog, as every start did before the checkpoint.
+   changelog, as every start did before the checkpoint (``--no-rebuild``: skipped).
+
+``--store memory://`` runs the same steps on the memory store, for its load rate and peak
+RSS (its restart always rebuilds).
 
 One JSON line per size, then a table. Needs the shared stack (``dataflow stack env``).
 """
@@ -77,7 +81,8 @@ def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) 
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def run_size(bootstrap: str, keys: int, tail: int, workdir: Path) -> dict[str, Any]:
+def run_size(bootstrap: str, keys: int, tail: int, workdir: Path, *, rebuild: bool = True,
+             store: str = "rocksdb://") -> dict[str, Any]:
     u = uuid.uuid4().hex[:8]
     src, out, dlq = f"state-in-{u}", f"state-out-{u}", f"state-dlq-{u}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -90,7 +95,7 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path) -> dict[str, A
     group = f"dataflow-{name}"
     spec = write_spec(workdir / f"{name}.yaml", pipeline_spec(base, name, src, out, dlq))
     port = free_port(0)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATAFLOW_STORE": "rocksdb://",
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATAFLOW_STORE": store,
            "DATAFLOW_DATA_DIR": str(workdir / f"state-{u}"), "DATAFLOW_METRICS_PORT": str(port),
            "DATAFLOW_SESSION_TIMEOUT_S": "6", "DATAFLOW_LOG_LEVEL": "info"}
     args = ["-m", "ops", "worker", str(spec)]
@@ -128,20 +133,24 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path) -> dict[str, A
         resumed = _recovered(port)
         kill(proc)
     records = sum(end_offsets(bootstrap, changelog).values())
-    fresh = {**env, "DATAFLOW_DATA_DIR": str(workdir / f"fresh-{u}")}
-    started = time.monotonic()
-    with python_process(args, env=fresh, log=workdir / f"{name}-rebuild.log", bound_s=900) as proc:
-        # every changelog record but the window table's meta entries' (a few per partition)
-        _wait(lambda: (_recovered(port) or 0) >= keys + tail, 600, "the full rebuild", proc)
-        rebuild_s = time.monotonic() - started
-        rebuilt = _recovered(port)
-        kill(proc)
+    rebuild_s: float | None = None
+    rebuilt: float | None = None
+    if rebuild:
+        fresh = {**env, "DATAFLOW_DATA_DIR": str(workdir / f"fresh-{u}")}
+        started = time.monotonic()
+        with python_process(args, env=fresh, log=workdir / f"{name}-rebuild.log",
+                            bound_s=900) as proc:
+            # every changelog record but the window table's meta entries (a few a partition)
+            _wait(lambda: (_recovered(port) or 0) >= keys + tail, 600, "the full rebuild", proc)
+            rebuild_s = round(time.monotonic() - started, 1)
+            rebuilt = _recovered(port)
+            kill(proc)
     for t in (src, out, dlq):
         admin.delete_topics([t])
-    return {"keys": keys, "tail": tail, "load_s": round(load_s, 1),
+    return {"store": store, "keys": keys, "tail": tail, "load_s": round(load_s, 1),
             "load_events_per_s": round(keys / load_s), "peak_rss_mb": round(rss_mb),
             "changelog_records": records, "resume_s": round(resume_s, 1),
-            "resume_recovered_records": resumed, "rebuild_s": round(rebuild_s, 1),
+            "resume_recovered_records": resumed, "rebuild_s": rebuild_s,
             "rebuild_recovered_records": rebuilt}
 
 
@@ -150,20 +159,23 @@ def main() -> None:
     parser.add_argument("--keys", default="100000,1000000",
                         help="table sizes (distinct keys), comma separated")
     parser.add_argument("--tail", type=int, default=1000, help="events sent while it is down")
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the rebuild step")
+    parser.add_argument("--store", default="rocksdb://", choices=["rocksdb://", "memory://"])
     opts = parser.parse_args()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     rows = []
     with tempfile.TemporaryDirectory(prefix="state-scale-") as tmp:
         for keys in (int(k) for k in opts.keys.split(",")):
-            row = run_size(bootstrap, keys, opts.tail, Path(tmp))
+            row = run_size(bootstrap, keys, opts.tail, Path(tmp), rebuild=not opts.no_rebuild,
+                           store=opts.store)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(f"\n{'keys':>9} {'load s':>7} {'ev/s':>7} {'peak RSS MB':>11} {'resume s':>8} "
           f"{'recovered':>9} {'rebuild s':>9} {'recovered':>9}")
     for r in rows:
         print(f"{r['keys']:>9} {r['load_s']:>7} {r['load_events_per_s']:>7} {r['peak_rss_mb']:>11} "
-              f"{r['resume_s']:>8} {r['resume_recovered_records']:>9.0f} {r['rebuild_s']:>9} "
-              f"{r['rebuild_recovered_records']:>9.0f}")
+              f"{r['resume_s']:>8} {r['resume_recovered_records']:>9.0f} "
+              f"{r['rebuild_s'] or '-':>9} {r['rebuild_recovered_records'] or '-':>9}")
 
 
 if __name__ == "__main__":
