@@ -11,8 +11,9 @@ Per size K, on its own topics, group and data directory (``DATAFLOW_STORE=rocksd
    the K windows stay open and the table holds K keys); the worker's peak RSS (process
    tree ``VmHWM``) once the group committed everything; then SIGKILL;
 2. *resume*: ``--tail`` more events while it is down, the worker restarted on the same
-   data directory: seconds from the process start to the tail committed, and the changelog
-   records its recovery applied (``dataflow_table_recovered_records_total``);
+   data directory: seconds from the process start to its recovery done (Faust's "Worker
+   ready" in its log) and to the tail committed, and the changelog records its recovery
+   applied (``dataflow_table_recovered_records_total``);
 3. *rebuild* (for comparison): a worker on an empty data directory (the same group, so no
    input is left): seconds from the process start until its recovery applied the whole
    changelog, as every start did before the checkpoint (``--no-rebuild``: skipped).
@@ -32,6 +33,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,15 @@ def _recovered(port: int) -> float | None:
     if not samples:
         return None
     return sum(s.value for s in samples if s.name == "dataflow_table_recovered_records_total")
+
+
+def _ready_s(log: Path, started: float) -> float | None:
+    """Seconds from ``started`` (epoch) to the log's last "Worker ready" (None: none)."""
+    stamps = [line[:23] for line in log.read_text(errors="replace").splitlines()
+              if "Worker ready" in line and line[:2] == "20"]
+    if not stamps:
+        return None
+    return round(datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - started, 1)
 
 
 def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
@@ -125,10 +136,12 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path, *, rebuild: bo
     changelog = next(t for t in admin.list_topics(timeout=30).topics
                      if t.startswith(f"{group}-") and t.endswith("-changelog"))
     produce(bootstrap, src, _events(keys, tail))
-    started = time.monotonic()
-    with python_process(args, env=env, log=workdir / f"{name}-resume.log", bound_s=900) as proc:
+    started, epoch = time.monotonic(), time.time()
+    resume_log = workdir / f"{name}-resume.log"
+    with python_process(args, env=env, log=resume_log, bound_s=900) as proc:
         _wait(lambda: all_committed(keys + tail), 600, "the tail committed", proc)
         resume_s = time.monotonic() - started
+        ready_s = _ready_s(resume_log, epoch)
         _wait(lambda: _recovered(port) is not None, 30, "metrics", proc)
         resumed = _recovered(port)
         kill(proc)
@@ -149,7 +162,8 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path, *, rebuild: bo
         admin.delete_topics([t])
     return {"store": store, "keys": keys, "tail": tail, "load_s": round(load_s, 1),
             "load_events_per_s": round(keys / load_s), "peak_rss_mb": round(rss_mb),
-            "changelog_records": records, "resume_s": round(resume_s, 1),
+            "changelog_records": records, "resume_ready_s": ready_s,
+            "resume_s": round(resume_s, 1),
             "resume_recovered_records": resumed, "rebuild_s": rebuild_s,
             "rebuild_recovered_records": rebuilt}
 
@@ -170,11 +184,12 @@ def main() -> None:
                            store=opts.store)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print(f"\n{'keys':>9} {'load s':>7} {'ev/s':>7} {'peak RSS MB':>11} {'resume s':>8} "
-          f"{'recovered':>9} {'rebuild s':>9} {'recovered':>9}")
+    print(f"\n{'keys':>9} {'load s':>7} {'ev/s':>7} {'peak RSS MB':>11} {'ready s':>7} "
+          f"{'resume s':>8} {'recovered':>9} {'rebuild s':>9} {'recovered':>9}")
     for r in rows:
         print(f"{r['keys']:>9} {r['load_s']:>7} {r['load_events_per_s']:>7} {r['peak_rss_mb']:>11} "
-              f"{r['resume_s']:>8} {r['resume_recovered_records']:>9.0f} "
+              f"{r['resume_ready_s'] or '-':>7} {r['resume_s']:>8} "
+              f"{r['resume_recovered_records']:>9.0f} "
               f"{r['rebuild_s'] or '-':>9} {r['rebuild_recovered_records'] or '-':>9}")
 
 
