@@ -146,10 +146,14 @@ def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, gua
     feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, src, stream, stop))
     feeder.start()
     with ExitStack() as stack:
-        def start(n: int) -> Any:
-            return stack.enter_context(worker(spec_path, env=env, log=tmp_path / f"w{n}.log"))
+        def start(n: int, slot: int) -> Any:
+            # each worker slot its own data directory: a restarted worker resumes from its
+            # predecessor's tables (with DATAFLOW_STORE=rocksdb://; the default keeps them
+            # in memory)
+            slot_env = {**env, "DATAFLOW_DATA_DIR": str(tmp_path / f"state{slot}")}
+            return stack.enter_context(worker(spec_path, env=slot_env, log=tmp_path / f"w{n}.log"))
 
-        procs = [start(0), start(1)]  # two workers: a kill also rebalances the survivor
+        procs = [start(0, 0), start(1, 1)]  # two workers: a kill also rebalances the survivor
         try:
             for n in range(KILLS):
                 base = progress()
@@ -159,7 +163,7 @@ def _run(tmp_path: Path, make_topic: Any, unique: str, kafka_bootstrap: str, gua
                 time.sleep(rng.uniform(0.5, 4.0))  # then SIGKILL one at a random moment
                 victim = rng.randrange(2)
                 kill(procs[victim])
-                procs[victim] = start(n + 2)  # and restart it at once
+                procs[victim] = start(n + 2, victim)  # and restart it at once
                 assert feeder.is_alive() or n == KILLS - 1, "the stream ended before the kills"
             feeder.join()
             wait_for(lambda: progress() >= len(stream), 180, "every order committed")
