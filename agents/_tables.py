@@ -183,7 +183,7 @@ class _Table(faust.Table):
         events = batch if isinstance(batch, list) else list(batch)
         super().apply_changelog_batch(events)
         pipeline = self.app.conf.id.removeprefix("dataflow-")
-        Metrics.get().table_recovered.labels(pipeline, self.name).inc(len(events))
+        Metrics.get().table_recovered.labels(pipeline).inc(len(events))
 
 
 class BatchTable:

@@ -162,7 +162,7 @@ class Metrics:
         self.table_recovered = Counter("dataflow_table_recovered_records", "Changelog records "
                                        "a table recovery applied (a restart on the same data "
                                        "directory reads only the tail since its checkpoint)",
-                                       ("pipeline", "table"), **kw)
+                                       ("pipeline",), **kw)
         self.last_event = Gauge("dataflow_last_event_time_seconds", "Unix time the stage "
                                 "last read a record (0: none yet)", pipeline_stage, **kw)
         # -- quality rules (workers)

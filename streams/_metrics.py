@@ -15,3 +15,4 @@ def serve_metrics(pipeline: str, port: int | None, host: str) -> None:
     metrics = Metrics.get()
     if metrics.serve(port, host):
         metrics.process_started(pipeline, "worker")
+        metrics.table_recovered.labels(pipeline)  # served at 0 until a recovery applies some
