@@ -660,7 +660,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """
         async with self._batch_lock():
             pending = [tp for tp, acked in self._acked.items() if acked]
-            done = cast(bool, await super()._commit_tps(pending, start_new_transaction))
+            try:
+                done = cast(bool, await super()._commit_tps(pending, start_new_transaction))
+            except BaseException:
+                if self._batch_app().in_transaction:
+                    # a transaction may have been aborted: its writes must never reach a
+                    # checkpoint (the recovery after the crash reads what was committed)
+                    self._discard_table_writes()
+                raise
             if done and self._batch_app().in_transaction:
                 # still under the batch lock: every table write so far was in a
                 # transaction, and those of settled partitions are committed
@@ -672,6 +679,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         committed = self._committed_offset
         return all(done <= (committed.get(tp) or 0)
                    for tp, done in self.processed_to.items() if tp.partition == partition)
+
+    def _discard_table_writes(self) -> None:
+        from agents._tables import discard_table_writes
+        discard_table_writes(self._batch_app())
 
     def _checkpoint_tables(self, settled: Callable[[int], bool]) -> None:
         """Write the RocksDB tables' durable writes with their changelog offsets."""

@@ -165,6 +165,13 @@ def checkpoint_tables(app: faust.App, settled: Callable[[int], bool]) -> None:
         store.checkpoint(tp.partition, ends[tp][1])
 
 
+def discard_table_writes(app: faust.App) -> None:
+    """Forget every RocksDB table's writes not checkpointed yet."""
+    for table in app.tables.values():
+        if isinstance(store := table.data, _CheckpointedStore):
+            store.pending.clear()
+
+
 class _Table(faust.Table):
     """Faust's table with ``_ReplayedMemoryStore`` for ``memory://`` and
     ``_CheckpointedStore`` for ``rocksdb://``; it counts the records recovery applies."""

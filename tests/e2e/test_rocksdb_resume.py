@@ -1,17 +1,19 @@
 """Issue 17: a worker restarted on its RocksDB data directory reads only the changelog's tail.
 
 A dedup pipeline (``DATAFLOW_STORE=rocksdb://``) sees N distinct ids; once they are all
-out and committed the worker is SIGKILLed. More records come (half of them repeats of
+out and committed the worker is SIGKILLed (or stopped with SIGTERM). More records come (half of them repeats of
 ids already seen, half new ids) and the worker is restarted on the same data directory:
 the output holds every id exactly once (no repeat passed, no new id dropped) and
 ``dataflow_table_recovered_records_total`` shows the recovery applied a handful of
 changelog records, not the N the table holds. A third worker on an empty data directory
 recovers the whole changelog (the counter counts what a full rebuild reads). Run for both
-guarantees.
+guarantees after a SIGKILL, and exactly once after a clean stop.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,9 +54,12 @@ def _ids(bootstrap: str, topic: str) -> Counter[int]:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.parametrize(("guarantee", "stop"), [
+    ("at_least_once", signal.SIGKILL), ("exactly_once", signal.SIGKILL),
+    ("exactly_once", signal.SIGTERM)], ids=["at_least_once-sigkill", "exactly_once-sigkill",
+                                            "exactly_once-clean-stop"])
 def test_restart_on_same_rocksdb_reads_only_the_changelog_tail(
-        guarantee: str, kafka_bootstrap: str, make_topic: Any, unique: str,
+        guarantee: str, stop: signal.Signals, kafka_bootstrap: str, make_topic: Any, unique: str,
         tmp_path: Path) -> None:
     src = make_topic("resume-in", partitions=4)
     out = make_topic("resume-out", partitions=4)
@@ -88,7 +93,9 @@ def test_restart_on_same_rocksdb_reads_only_the_changelog_tail(
     with worker(spec, env=env, log=tmp_path / "w1.log", bound_s=300) as proc:
         wait_for(lambda: all_committed(N, proc), 180, "the first N records committed")
         time.sleep(1.5)  # the commit's checkpoint is written right after it
-    # SIGKILLed (the block's end): then repeats and new ids while it is down
+        os.killpg(proc.pid, stop)
+        proc.wait(timeout=60)
+    # down: then repeats and new ids
     assert sum(end_offsets(kafka_bootstrap, changelog).values()) >= N
     produce(kafka_bootstrap, src, rows(list(range(REPEATS)) + list(range(N, N + NEW))))
     started = time.monotonic()
