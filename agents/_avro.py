@@ -39,7 +39,7 @@ from agents._transforms import (
     Unwrap,
     describe,
 )
-from schemas import SchemaRegistry, SerdeError, wire_schema_id
+from schemas import SchemaRegistry, SerdeError, is_change, wire_schema_id
 
 #: a value whose type only shows when it is computed
 ANY: list[Any] = ["null", "boolean", "long", "double", "string", "bytes"]
@@ -85,7 +85,7 @@ def _record_fields(record: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
 def _row_record(fields: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
     """A Debezium envelope's row record: where it is defined, ``before`` (``after`` then
     names it) or ``after``; None for a record that is not an envelope."""
-    if "op" not in fields:
+    if not is_change(fields):
         return None
     for section in ("before", "after"):
         f = fields.get(section)

@@ -70,8 +70,11 @@ from schemas import (
     SinkError,
     SourceError,
     avro_field_types,
+    connect_payload,
     field_types,
+    is_change,
     raw_avro_schema,
+    row_section,
     wire_schema_id,
 )
 
@@ -160,13 +163,6 @@ class LoaderSettings(BaseModel):
     metrics_host: str = Field(default_factory=lambda: metrics_endpoint()[0])
 
 
-def _payload(obj: Any) -> Any:
-    """Debezium JSON with ``schemas.enable``: the data sits under ``payload``."""
-    if isinstance(obj, dict) and "payload" in obj and "schema" in obj and len(obj) == 2:
-        return obj["payload"]
-    return obj
-
-
 class RecordMapper:
     """Turns decoded events into ``SinkRecord``s (or dead letters saying why not).
 
@@ -197,8 +193,7 @@ class RecordMapper:
 
     def types_of(self, value: Any) -> dict[str, FieldType] | None:
         """The row's field types from the Connect schema the value carries (None: none)."""
-        if not (isinstance(value, dict) and len(value) == 2 and "schema" in value
-                and "payload" in value):
+        if connect_payload(value) is value:   # no {schema, payload}: no types travel
             return None
         schema = value["schema"]
         if not isinstance(schema, dict):
@@ -232,8 +227,8 @@ class RecordMapper:
 
     def _one(self, ev: Event) -> SinkRecord | None:
         s = self.s
-        value = _payload(ev.value)
-        key = _payload(ev.key)
+        value = connect_payload(ev.value)
+        key = connect_payload(ev.key)
         version: Any = ev.offset if s.version_field is None else None
         #: when the change happened at its source: the envelope's ``source.ts_ms``, a worker's
         #: unwrapped row's ``__ts_ms``, else the Kafka record's timestamp
@@ -243,12 +238,13 @@ class RecordMapper:
                 return None
             row: dict[str, Any] | None = None
             deleted = True
-        elif "op" in value and ("after" in value or "before" in value):
+        elif is_change(value):
             op = value.get("op")
-            if op not in ("c", "u", "d", "r"):
+            section = row_section(op)
+            if section is None:
                 return self._truncate(ev) if op == "t" else None  # messages carry no row
             deleted = op == "d"
-            row = value.get("before") if deleted else value.get("after")
+            row = value.get(section)
             if row is not None and not isinstance(row, dict):
                 raise ValueError(f"change event row is a {type(row).__name__}, not a record")
             src = value.get("source")
@@ -292,8 +288,9 @@ class RecordMapper:
         return SinkRecord(key=key, value=row, version=version, topic=ev.topic,
                           partition=ev.partition, offset=ev.offset,
                           timestamp_ms=ev.timestamp_ms, origin=ev, source_ts_ms=source_ts,
-                          types=self.types_of(ev.value) if self.avro_schema is None
-                          else self.avro_types_of(ev.raw_value))
+                          types=self.avro_types_of(ev.raw_value) if self.avro_schema is not None
+                          else None if value is ev.value   # no {schema, payload} wrapper
+                          else self.types_of(ev.value))
 
 
 def _without_value(rec: DlqRecord) -> DlqRecord:

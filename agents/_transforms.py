@@ -22,7 +22,7 @@ import orjson
 
 from agents._event import DeadLetter, Event
 from agents._expr import Expr
-from schemas import row_fields, unscaled_decimal
+from schemas import connect_payload, row_fields, row_section, unscaled_decimal
 
 Row = dict[str, Any]
 Batch = tuple[list[Event], list[DeadLetter]]
@@ -98,13 +98,6 @@ class Transform:
 # ------------------------------------------------------------------ Debezium unwrap
 
 
-def _strip_wrapper(value: Any) -> Any:
-    """JsonConverter with ``schemas.enable=true`` wraps keys and values as {schema, payload}."""
-    if type(value) is dict and len(value) == 2 and "payload" in value and "schema" in value:
-        return value["payload"]
-    return value
-
-
 def _decimal_fields(schema: Any, section: str) -> list[tuple[str, int]]:
     """(field, scale) of Connect ``Decimal`` fields in the envelope schema's ``section``."""
     if not isinstance(schema, dict):
@@ -155,18 +148,23 @@ class Unwrap(Transform):
     def step(self, ev: Event) -> bool:  # noqa: C901 - the hot path stays flat
         key = ev.key
         if key.__class__ is dict and "payload" in key:
-            ev.key = key = _strip_wrapper(key)
-        env = ev.value
-        schema = None
-        if env is not None and "payload" in env and "schema" in env and len(env) == 2:
-            schema = env["schema"]
-            env = env["payload"]
+            ev.key = key = connect_payload(key)
+        env = wrapped = ev.value
+        if env is not None and "payload" in env:   # maybe Connect's {schema, payload}
+            env = connect_payload(wrapped)
         if env is None:
             ev.value = None
             return self._keep_tombstones
         op = env.get("op")
-        if op == "c" or op == "u" or op == "r":
-            row = env.get("after")
+        section = row_section(op)
+        if section is None:      # no row: a truncate, a message, or not a change at all
+            if op == "t" and self._keep_truncates:
+                row: Any = {"__op": "t"}
+                section = "after"
+            elif op == "t" or op == "m":
+                return False
+            else:
+                raise Reject(self._not_a_change(env, op))
         elif op == "d":
             deletes = self.deletes
             if deletes == "drop":
@@ -174,19 +172,15 @@ class Unwrap(Transform):
             if deletes == "tombstone":
                 ev.value = None
                 return True
-            row = env.get("before")
+            row = env.get(section)
             if row is None:  # REPLICA IDENTITY DEFAULT without key columns: use the key
                 row = dict(key) if key.__class__ is dict else {}
-        elif op == "t" and self._keep_truncates:
-            row = {"__op": "t"}
-        elif op == "t" or op == "m":
-            return False
         else:
-            raise Reject(self._not_a_change(env, op))
+            row = env.get(section)
         if row.__class__ is not dict:
             row = self._row_from(row, op)
-        if schema is not None:
-            section = "before" if op == "d" else "after"
+        if env is not wrapped:   # {schema, payload}: the schema travels with the row
+            schema = wrapped["schema"]  # type: ignore[index]
             try:
                 self._decimals(row, schema, section)
             except (ValueError, TypeError, InvalidOperation) as exc:

@@ -38,7 +38,7 @@ import yaml
 from connectors import kafka_config
 from ops._console import error
 from ops._pipelines_cli import ApiCallError, ApiClient
-from schemas import DataFlowError, redact
+from schemas import DataFlowError, decode_change, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "examples" / "demo_pipeline.yaml"
@@ -405,9 +405,9 @@ def _dlq(r: _Run) -> list[dict[str, Any]]:
     out: dict[tuple[bytes, ...], dict[str, Any]] = {}
     for key, value, headers in _read_all(r, r.dlq_topic):
         origin = tuple(headers.get(f"dataflow.{h}", b"") for h in ("topic", "partition", "offset"))
-        row = orjson.loads(value) if value else {}
-        after = row.get("after") or {}
-        out[origin] = {"key": orjson.loads(key) if key else None, "id": after.get("id"),
+        change = decode_change(key, value)   # the source's change event, as it was read
+        row = change.row or {}
+        out[origin] = {"key": change.key, "id": row.get("id"),
                        "stage": headers.get("dataflow.stage", b"").decode(),
                        "error": headers.get("dataflow.error", b"").decode()}
     return sorted(out.values(), key=lambda d: (d["id"] or 0, d["stage"]))

@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from schemas._debezium import is_change
 from schemas._errors import SerdeError
 from schemas.connect import AVRO_TIMESTAMP_MICROS, AVRO_TIMESTAMP_MILLIS, DECIMAL, FieldType
 
@@ -259,7 +260,7 @@ def avro_field_types(schema: Any) -> dict[str, FieldType]:
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return {}
     fields = {f["name"]: f for f in schema.get("fields") or []}
-    if "op" in fields and ("after" in fields or "before" in fields):
+    if is_change(fields):
         row = _record(fields.get("after")) or _record(fields.get("before"))
         if row is None:
             return {}

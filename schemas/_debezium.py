@@ -6,10 +6,17 @@ delete is followed by a tombstone: the same key with a null value. Real Debezium
 written by Kafka Connect's ``JsonConverter`` with ``schemas.enable=true`` wrap both key and
 value in ``{"schema": ..., "payload": ...}``; the decoders here accept both forms, so a
 DataFlow pipeline reads DataFlow and Debezium topics alike.
+
+This module is the one codec of the envelope: the CDC sources build it (:func:`envelope`),
+and whatever reads one (``unwrap``, the loaders' record mapper, reference tables fed from
+a change topic, the schema helpers) asks :func:`is_change`, :func:`row_section` and
+:func:`connect_payload` instead of knowing the shape. Those three run per event on the
+hot paths, so they are plain lookups that build nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +29,29 @@ OPS = frozenset("cudrt")
 # What Debezium writes for an unchanged TOASTed column that Postgres did not send
 # (see ``unavailable.value.placeholder``); DataFlow writes the same.
 UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+
+#: the envelope section that holds the row of a change, by op: the new row, the old one
+#: for a delete; a truncate (``t``) and a message (``m``) carry none
+_ROW_SECTION = {"c": "after", "u": "after", "r": "after", "d": "before"}
+
+#: ``row_section(op)``: ``"after"``, ``"before"`` for a delete, None for an op without a
+#: row (truncate, message) or not an op at all. The dict's own ``get``: no Python frame
+#: per event.
+row_section: Callable[[Any], str | None] = _ROW_SECTION.get
+
+
+def is_change(fields: Container[Any]) -> bool:
+    """Whether a decoded value (or the field names of a value's schema) is a change
+    envelope, an ``op`` with a ``before`` or an ``after``, rather than a flat row."""
+    return "op" in fields and ("after" in fields or "before" in fields)
+
+
+def connect_payload(doc: Any) -> Any:
+    """The payload of a decoded key or value that Kafka Connect's ``JsonConverter``
+    (``schemas.enable=true``) wrapped as ``{schema, payload}``; anything else is itself."""
+    if doc.__class__ is dict and "payload" in doc and "schema" in doc and len(doc) == 2:
+        return doc["payload"]
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +68,13 @@ class ChangeEvent:
     @property
     def is_tombstone(self) -> bool:
         return self.op is None
+
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The row the change is about: ``after``, ``before`` for a delete (None for a
+        tombstone, a truncate, or a delete without the old row)."""
+        section = row_section(self.op)
+        return None if section is None else self.before if section == "before" else self.after
 
 
 def envelope(
@@ -78,10 +115,7 @@ def _payload(raw: bytes, what: str) -> Any:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise SerdeError(f"debezium {what}: not JSON: {exc}") from exc
-    # Kafka Connect JsonConverter with schemas.enable=true
-    if isinstance(doc, dict) and "payload" in doc and "schema" in doc and len(doc) == 2:
-        return doc["payload"]
-    return doc
+    return connect_payload(doc)
 
 
 def decode_key(raw: bytes | None) -> dict[str, Any] | None:

@@ -44,7 +44,7 @@ from schemas._calendar import (  # noqa: F401 - Debezium's calendar, for sources
     infinite,
     zoned_us,
 )
-from schemas._debezium import UNAVAILABLE_VALUE
+from schemas._debezium import UNAVAILABLE_VALUE, is_change
 
 DECIMAL = "org.apache.kafka.connect.data.Decimal"
 VARIABLE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
@@ -115,7 +115,7 @@ def row_fields(schema: dict[str, Any], section: str = "after") -> list[dict[str,
     if not isinstance(fields, list):
         return []
     parts = {f.get("field"): f for f in fields if isinstance(f, dict)}
-    if "op" in parts and ("after" in parts or "before" in parts):
+    if is_change(parts):
         other = "before" if section == "after" else "after"
         row = parts.get(section) or parts.get(other) or {}
         inner = row.get("fields")

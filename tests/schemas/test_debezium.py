@@ -8,11 +8,14 @@ import pytest
 from schemas import (
     UNAVAILABLE_VALUE,
     SerdeError,
+    connect_payload,
     decode_change,
     decode_key,
     encode_key,
     encode_value,
     envelope,
+    is_change,
+    row_section,
 )
 
 pytestmark = pytest.mark.unit
@@ -61,3 +64,29 @@ def test_bad_values_raise_serde_error(raw: bytes) -> None:
 def test_bad_key_raises_serde_error() -> None:
     with pytest.raises(SerdeError):
         decode_key(b"[1]")
+
+
+def test_the_row_of_a_change_by_op() -> None:
+    """What unwrap, the loaders and reference tables read: the new row, the old one for a
+    delete, none for a truncate, a message or an op that is not Debezium's."""
+    assert [row_section(op) for op in ("c", "u", "r", "d", "t", "m", "x", None)] == [
+        "after", "after", "after", "before", None, None, None, None]
+    old, new = {"id": 1, "x": "a"}, {"id": 1, "x": "b"}
+    rows = {op: decode_change(None, encode_value(envelope(op, old if op in "ud" else None,
+                                                          None if op == "d" else new, SOURCE, 1))).row
+            for op in "curd"}
+    assert rows == {"c": new, "u": new, "r": new, "d": old}
+    assert decode_change(None, encode_value(envelope("t", None, None, SOURCE, 1))).row is None
+    assert decode_change(b'{"id": 1}', None).row is None   # a tombstone
+
+
+def test_an_envelope_is_told_from_a_flat_row_and_the_connect_wrapper_is_opened() -> None:
+    value = envelope("c", None, {"id": 1}, SOURCE, 1)
+    assert is_change(value) and is_change({"op": "d", "before": {"id": 1}})
+    assert not is_change({"id": 1, "op": "shipped"}) and not is_change({"__op": "c", "after": 1})
+    # the field names of a Connect envelope schema tell the same
+    assert is_change({"before", "after", "source", "op", "ts_ms"}) and not is_change({"id", "op"})
+    wrapped = {"schema": {"type": "struct"}, "payload": value}
+    assert connect_payload(wrapped) is value
+    for doc in (value, None, [1], {"schema": 1, "payload": 2, "extra": 3}, {"payload": 2}):
+        assert connect_payload(doc) is doc
