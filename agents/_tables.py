@@ -28,7 +28,6 @@ from typing import Any, cast
 
 import faust
 import orjson
-import rocksdict
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP, EventT
@@ -121,7 +120,7 @@ class _CheckpointedStore(RocksStore):
         committed record more changes nothing: the rows are the changelog's last values).
         """
         rows = self.pending.pop(partition, None) or {}
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch = _write_batch()
         for key, value in rows.items():
             if value is None:
                 batch.delete(key)
@@ -140,8 +139,16 @@ class _CheckpointedStore(RocksStore):
                                    generation_id)
 
 
+def _write_batch() -> Any:
+    """A raw RocksDB write batch, of the binding Faust's store opened the DB with
+    (rocksdict, the ``rocksdb`` extra: only ``rocksdb://`` tables get here)."""
+    from faust.stores import rocksdb as faust_rocksdb
+
+    return faust_rocksdb.WriteBatch(raw_mode=True)
+
+
 def _empty(db: Any) -> None:
-    batch = rocksdict.WriteBatch(raw_mode=True)
+    batch = _write_batch()
     for key in db.keys():
         batch.delete(key)
     db.write(batch)
