@@ -113,6 +113,20 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         c.close()
 
 
+def recovered_records(port: int) -> float | None:
+    """A worker's changelog records applied by table recovery, from its /metrics
+    (None: not served yet)."""
+    from connectors import scrape_metrics
+
+    try:
+        samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except OSError:
+        return None
+    if not samples:
+        return None
+    return sum(s.value for s in samples if s.name == "dataflow_table_recovered_records_total")
+
+
 def write_spec(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

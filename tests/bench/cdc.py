@@ -28,25 +28,13 @@ from prometheus_client import CollectorRegistry
 
 from connectors import MySQLCDCConfig, MySQLCDCSource, PostgresCDCConfig, PostgresCDCSource
 
-_DDL = """
-CREATE TABLE bench (id bigint PRIMARY KEY, v text, n numeric(12,2), ts timestamptz, flag boolean);
-CREATE PROCEDURE single_row_txns(n int) LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..n LOOP
-        INSERT INTO bench VALUES (i, md5(i::text), i / 100.0, now(), i % 2 = 0);
-        COMMIT;
-    END LOOP;
-END $$;
-CREATE PROCEDURE bulk_txns(n int, txns int) LANGUAGE plpgsql AS $$
-DECLARE per int := n / txns;
-BEGIN
-    FOR t IN 0..txns - 1 LOOP
-        INSERT INTO bench SELECT g, md5(g::text), g / 100.0, now(), g % 2 = 0
-        FROM generate_series(10000000 + t * per, 10000000 + (t + 1) * per - 1) g;
-        COMMIT;
-    END LOOP;
-END $$;
-"""
+
+def narrow_ddl() -> str:
+    """The narrow ``bench`` table and its workload procedures (one definition, in
+    :mod:`tests.bench.cdc_peers`, which imports this module: hence the late import)."""
+    from tests.bench.cdc_peers import _ddl
+
+    return _ddl("narrow")
 
 
 def _run_source(cfg: PostgresCDCConfig | MySQLCDCConfig
@@ -89,7 +77,7 @@ def measure(dsn: str, bootstrap: str, changes: int, txns: int | None = None,
                                    "kafka": {"bootstrap_servers": bootstrap}})
     try:
         with psycopg.connect(db_dsn, autocommit=True) as conn:
-            conn.execute(_DDL)
+            conn.execute(narrow_ddl())
             source, thread = _run_source(cfg)  # creates the slot before the workload
             source.stop()
             thread.join(60)
@@ -208,18 +196,28 @@ def measure_mysql(dsn: str, bootstrap: str, changes: int, txns: int | None = Non
     return _result("mysql", changes, txns, took, gen_s)
 
 
+def stack_services() -> tuple[str, str] | None:
+    """(Postgres DSN, Kafka bootstrap) from the stack's environment; None (and a hint on
+    stderr) when ``dataflow stack env`` was not evaluated. Shared by the bench scripts."""
+    dsn = os.environ.get("DATAFLOW_PG_DSN", "")
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if not dsn or not bootstrap:
+        print("set DATAFLOW_PG_DSN and KAFKA_BOOTSTRAP_SERVERS (eval \"$(dataflow stack env)\")",
+              file=sys.stderr)
+        return None
+    return dsn, bootstrap
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.cdc", description=__doc__)
     parser.add_argument("--single", type=int, default=1_000_000, help="single-row transactions")
     parser.add_argument("--bulk", type=int, default=1_000_000, help="changes in --txns transactions")
     parser.add_argument("--txns", type=int, default=10)
     args = parser.parse_args(argv)
-    dsn = os.environ.get("DATAFLOW_PG_DSN", "")
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    if not dsn or not bootstrap:
-        print("set DATAFLOW_PG_DSN and KAFKA_BOOTSTRAP_SERVERS (eval \"$(dataflow stack env)\")",
-              file=sys.stderr)
+    services = stack_services()
+    if services is None:
         return 2
+    dsn, bootstrap = services
     if args.single:
         print(orjson.dumps(measure(dsn, bootstrap, args.single)).decode(), flush=True)
     if args.bulk:

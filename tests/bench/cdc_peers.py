@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from connectors import PostgresCDCConfig, PostgresCDCSource
-from tests.bench.cdc import _drop_topics
+from tests.bench.cdc import _drop_topics, stack_services
 
 NARROW = ("id bigint PRIMARY KEY, v text, n numeric(12,2), ts timestamptz, flag boolean",
           "{i}, md5({i}::text), {i} / 100.0, now(), {i} % 2 = 0")
@@ -257,12 +257,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
-    dsn = os.environ.get("DATAFLOW_PG_DSN", "")
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    if not dsn or not bootstrap:
-        print("set DATAFLOW_PG_DSN and KAFKA_BOOTSTRAP_SERVERS (eval \"$(dataflow stack env)\")",
-              file=sys.stderr)
+    services = stack_services()
+    if services is None:
         return 2
+    dsn, bootstrap = services
     run = run_dataflow if args.system == "dataflow" else run_debezium
     with _fresh_db(dsn, args.shape) as db_dsn:
         fig = run(db_dsn, bootstrap, args.mode, args.changes, args.timeout)

@@ -35,6 +35,8 @@ import psycopg
 import yaml
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.bench.cdc import stack_services
+
 ROOT = Path(__file__).resolve().parents[2]
 WARM_S = 3.0
 DRAIN_S = 30.0
@@ -228,12 +230,10 @@ def main(argv: list[str]) -> int:
                         help="offered changes/s, in order; stops at the first not sustained")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate")
     args = parser.parse_args(argv)
-    dsn = os.environ.get("DATAFLOW_PG_DSN", "")
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    if not dsn or not bootstrap:
-        print("set DATAFLOW_PG_DSN and KAFKA_BOOTSTRAP_SERVERS (eval \"$(dataflow stack env)\")",
-              file=sys.stderr)
+    services = stack_services()
+    if services is None:
         return 2
+    dsn, bootstrap = services
     results = run(dsn, bootstrap, [int(r) for r in args.rates.split(",")], args.seconds,
                   ROOT / ".dataflow" / "bench")
     best = max((r["rate"] for r in results if r["sustained"]), default=None)

@@ -40,11 +40,17 @@ from typing import Any
 import orjson
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors import scrape_metrics
 from ops._stack import free_port
 from tests.bench.monitor import kill, tree_peak_rss_mb
 from tests.bench.workload import W2_SPEC, pipeline_spec
-from tests.pipeline_support import committed, end_offsets, produce, python_process, write_spec
+from tests.pipeline_support import (
+    committed,
+    end_offsets,
+    produce,
+    python_process,
+    recovered_records,
+    write_spec,
+)
 
 PARTITIONS = 4
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
@@ -62,14 +68,6 @@ def _events(first: int, n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _recovered(port: int) -> float | None:
-    try:
-        samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    except OSError:
-        return None
-    if not samples:
-        return None
-    return sum(s.value for s in samples if s.name == "dataflow_table_recovered_records_total")
 
 
 def _ready_s(log: Path, started: float) -> float | None:
@@ -142,8 +140,8 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path, *, rebuild: bo
         _wait(lambda: all_committed(keys + tail), 600, "the tail committed", proc)
         resume_s = time.monotonic() - started
         ready_s = _ready_s(resume_log, epoch)
-        _wait(lambda: _recovered(port) is not None, 30, "metrics", proc)
-        resumed = _recovered(port)
+        _wait(lambda: recovered_records(port) is not None, 30, "metrics", proc)
+        resumed = recovered_records(port)
         kill(proc)
     records = sum(end_offsets(bootstrap, changelog).values())
     rebuild_s: float | None = None
@@ -154,9 +152,9 @@ def run_size(bootstrap: str, keys: int, tail: int, workdir: Path, *, rebuild: bo
         with python_process(args, env=fresh, log=workdir / f"{name}-rebuild.log",
                             bound_s=900) as proc:
             # every changelog record but the window table's meta entries (a few a partition)
-            _wait(lambda: (_recovered(port) or 0) >= keys + tail, 600, "the full rebuild", proc)
+            _wait(lambda: (recovered_records(port) or 0) >= keys + tail, 600, "the full rebuild", proc)
             rebuild_s = round(time.monotonic() - started, 1)
-            rebuilt = _recovered(port)
+            rebuilt = recovered_records(port)
             kill(proc)
     for t in (src, out, dlq):
         admin.delete_topics([t])

@@ -22,9 +22,16 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors import scrape_metrics
 from ops._stack import free_port
-from tests.pipeline_support import committed, end_offsets, produce, read_topic, worker, write_spec
+from tests.pipeline_support import (
+    committed,
+    end_offsets,
+    produce,
+    read_topic,
+    recovered_records,
+    worker,
+    write_spec,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,15 +44,6 @@ NEW = 1_000         # new ids after it
 TAIL_BOUND = 50
 
 
-def _recovered(port: int) -> float | None:
-    """The worker's changelog records applied by recovery (None: no /metrics yet)."""
-    try:
-        samples = scrape_metrics(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    except OSError:
-        return None
-    if not samples:
-        return None
-    return sum(s.value for s in samples if s.name == "dataflow_table_recovered_records_total")
 
 
 def _ids(bootstrap: str, topic: str) -> Counter[int]:
@@ -102,8 +100,8 @@ def test_restart_on_same_rocksdb_reads_only_the_changelog_tail(
     with worker(spec, env=env, log=tmp_path / "w2.log", bound_s=300) as proc:
         wait_for(lambda: all_committed(N + REPEATS + NEW, proc), 180, "every record committed")
         resumed_s = time.monotonic() - started
-        wait_for(lambda: _recovered(port) is not None, 30, "the restarted worker's metrics")
-        recovered = _recovered(port)
+        wait_for(lambda: recovered_records(port) is not None, 30, "the restarted worker's metrics")
+        recovered = recovered_records(port)
     time.sleep(1)
     ids = _ids(kafka_bootstrap, out)
     assert set(ids) == set(range(N + NEW))
@@ -115,4 +113,4 @@ def test_restart_on_same_rocksdb_reads_only_the_changelog_tail(
     # the same changelog rebuilt from an empty data directory: the counter sees it all
     fresh = {**env, "DATAFLOW_DATA_DIR": str(tmp_path / "fresh")}
     with worker(spec, env=fresh, log=tmp_path / "w3.log", bound_s=300):
-        wait_for(lambda: (_recovered(port) or 0) >= N + NEW, 120, "a full rebuild")
+        wait_for(lambda: (recovered_records(port) or 0) >= N + NEW, 120, "a full rebuild")
