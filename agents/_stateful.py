@@ -46,6 +46,9 @@ class Operator:
     stage: str = ""
     #: the expression the operator's input must be partitioned by (None: any)
     partition_key: Expr | None = None
+    #: the input is partitioned by ``partition_key`` already, by the spec's word
+    #: (``repartition: never``): the operator reads the stream as it arrives
+    co_partitioned: bool = False
     tables: tuple[BatchTable, ...] = ()
 
     def process(

@@ -514,17 +514,18 @@ def _operators(pipeline: Pipeline) -> list[Operator]:
                 aggregations=[(a.output, a.fn, a.field) for a in s.aggregations],
                 time_field=s.time_field, allowed_lateness_ms=s.allowed_lateness,
                 idle_close_ms=s.idle_close))
+            ops[-1].co_partitioned = s.repartition == "never"
         elif isinstance(s, JoinSpec):
             feed = _table_feed(pipeline, s.name, table_topic=s.table_topic,
                                table_format=s.table_format, table_key=s.table_key,
                                fields=s.fields, repartition=s.repartition)
             join = Join(feed, s.name, key=compile_expr(s.key), prefix=s.prefix, how=s.how)
-            if s.repartition == "never":
-                join.partition_key = None
+            join.co_partitioned = s.repartition == "never"
             ops.append(join)
         elif isinstance(s, DedupSpec):
             table = BatchTable(app, f"{s.name}-dedup", partitions=pipeline.partitions)
             ops.append(Dedup(table, s.name, key=compile_expr(s.key), ttl_ms=s.ttl))
+            ops[-1].co_partitioned = s.repartition == "never"
     return ops
 
 
@@ -539,7 +540,7 @@ def _plan(pipeline: Pipeline, ops: list[Operator]) -> None:
     current: str | None = None   # the source key: unknown to us
     pending: list[Operator] = []
     for op in ops:
-        if isinstance(op, Join) and op.partition_key is None:
+        if op.co_partitioned:
             pending.append(op)   # repartition: never (co-partitioned by contract)
             continue
         key = op.partition_key or _NULL_KEY
@@ -619,7 +620,11 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
     )
     pipeline = Pipeline(spec, app, partitions, bootstrap=settings.kafka_bootstrap_servers)
     app.refused_record = pipeline.refused
-    _plan(pipeline, _operators(pipeline))
+    ops = _operators(pipeline)
+    if any(op.co_partitioned for op in ops) and len(set(counts.values())) > 1:
+        raise ConfigError(f"repartition: never needs source topics with one partition count; "
+                          f"got {dict(sorted(counts.items()))}")
+    _plan(pipeline, ops)
     app.pipeline = pipeline  # type: ignore[attr-defined]
     _install_ticks(app, pipeline, settings.tick_interval_s)
     _install_gates(app, pipeline)

@@ -569,6 +569,11 @@ class WindowSpec(_Named):
          <aggregation outputs>...}
 
     keyed by the group value (Kafka key ``{<key_field>: value}``).
+
+    ``repartition: never`` reads the stream as it arrives, without re-keying it through an
+    internal topic: for a stream already partitioned by ``group_by`` (a CDC topic keyed by
+    the primary key, grouped by it: Kafka Streams' ``groupByKey``). Trusted, like a join's;
+    a stream not partitioned so splits a group's windows between partitions.
     """
 
     type: Literal["window"]
@@ -583,11 +588,15 @@ class WindowSpec(_Named):
     time_field: FieldName | None = None
     allowed_lateness: DurationMs = 0
     idle_close: DurationMs | None = None
+    repartition: Literal["auto", "never"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> WindowSpec:
         if self.size <= 0:
             raise _FieldError("size", "expected a duration > 0")
+        if self.repartition == "never" and not self.group_by:
+            raise _FieldError("repartition", "never needs group_by: without it every row is "
+                              "one group, which needs one partition")
         if self.kind == "hopping":
             if self.hop is None:
                 raise _FieldError("hop", "required for a hopping window")
@@ -640,11 +649,16 @@ class JoinSpec(_Named):
 
 
 class DedupSpec(_Named):
-    """Drop a row whose ``key`` was seen within ``ttl`` (the first one wins)."""
+    """Drop a row whose ``key`` was seen within ``ttl`` (the first one wins).
+
+    ``repartition: never``: the stream arrives partitioned so that equal keys share a
+    partition (e.g. redeliveries of a record keep its Kafka key); read as it is, trusted.
+    """
 
     type: Literal["dedup"]
     key: ExprText
     ttl: DurationMs
+    repartition: Literal["auto", "never"] = "auto"
 
 
 StatefulSpec = Annotated[Union[WindowSpec, JoinSpec, DedupSpec], Field(discriminator="type")]  # noqa: UP007

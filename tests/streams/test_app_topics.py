@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 from faust.types import TP
 
+from schemas import ConfigError
 from streams import WorkerSettings, build_app, load_spec
 
 
@@ -58,3 +59,19 @@ def test_internal_and_changelog_topics_exist_with_leaders_before_the_app_starts(
     assert asyncio.run(app.consumer.position(tp)) == -1
     recovery.active_offsets[tp] = 41
     assert asyncio.run(app.consumer.position(tp)) == 41
+
+
+@pytest.mark.integration
+def test_repartition_never_refuses_source_topics_of_different_partition_counts(
+        kafka_bootstrap: str, make_topic: Any, unique: str, tmp_path: Any) -> None:
+    a, b = make_topic("a", partitions=2), make_topic("b", partitions=3)
+    spec = load_spec({
+        "name": f"never-{unique}", "source": {"topics": [a, b], "format": "json"},
+        "stateful": [{"type": "dedup", "key": "id", "ttl": "1h", "repartition": "never"}],
+        "sinks": {"kafka": {"topic": make_topic("out")}},
+    })
+    settings = WorkerSettings(kafka_bootstrap_servers=kafka_bootstrap, data_dir=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        build_app(spec, settings)
+    assert str(info.value) == (f"repartition: never needs source topics with one partition "
+                               f"count; got {{'{a}': 2, '{b}': 3}}")

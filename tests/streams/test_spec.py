@@ -405,3 +405,18 @@ def test_spec_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DATAFLOW_MAX_SPEC_ALIASES", "1")
     assert errors_of("name: &n p\ndescription: *n\nquality_after: *n\n") == [
         "quality_after: more than 1 YAML aliases (DATAFLOW_MAX_SPEC_ALIASES)"]
+
+
+def test_repartition_never_is_taken_by_window_dedup_and_join_and_needs_a_window_group() -> None:
+    window = {"type": "window", "size": "1m", "aggregations": [{"fn": "count"}],
+              "repartition": "never"}
+    stateful = [{**window, "group_by": "id"},
+                {"type": "dedup", "key": "id", "ttl": "1h", "repartition": "never"},
+                {"type": "join", "table_topic": "t", "key": "id", "repartition": "never"}]
+    spec = load_spec({**MINIMAL, "stateful": stateful})
+    assert [s.repartition for s in spec.stateful] == ["never", "never", "never"]
+    assert errors_of({**MINIMAL, "stateful": [window]}) == [
+        "stateful[0].repartition: never needs group_by: without it every row is one group, "
+        "which needs one partition"]
+    assert errors_of({**MINIMAL, "stateful": [{**window, "group_by": "id",
+                                                "repartition": "always"}]}) != []
