@@ -275,7 +275,8 @@ def test_a_poison_value_is_one_dead_letter_and_the_batch_goes_on() -> None:
 
 def test_the_regex_test_agrees_with_re2s_own_match() -> None:
     """``regex_test`` (RE2's C++ Match on the UTF-8 bytes) says what the wrapper's
-    fullmatch/search say, on ASCII, multi-byte and empty strings."""
+    fullmatch/search say, on ASCII, multi-byte and empty strings, asked once and again
+    (its memo), with a memo that fills and clears, and on strings too long to keep."""
     import random
 
     from agents._expr import compile_regex, regex_test
@@ -284,8 +285,11 @@ def test_the_regex_test_agrees_with_re2s_own_match() -> None:
     alphabet = "ab@c.é3-4 xzZ日\n"
     texts = ["", "a@b", "@", "abc", "ABC", "é", "éx", "123-4567", "a\nb", "日本@x"]
     texts += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))) for _ in range(3000)]
+    texts += ["a" * 200 + "@b", "x" * 300]
+    texts += texts
     for pattern in ("^[^@]+@[^@]+$", "a+b", "^$", "é.", "(?i)abc", "x*", r"^\d{3}-\d{4}$", "[a-c]{2,}z?"):
         rx = compile_regex(pattern)
         for full in (True, False):
-            test, ref = regex_test(pattern, full), (rx.fullmatch if full else rx.search)
-            assert [t for t in texts if test(t) != (ref(t) is not None)] == [], (pattern, full)
+            ref = rx.fullmatch if full else rx.search
+            for test in (regex_test(pattern, full), regex_test(pattern, full, memo_size=7)):
+                assert [t for t in texts if test(t) != (ref(t) is not None)] == [], (pattern, full)
