@@ -28,6 +28,7 @@ from tests.bench.workload import (
     MASK64,
     ROW_FIELDS,
     W1_SPEC,
+    W2_BY_KEY_SPEC,
     W2_SPEC,
     W3_SPEC,
     W4_SPEC,
@@ -310,6 +311,10 @@ def systems(slow_max: int = SLOW_MAX_EVENTS) -> list[System]:
         System("df-w2", "DataFlow W2: 1-minute tumbling count + revenue per key (dataflow worker)",
                _worker(W2_SPEC), available=worker, done="committed", latency=False, check=check_w2,
                linger=True, max_events=slow_max),
+        System("df-w2k", "DataFlow W2 on the topic's partitioning by id (repartition: never: no "
+               "repartition topic; dataflow worker)",
+               _worker(W2_BY_KEY_SPEC), available=worker, done="committed", latency=False,
+               check=check_w2, linger=True, max_events=slow_max),
         System("df-w3", "DataFlow W3: unwrap + dedup by LSN (dataflow worker)", _worker(W3_SPEC),
                available=worker, expect=lambda e: (e.w3_out, 0), check=check_w3, max_events=slow_max),
         System("df-w4", "DataFlow W4: unwrap + stream-table join with customers (dataflow worker)",

@@ -90,6 +90,13 @@ W2_SPEC: dict[str, Any] = {
     }],
 }
 
+#: W2 on the topic's own partitioning: the topic is keyed by ``id`` (the primary key), so
+#: the window needs no repartition topic (``repartition: never``, Kafka Streams' groupByKey).
+W2_BY_KEY_SPEC: dict[str, Any] = {
+    **W2_SPEC, "name": "bench-w2k",
+    "stateful": [{**W2_SPEC["stateful"][0], "repartition": "never"}],
+}
+
 #: W3: drop redelivered events (same LSN) within 10 minutes.
 W3_SPEC: dict[str, Any] = {
     "name": "bench-w3",
