@@ -20,6 +20,7 @@ import yaml
 
 from connectors import MySQLCDCConfig, MySQLCDCSource, PostgresCDCConfig, PostgresCDCSource
 from ops._console import error, setup_logging
+from ops._process import tune_gc
 from ops._signals import stop_on_signals
 from schemas import DataFlowError
 from streams import load_spec
@@ -57,6 +58,7 @@ def run_source(file: Path, drain: bool = False) -> int:
         error("dataflow source", exc)
         return 2
     stop_on_signals(stop, _STOP_DEADLINE, "dataflow source")
+    tune_gc()
     try:
         source.run(drain=drain)
     except DataFlowError as exc:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ops._console import error, redacting_logging_config
+from ops._process import tune_gc
 from schemas import ConfigError, redact
 from streams import SpecError, WorkerSettings, build_app, install_drain, load_spec
 
@@ -65,6 +66,7 @@ def run_worker(file: Path, *, store: str | None = None, web_port: int | None = N
         install_drain(app, _done)
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=True,
                           logging_config=redacting_logging_config())
+    tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
