@@ -47,17 +47,32 @@ def _samples(urls: Iterable[str]) -> tuple[list[list[Any]], bool]:
     return per_process, complete
 
 
+def _rows_checked(samples: Iterable[Any]) -> float:
+    """Rows one worker's rules checked: the first rule sees every row checked (nothing
+    before it removes one), so it is the rule with the most ``dataflow_quality_checks_total``
+    (pass + fail); a later rule sees only the rows earlier rules kept."""
+    per_rule: dict[str, float] = {}
+    for s in samples:
+        if s.name == "dataflow_quality_checks_total":
+            rule = s.labels.get("rule", "")
+            per_rule[rule] = per_rule.get(rule, 0.0) + s.value
+    return max(per_rule.values(), default=0.0)
+
+
 def _quality(per_process: list[list[Any]]) -> float | None:
-    """The workers' ``dataflow_quality_score``, weighted by the checks each made (a worker
-    that checked nothing yet does not count); None when no row was checked."""
-    weighted = total = 0.0
+    """Rows that passed every rule / rows checked, over all workers: each worker's
+    ``dataflow_quality_score`` (its clean / checked rows) times the rows it checked gives
+    its clean rows (weighting by its rule checks instead would count a row that fails an
+    early rule less than a clean one); a worker that checked nothing yet does not count.
+    None when no row was checked."""
+    clean = total = 0.0
     for samples in per_process:
-        checks = sum(s.value for s in samples if s.name == "dataflow_quality_checks_total")
+        rows = _rows_checked(samples)
         score = [s.value for s in samples if s.name == "dataflow_quality_score"]
-        if checks and score:
-            weighted += score[0] * checks
-            total += checks
-    return round(weighted / total, 6) if total else None
+        if rows and score:
+            clean += round(score[0] * rows)   # the gauge is an exact ratio of two counts
+            total += rows
+    return round(clean / total, 6) if total else None
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:

@@ -147,6 +147,31 @@ def _insert(cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
                     [tuple(row[c] for c in cols) for row in rows])
 
 
+class _Keys:
+    """The ids of ``cdc_all`` the workload knows, for a uniform random pick in O(1)
+    (``ORDER BY RAND() LIMIT 1`` sorts the whole table: ~100,000 rows after the big
+    transaction, tens of milliseconds per pick). A stale id only makes an update or a
+    delete match no row."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.at = {v: i for i, v in enumerate(ids)}
+
+    def add(self, id_: int) -> None:
+        if id_ not in self.at:
+            self.at[id_] = len(self.ids)
+            self.ids.append(id_)
+
+    def remove(self, id_: int) -> None:
+        i = self.at.pop(id_, None)
+        if i is None:
+            return
+        last = self.ids.pop()
+        if i < len(self.ids):
+            self.ids[i] = last
+            self.at[last] = i
+
+
 def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
                  add_column_at: int | None = None, pause: float = 0.0) -> int:
     """About ``n_changes`` row changes in small transactions: inserts, updates of random
@@ -159,6 +184,8 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
     cur = conn.cursor()
     cur.execute("SELECT COALESCE(MAX(id), 0) FROM cdc_all")
     g.next_id = int(cur.fetchone()[0]) + 10**6 * (seed % 100)
+    cur.execute("SELECT id FROM cdc_all")
+    keys = _Keys([int(row[0]) for row in cur.fetchall()])
     made = 0
     added = False
     big_at = n_changes // 2 if big_txn_rows else -1
@@ -168,8 +195,11 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
             added = True
         if big_at >= 0 and made >= big_at:
             cur.execute("BEGIN")
-            _insert(cur, "cdc_all", [g.all_row() for _ in range(big_txn_rows)])
+            big = [g.all_row() for _ in range(big_txn_rows)]
+            _insert(cur, "cdc_all", big)
             cur.execute("COMMIT")
+            for row in big:
+                keys.add(row["id"])
             big_at = -1
             continue
         cur.execute("BEGIN")
@@ -184,9 +214,15 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
                             f"({', '.join('ST_GeomFromText(%s, 4326)' if c == 'g' else '%s' for c in row)})",
                             tuple(row.values()))
                 made += cur.rowcount
+                if cur.rowcount and table == "cdc_all":
+                    keys.add(row["id"])
                 continue
-            cur.execute(f"SELECT {', '.join(KEYS[table])} FROM `{table}` ORDER BY RAND({g.r.randint(0, 10**6)}) LIMIT 1")
-            hit = cur.fetchone()
+            if table == "cdc_all":
+                hit = (g.r.choice(keys.ids),) if keys.ids else None
+            else:   # a few hundred rows: the sort is cheap
+                cur.execute(f"SELECT {', '.join(KEYS[table])} FROM `{table}` "
+                            f"ORDER BY RAND({g.r.randint(0, 10**6)}) LIMIT 1")
+                hit = cur.fetchone()
             if hit is None:
                 continue
             where = " AND ".join(f"`{k}` = %s" for k in KEYS[table])
@@ -201,11 +237,16 @@ def run_workload(dsn: str, n_changes: int, seed: int, big_txn_rows: int = 0,
                 if table == "cdc_all":
                     g.next_id += 1
                     cur.execute(f"UPDATE IGNORE `cdc_all` SET id = %s WHERE {where}", (g.next_id, *hit))
+                    if cur.rowcount:
+                        keys.remove(hit[0])
+                        keys.add(g.next_id)
                 else:
                     cur.execute(f"UPDATE IGNORE `cdc_composite` SET a = %s WHERE {where}",
                                 (f"k{g.r.randint(0, 10**9)}", *hit))
             else:
                 cur.execute(f"DELETE FROM `{table}` WHERE {where}", hit)
+                if cur.rowcount and table == "cdc_all":
+                    keys.remove(hit[0])
             made += cur.rowcount
         cur.execute("COMMIT")
         if pause:
