@@ -13,6 +13,8 @@ so recovery from the changelog gives the same decisions as before a crash.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -383,6 +385,22 @@ class Dedup(Operator):
         self.ttl = ttl_ms
         self.dropped = self.passed = self.failed = 0
         self._max_ts: dict[int, int] = {}
+        #: partition -> (ts, seq, key) of every kept key, oldest first: a tick pops what its
+        #: horizon passed instead of scanning the whole table (rebuilt from it after a reset)
+        self._expiry: dict[int, list[tuple[int, int, Any]]] = {}
+        self._seq = itertools.count()
+
+    def reset(self) -> None:
+        """Forget the expiry index (on rebalance); it is rebuilt from the table."""
+        self._expiry.clear()
+
+    def _heap(self, partition: int) -> list[tuple[int, int, Any]]:
+        heap = self._expiry.get(partition)
+        if heap is None:   # first use after start or a rebalance: one scan of the table
+            seq = self._seq
+            heap = self._expiry[partition] = [(ts, next(seq), k) for k, ts in self.table.items(partition)]
+            heapq.heapify(heap)
+        return heap
 
     def process(
         self, partition: int, events: list[Event], outbox: Outbox, dead: list[DeadLetter]
@@ -423,6 +441,10 @@ class Dedup(Operator):
             updates[k] = ts
             out.append(ev)
         self._max_ts[partition] = max_ts
+        if ttl is not None and updates:
+            heap, seq, push = self._heap(partition), self._seq, heapq.heappush
+            for k, ts in updates.items():
+                push(heap, (ts, next(seq), k))
         table.put(partition, updates, outbox)
         return out
 
@@ -431,8 +453,14 @@ class Dedup(Operator):
         if self.ttl is None or partition not in self._max_ts:
             return []
         horizon = self._max_ts[partition] - self.ttl
-        expired = {k: None for k, ts in self.table.items(partition) if ts <= horizon}
-        self.table.put(partition, expired, outbox)
+        heap, get = self._heap(partition), self.table.get
+        expired: dict[Any, None] = {}
+        while heap and heap[0][0] <= horizon:
+            ts, _, k = heapq.heappop(heap)
+            if get(partition, k) == ts:   # not kept again since (a later entry would say)
+                expired[k] = None
+        if expired:
+            self.table.put(partition, expired, outbox)
         return []
 
 

@@ -144,6 +144,24 @@ def test_dedup_drops_repeats_within_ttl_and_expires_keys(app: BatchApp) -> None:
     assert (1, None) in changelog(box, d.table) and (3, None) not in changelog(box, d.table)
 
 
+def test_dedup_expiry_after_a_rebalance_comes_from_the_table(app: BatchApp) -> None:
+    """The expiry index is in memory: after a reset it is rebuilt from the table, so keys
+    kept before it still expire, each once, and a key kept again is not expired early."""
+    d = Dedup(BatchTable(app, "d"), "d", key=compile_expr("id"), ttl_ms=1_000)
+    d.process(0, [ev({"id": i}, ts=i * 100) for i in range(5)], Outbox(), [])   # ts 0..400
+    d.reset()
+    d.process(0, [ev({"id": 0}, ts=1_050), ev({"id": 9}, ts=1_250)], Outbox(), [])  # 0 kept again
+    box = Outbox()
+    d.tick(0, 0, box)   # horizon 250: ids 1 and 2 expire; 0 was kept again at 1,050
+    assert sorted(changelog(box, d.table)) == [(1, None), (2, None)]
+    box = Outbox()
+    d.process(0, [ev({"id": 8}, ts=2_100)], Outbox(), [])
+    d.tick(0, 0, box)   # horizon 1,100: ids 0 (1,050), 3 and 4 expire; 9 and 8 stay
+    assert sorted(changelog(box, d.table)) == [(0, None), (3, None), (4, None)]
+    out = d.process(0, [ev({"id": 9}, ts=2_300), ev({"id": 3}, ts=2_300)], Outbox(), [])
+    assert [e.value["id"] for e in out] == [9, 3]   # 9's TTL passed; 3 was expired
+
+
 def test_unique_and_referential_rules_quarantine_failures(app: BatchApp) -> None:
     unique = Dedup(BatchTable(app, "u"), "uniq", key=compile_expr("email"), ttl_ms=None,
                    rule="uniq_email")
