@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,6 +73,14 @@ SRC_HEADER = "dataflow.src"
 KEY_HEADER = "dataflow.key"
 VALUE_HEADER = "dataflow.value"   # the source record's value bytes, for a later dead letter
 
+#: a repartition record's value: where its event came from and the source's key and value
+#: bytes (for a later dead letter), then the row JSON, in one frame; headers cost the
+#: producer and the fetcher a Python conversion per record each. Records of the earlier
+#: header form (``SRC_HEADER``...) are still read.
+_FRAME = struct.Struct(">BiqqiiH")   # magic, partition, offset, timestamp, key len, value len, topic len
+_FRAME_MAGIC = 0xDF                  # never the first byte of a JSON row
+_NONE = -1
+
 
 class WorkerSettings(BaseModel):
     """Runtime settings of a pipeline worker (``DATAFLOW_*`` and ``KAFKA_BOOTSTRAP_SERVERS``;
@@ -86,6 +95,9 @@ class WorkerSettings(BaseModel):
     commit_interval_s: float = Field(1.0, gt=0)
     max_poll_records: int = Field(50_000, ge=1)
     fetch_bytes_per_partition: int = Field(4 * 1024 * 1024, ge=1024)
+    #: CRC-check every fetched record batch in Python (aiokafka); off, as in librdkafka (the
+    #: loaders' and sources' client) and the raw loop: the broker checks CRCs on produce
+    check_crcs: bool = False
     replication_factor: int = Field(1, ge=1)
     web_port: int | None = None      # None: the worker's web server is off
     log_level: str = "warning"
@@ -136,31 +148,68 @@ def _origin(ev: Event, value: bool = False) -> list[tuple[str, bytes]]:
     return headers
 
 
+def _frame(ev: Event, row: bytes, topic: bytes) -> bytes:
+    """``row`` as a repartition record's value: ``ev``'s origin, key and value bytes first."""
+    k, v = ev.raw_key, ev.raw_value
+    return b"".join((_FRAME.pack(_FRAME_MAGIC, ev.partition, ev.offset, ev.timestamp_ms,
+                                 _NONE if k is None else len(k), _NONE if v is None else len(v),
+                                 len(topic)),
+                     topic, k or b"", v or b"", row))
+
+
 def _decode_internal(records: Sequence[Any], topic: str, partition: int,
                      dead: list[DeadLetter]) -> list[Event]:
-    """Events back from a repartition topic: row JSON, origin, key and value bytes from
-    headers (an event made inside the pipeline has no source value: its row JSON is kept)."""
-    loads = orjson.loads
+    """Events back from a repartition topic: the row, its origin, and the source's key and
+    value bytes (an event made inside the pipeline has no source value: its row JSON is kept)."""
+    loads, unpack, head, magic = orjson.loads, _FRAME.unpack_from, _FRAME.size, _FRAME_MAGIC
+    topics: dict[bytes, str] = {}
     out = []
     for r in records:
-        src_t, src_p, src_o, src_ts = topic, partition, r.offset, r.timestamp
-        raw_key = None
-        raw_value = r.value
-        for name, value in r.headers or ():
-            if name == SRC_HEADER and value:
-                t, p, o, ts = value.decode().rsplit("|", 3)
-                src_t, src_p, src_o, src_ts = t, int(p), int(o), int(ts)
-            elif name == KEY_HEADER:
-                raw_key = value
-            elif name == VALUE_HEADER:
-                raw_value = value
+        data = r.value
+        if data is None or data[0] != magic:
+            out.append(_decode_with_headers(r, topic, partition))
+            continue
+        _, src_p, src_o, src_ts, klen, vlen, tlen = unpack(data)
+        at = head + tlen
+        tb = data[head:at]
+        src_t = topics.get(tb)
+        if src_t is None:
+            src_t = topics[tb] = tb.decode()
+        raw_key = raw_value = None
+        if klen >= 0:
+            raw_key, at = data[at:at + klen], at + klen
+        if vlen >= 0:
+            raw_value, at = data[at:at + vlen], at + vlen
+        row_bytes = data[at:]
+        if raw_value is None:
+            raw_value = row_bytes
         try:
             key = loads(raw_key) if raw_key is not None else None
         except orjson.JSONDecodeError:
             key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
-        row = loads(r.value) if r.value is not None else None
-        out.append(Event(key, row, raw_key, raw_value, src_t, src_p, src_o, src_ts))
+        out.append(Event(key, loads(row_bytes), raw_key, raw_value, src_t, src_p, src_o, src_ts))
     return out
+
+
+def _decode_with_headers(r: Any, topic: str, partition: int) -> Event:
+    """A repartition record of the earlier form: the row as its value, the origin in headers."""
+    src_t, src_p, src_o, src_ts = topic, partition, r.offset, r.timestamp
+    raw_key = None
+    raw_value = r.value
+    for name, value in r.headers or ():
+        if name == SRC_HEADER and value:
+            t, p, o, ts = value.decode().rsplit("|", 3)
+            src_t, src_p, src_o, src_ts = t, int(p), int(o), int(ts)
+        elif name == KEY_HEADER:
+            raw_key = value
+        elif name == VALUE_HEADER:
+            raw_value = value
+    try:
+        key = orjson.loads(raw_key) if raw_key is not None else None
+    except orjson.JSONDecodeError:
+        key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
+    row = orjson.loads(r.value) if r.value is not None else None
+    return Event(key, row, raw_key, raw_value, src_t, src_p, src_o, src_ts)
 
 
 class Stage:
@@ -196,7 +245,9 @@ class Stage:
         p = self.pipeline
         if self.next_topic is not None:
             assert self.next_key is not None
-            fn, topic, dumps = self.next_key, self.next_topic, orjson.dumps
+            fn, topic, dumps, encode_row = self.next_key, self.next_topic, orjson.dumps, p.encode_row
+            frame, names = _frame, cast(dict[str, bytes], {})
+            add = outbox.plain.append
             for ev in events:
                 row = ev.value
                 if row is None:
@@ -206,14 +257,17 @@ class Stage:
                 except Exception as exc:  # noqa: BLE001 - one bad row goes to the DLQ
                     dead.append(DeadLetter(ev, "repartition", f"key failed: {exc}"))
                     continue
-                value = p.encode_row(row)
+                src = names.get(ev.topic)
+                if src is None:
+                    src = names[ev.topic] = ev.topic.encode()
+                value = frame(ev, encode_row(row), src)
                 if len(value) > 65_536:
                     try:
                         check_record_size(key, value)
                     except SerdeError as exc:
                         dead.append(DeadLetter(ev, "repartition", str(exc)))
                         continue
-                outbox.add(topic, key, value, None, _origin(ev, value=True))
+                add((topic, key, value))
             return
         events, failed = p.chain.rekey(events)
         dead.extend(failed)
@@ -614,6 +668,7 @@ def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> Bat
         broker_commit_every=200_000,
         broker_max_poll_records=settings.max_poll_records,
         consumer_max_fetch_size=settings.fetch_bytes_per_partition,
+        broker_check_crcs=settings.check_crcs,
         table_standby_replicas=0,
         autodiscover=False,
         **web,

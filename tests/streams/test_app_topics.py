@@ -36,6 +36,7 @@ def test_internal_and_changelog_topics_exist_with_leaders_before_the_app_starts(
     spec = _spec(f"topics-{unique}", orders, customers, make_topic("out", partitions=3))
     settings = WorkerSettings(kafka_bootstrap_servers=kafka_bootstrap, data_dir=tmp_path)
     app = build_app(spec, settings)
+    assert app.conf.broker_check_crcs is False   # as librdkafka; DATAFLOW_CHECK_CRCS turns it on
     app_id = f"dataflow-topics-{unique}"
     internal = [f"{app_id}-{n}" for n in ("once-repartition", "cust-repartition", "cust-table")]
     changelogs = [f"{app_id}-{n}-changelog" for n in ("once-dedup", "cust", "rev-window")]
@@ -50,7 +51,9 @@ def test_internal_and_changelog_topics_exist_with_leaders_before_the_app_starts(
         policy = future.result(timeout=10)["cleanup.policy"].value
         assert policy == ("compact" if res.name in changelogs else "delete"), res.name
     # and building it again (a second worker) finds them there
-    build_app(spec, settings)
+    checked = WorkerSettings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                                       "DATAFLOW_DATA_DIR": str(tmp_path), "DATAFLOW_CHECK_CRCS": "true"})
+    assert build_app(spec, checked).conf.broker_check_crcs is True
 
     # recovery asks the consumer where a changelog partition is: what it applied, so
     # Faust's "past the end: aborted transactions" guess never skips unapplied records
