@@ -145,7 +145,7 @@ class PostgresCDCSource(SourceBase):
                 start, snap = self._create_slot(repl, export=need)
                 self._write_state(producer, "snapshot" if need else "streaming", start)
                 if need and snap:
-                    self._snapshot(producer, snap, start)
+                    self._snapshot(producer, snap, self._below_the_stream(start))
                     if self._stop.is_set():
                         return False
                     self._write_state(producer, "streaming", start)
@@ -388,6 +388,19 @@ class PostgresCDCSource(SourceBase):
         assert point is not None
         log.info("created slot %s at %s", self.config.slot, point)
         return lsn_to_int(point), snap
+
+    def _below_the_stream(self, point: int) -> int:
+        """The LSN the snapshot's rows carry: below every change the new slot streams.
+
+        Not the consistent point: a transaction open while the slot was made commits after
+        that point (so it is streamed, not in the snapshot), yet its changes can lie before
+        it, and a target keeping the newest LSN per key would keep the snapshot row over
+        them. Every change the slot decodes lies at or after its ``restart_lsn``."""
+        with connect(self._dsn) as conn:
+            row = conn.execute("SELECT restart_lsn::text FROM pg_replication_slots "
+                               "WHERE slot_name = %s", (self.config.slot,)).fetchone()
+        restart = lsn_to_int(row[0]) if row and row[0] else point
+        return max(0, min(point, restart) - 1)
 
     def _write_state(self, producer: EventProducer, status: str, lsn: int) -> None:
         """The state record: the slot, its status and creation LSN, and the tables whose

@@ -497,3 +497,74 @@ def test_composite_key_in_key_order_before_and_after_a_restart(fresh_db: str, ka
         b'{"b":2,"a":1}', b'{"b":4,"a":3}', b'{"b":8,"a":7}']
     assert _raw_keys(kafka_bootstrap, f"{prefix}.public.late") == [
         b'{"b":6,"a":5}', b'{"b":10,"a":9}']
+
+
+def _lsns(bootstrap: str, topic: str, count: int) -> list[tuple[str, Any, int]]:
+    """(op, id, source.lsn) of the topic's first ``count`` change events, in offset order."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lsns-{topic}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out: list[tuple[str, Any, int]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            for m in consumer.consume(100, 1.0):
+                if m.error() is None and m.value() is not None:
+                    v = orjson.loads(m.value())
+                    p = v.get("payload", v)
+                    row = p["after"] or p["before"]
+                    out.append((p["op"], row["id"], p["source"]["lsn"]))
+    finally:
+        consumer.close()
+    return out
+
+
+def test_a_transaction_open_while_the_slot_is_made_is_newer_than_the_snapshot(
+        fresh_db: str, kafka_bootstrap: str, prefix: str) -> None:
+    """A slot becomes consistent once the transactions open at its start, then those open
+    when it has a full snapshot, have ended. A transaction that begins in between and
+    commits after the consistent point is streamed, not in the snapshot, and its changes lie
+    before that point in the WAL. A target keeping the newest LSN per key (the loaders'
+    ``version_field: __lsn``) must still see them as newer than the snapshot rows."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);"
+                     "INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    cfg = make_config(fresh_db, kafka_bootstrap, prefix)
+    first, second, late = (psycopg.connect(fresh_db) for _ in range(3))
+
+    def slot_waits_for(xid: int) -> Any:
+        return lambda: conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.backend_type = 'walsender' AND NOT l.granted AND l.locktype = 'transactionid' "
+            "AND l.transactionid::text = %s", (str(xid),)).fetchone() == (1,)
+
+    def xid(c: psycopg.Connection[Any], n: int) -> int:
+        c.execute("INSERT INTO other VALUES (%s)", (n,))
+        row = c.execute("SELECT txid_current() % 4294967296").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    try:
+        first_xid = xid(first, 1)
+        with running(cfg) as source, psycopg.connect(fresh_db, autocommit=True) as conn:
+            wait_for(slot_waits_for(first_xid), 60, "the slot to wait for the first transaction")
+            second_xid = xid(second, 2)
+            first.commit()
+            wait_for(slot_waits_for(second_xid), 60, "the slot to wait for the second transaction")
+            late.execute("UPDATE t SET v = 'a2' WHERE id = 1")   # before the consistent point
+            late.execute("DELETE FROM t WHERE id = 2")
+            second.commit()   # consistent: the snapshot has 'a' and 'b'
+            wait_for(lambda: conn.execute(
+                "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots "
+                "WHERE slot_name = %s", (cfg.slot,)).fetchone() == (True,), 60,
+                "the slot to become consistent")
+            wait_streaming(source, timeout=60)
+            late.commit()
+            events = _lsns(kafka_bootstrap, f"{prefix}.public.t", 4)
+    finally:
+        for c in (first, second, late):
+            c.close()
+    snapshot = {i: lsn for op, i, lsn in events if op == "r"}
+    streamed = [(op, i, lsn) for op, i, lsn in events if op != "r"]
+    assert sorted(snapshot) == [1, 2] and [(op, i) for op, i, _ in streamed] == [("u", 1), ("d", 2)]
+    assert all(lsn > snapshot[i] for _, i, lsn in streamed), events
