@@ -94,7 +94,9 @@ class WorkerSettings(BaseModel):
     store: str = Field("memory://", pattern=r"^(memory|rocksdb)://$")
     commit_interval_s: float = Field(1.0, gt=0)
     max_poll_records: int = Field(50_000, ge=1)
-    fetch_bytes_per_partition: int = Field(4 * 1024 * 1024, ge=1024)
+    #: librdkafka's default, as the raw loop: 4 MiB kept ~100 MiB more fetched records in
+    #: memory (W1 peak RSS 2.5x the raw loop's, 1.4x at 1 MiB) for no throughput
+    fetch_bytes_per_partition: int = Field(1024 * 1024, ge=1024)
     #: CRC-check every fetched record batch in Python (aiokafka); off, as in librdkafka (the
     #: loaders' and sources' client) and the raw loop: the broker checks CRCs on produce
     check_crcs: bool = False

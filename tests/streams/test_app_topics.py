@@ -37,6 +37,7 @@ def test_internal_and_changelog_topics_exist_with_leaders_before_the_app_starts(
     settings = WorkerSettings(kafka_bootstrap_servers=kafka_bootstrap, data_dir=tmp_path)
     app = build_app(spec, settings)
     assert app.conf.broker_check_crcs is False   # as librdkafka; DATAFLOW_CHECK_CRCS turns it on
+    assert app.conf.consumer_max_fetch_size == 1024 * 1024   # per partition, as librdkafka
     app_id = f"dataflow-topics-{unique}"
     internal = [f"{app_id}-{n}" for n in ("once-repartition", "cust-repartition", "cust-table")]
     changelogs = [f"{app_id}-{n}-changelog" for n in ("once-dedup", "cust", "rev-window")]
