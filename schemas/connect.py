@@ -162,16 +162,19 @@ def is_unavailable(value: Any) -> bool:
 
 
 _UNAVAILABLE_LIST = [UNAVAILABLE_VALUE]
+_UNAVAILABLE_TEXT = frozenset({UNAVAILABLE_VALUE, _UNAVAILABLE_B64})
 
 
 def has_unavailable(row: Mapping[str, Any]) -> bool:
     """Whether a value of ``row`` may be the placeholder (every value ``is_unavailable``
-    says yes to, and only a str or list subclass equal to one more): three scans of the
-    values compared in C, instead of a Python call per field; a row it says no to
-    needs no per-field test."""
+    says yes to, and only a str or list subclass equal to one more), found in C instead
+    of by a Python call per field; a row it says no to needs no per-field test."""
     values = row.values()
-    return (UNAVAILABLE_VALUE in values or _UNAVAILABLE_B64 in values
-            or _UNAVAILABLE_LIST in values)
+    try:   # values that all hash (no object or array): one pass through a set
+        return not _UNAVAILABLE_TEXT.isdisjoint(values)
+    except TypeError:
+        return (UNAVAILABLE_VALUE in values or _UNAVAILABLE_B64 in values
+                or _UNAVAILABLE_LIST in values)
 
 
 #: exact decimal arithmetic (the default context rounds to 28 digits: numeric(38,10) would lose ten)

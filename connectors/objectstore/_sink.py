@@ -209,8 +209,11 @@ class ObjectStoreSink:
 
     def _write_roll(self, roll: Sequence[SinkRecord]) -> None:
         folders: dict[str, list[SinkRecord]] = {}
-        for rec in roll:
-            folders.setdefault(self.folder_of(rec), []).append(rec)
+        if self.settings.time_partition or self.settings.partition_by:
+            for rec in roll:
+                folders.setdefault(self.folder_of(rec), []).append(rec)
+        else:
+            folders[""] = list(roll)   # no Hive folders: one file at the root
         ext = _EXT[self.settings.format]
         for folder, recs in folders.items():
             stem = f"{quote(recs[0].topic, safe='')}+{recs[0].partition}+{recs[0].offset:020d}+"
@@ -232,30 +235,60 @@ class ObjectStoreSink:
             raise SinkError(f"sink objectstore {self.name}: {exc}") from exc
 
     def _encode(self, recs: Sequence[SinkRecord]) -> bytes:
-        rows = [_row(r) for r in recs]
         fmt = self.settings.format
         comp = self.settings.compression
+        if fmt == "parquet":
+            return _parquet(recs, comp)
+        rows = [_row(r) for r in recs]
         if fmt == "jsonl":
             return b"".join(orjson.dumps(r, default=str) + b"\n" for r in rows)
-        if fmt == "avro":
-            buf = io.BytesIO()
-            codec = {"none": "null", "gzip": "deflate"}.get(comp, comp)
-            fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
-                            [_avro_row(r) for r in rows], codec=codec)
-            return buf.getvalue()
-        fields: dict[str, None] = {}
-        for r in rows:
-            fields.update(dict.fromkeys(r))
-        types: dict[str, FieldType] = {}
-        for rec in recs:
-            if rec.types:
-                for f, ft in rec.types.items():
-                    types.setdefault(f, ft)
-        table = pa.table({f: arrow_column(types[f], [r.get(f) for r in rows]) if f in types
-                          else [_arrow_value(r.get(f)) for r in rows] for f in fields})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=None if comp == "none" else comp)
-        return bytes(sink.getvalue().to_pybytes())
+        buf = io.BytesIO()
+        codec = {"none": "null", "gzip": "deflate"}.get(comp, comp)
+        fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
+                        [_avro_row(r) for r in rows], codec=codec)
+        return buf.getvalue()
+
+
+#: the change-log columns every file row carries, after the row's own fields (``_row``)
+_META = ("__deleted", "__version", "__offset", "__partition", "__ts_ms")
+#: values Arrow takes as they are (``_arrow_value`` leaves them alone)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _parquet(recs: Sequence[SinkRecord], comp: str) -> bytes:
+    """The Parquet file of ``recs``, built column by column: the table of ``_row(r)`` for
+    every record (the same columns in the same order, the same values), without a dict
+    per row."""
+    src = [r.value if r.value is not None else r.key for r in recs]
+    fields: dict[str, Any] = dict(src[0])   # the first row's fields, then the change log's,
+    fields.update(dict.fromkeys(_META))     # then any field a later row adds, in order
+    for row in src:
+        fields.update(row)
+    meta: dict[str, list[Any]] = {
+        "__deleted": [r.value is None for r in recs],
+        "__version": [r.version for r in recs],
+        "__offset": [r.offset for r in recs],
+        "__partition": [r.partition for r in recs],
+        "__ts_ms": [r.timestamp_ms for r in recs],
+    }
+    types: dict[str, FieldType] = {}
+    for rec in recs:
+        if rec.types:
+            for f, ft in rec.types.items():
+                types.setdefault(f, ft)
+    columns: dict[str, Any] = {}
+    for f in fields:
+        col = meta[f] if f in meta else [row.get(f) for row in src]
+        if f in types:
+            columns[f] = arrow_column(types[f], col)
+        elif _PLAIN.issuperset(map(type, col)):
+            columns[f] = col
+        else:
+            columns[f] = [_arrow_value(v) for v in col]
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=None if comp == "none" else comp)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _list_paths(store: ObjectStore, folder: str, stem: str) -> list[str]:
