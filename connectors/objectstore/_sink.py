@@ -19,6 +19,12 @@ carries the same ``<topic>+<partition>+<first offset>+`` prefix, and any older f
 that prefix (a roll cut at a different end) is deleted once the new one is in place.
 Each row carries ``__offset``, ``__version`` and ``__deleted`` so a reader can apply the
 changes in offset order and rebuild the table.
+
+A store that does not answer (a connection refused or reset, a timeout, a 5xx status;
+a local folder's I/O errors) is retried, then answered with ``SinkBackpressure``: the
+loader waits and adds the same batch again, and ``add`` skips the records it holds
+already (by offset), so a roll written before the outage, or still waiting, gets no
+row twice.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +45,7 @@ import obstore
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from obstore.exceptions import GenericError
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field, SecretStr
 
@@ -46,6 +54,15 @@ from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unav
 from schemas import connect as ct
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
+
+#: an obstore ``GenericError`` (after the store client's own retries) that says the store
+#: did not answer, as opposed to one that refused the request (a 4xx, a bad config)
+_UNREACHABLE = re.compile(r"HTTP error|error sending request|timed out|connection (?:refused|reset|closed)"
+                          r"|non-2xx status code: (?:5\d\d|429|408)", re.IGNORECASE)
+
+
+class _Unreachable(Exception):
+    """The store did not answer a request (see ``_UNREACHABLE``): retried, then backpressure."""
 
 
 class ObjectStoreSinkSettings(RetrySettings):
@@ -121,16 +138,26 @@ class ObjectStoreSink:
         self.store = store if store is not None else open_store(settings)
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._ready: list[list[SinkRecord]] = []   # rolls waiting for the next flush
+        #: per topic-partition, the offset after the last record taken (see ``add``)
+        self._next: dict[tuple[str, int], int] = {}
         self.files_written = 0
         self.last_progress = time.monotonic()
 
     # -- the sink contract -------------------------------------------------------------
 
     def add(self, records: Iterable[SinkRecord]) -> None:
+        """Buffer ``records``; one at an offset this sink already holds (buffered, waiting
+        to upload, or written) is a repeat and skipped: after ``SinkBackpressure`` the
+        loader adds the same batch again, and the rolls keep what they took the first time."""
         s = self.settings
         span_ms = s.max_interval * 1000
+        held = self._next
         for rec in records:
             tp = (rec.topic, rec.partition)
+            nxt = held.get(tp)
+            if nxt is not None and rec.offset < nxt:
+                continue
+            held[tp] = rec.offset + 1
             buf = self._buffers.get(tp)
             if buf is None:
                 buf = self._buffers[tp] = _Buffer(opened=time.monotonic())
@@ -178,6 +205,7 @@ class ObjectStoreSink:
         gone = set(partitions)
         for tp in gone:
             self._buffers.pop(tp, None)
+            self._next.pop(tp, None)   # the next owner, maybe this loader again, re-reads
         self._ready = [r for r in self._ready if (r[0].topic, r[0].partition) not in gone]
 
     @property
@@ -193,6 +221,7 @@ class ObjectStoreSink:
     def close(self) -> None:
         self._buffers.clear()
         self._ready.clear()
+        self._next.clear()
 
     # -- files -------------------------------------------------------------------------
 
@@ -227,8 +256,22 @@ class ObjectStoreSink:
             self.files_written += 1
 
     def _retrying(self, op: Callable[[], T]) -> T:
-        try:   # obstore raises OSError subclasses for I/O and network trouble
-            return retry_transient(self, self.settings, op, (OSError, ConnectionError))
+        """``op`` retried while the store is away, then ``SinkBackpressure``; any other
+        failure is a ``SinkError``. Away: an ``OSError`` (a local store's I/O; obstore
+        raises its not-found as one) or an obstore ``GenericError`` saying the request got
+        no answer (connection refused or reset, a timeout, a 5xx/429/408 status:
+        ``_UNREACHABLE``), which is how an S3, GCS or Azure store that went away shows."""
+        def attempt() -> T:
+            try:
+                return op()
+            except GenericError as exc:
+                if _UNREACHABLE.search(str(exc)) is None:
+                    raise
+                raise _Unreachable(str(exc).split("\n\nDebug source", 1)[0]) from None
+
+        try:
+            return retry_transient(self, self.settings, attempt,
+                                   (OSError, ConnectionError, _Unreachable))
         except SinkBackpressure:
             raise
         except Exception as exc:
