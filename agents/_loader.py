@@ -86,6 +86,7 @@ _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SI
                         KafkaError.RECORD_LIST_TOO_LARGE})
 
 
+_SHAPES = 4096       # distinct row field lists remembered by the record mapper
 _TICK = 0.2          # how often the watchdog looks at a write in flight, seconds
 _STOP_GRACE = 2.0    # after a stop request, how long an aborted write may take to end
 
@@ -180,6 +181,7 @@ class RecordMapper:
         #: ``format: avro``: a writer schema's text by id (the registry's)
         self.avro_schema: Callable[[int], dict[str, Any]] | None = None
         self._avro_types: dict[int, dict[str, FieldType]] = {}
+        self._shapes: dict[tuple[str, ...], bool] = {}   # field names -> has a ``__`` field
 
     def avro_types_of(self, raw: bytes | None) -> dict[str, FieldType] | None:
         """The row's field types from the Avro writer schema of a wire-format value."""
@@ -205,6 +207,17 @@ class RecordMapper:
                 self._types.clear()
             types = self._types[raw] = field_types(schema)
         return types or None
+
+    def _has_metadata(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` has a ``__`` field, decided once per distinct field list (a
+        topic's rows share a few): a row without one is kept as it is, not copied."""
+        shape = tuple(row)
+        meta = self._shapes.get(shape)
+        if meta is None:
+            if len(self._shapes) >= _SHAPES:
+                self._shapes.clear()
+            meta = self._shapes[shape] = any(k.startswith("__") for k in shape)
+        return meta
 
     def map(self, events: Sequence[Event]) -> tuple[list[SinkRecord], list[DeadLetter]]:
         records: list[SinkRecord] = []
@@ -268,7 +281,7 @@ class RecordMapper:
                 version = value.get(s.version_field)
         if deleted and s.deletes == "ignore":
             return None
-        if row is not None and not s.keep_metadata:
+        if row is not None and not s.keep_metadata and self._has_metadata(row):
             row = {k: v for k, v in row.items() if not k.startswith("__")}
         if s.key_fields:
             src_row = row if row is not None else (key if isinstance(key, dict) else {})
@@ -423,7 +436,10 @@ class Loader:
                         if err is not None and err.code() == KafkaError._PARTITION_EOF and (
                                 m.offset() >= ends.get((m.topic(), m.partition()), 0)):
                             ends.pop((m.topic(), m.partition()), None)
-                batch = [m for m in msgs if not self._is_error(m)]
+                batch = [m for m in msgs if m.error() is None]   # most: no error
+                if len(batch) != len(msgs):
+                    for m in msgs:   # in order: a fatal one raises, the others are logged
+                        self._is_error(m)
                 if drain and not ends and not batch:
                     break
                 if batch:
@@ -482,18 +498,17 @@ class Loader:
     def process(self, batch: Sequence[Message]) -> None:
         """Decode and map one fetched batch, then commit it (see :meth:`commit`). A schema
         registry that is away is waited for inside the decode (nothing is committed)."""
+        raw = [(m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1],
+                m.headers()) for m in batch]   # one tuple per message, read once
         try:
-            events, dead = self.decoder.decode(
-                (m.key(), m.value(), m.topic(), m.partition(), m.offset(), m.timestamp()[1],
-                 m.headers()) for m in batch)
+            events, dead = self.decoder.decode(raw)
         except SerdeError:
             if self._stop.is_set():
                 raise _Stopped() from None
             raise
         records, unmapped = self.mapper.map(events)
-        next_offsets: dict[tuple[str, int], int] = {}
-        for m in batch:
-            next_offsets[(m.topic(), m.partition())] = m.offset() + 1
+        # a partition's messages come in offset order: its last one gives the next offset
+        next_offsets = {(t[2], t[3]): t[4] + 1 for t in raw}
         self.metrics.received(len(batch))
         if self._consumer is not None:
             for (topic, partition), offset in next_offsets.items():

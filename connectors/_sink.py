@@ -28,12 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors._metrics import Metrics
 from connectors._retry import Backoff
-from schemas import FieldType, SinkBackpressure, is_unavailable
+from schemas import FieldType, SinkBackpressure, has_unavailable, is_unavailable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SinkRecord:
-    """One row to upsert (``value`` set) or delete (``value`` None) in a target."""
+    """One row to upsert (``value`` set) or delete (``value`` None) in a target.
+
+    Made once per event, so not frozen (a frozen dataclass sets each of its eleven fields
+    through ``object.__setattr__``: ~1.6 us a record against ~0.5 us); nothing changes a
+    record after it is made: a changed record is a ``dataclasses.replace`` copy."""
 
     key: dict[str, Any]            # primary-key columns and their values
     value: dict[str, Any] | None   # full row (keys included); None means delete
@@ -200,10 +204,15 @@ def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
     and the records refused because a key field holds an object or array (no key can).
     Keys compare with their types: ``true`` and ``1`` are one key in Python, not in a table
     (two records the target sees as one key meet in the target, which sorts them out)."""
-    newest: dict[tuple[Any, ...], SinkRecord] = {}
+    newest: dict[Any, SinkRecord] = {}
     refused: list[Rejected] = []
+    one = key_fields[0] if len(key_fields) == 1 else None
     for rec in batch:
-        k = tuple((v, v.__class__) for v in map(rec.key.get, key_fields))
+        if one is not None:   # the common one-column key: its value, typed unless int/str
+            v = rec.key.get(one)
+            k: Any = v if v.__class__ is int or v.__class__ is str else (v, v.__class__)
+        else:
+            k = tuple((v, v.__class__) for v in map(rec.key.get, key_fields))
         try:
             old = newest.get(k)
         except TypeError:  # unhashable: a dict or list in the key
@@ -211,8 +220,10 @@ def latest_per_key(sink: BatchingSink, batch: Sequence[SinkRecord],
             refused.append(sink.refuse(rec, f"key field(s) {', '.join(map(repr, bad))} hold an "
                                             "object or array; a key field must be a scalar"))
             continue
-        if old is None or rec.version >= old.version:
-            if old is not None and old.value is not None and rec.value is not None:
+        if old is None:
+            newest[k] = rec
+        elif rec.version >= old.version:
+            if old.value is not None and rec.value is not None and has_unavailable(rec.value):
                 rec = _fill_unavailable(rec, old.value)
             newest[k] = rec
     return list(newest.values()), refused

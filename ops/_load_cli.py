@@ -36,6 +36,7 @@ from connectors import (
     check_dsn,
 )
 from ops._console import error, setup_logging
+from ops._process import tune_gc
 from ops._signals import stop_on_signals
 from schemas import ConfigError, DataFlowError, resolve_env
 from streams import PipelineSpec, load_spec, reveal_secret
@@ -171,6 +172,7 @@ def run_load(file: Path, *, sink: str | None = None, idle_exit: float | None = N
     stop = threading.Event()
     stop_on_signals(stop, _STOP_DEADLINE, "dataflow load")
     loader = Loader(settings, target)
+    tune_gc()   # cycles collected by the batch (see tune_gc), not dozens of times a batch
     try:
         loader.run(stop, idle_exit=idle_exit, drain=drain)
     except DataFlowError as exc:

@@ -34,6 +34,7 @@ from schemas._registry import SchemaRegistry, wire_schema_id
 from schemas.connect import (
     FieldType,
     field_types,
+    has_unavailable,
     inferred_schema,
     is_unavailable,
     row_fields,
@@ -63,6 +64,7 @@ __all__ = [
     "raw_avro_schema",
     "FieldType",
     "field_types",
+    "has_unavailable",
     "is_unavailable",
     "inferred_schema",
     "row_fields",

@@ -19,6 +19,12 @@ carries the same ``<topic>+<partition>+<first offset>+`` prefix, and any older f
 that prefix (a roll cut at a different end) is deleted once the new one is in place.
 Each row carries ``__offset``, ``__version`` and ``__deleted`` so a reader can apply the
 changes in offset order and rebuild the table.
+
+A store that does not answer (a connection refused or reset, a timeout, a 5xx status;
+a local folder's I/O errors) is retried, then answered with ``SinkBackpressure``: the
+loader waits and adds the same batch again, and ``add`` skips the records it holds
+already (by offset), so a roll written before the outage, or still waiting, gets no
+row twice.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +45,7 @@ import obstore
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from obstore.exceptions import GenericError
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field, SecretStr
 
@@ -46,6 +54,15 @@ from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unav
 from schemas import connect as ct
 
 _EXT = {"parquet": "parquet", "avro": "avro", "jsonl": "jsonl"}
+
+#: an obstore ``GenericError`` (after the store client's own retries) that says the store
+#: did not answer, as opposed to one that refused the request (a 4xx, a bad config)
+_UNREACHABLE = re.compile(r"HTTP error|error sending request|timed out|connection (?:refused|reset|closed)"
+                          r"|non-2xx status code: (?:5\d\d|429|408)", re.IGNORECASE)
+
+
+class _Unreachable(Exception):
+    """The store did not answer a request (see ``_UNREACHABLE``): retried, then backpressure."""
 
 
 class ObjectStoreSinkSettings(RetrySettings):
@@ -121,16 +138,26 @@ class ObjectStoreSink:
         self.store = store if store is not None else open_store(settings)
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._ready: list[list[SinkRecord]] = []   # rolls waiting for the next flush
+        #: per topic-partition, the offset after the last record taken (see ``add``)
+        self._next: dict[tuple[str, int], int] = {}
         self.files_written = 0
         self.last_progress = time.monotonic()
 
     # -- the sink contract -------------------------------------------------------------
 
     def add(self, records: Iterable[SinkRecord]) -> None:
+        """Buffer ``records``; one at an offset this sink already holds (buffered, waiting
+        to upload, or written) is a repeat and skipped: after ``SinkBackpressure`` the
+        loader adds the same batch again, and the rolls keep what they took the first time."""
         s = self.settings
         span_ms = s.max_interval * 1000
+        held = self._next
         for rec in records:
             tp = (rec.topic, rec.partition)
+            nxt = held.get(tp)
+            if nxt is not None and rec.offset < nxt:
+                continue
+            held[tp] = rec.offset + 1
             buf = self._buffers.get(tp)
             if buf is None:
                 buf = self._buffers[tp] = _Buffer(opened=time.monotonic())
@@ -178,6 +205,7 @@ class ObjectStoreSink:
         gone = set(partitions)
         for tp in gone:
             self._buffers.pop(tp, None)
+            self._next.pop(tp, None)   # the next owner, maybe this loader again, re-reads
         self._ready = [r for r in self._ready if (r[0].topic, r[0].partition) not in gone]
 
     @property
@@ -193,6 +221,7 @@ class ObjectStoreSink:
     def close(self) -> None:
         self._buffers.clear()
         self._ready.clear()
+        self._next.clear()
 
     # -- files -------------------------------------------------------------------------
 
@@ -209,8 +238,11 @@ class ObjectStoreSink:
 
     def _write_roll(self, roll: Sequence[SinkRecord]) -> None:
         folders: dict[str, list[SinkRecord]] = {}
-        for rec in roll:
-            folders.setdefault(self.folder_of(rec), []).append(rec)
+        if self.settings.time_partition or self.settings.partition_by:
+            for rec in roll:
+                folders.setdefault(self.folder_of(rec), []).append(rec)
+        else:
+            folders[""] = list(roll)   # no Hive folders: one file at the root
         ext = _EXT[self.settings.format]
         for folder, recs in folders.items():
             stem = f"{quote(recs[0].topic, safe='')}+{recs[0].partition}+{recs[0].offset:020d}+"
@@ -224,38 +256,82 @@ class ObjectStoreSink:
             self.files_written += 1
 
     def _retrying(self, op: Callable[[], T]) -> T:
-        try:   # obstore raises OSError subclasses for I/O and network trouble
-            return retry_transient(self, self.settings, op, (OSError, ConnectionError))
+        """``op`` retried while the store is away, then ``SinkBackpressure``; any other
+        failure is a ``SinkError``. Away: an ``OSError`` (a local store's I/O; obstore
+        raises its not-found as one) or an obstore ``GenericError`` saying the request got
+        no answer (connection refused or reset, a timeout, a 5xx/429/408 status:
+        ``_UNREACHABLE``), which is how an S3, GCS or Azure store that went away shows."""
+        def attempt() -> T:
+            try:
+                return op()
+            except GenericError as exc:
+                if _UNREACHABLE.search(str(exc)) is None:
+                    raise
+                raise _Unreachable(str(exc).split("\n\nDebug source", 1)[0]) from None
+
+        try:
+            return retry_transient(self, self.settings, attempt,
+                                   (OSError, ConnectionError, _Unreachable))
         except SinkBackpressure:
             raise
         except Exception as exc:
             raise SinkError(f"sink objectstore {self.name}: {exc}") from exc
 
     def _encode(self, recs: Sequence[SinkRecord]) -> bytes:
-        rows = [_row(r) for r in recs]
         fmt = self.settings.format
         comp = self.settings.compression
+        if fmt == "parquet":
+            return _parquet(recs, comp)
+        rows = [_row(r) for r in recs]
         if fmt == "jsonl":
             return b"".join(orjson.dumps(r, default=str) + b"\n" for r in rows)
-        if fmt == "avro":
-            buf = io.BytesIO()
-            codec = {"none": "null", "gzip": "deflate"}.get(comp, comp)
-            fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
-                            [_avro_row(r) for r in rows], codec=codec)
-            return buf.getvalue()
-        fields: dict[str, None] = {}
-        for r in rows:
-            fields.update(dict.fromkeys(r))
-        types: dict[str, FieldType] = {}
-        for rec in recs:
-            if rec.types:
-                for f, ft in rec.types.items():
-                    types.setdefault(f, ft)
-        table = pa.table({f: arrow_column(types[f], [r.get(f) for r in rows]) if f in types
-                          else [_arrow_value(r.get(f)) for r in rows] for f in fields})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=None if comp == "none" else comp)
-        return bytes(sink.getvalue().to_pybytes())
+        buf = io.BytesIO()
+        codec = {"none": "null", "gzip": "deflate"}.get(comp, comp)
+        fastavro.writer(buf, fastavro.parse_schema(avro_schema(rows)),
+                        [_avro_row(r) for r in rows], codec=codec)
+        return buf.getvalue()
+
+
+#: the change-log columns every file row carries, after the row's own fields (``_row``)
+_META = ("__deleted", "__version", "__offset", "__partition", "__ts_ms")
+#: values Arrow takes as they are (``_arrow_value`` leaves them alone)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _parquet(recs: Sequence[SinkRecord], comp: str) -> bytes:
+    """The Parquet file of ``recs``, built column by column: the table of ``_row(r)`` for
+    every record (the same columns in the same order, the same values), without a dict
+    per row."""
+    src = [r.value if r.value is not None else r.key for r in recs]
+    fields: dict[str, Any] = dict(src[0])   # the first row's fields, then the change log's,
+    fields.update(dict.fromkeys(_META))     # then any field a later row adds, in order
+    for row in src:
+        fields.update(row)
+    meta: dict[str, list[Any]] = {
+        "__deleted": [r.value is None for r in recs],
+        "__version": [r.version for r in recs],
+        "__offset": [r.offset for r in recs],
+        "__partition": [r.partition for r in recs],
+        "__ts_ms": [r.timestamp_ms for r in recs],
+    }
+    types: dict[str, FieldType] = {}
+    for rec in recs:
+        if rec.types:
+            for f, ft in rec.types.items():
+                types.setdefault(f, ft)
+    columns: dict[str, Any] = {}
+    for f in fields:
+        col = meta[f] if f in meta else [row.get(f) for row in src]
+        if f in types:
+            columns[f] = arrow_column(types[f], col)
+        elif _PLAIN.issuperset(map(type, col)):
+            columns[f] = col
+        else:
+            columns[f] = [_arrow_value(v) for v in col]
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=None if comp == "none" else comp)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _list_paths(store: ObjectStore, folder: str, stem: str) -> list[str]:

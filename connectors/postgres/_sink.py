@@ -65,8 +65,12 @@ from connectors._sink import (
     retry_transient,
 )
 from connectors.postgres._values import declared_value, sql_type, typed_value
-from schemas import FieldType, SinkError, is_unavailable
+from schemas import FieldType, SinkError, has_unavailable, is_unavailable
 
+_ABSENT = object()
+#: value types ``_copy_value`` hands to COPY as they are
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_NONE_GONE: frozenset[str] = frozenset()
 _DELETE_FLAG = "__df_delete"
 _GROUP = "__df_group"   # the stage's rows by their set of unavailable (unchanged TOAST) columns
 _ROW = "__df_row"       # a stage row's index in the batch
@@ -360,10 +364,18 @@ class PostgresSink(BatchingSink):
         rejected: list[Rejected] = []
         good: list[SinkRecord] = []
         names: set[str] = set()
+        one = keys[0] if len(keys) == 1 else None
         for rec in batch:
             row = rec.value if rec.value is not None else rec.key
-            kv = [row.get(k, rec.key.get(k)) for k in keys]
-            if any(v is None or isinstance(v, dict | list) for v in kv):
+            if one is not None:   # the common one-column key, without a list per record
+                v = row.get(one, _ABSENT)
+                if v is _ABSENT:
+                    v = rec.key.get(one)
+                ok = v is not None and not isinstance(v, dict | list)
+            else:
+                kv = [row.get(k, rec.key.get(k)) for k in keys]
+                ok = not any(v is None or isinstance(v, dict | list) for v in kv)
+            if not ok:
                 rejected.append(self.refuse(rec, f"key field(s) {', '.join(keys)} missing, null, "
                                                  "an object or an array"))
             else:
@@ -403,11 +415,18 @@ class PostgresSink(BatchingSink):
         else as they are) and its unavailable columns, kept in ``_copy``; the rows whose
         values cannot be their type are refused here."""
         self._copy = {}
+        copies = self._copy
         refused: list[Rejected] = []
         declared = self._declared
         for rec in rows:
             row = rec.value if rec.value is not None else rec.key
             types = rec.types or {}
+            if not types and not declared and _PLAIN.issuperset(map(type, row.values())) and (
+                    rec.value is None or not has_unavailable(row)):
+                # nothing to convert (no schema, no declared type, only JSON scalars, no
+                # placeholder): the row's own values are its COPY values
+                copies[id(rec)] = (row, _NONE_GONE)
+                continue
             out: dict[str, Any] = {}
             gone: list[str] = []
             field = ""
@@ -484,15 +503,22 @@ class PostgresSink(BatchingSink):
     def _ensure_schema(self, conn: psycopg.Connection[Any], rows: Sequence[SinkRecord]) -> None:
         if not self._columns:
             self._columns = self._load_columns(conn)
-        wanted: dict[str, Any] = {}
+        names: dict[str, Any] = {}
+        for rec in rows:
+            names.update(rec.value or rec.key)
         typed: dict[str, FieldType] = {}
         for rec in rows:
-            for f, v in (rec.value or rec.key).items():
-                if f not in wanted or wanted[f] is None:
-                    wanted[f] = None if is_unavailable(v) else v
             if rec.types:
                 for f, ft in rec.types.items():
                     typed.setdefault(f, ft)
+        if self._columns and self._columns.keys() >= names.keys():
+            wanted = names   # every field is a column already: no value to infer a type from
+        else:                # a field's first value that is not null or the placeholder
+            wanted = {}
+            for rec in rows:
+                for f, v in (rec.value or rec.key).items():
+                    if f not in wanted or wanted[f] is None:
+                        wanted[f] = None if is_unavailable(v) else v
         types = dict(self.settings.column_types)
         for f, ft in typed.items():
             if f in wanted and f not in types and f not in self._columns:
@@ -583,11 +609,12 @@ class PostgresSink(BatchingSink):
             with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
                     stage, sql.SQL(", ").join(map(ident, stage_cols)))) as copy:
                 try:
+                    write_row = copy.write_row
                     for i, rec in enumerate(rows):
                         values, gone = copies[id(rec)]
-                        group = groups.setdefault(gone, len(groups))
-                        copy.write_row([values.get(c) for c in cols]
-                                       + [rec.version, rec.value is None, group, i])
+                        group = groups.setdefault(gone, len(groups)) if gone else 0
+                        write_row([*map(values.get, cols), rec.version, rec.value is None,
+                                   group, i])
                 except orjson.JSONEncodeError as exc:
                     raise _Unwritable(f"a value cannot be encoded as JSON ({exc})") from exc
             g = ident(_GROUP)

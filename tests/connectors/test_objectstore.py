@@ -1,8 +1,14 @@
-"""Object-storage sink on a local folder and on moto's S3 server: exact files and rows."""
+"""Object-storage sink on a local folder and on moto's S3 server: exact files and rows;
+a store that goes away and comes back (a moto server of the test's own)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +17,15 @@ import fastavro
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from moto.server import ThreadedMotoServer
+from obstore.store import S3Store
 
+from agents import Loader, LoaderSettings
+from agents._loader import LoaderState
 from connectors import ObjectStoreSink, ObjectStoreSinkSettings, SinkRecord
+from schemas import SinkBackpressure
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +160,144 @@ def test_s3_compatible_endpoint(s3_endpoint: str, unique: str, monkeypatch: pyte
     assert f"{eu}/orders+2+00000000000000000001+00000000000000000001.parquet" in keys
     assert f"{eu}/orders+2+00000000000000000001+00000000000000000003.parquet" not in keys
     assert len(keys) == 6
+
+
+# -- a store that goes away -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _OwnS3:
+    """A moto S3 server of the test's own on its own port (never the stack's), stopped and
+    started again on that port; its buckets and objects outlive a restart (moto keeps
+    them in this process)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def sink(self, bucket: str, **kw: Any) -> ObjectStoreSink:
+        """A sink on the bucket whose store client gives up after one quick retry (its
+        default waits out minutes of outage inside a single request)."""
+        settings = ObjectStoreSinkSettings(url=f"s3://{bucket}/cdc", endpoint_url=self.endpoint,
+                                           access_key_id="testing", secret_access_key="testing",
+                                           format="jsonl", compression="none",
+                                           retry_attempts=1, retry_max_delay=0.1, **kw)
+        store = S3Store(bucket, prefix="cdc", endpoint=self.endpoint, region="us-east-1",
+                        access_key_id="testing", secret_access_key="testing",
+                        virtual_hosted_style_request=False,
+                        client_options={"allow_http": True},
+                        retry_config={"max_retries": 1, "retry_timeout": dt.timedelta(seconds=2)})
+        return ObjectStoreSink(settings, store=store)
+
+    def offsets(self, bucket: str) -> dict[str, list[int]]:
+        """Each file's name and the ``__offset`` of its rows, in order."""
+        s3 = self.client()
+        out = {}
+        for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            out[obj["Key"].rsplit("/", 1)[-1]] = [orjson.loads(line)["__offset"]
+                                                  for line in body.splitlines()]
+        return dict(sorted(out.items()))
+
+
+@pytest.fixture
+def own_s3() -> Iterator[_OwnS3]:
+    s3 = _OwnS3()
+    s3.start()
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+def _name(first: int, last: int, topic: str = "orders") -> str:
+    return f"{topic}+0+{first:020d}+{last:020d}.jsonl"
+
+
+@pytest.mark.timeout(120)
+def test_a_store_that_goes_away_is_backpressure_and_the_batch_added_again_is_not_written_twice(
+        own_s3: _OwnS3, unique: str) -> None:
+    """S3 stops answering mid-stream: the flush raises ``SinkBackpressure`` (not a hard
+    error) and keeps what it holds; the loader's retry adds the same batch again, and once
+    the store is back every offset is in exactly one file, once."""
+    bucket = f"away-{unique}"
+    own_s3.client().create_bucket(Bucket=bucket)
+    sink = own_s3.sink(bucket, max_records=10, max_open=3600)
+    sink.add(recs(15))
+    sink.flush()                                   # 0-9 written, 10-14 buffered
+    assert list(own_s3.offsets(bucket)) == [_name(0, 9)]
+    batch = recs(10, start=15)
+    own_s3.stop()
+    sink.add(batch)                                # 10-19 waiting to upload, 20-24 buffered
+    with pytest.raises(SinkBackpressure, match="target unavailable") as away:
+        sink.flush()
+    assert away.value.retry_after == sink.settings.retry_after
+    assert sink.pending_from() == {("orders", 0): 10}
+    own_s3.start()
+    sink.add(batch)                                # the loader's retry: the same records
+    assert sink.flush() == []
+    assert own_s3.offsets(bucket) == {_name(0, 9): list(range(10)),
+                                      _name(10, 19): list(range(10, 20))}
+    assert sink.pending_from() == {("orders", 0): 20}   # 20-24 buffered, once
+    sink.add(recs(3, start=25))                    # and the stream goes on
+    sink.flush(final=True)
+    assert own_s3.offsets(bucket) == {
+        _name(0, 9): list(range(10)), _name(10, 19): list(range(10, 20)),
+        _name(20, 27): list(range(20, 28))}
+    assert sink.pending_from() == {}
+
+
+@pytest.mark.timeout(180)
+def test_a_loader_waits_out_a_store_outage_and_writes_every_record_once(
+        own_s3: _OwnS3, kafka_bootstrap: str, make_topic: Any, unique: str) -> None:
+    """The loader meets the outage on its first batch: BACKPRESSURE, the partitions kept;
+    the store comes back and the files hold each record once, the offsets committed."""
+    topic, bucket = make_topic("away"), f"away-{unique}"
+    own_s3.client().create_bucket(Bucket=bucket)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(25):
+        p.produce(topic, orjson.dumps({"id": i, "n": i}), orjson.dumps({"id": i}))
+    p.flush(30)
+    own_s3.stop()
+    sink = own_s3.sink(bucket, max_records=10, max_open=3600, retry_after=0.5)
+    loader = Loader(LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
+                                   group_id=f"g-{unique}", flush_interval=0.2), sink)
+    stop = threading.Event()
+    thread = threading.Thread(target=loader.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: loader.state is LoaderState.BACKPRESSURE, 60, "backpressure")
+        time.sleep(1.5)                            # a few retries of the same batch
+        own_s3.start()
+        wait_for(lambda: sink.files_written == 2, 60, "the two full rolls written")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and loader.state is LoaderState.STOPPED
+    assert own_s3.offsets(bucket) == {
+        _name(0, 9, topic): list(range(10)), _name(10, 19, topic): list(range(10, 20)),
+        _name(20, 24, topic): list(range(20, 25))}
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique}"})
+    try:
+        assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 25
+    finally:
+        c.close()
