@@ -30,6 +30,9 @@ from connectors._metrics import Metrics
 from connectors._retry import Backoff
 from schemas import FieldType, SinkBackpressure, has_unavailable, is_unavailable
 
+#: the value types a sink hands to its target as they are (no conversion to look for)
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
 
 @dataclass(slots=True)
 class SinkRecord:

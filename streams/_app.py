@@ -185,12 +185,19 @@ def _decode_internal(records: Sequence[Any], topic: str, partition: int,
         row_bytes = data[at:]
         if raw_value is None:
             raw_value = row_bytes
-        try:
-            key = loads(raw_key) if raw_key is not None else None
-        except orjson.JSONDecodeError:
-            key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
-        out.append(Event(key, loads(row_bytes), raw_key, raw_value, src_t, src_p, src_o, src_ts))
+        out.append(Event(_key_of(raw_key), loads(row_bytes), raw_key, raw_value,
+                         src_t, src_p, src_o, src_ts))
     return out
+
+
+def _key_of(raw_key: bytes | None) -> Any:
+    """The source key back from its bytes: JSON, else text."""
+    if raw_key is None:
+        return None
+    try:
+        return orjson.loads(raw_key)
+    except orjson.JSONDecodeError:
+        return raw_key.decode("utf-8", "replace")
 
 
 def _decode_with_headers(r: Any, topic: str, partition: int) -> Event:
@@ -206,12 +213,8 @@ def _decode_with_headers(r: Any, topic: str, partition: int) -> Event:
             raw_key = value
         elif name == VALUE_HEADER:
             raw_value = value
-    try:
-        key = orjson.loads(raw_key) if raw_key is not None else None
-    except orjson.JSONDecodeError:
-        key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
     row = orjson.loads(r.value) if r.value is not None else None
-    return Event(key, row, raw_key, raw_value, src_t, src_p, src_o, src_ts)
+    return Event(_key_of(raw_key), row, raw_key, raw_value, src_t, src_p, src_o, src_ts)
 
 
 class Stage:

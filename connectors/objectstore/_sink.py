@@ -49,7 +49,15 @@ from obstore.exceptions import GenericError
 from obstore.store import LocalStore, ObjectStore, from_url
 from pydantic import Field, SecretStr
 
-from connectors._sink import Rejected, RetrySettings, SinkRecord, T, retry_transient, written_batch
+from connectors._sink import (
+    JSON_SCALARS,
+    Rejected,
+    RetrySettings,
+    SinkRecord,
+    T,
+    retry_transient,
+    written_batch,
+)
 from schemas import ConfigError, FieldType, SinkBackpressure, SinkError, is_unavailable
 from schemas import connect as ct
 
@@ -292,10 +300,14 @@ class ObjectStoreSink:
         return buf.getvalue()
 
 
-#: the change-log columns every file row carries, after the row's own fields (``_row``)
-_META = ("__deleted", "__version", "__offset", "__partition", "__ts_ms")
-#: values Arrow takes as they are (``_arrow_value`` leaves them alone)
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+#: the change-log columns every file row carries after the row's own fields, and their values
+_META: dict[str, Callable[[SinkRecord], Any]] = {
+    "__deleted": lambda r: r.value is None,
+    "__version": lambda r: r.version,
+    "__offset": lambda r: r.offset,
+    "__partition": lambda r: r.partition,
+    "__ts_ms": lambda r: r.timestamp_ms,
+}
 
 
 def _parquet(recs: Sequence[SinkRecord], comp: str) -> bytes:
@@ -307,13 +319,7 @@ def _parquet(recs: Sequence[SinkRecord], comp: str) -> bytes:
     fields.update(dict.fromkeys(_META))     # then any field a later row adds, in order
     for row in src:
         fields.update(row)
-    meta: dict[str, list[Any]] = {
-        "__deleted": [r.value is None for r in recs],
-        "__version": [r.version for r in recs],
-        "__offset": [r.offset for r in recs],
-        "__partition": [r.partition for r in recs],
-        "__ts_ms": [r.timestamp_ms for r in recs],
-    }
+    meta = {f: list(map(of, recs)) for f, of in _META.items()}
     types: dict[str, FieldType] = {}
     for rec in recs:
         if rec.types:
@@ -324,7 +330,7 @@ def _parquet(recs: Sequence[SinkRecord], comp: str) -> bytes:
         col = meta[f] if f in meta else [row.get(f) for row in src]
         if f in types:
             columns[f] = arrow_column(types[f], col)
-        elif _PLAIN.issuperset(map(type, col)):
+        elif JSON_SCALARS.issuperset(map(type, col)):
             columns[f] = col
         else:
             columns[f] = [_arrow_value(v) for v in col]
@@ -349,11 +355,8 @@ def _size(rec: SinkRecord) -> int:
 
 def _row(rec: SinkRecord) -> dict[str, Any]:
     row = dict(rec.value) if rec.value is not None else dict(rec.key)
-    row["__deleted"] = rec.value is None
-    row["__version"] = rec.version
-    row["__offset"] = rec.offset
-    row["__partition"] = rec.partition
-    row["__ts_ms"] = rec.timestamp_ms
+    for f, of in _META.items():
+        row[f] = of(rec)
     return row
 
 

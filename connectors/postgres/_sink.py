@@ -57,6 +57,7 @@ from psycopg import sql
 from pydantic import Field, SecretStr, field_validator
 
 from connectors._sink import (
+    JSON_SCALARS,
     BatchingSink,
     Rejected,
     RetrySettings,
@@ -68,8 +69,6 @@ from connectors.postgres._values import declared_value, sql_type, typed_value
 from schemas import FieldType, SinkError, has_unavailable, is_unavailable
 
 _ABSENT = object()
-#: value types ``_copy_value`` hands to COPY as they are
-_PLAIN = frozenset({str, int, float, bool, type(None)})
 _NONE_GONE: frozenset[str] = frozenset()
 _DELETE_FLAG = "__df_delete"
 _GROUP = "__df_group"   # the stage's rows by their set of unavailable (unchanged TOAST) columns
@@ -421,7 +420,7 @@ class PostgresSink(BatchingSink):
         for rec in rows:
             row = rec.value if rec.value is not None else rec.key
             types = rec.types or {}
-            if not types and not declared and _PLAIN.issuperset(map(type, row.values())) and (
+            if not types and not declared and JSON_SCALARS.issuperset(map(type, row.values())) and (
                     rec.value is None or not has_unavailable(row)):
                 # nothing to convert (no schema, no declared type, only JSON scalars, no
                 # placeholder): the row's own values are its COPY values
