@@ -22,6 +22,7 @@ bytes), so a dead letter of a later stage names its source record and holds its 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import time
@@ -80,6 +81,8 @@ VALUE_HEADER = "dataflow.value"   # the source record's value bytes, for a later
 _FRAME = struct.Struct(">BiqqiiH")   # magic, partition, offset, timestamp, key len, value len, topic len
 _FRAME_MAGIC = 0xDF                  # never the first byte of a JSON row
 _NONE = -1
+
+log = logging.getLogger(__name__)
 
 
 class WorkerSettings(BaseModel):
@@ -388,6 +391,10 @@ class Pipeline:
             outbox.add(topic, rec.key, rec.value, None, rec.headers)
 
 
+#: how often a closed table gate is checked (a commit, then a few metadata calls)
+GATE_TICK_S = 0.05
+
+
 class TableGate:
     """Holds a stage back until its reference tables hold what their topics held at start.
 
@@ -411,6 +418,8 @@ class TableGate:
         self.ready: set[int] = set()
         self.done = False
         self._targets: dict[str, dict[int, int]] = {}
+        #: the committed offset each partition had at the last check
+        self._seen: dict[tuple[str, int], int] = {}
         self._client: Any = None
 
     def __call__(self, partition: int) -> bool:
@@ -433,8 +442,12 @@ class TableGate:
             if pos >= end:
                 done.add(tp.partition)
                 continue
-            # the offsets left may hold transaction markers or aborted records only:
-            # read on from ``pos`` until a record or the end of the partition
+            moved = self._seen.get((topic, tp.partition)) != pos
+            self._seen[(topic, tp.partition)] = pos
+            if moved:
+                continue   # still loading: look again next time
+            # stuck short of the end: the offsets left may hold transaction markers or
+            # aborted records only: read on from ``pos`` until a record or the end
             client.assign([TopicPartition(topic, tp.partition, pos)])
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
@@ -628,17 +641,32 @@ def _all_ready(gates: Sequence[TableGate]) -> Callable[[Any], bool]:
 
 
 def _install_gates(app: BatchApp, pipeline: Pipeline) -> None:
-    """A timer that checks the table gates (off the event loop) until all are open."""
+    """A task that checks the table gates (off the event loop) until all are open.
+
+    The gates read committed offsets, so each round commits first: a table loaded is
+    seen within a round, not after the next periodic commit (at a 1 s interval, twice
+    over for a re-keyed table, that held W4's first join ~3 s after assignment).
+    """
     gates = list(pipeline.table_gates.values())
     if not gates:
         return
 
-    @app.timer(0.5)
-    async def _check_gates() -> None:
+    @app.task
+    async def _open_gates() -> None:
         loop = asyncio.get_running_loop()
-        for gate in gates:
-            if not gate.done:
-                await loop.run_in_executor(None, gate.check)
+        while True:
+            waiting = [gate for gate in gates if not gate.done]
+            if not waiting:
+                return
+            await asyncio.sleep(GATE_TICK_S)
+            if not app.consumer.assignment():
+                continue
+            await app.consumer.commit()
+            for gate in waiting:
+                try:
+                    await loop.run_in_executor(None, gate.check)
+                except KafkaException as exc:  # the broker is away: try again next round
+                    log.warning("table gate %s: %s", gate.table_topic, exc)
 
 
 def build_app(spec: PipelineSpec, settings: WorkerSettings | None = None) -> BatchApp:
