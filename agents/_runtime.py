@@ -86,6 +86,9 @@ class Outbox:
 BatchHandler = Callable[[TP, Sequence[Any], Outbox], None]
 
 _FAST_TOPICS: set[str] = set()
+#: aiokafka reads a socket into a 64 KiB-limit stream: a 1-4 MiB fetch response then
+#: pauses and resumes the socket every 128 KiB (epoll calls, loop turns, GIL handoffs)
+_READER_LIMIT = 4 * 1024 * 1024
 _original_consumer_record: Any = None
 
 
@@ -98,7 +101,10 @@ def _fast_records_for(topics: Sequence[str]) -> None:
     Installed when a ``BatchApp`` registers a handler, never at import time.
     """
     global _original_consumer_record
+    from aiokafka import conn as aiokafka_conn
     from aiokafka.consumer import fetcher as aiokafka_fetcher
+
+    aiokafka_conn.READER_LIMIT = max(aiokafka_conn.READER_LIMIT, _READER_LIMIT)
 
     _FAST_TOPICS.update(topics)
     if _original_consumer_record is not None:
