@@ -24,7 +24,7 @@ A store that does not answer (a connection refused or reset, a timeout, a 5xx st
 a local folder's I/O errors) is retried, then answered with ``SinkBackpressure``: the
 loader waits and adds the same batch again, and ``add`` skips the records it holds
 already (by offset), so a roll written before the outage, or still waiting, gets no
-row twice.
+row twice. A bucket that does not exist is refused when the store is opened.
 """
 
 from __future__ import annotations
@@ -106,17 +106,46 @@ def open_store(settings: ObjectStoreSinkSettings) -> ObjectStore:
         opts["aws_access_key_id"] = settings.access_key_id
     if settings.secret_access_key is not None:
         opts["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
+    client: dict[str, Any] = {}
     if url.startswith(("s3://", "s3a://")):
         if settings.endpoint_url:
             opts.setdefault("endpoint", settings.endpoint_url)
             opts.setdefault("virtual_hosted_style_request", False)
             if settings.endpoint_url.startswith("http://"):
-                return from_url(url, config=opts, client_options={"allow_http": True})  # type: ignore[call-overload]
+                client["allow_http"] = True
         opts.setdefault("region", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     try:
-        return from_url(url, config=opts)  # type: ignore[call-overload]
+        store = from_url(url, config=opts, client_options=client,  # type: ignore[call-overload]
+                         retry_config=_client_retries(settings))
     except Exception as exc:
         raise ConfigError(f"objectstore url {url!r}: {exc}") from exc
+    _check_bucket(store, url)
+    return store
+
+
+def _client_retries(settings: RetrySettings) -> dict[str, Any]:
+    """The store client's own retries, kept short: the sink retries (``retry_attempts``)
+    and then answers backpressure. The client's default (10 retries within 180 s inside
+    one request) outlasted the loader's ``write_timeout``, which then reported a stalled
+    write instead of waiting out the outage."""
+    return {"max_retries": 2, "retry_timeout": dt.timedelta(seconds=max(1.0, settings.write_timeout / 8)),
+            "backoff": {"init_backoff": dt.timedelta(milliseconds=100),
+                        "max_backoff": dt.timedelta(seconds=1), "base": 2}}
+
+
+#: how S3, GCS and Azure say the bucket (container) named in the url does not exist
+_NO_BUCKET = re.compile(r"NoSuchBucket|ContainerNotFound|bucket does not exist", re.IGNORECASE)
+
+
+def _check_bucket(store: ObjectStore, url: str) -> None:
+    """A bucket that does not exist is a configuration error, said at start; every write
+    to it would otherwise be retried as an outage. A store that does not answer now is
+    not judged here (the first write waits it out)."""
+    try:
+        next(iter(obstore.list(store, chunk_size=1)), None)
+    except Exception as exc:  # noqa: BLE001 - only a missing bucket is an answer here
+        if _NO_BUCKET.search(str(exc)):
+            raise ConfigError(f"objectstore url {url!r}: the bucket does not exist") from None
 
 
 def _hive_value(value: Any) -> str:

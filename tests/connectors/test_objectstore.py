@@ -3,7 +3,6 @@ a store that goes away and comes back (a moto server of the test's own)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import socket
 import threading
@@ -19,12 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from moto.server import ThreadedMotoServer
-from obstore.store import S3Store
 
 from agents import Loader, LoaderSettings
 from agents._loader import LoaderState
 from connectors import ObjectStoreSink, ObjectStoreSinkSettings, SinkRecord
-from schemas import SinkBackpressure
+from schemas import ConfigError, SinkBackpressure
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -194,19 +192,16 @@ class _OwnS3:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
+    def settings(self, bucket: str, **kw: Any) -> ObjectStoreSinkSettings:
+        """The sink's settings on the bucket, as a loader config gives them (the store
+        client and its retries are the sink's own)."""
+        return ObjectStoreSinkSettings(url=f"s3://{bucket}/cdc", endpoint_url=self.endpoint,
+                                       access_key_id="testing", secret_access_key="testing",
+                                       format="jsonl", compression="none",
+                                       retry_attempts=1, retry_max_delay=0.1, **kw)
+
     def sink(self, bucket: str, **kw: Any) -> ObjectStoreSink:
-        """A sink on the bucket whose store client gives up after one quick retry (its
-        default waits out minutes of outage inside a single request)."""
-        settings = ObjectStoreSinkSettings(url=f"s3://{bucket}/cdc", endpoint_url=self.endpoint,
-                                           access_key_id="testing", secret_access_key="testing",
-                                           format="jsonl", compression="none",
-                                           retry_attempts=1, retry_max_delay=0.1, **kw)
-        store = S3Store(bucket, prefix="cdc", endpoint=self.endpoint, region="us-east-1",
-                        access_key_id="testing", secret_access_key="testing",
-                        virtual_hosted_style_request=False,
-                        client_options={"allow_http": True},
-                        retry_config={"max_retries": 1, "retry_timeout": dt.timedelta(seconds=2)})
-        return ObjectStoreSink(settings, store=store)
+        return ObjectStoreSink(self.settings(bucket, **kw))
 
     def offsets(self, bucket: str) -> dict[str, list[int]]:
         """Each file's name and the ``__offset`` of its rows, in order."""
@@ -231,6 +226,11 @@ def own_s3() -> Iterator[_OwnS3]:
 
 def _name(first: int, last: int, topic: str = "orders") -> str:
     return f"{topic}+0+{first:020d}+{last:020d}.jsonl"
+
+
+def test_a_bucket_that_does_not_exist_is_refused_at_start(own_s3: _OwnS3, unique: str) -> None:
+    with pytest.raises(ConfigError, match="the bucket does not exist"):
+        own_s3.sink(f"missing-{unique}")
 
 
 @pytest.mark.timeout(120)
@@ -269,8 +269,9 @@ def test_a_store_that_goes_away_is_backpressure_and_the_batch_added_again_is_not
 @pytest.mark.timeout(180)
 def test_a_loader_waits_out_a_store_outage_and_writes_every_record_once(
         own_s3: _OwnS3, kafka_bootstrap: str, make_topic: Any, unique: str) -> None:
-    """The loader meets the outage on its first batch: BACKPRESSURE, the partitions kept;
-    the store comes back and the files hold each record once, the offsets committed."""
+    """The loader meets the outage on its first batch: BACKPRESSURE (never STALLED: the
+    store client's retries end well inside ``write_timeout``), the partitions kept; the
+    store comes back and the files hold each record once, the offsets committed."""
     topic, bucket = make_topic("away"), f"away-{unique}"
     own_s3.client().create_bucket(Bucket=bucket)
     p = Producer({"bootstrap.servers": kafka_bootstrap})
@@ -278,21 +279,32 @@ def test_a_loader_waits_out_a_store_outage_and_writes_every_record_once(
         p.produce(topic, orjson.dumps({"id": i, "n": i}), orjson.dumps({"id": i}))
     p.flush(30)
     own_s3.stop()
-    sink = own_s3.sink(bucket, max_records=10, max_open=3600, retry_after=0.5)
+    sink = own_s3.sink(bucket, max_records=10, max_open=3600, retry_after=0.5, write_timeout=5.0)
     loader = Loader(LoaderSettings(bootstrap_servers=kafka_bootstrap, topics=(topic,),
                                    group_id=f"g-{unique}", flush_interval=0.2), sink)
     stop = threading.Event()
     thread = threading.Thread(target=loader.run, args=(stop,), daemon=True)
+    seen: set[LoaderState] = set()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(loader.state)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
     thread.start()
+    watcher.start()
     try:
         wait_for(lambda: loader.state is LoaderState.BACKPRESSURE, 60, "backpressure")
-        time.sleep(1.5)                            # a few retries of the same batch
+        time.sleep(6.0)                            # past write_timeout: retries of the same batch
         own_s3.start()
         wait_for(lambda: sink.files_written == 2, 60, "the two full rolls written")
     finally:
         stop.set()
         thread.join(30)
+        watcher.join(5)
     assert not thread.is_alive() and loader.state is LoaderState.STOPPED
+    assert LoaderState.BACKPRESSURE in seen and LoaderState.STALLED not in seen, seen
     assert own_s3.offsets(bucket) == {
         _name(0, 9, topic): list(range(10)), _name(10, 19, topic): list(range(10, 20)),
         _name(20, 24, topic): list(range(20, 25))}
