@@ -192,11 +192,11 @@ class Decoder:
             raise
         except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
             ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
-                       list(m[6]) if len(m) > 6 and m[6] else [])
+                       m[6] if len(m) > 6 and m[6] else ())
             self.failed += 1
             raise BadMessage(DeadLetter(ev, "decode", f"{self.fmt}: {describe(exc)}")) from exc
         return Event(key, value, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
-                     list(m[6]) if len(m) > 6 and m[6] else [])
+                     m[6] if len(m) > 6 and m[6] else ())
 
     def decode(self, messages: Iterable[Sequence[Any]]) -> tuple[list[Event], list[DeadLetter]]:
         """Decode ``(key, value, topic, partition, offset, timestamp_ms[, headers])`` tuples."""

@@ -7,7 +7,8 @@ stateful operators and the loaders. Slots keep them cheap to create per event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -24,7 +25,8 @@ class Event:
     offset: int
     timestamp_ms: int
     route: str | None = None      # output topic chosen by a route transform (None: default)
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: the source record's headers as fetched (read-only; shared, never copied per event)
+    headers: Sequence[tuple[str, bytes]] = ()
     #: the row's Connect field schemas when its source carried them (``unwrap`` of a
     #: ``{schema, payload}`` envelope; transforms keep it current): written with the output
     schema: dict[str, dict[str, Any]] | None = None
