@@ -148,6 +148,19 @@ class Decoder:
                     except _UnknownSchema as exc:
                         self._unknown[sid] = str(exc)
 
+    def decode_key(self, data: bytes | None) -> Any:
+        """A key read again from its source bytes (after a repartition), as ``key_format``
+        read it when it came in. Bytes it can no longer read (a registry that forgot the
+        key's schema) stay as they are; an unreachable registry raises (the batch waits)."""
+        if data is None:
+            return None
+        try:
+            return self._key(data)
+        except RegistryUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - it decoded once; keep the bytes rather than drop it
+            return data
+
     def _key(self, data: bytes) -> Any:
         kf = self.key_format
         if kf == "bytes":

@@ -163,16 +163,17 @@ def _frame(ev: Event, row: bytes, topic: bytes) -> bytes:
 
 
 def _decode_internal(records: Sequence[Any], topic: str, partition: int,
-                     dead: list[DeadLetter]) -> list[Event]:
+                     key_of: Callable[[bytes | None], Any]) -> list[Event]:
     """Events back from a repartition topic: the row, its origin, and the source's key and
-    value bytes (an event made inside the pipeline has no source value: its row JSON is kept)."""
+    value bytes (an event made inside the pipeline has no source value: its row JSON is kept).
+    ``key_of`` reads the key as the source's decoder did (``Decoder.decode_key``)."""
     loads, unpack, head, magic = orjson.loads, _FRAME.unpack_from, _FRAME.size, _FRAME_MAGIC
     topics: dict[bytes, str] = {}
     out = []
     for r in records:
         data = r.value
         if data is None or data[0] != magic:
-            out.append(_decode_with_headers(r, topic, partition))
+            out.append(_decode_with_headers(r, topic, partition, key_of))
             continue
         _, src_p, src_o, src_ts, klen, vlen, tlen = unpack(data)
         at = head + tlen
@@ -188,22 +189,13 @@ def _decode_internal(records: Sequence[Any], topic: str, partition: int,
         row_bytes = data[at:]
         if raw_value is None:
             raw_value = row_bytes
-        out.append(Event(_key_of(raw_key), loads(row_bytes), raw_key, raw_value,
+        out.append(Event(key_of(raw_key), loads(row_bytes), raw_key, raw_value,
                          src_t, src_p, src_o, src_ts))
     return out
 
 
-def _key_of(raw_key: bytes | None) -> Any:
-    """The source key back from its bytes: JSON, else text."""
-    if raw_key is None:
-        return None
-    try:
-        return orjson.loads(raw_key)
-    except orjson.JSONDecodeError:
-        return raw_key.decode("utf-8", "replace")
-
-
-def _decode_with_headers(r: Any, topic: str, partition: int) -> Event:
+def _decode_with_headers(r: Any, topic: str, partition: int,
+                         key_of: Callable[[bytes | None], Any]) -> Event:
     """A repartition record of the earlier form: the row as its value, the origin in headers."""
     src_t, src_p, src_o, src_ts = topic, partition, r.offset, r.timestamp
     raw_key = None
@@ -217,7 +209,7 @@ def _decode_with_headers(r: Any, topic: str, partition: int) -> Event:
         elif name == VALUE_HEADER:
             raw_value = value
     row = orjson.loads(r.value) if r.value is not None else None
-    return Event(_key_of(raw_key), row, raw_key, raw_value, src_t, src_p, src_o, src_ts)
+    return Event(key_of(raw_key), row, raw_key, raw_value, src_t, src_p, src_o, src_ts)
 
 
 class Stage:
@@ -322,7 +314,7 @@ class Stage:
             events, dead = p.chain.ingest(msgs, p.decoder)
             p.metrics.steps(p.chain.stage_counts())
         else:
-            events = _decode_internal(records, topic, partition, dead)
+            events = _decode_internal(records, topic, partition, p.decoder.decode_key)
         events = self._run_ops(partition, events, outbox, dead)
         self._emit(events, outbox, dead)
         p.dead_letters(dead, outbox)
