@@ -4,7 +4,8 @@ Documents are the rows plus ``_id`` (the key: its value for a one-field key, a
 sub-document for a composite key) and ``_version``. Per batch (newest record per key):
 
     read the current ``_version`` of the batch's ids and their tombstones
-    drop records that are not newer than either (repeats after a crash cost no writes)
+    drop records that are not newer than either (repeats after a crash cost no writes;
+    a delete still removes an older document its tombstone outlived in a crash)
     write tombstones of deletes     (insert, or update {_id, _version < v}, as below)
     delete documents                delete {_id, _version < v}
     write documents                 insert the ids not there yet; for the others
@@ -209,19 +210,25 @@ class MongoSink(BatchingSink):
         current = self._versions(db, coll, ids)
         tombs = self._versions(db, self.tombstones, ids)
         upserts: list[tuple[Any, SinkRecord]] = []
-        deletes: list[tuple[Any, SinkRecord]] = []
+        deletes: list[tuple[Any, SinkRecord]] = []   # tombstones to write
+        present: list[tuple[Any, SinkRecord]] = []   # older documents to delete
         for id_, rec in zip(ids, rows, strict=True):
-            cur = current.get(_hashable(id_))
+            h = _hashable(id_)
+            cur = current.get(h)
             if cur is not None and cur >= rec.version:
                 continue
+            newer = (t := tombs.get(h)) is None or t < rec.version
             if rec.value is None:
-                if (t := tombs.get(_hashable(id_))) is None or t < rec.version:
-                    deletes.append((id_, rec))   # else: this delete (or a newer one) is done
-            elif (t := tombs.get(_hashable(id_))) is None or t < rec.version:
-                upserts.append((id_, rec))  # noqa: SIM114 - same test, other list
+                if newer:
+                    deletes.append((id_, rec))   # else: this delete (or a newer one) is noted
+                if cur is not None:
+                    # even when its tombstone is there: a crash between the two writes
+                    # leaves the tombstone and the older document both
+                    present.append((id_, rec))
+            elif newer:
+                upserts.append((id_, rec))
         rejected: list[Rejected] = []
         upserts = self._fill_unavailable(db, coll, upserts, current, rejected)
-        present = [(i, r) for i, r in deletes if _hashable(i) in current]
         if self._per_batch(db):   # replace = delete then insert: a few scans per batch
             self._delete_ids(db, self.tombstones, [i for i, _ in deletes if _hashable(i) in tombs])
             self._put(db, self.tombstones, [(i, r, {"_id": i, "_version": r.version})

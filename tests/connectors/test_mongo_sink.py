@@ -74,6 +74,25 @@ def test_delete_then_older_upsert_does_not_resurrect(mongo_uri: str, mongo_db: t
         sink.close()
 
 
+@pytest.mark.parametrize("strategy", ["per_batch", "per_document"])
+def test_a_delete_replayed_after_a_crash_between_its_writes_removes_the_document(
+        mongo_uri: str, mongo_db: tuple[str, Any], strategy: str) -> None:
+    """A loader killed after writing a delete's tombstone but before deleting the document
+    leaves both; the batch read again must still delete the document."""
+    name, db = mongo_db
+    sink = make(mongo_uri, name, strategy=strategy)
+    try:
+        write(sink, rec(1, 10, n="a"), rec(2, 10, n="b"))
+        db["items__tombstones"].insert_one({"_id": 1, "_version": 15})   # the crash's state
+        assert write(sink, rec(1, 15, _delete=True), rec(2, 10, n="b")) == []
+        assert docs(db) == [{"_id": 2, "id": 2, "n": "b", "_version": 10}]
+        assert docs(db, "items__tombstones") == [{"_id": 1, "_version": 15}]
+        write(sink, rec(1, 12, n="replayed-older"))
+        assert [d["_id"] for d in docs(db)] == [2]
+    finally:
+        sink.close()
+
+
 def test_composite_key_becomes_subdocument_id(mongo_uri: str, mongo_db: tuple[str, Any]) -> None:
     name, db = mongo_db
     sink = make(mongo_uri, name, key_fields=("tenant", "code"))
