@@ -21,6 +21,7 @@ from typing import Any
 from agents._decode import BadMessage, Decoder, encode_event
 from agents._event import DeadLetter, Event
 from agents._expr import Expr
+from agents._fuse import fuse
 from agents._quality import QualityChecks
 from agents._transforms import Transform, describe
 from schemas import SerdeError
@@ -41,6 +42,7 @@ class Chain:
         stateful_rules: Sequence[Any] = (),
         output_key: Expr | None = None,
         rules_after: int | None = None,
+        fused: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.transforms = tuple(transforms)
@@ -58,6 +60,11 @@ class Chain:
         self._has_rules = bool(self.checks.rules)
         self._keep = self.checks.keep if self._has_rules else None
         self._checked = self._kept = 0  # rows the rules checked / kept, since start
+        #: transforms and rules on one event: one generated function (``agents._fuse``),
+        #: or the loop below it must agree with (``fused=False``)
+        one = fuse([t for t, _ in self._pre], [t for t, _ in self._post], self.checks) \
+            if fused else None
+        self._one = one if one is not None else self._one_interpreted
 
     def _count_dead(self, dead: list[DeadLetter]) -> None:
         by = self.dead_by_stage
@@ -94,7 +101,7 @@ class Chain:
             return False
         return True
 
-    def _one(self, ev: Event, dead: list[DeadLetter]) -> int:
+    def _one_interpreted(self, ev: Event, dead: list[DeadLetter]) -> int:
         """Transforms and rules on one event, in spec order. The result's bits: 1 the
         event goes on, 2 the rules checked it, 4 it passed them."""
         for t, step in self._pre:  # _steps() inlined: this is the hottest loop

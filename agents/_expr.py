@@ -565,12 +565,17 @@ def _globals(limit: int) -> dict[str, Any]:
 class Expr:
     """A compiled expression: call it with a row dict (``expr(row)``) to get its value."""
 
-    __slots__ = ("source", "fields", "fn")
+    __slots__ = ("source", "fields", "fn", "code", "env")
 
-    def __init__(self, source: str, fields: tuple[str, ...], fn: Callable[[dict[str, Any]], Any]):
+    def __init__(self, source: str, fields: tuple[str, ...], fn: Callable[[dict[str, Any]], Any],
+                 code: str = "", env: dict[str, Any] | None = None):
         self.source = source
         self.fields = fields        # field names the expression reads, in first-use order
         self.fn = fn
+        #: the checked body as Python source over ``_r`` (the row) and the names in ``env``
+        #: (what ``fn`` runs), so a fused chain can inline it instead of calling ``fn``
+        self.code = code
+        self.env = env if env is not None else {}
 
     def __call__(self, row: dict[str, Any]) -> Any:
         return self.fn(row)
@@ -614,5 +619,6 @@ def compile_expr(
     )
     module = ast.fix_missing_locations(ast.Expression(body=lam))
     code = compile(module, f"<expr {text[:40]!r}>", "eval")
-    fn = eval(code, _globals(limits.max_value_size))  # noqa: S307 - the tree was whitelisted above
-    return Expr(text, tuple(checker.names), fn)
+    env = _globals(limits.max_value_size)
+    fn = eval(code, env)  # noqa: S307 - the tree was whitelisted above
+    return Expr(text, tuple(checker.names), fn, ast.unparse(body), env)
