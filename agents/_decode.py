@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 import fastavro
 import orjson
 
-from agents._event import DeadLetter, Event
+from agents._event import SOURCE_KEY, DeadLetter, Event, auto_key, key_text
 from agents._transforms import Reject, describe
 from schemas import (
     RegistryUnavailable,
@@ -51,14 +51,6 @@ class RawMessage(NamedTuple):
     headers: Sequence[tuple[str, bytes]] = ()
 
 
-def _text_or_bytes(data: bytes) -> str | bytes:
-    """A key that is not JSON: its text when it is UTF-8, else the bytes as they are."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data
-
-
 class BadMessage(Exception):
     """A message whose bytes do not decode; carries its ``DeadLetter``."""
 
@@ -82,7 +74,7 @@ class Decoder:
 
     def __init__(
         self, fmt: Format = "json", key_format: KeyFormat = "auto",
-        schema_lookup: SchemaLookup | None = None,
+        schema_lookup: SchemaLookup | None = None, pass_keys: bool = False,
     ) -> None:
         if fmt not in ("debezium", "json", "avro"):
             raise SerdeError(f"unknown source format {fmt!r} (expected debezium|json|avro)")
@@ -94,6 +86,10 @@ class Decoder:
         self._schemas: dict[int, Any] = {}
         self._unknown: dict[int, str] = {}  # ids the last prefetch did not find
         self._json_keys = key_format in ("auto", "json")
+        #: ``auto`` keys that cannot be a Connect ``{schema, payload}`` envelope (no
+        #: ``"payload"``, no escapes) are not decoded: ``SOURCE_KEY``, written out as their
+        #: source bytes; for pipelines whose output keeps the key (stateless, JSON sink)
+        self._pass_keys = pass_keys and key_format == "auto"
         self._is_avro = fmt == "avro"
         self.decoded = 0
         self.failed = 0
@@ -169,12 +165,9 @@ class Decoder:
             return data.decode("utf-8", "replace")
         if kf == "avro":
             return self._avro(data)
-        try:
+        if kf == "json":
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            if kf == "json":
-                raise
-        return _text_or_bytes(data)
+        return auto_key(data)
 
     # -- batches
 
@@ -187,13 +180,15 @@ class Decoder:
         key = value = None
         try:
             if raw_key is not None:
-                if self._json_keys:
+                if self._pass_keys and b'"payload"' not in raw_key and b"\\" not in raw_key:
+                    key = SOURCE_KEY
+                elif self._json_keys:
                     try:
                         key = orjson.loads(raw_key)
                     except orjson.JSONDecodeError:
                         if self.key_format == "json":
                             raise
-                        key = _text_or_bytes(raw_key)
+                        key = key_text(raw_key)
                 else:
                     key = self._key(raw_key)
             if raw_value is not None:
@@ -360,6 +355,8 @@ def encode_event(ev: Event, default_topic: str) -> tuple[str, bytes | None, byte
     key = ev.key
     if key is None:
         kb = None
+    elif key is SOURCE_KEY:
+        kb = ev.raw_key
     elif key.__class__ is dict:
         try:
             kb = orjson.dumps(key, default=_default)

@@ -11,12 +11,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+
+class _SourceKey:
+    """The type of :data:`SOURCE_KEY`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SOURCE_KEY"
+
+
+#: ``Event.key`` of a key left undecoded: its bytes (``raw_key``) are written out as they
+#: came (see ``Decoder(pass_keys=True)``); :func:`auto_key` reads it where needed
+SOURCE_KEY: Any = _SourceKey()
+
+
+def auto_key(data: bytes) -> Any:
+    """A key as ``key_format: auto`` reads it: JSON, else :func:`key_text`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return key_text(data)
+
+
+def key_text(data: bytes) -> str | bytes:
+    """A key that is not JSON: its text when it is UTF-8, else the bytes as they are."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
 
 @dataclass(slots=True)
 class Event:
     """One decoded record, with where it came from (for DLQ headers and offset acks)."""
 
-    key: Any                      # decoded key (dict for Debezium keys) or None
+    key: Any                      # decoded key (dict for Debezium keys), None or SOURCE_KEY
     value: dict[str, Any] | None  # decoded value; after unwrap, the row plus __op/__ts_ms...
     raw_key: bytes | None         # original bytes, kept untouched for the DLQ
     raw_value: bytes | None

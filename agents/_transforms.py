@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
-from agents._event import DeadLetter, Event
+from agents._event import SOURCE_KEY, DeadLetter, Event, auto_key
 from agents._expr import Expr
 from schemas import connect_payload, row_fields, row_section, unscaled_decimal
 
@@ -174,6 +174,8 @@ class Unwrap(Transform):
                 return True
             row = env.get(section)
             if row is None:  # REPLICA IDENTITY DEFAULT without key columns: use the key
+                if key is SOURCE_KEY:
+                    key = auto_key(ev.raw_key)  # type: ignore[arg-type]
                 row = dict(key) if key.__class__ is dict else {}
         else:
             row = env.get(section)

@@ -55,6 +55,7 @@ from agents import (
     compile_expr,
     dlq_record,
     dlq_records,
+    encode_event,
     group_value,
 )
 from connectors import KafkaSecurity, StageMetrics, check_access, kafka_config
@@ -350,10 +351,13 @@ class Pipeline:
         self.partitions = partitions
         self.chain = chain if chain is not None else compile_chain(spec)
         schemas = registry_for(spec)  # the schema registry of Avro specs (None: no Avro)
-        self.decoder: Decoder = decoder_for(spec, registry=schemas)
         self.encode = encoder_for(spec, self.chain, schemas)
-        self.stages: list[Stage] = []
         self.chain_only = not (spec.stateful or spec.stateful_rules)
+        # a key the pipeline does not touch leaves as the bytes it came in (no decode and
+        # encode per event; the sink's partitioner sees the source's bytes)
+        self.decoder: Decoder = decoder_for(
+            spec, registry=schemas, pass_keys=self.chain_only and self.encode is encode_event)
+        self.stages: list[Stage] = []
         self.encode_row = orjson.dumps
         self.bootstrap = bootstrap
         self.table_gates: dict[TableFeed, TableGate] = {}

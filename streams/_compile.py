@@ -164,15 +164,15 @@ def registry_for(spec: PipelineSpec) -> SchemaRegistry | None:
 
 
 def decoder_for(spec: PipelineSpec, schema_lookup: Any = None,
-                registry: SchemaRegistry | None = None) -> Decoder:
+                registry: SchemaRegistry | None = None, pass_keys: bool = False) -> Decoder:
     """The batch decoder for the spec's source format (Avro: writer schemas by id from
-    ``registry``, default :func:`registry_for`)."""
+    ``registry``, default :func:`registry_for`); ``pass_keys``: see ``Decoder``."""
     avro = spec.source.format == "avro" or spec.source.key_format == "avro"
     if schema_lookup is None and avro:
         registry = registry or registry_for(spec)
         assert registry is not None
         schema_lookup = registry.lookup
-    return Decoder(spec.source.format, spec.source.key_format, schema_lookup)
+    return Decoder(spec.source.format, spec.source.key_format, schema_lookup, pass_keys)
 
 
 def encoder_for(spec: PipelineSpec, chain: Chain,

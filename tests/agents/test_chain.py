@@ -179,3 +179,42 @@ def test_stage_counts_follow_each_event_to_the_step_it_leaves_at() -> None:
     assert chain.stage_counts() == [
         ("transform:positive", 5, 4, 1, 0), ("transform:dbl", 4, 4, 0, 0),
         ("quality", 4, 3, 0, 1), ("transform:inv", 3, 2, 0, 1)]
+
+
+def _run_keys(pass_keys: bool, messages: list[tuple[bytes | None, bytes | None, str, int, int, int]],
+              ) -> tuple[list[bytes | None], list[tuple[str, bytes | None]]]:
+    chain = Chain([Unwrap(deletes="rewrite"), Filter(compile_expr("status != 'bad'"))],
+                  QualityChecks([NotNullRule("ids", ["id"])], metrics=False))
+    records, dead = chain.run(messages, Decoder("debezium", pass_keys=pass_keys), "out")
+    return [k for _, k, _ in records], [(d.stage, d.event.raw_key) for d in dead]
+
+
+def test_a_key_the_pipeline_does_not_touch_leaves_as_the_bytes_it_came_in() -> None:
+    row = {"id": 1, "status": "ok"}
+    after = orjson.dumps({**dz.CREATE, "after": row})
+    keys = [b'{"id": 1}', b"order-1", b"\xff\xfe", b'{"id":\n 2}']
+    msgs = [(k, after, dz.TOPIC, 0, i, 0) for i, k in enumerate(keys)]
+    assert _run_keys(True, msgs)[0] == keys                       # as they came, byte for byte
+    assert _run_keys(False, msgs)[0] == [b'{"id":1}', b"order-1", b"\xff\xfe", b'{"id":2}']
+    # a Connect-wrapped key is still unwrapped, an escaped one still read as JSON
+    wrapped = orjson.dumps(dz.wrapped_key({"id": 7}))
+    escaped = b'{"schema": {}, "p\\u0061yload": {"id": 8}}'
+    got, _ = _run_keys(True, [(wrapped, after, dz.TOPIC, 0, 0, 0), (escaped, after, dz.TOPIC, 0, 1, 0)])
+    assert got == [b'{"id":7}', b'{"id":8}']
+    # a delete without its before row takes the row from the (undecoded) key
+    delete = orjson.dumps({**dz.DELETE, "before": None})
+    chain = Chain([Unwrap(deletes="rewrite")])
+    out, _ = chain.run([(b'{"id": 3}', delete, dz.TOPIC, 0, 0, 0)],
+                       Decoder("debezium", pass_keys=True), "out")
+    assert [(k, orjson.loads(v or b"")["id"]) for _, k, v in out] == [(b'{"id": 3}', 3)]
+    # dead letters keep the source key bytes
+    bad = orjson.dumps({**dz.CREATE, "after": {"id": None, "status": "ok"}})
+    assert _run_keys(True, [(b'{"id": 9}', bad, dz.TOPIC, 0, 0, 0)])[1] == [("rule:ids", b'{"id": 9}')]
+
+
+def test_pass_keys_leaves_a_json_key_format_checking_its_keys() -> None:
+    after = orjson.dumps({**dz.CREATE, "after": {"id": 1, "status": "ok"}})
+    chain = Chain([Unwrap()])
+    out, dead = chain.run([(b"not json", after, dz.TOPIC, 0, 0, 0)],
+                          Decoder("debezium", "json", pass_keys=True), "out")
+    assert out == [] and [d.stage for d in dead] == ["decode"]

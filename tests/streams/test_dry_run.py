@@ -54,3 +54,16 @@ def test_a_stage_counts_each_stateful_step() -> None:
               for s in m.samples if s.name.endswith("_total")}
     assert counts == {("dedup:once", "in"): 5, ("dedup:once", "out"): 2,
                       ("dedup:once", "dropped"): 3}
+
+
+def test_only_a_pipeline_whose_output_keeps_the_key_passes_keys_undecoded() -> None:
+    app = BatchApp("t-keys", broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
+    stateless = {"name": "k", "source": {"topics": ["k.in"], "format": "json"},
+                 "transforms": [{"type": "filter", "expr": "amount >= 0"}]}
+    events = [(b'{"id": 1}', orjson.dumps({"amount": 1}), "k.in", 0, 0, 0)]
+    for spec, passes in ((stateless, True), (SPEC, False)):
+        pipeline = Pipeline(load_spec(spec), app, 1, registry=CollectorRegistry())
+        records, _ = pipeline.chain.run(events, pipeline.decoder, "out") if passes else ([], [])
+        assert [k for _, k, _ in records] == ([b'{"id": 1}'] if passes else [])
+        event, = pipeline.decoder.decode(events)[0]
+        assert (event.key == {"id": 1}) is not passes
