@@ -27,6 +27,8 @@ from agents._transforms import Transform, describe
 from schemas import SerdeError
 
 Record = tuple[str, bytes | None, bytes | None]
+#: ``(topic, partition)`` of a batch of consumer records
+Source = tuple[str, int]
 
 
 class Chain:
@@ -144,43 +146,53 @@ class Chain:
         return out, dead
 
     def ingest(
-        self, messages: Iterable[Sequence[Any]], decoder: Decoder,
+        self, messages: Iterable[Any], decoder: Decoder, source: Source | None = None,
     ) -> tuple[list[Event], list[DeadLetter]]:
         """Decode and process each message in one pass: the surviving events (for the
-        stateful operators) and the dead letters, decode failures included."""
-        events, dead = self._drive(messages, decoder, None)
+        stateful operators) and the dead letters, decode failures included. Messages
+        are tuples, or with ``source`` the consumer's records of that topic partition."""
+        events, dead = self._drive(messages, decoder, None, source=source)
         return events, dead
 
     def run(
-        self, messages: Iterable[Sequence[Any]], decoder: Decoder, default_topic: str,
-        encode: Callable[[Event, str], Record] = encode_event,
+        self, messages: Iterable[Any], decoder: Decoder, default_topic: str,
+        encode: Callable[[Event, str], Record] = encode_event, source: Source | None = None,
     ) -> tuple[list[Record], list[DeadLetter]]:
         """Decode, process, re-key and encode each message in one pass (for pipelines
         without stateful operators or rules): ``(topic, key, value)`` records for the
-        producer and the dead letters (decode failures included) for the DLQ."""
+        producer and the dead letters (decode failures included) for the DLQ. Messages
+        as for :meth:`ingest`."""
         if self.stateful or self.stateful_rules:
             raise ValueError("Chain.run is for pipelines without stateful operators or rules")
-        records, dead = self._drive(messages, decoder, default_topic, encode)
+        records, dead = self._drive(messages, decoder, default_topic, encode, source)
         return records, dead
 
     def _drive(
-        self, messages: Iterable[Sequence[Any]], decoder: Decoder, topic: str | None,
-        encode: Callable[[Event, str], Record] = encode_event,
+        self, messages: Iterable[Any], decoder: Decoder, topic: str | None,
+        encode: Callable[[Event, str], Record] = encode_event, source: Source | None = None,
     ) -> tuple[list[Any], list[DeadLetter]]:
         """The one per-message loop behind :meth:`ingest` (``topic`` None: keep events)
-        and :meth:`run` (encode to ``topic``)."""
+        and :meth:`run` (encode to ``topic``). ``source``: the messages are records
+        (``key``, ``value``, ``offset``, ``timestamp``, ``headers``) of that partition."""
         key_fn = self.output_key.fn if self.output_key is not None and topic else None
+        in_topic, in_partition = source if source is not None else ("", 0)
         if decoder.schema_lookup is not None:  # every registry lookup before any record
+            if source is not None:   # as tuples: the look-ups read them too
+                messages = [(r.key, r.value, in_topic, in_partition, r.offset, r.timestamp,
+                             r.headers) for r in messages]
+                source = None
             messages = messages if isinstance(messages, list) else list(messages)
             decoder.prefetch(messages)
         out: list[Any] = []
         dead: list[DeadLetter] = []
         one, decode, append = self._one, decoder.decode_message, out.append
+        fields = decoder.decode_fields
         checked = kept = n = bad = 0
         for m in messages:
             n += 1
             try:
-                ev = decode(m)
+                ev = decode(m) if source is None else fields(
+                    m.key, m.value, in_topic, in_partition, m.offset, m.timestamp, m.headers)
             except BadMessage as exc:
                 bad += 1
                 dead.append(exc.dead)

@@ -176,7 +176,13 @@ class Decoder:
 
         Bad bytes raise :class:`BadMessage` carrying the ready ``DeadLetter``.
         """
-        raw_key, raw_value = m[0], m[1]
+        return self.decode_fields(m[0], m[1], m[2], m[3], m[4], m[5], m[6] if len(m) > 6 else ())
+
+    def decode_fields(self, raw_key: bytes | None, raw_value: bytes | None, topic: str,
+                      partition: int, offset: int, timestamp_ms: int,
+                      headers: Sequence[tuple[str, bytes]] | None) -> Event:
+        """One message from its fields (a consumer's record needs no tuple built first);
+        bad bytes raise :class:`BadMessage` carrying the ready ``DeadLetter``."""
         key = value = None
         try:
             if raw_key is not None:
@@ -199,12 +205,12 @@ class Decoder:
         except (SerdeError, RegistryUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 - bad bytes become DLQ records
-            ev = Event(None, None, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
-                       m[6] if len(m) > 6 and m[6] else ())
+            ev = Event(None, None, raw_key, raw_value, topic, partition, offset, timestamp_ms,
+                       None, headers or ())
             self.failed += 1
             raise BadMessage(DeadLetter(ev, "decode", f"{self.fmt}: {describe(exc)}")) from exc
-        return Event(key, value, raw_key, raw_value, m[2], m[3], m[4], m[5], None,
-                     m[6] if len(m) > 6 and m[6] else ())
+        return Event(key, value, raw_key, raw_value, topic, partition, offset, timestamp_ms, None,
+                     headers or ())
 
     def decode(self, messages: Iterable[Sequence[Any]]) -> tuple[list[Event], list[DeadLetter]]:
         """Decode ``(key, value, topic, partition, offset, timestamp_ms[, headers])`` tuples."""

@@ -303,16 +303,15 @@ class Stage:
         p.metrics.lag(topic, partition, p.app.consumer.highwater(tp), records[-1].offset + 1)
         if self.first:
             p.metrics.received(len(records))
-            msgs = [(r.key, r.value, topic, partition, r.offset, r.timestamp, r.headers)
-                    for r in records]
+            source = (topic, partition)
             if p.chain_only:
-                out, dead = p.chain.run(msgs, p.decoder, p.spec.output_topic, p.encode)
+                out, dead = p.chain.run(records, p.decoder, p.spec.output_topic, p.encode, source)
                 outbox.plain.extend(out)
                 p.metrics.sent(len(out))
                 p.metrics.steps(p.chain.stage_counts())
                 p.dead_letters(dead, outbox)
                 return
-            events, dead = p.chain.ingest(msgs, p.decoder)
+            events, dead = p.chain.ingest(records, p.decoder, source)
             p.metrics.steps(p.chain.stage_counts())
         else:
             events = _decode_internal(records, topic, partition, p.decoder.decode_key)
